@@ -1,0 +1,1 @@
+"""rlvr_jax: JAX-native multi-domain RLVR: GRPO, verifiers, merging, evaluation."""

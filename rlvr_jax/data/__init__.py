@@ -1,0 +1,1 @@
+"""Data: record schema, real-format loaders, grain mixtures, built-in tasks."""
