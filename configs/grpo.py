@@ -1,0 +1,112 @@
+"""GRPO presets of the study (REFERENCE.md "GRPO as the study ran it"): single-domain or multi-task.
+
+ARG = DOMAIN[,tiny] with DOMAIN in math | code | science | if | multi.
+Pod scale (Qwen3-4B, 128 prompts x 16 samples, 200 steps per domain, 400 multi-task):
+  launch/tpu_pod.sh run --config=configs/grpo.py:math --config.model.checkpoint=gs://BUCKET/anchor --workdir=gs://BUCKET/rl-math
+Laptop CPU (tiny model, built-in tasks, SFT warm start first):
+  rlvr-train --config=configs/grpo.py:multi,tiny --workdir=runs/multi-tiny
+"""
+import ml_collections
+
+DOMAINS = {"math": "math", "code": "code", "science": "science", "if": "if", "multi": "math,code,science,if"}
+
+
+def get_config(arg: str = "multi"):
+  domain, *flags = (arg or "multi").split(",")
+  if domain not in DOMAINS:
+    raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAINS)}")
+  tiny = "tiny" in flags
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.tokenizer = "builtin" if tiny else ""  # directory, "builtin", or "" = the checkpoint's own files
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # sizes; -1 = the remaining devices
+
+  c.model = ml_collections.ConfigDict()
+  c.model.checkpoint = ""  # HF directory or Orbax checkpoint (the SFT anchor); "" = random init of `preset`
+  c.model.preset = "tiny" if tiny else "qwen3-4b"  # see rlvr_jax/presets.py
+  c.model.overrides = ml_collections.ConfigDict()  # ModelConfig field overrides for a random init
+  c.model.param_dtype = "float32" if tiny else "bfloat16"  # the study: bf16 params, fp32 softmax
+  c.model.remat = not tiny  # rematerialise layers in the backward pass
+
+  c.data = ml_collections.ConfigDict()
+  c.data.domains = DOMAINS[domain]
+  c.data.train = "builtin"  # "builtin" or comma-separated JSONL/parquet files made by `rlvr-data convert`
+  c.data.eval = "builtin"  # held-out records (same format)
+  c.data.builtin_train_size = 0  # 0 = the generators' default sizes
+  c.data.weights = ""  # "" = proportional to size (the study's pooled shuffle); or "math=1,code=2"
+  c.data.thinking = True  # <think>...</think> format gate
+  c.data.system_prompt = ""
+  c.data.domain_prefixes = not tiny  # per-domain answer-format instructions (built-in prompts carry their own)
+  c.data.max_prompt_tokens = 2048  # longer prompts are dropped (counted in metrics)
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.prompts_per_step = 16 if tiny else 128
+  c.rollout.samples_per_prompt = 8 if tiny else 16
+  c.rollout.max_new_tokens = 64 if tiny else 32768  # tokens
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+  c.rollout.top_k = 0
+  c.rollout.cache_dtype = "float32" if tiny else "bfloat16"
+
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.advantage = "grpo"  # grpo | drgrpo | rloo
+  c.grpo.loss_agg = "seq-mean-token-mean"  # the study's; see grpo.LOSS_AGGREGATIONS
+  c.grpo.ratio_level = "token"  # "sequence" = GSPO
+  c.grpo.eps_low = 0.2
+  c.grpo.eps_high = 0.28
+  c.grpo.dual_clip_c = 0.0  # 0 = off; e.g. 3.0
+  c.grpo.tis_level = "token"
+  c.grpo.tis_mode = "truncate"  # or "mask"
+  c.grpo.tis_cap = 2.0  # 0 = no truncated importance sampling
+  c.grpo.kl_coef = 0.0  # 0 = no reference model is built (the study)
+  c.grpo.kl_estimator = "k3"
+  c.grpo.kl_in_reward = False
+  c.grpo.entropy_coef = 0.0
+  c.grpo.dynamic_sampling = False  # DAPO: zero-weight groups whose rewards are all equal
+  c.grpo.overlong_filter = False  # mask truncated responses
+  c.grpo.overlong_buffer = 0  # tokens; > 0 enables DAPO's soft overlong penalty
+  c.grpo.overlong_penalty = 1.0
+  c.grpo.updates_per_rollout = 1  # > 1: several PPO epochs (old logprobs then get their own pass)
+  c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 2e-4 if tiny else 2e-6  # tiny models need a far larger step
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 0
+  c.optim.weight_decay = 0.1  # not on norms / biases
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-8
+  c.optim.grad_clip_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = (30 if tiny else (400 if domain == "multi" else 200))
+  c.train.checkpoint_every = 10 if tiny else 20  # steps
+  c.train.keep = 3  # checkpoints kept
+
+  c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
+  c.sft.steps = 300 if tiny else 0
+  c.sft.batch_size = 32
+  c.sft.max_len = 192  # tokens of prompt + response
+  c.sft.learning_rate = 3e-3 if tiny else 1e-5
+  c.sft.warmup_steps = 20
+  c.sft.data = ""  # "" = the RL training records' reference responses
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.items_per_domain = 100 if tiny else 0  # held-out items per domain, before and after RL; 0 = skip
+  c.eval.samples = 1
+  c.eval.temperature = 0.0  # greedy
+  c.eval.max_new_tokens = c.rollout.max_new_tokens
+
+  c.verifier = ml_collections.ConfigDict()
+  c.verifier.workers = 0  # 0 = one per core
+  c.verifier.deadline_s = 10.0
+  c.verifier.allow_unsandboxed = False  # run code without bubblewrap: trusted data only
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = "auto"  # auto (when the environment names a coordinator) | on | off
+  c.distributed.coordinator = ""  # host:port for CPU/GPU multi-process runs
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c

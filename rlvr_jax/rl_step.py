@@ -1,0 +1,113 @@
+"""The jitted, donated GRPO update: teacher-forced logprobs, the clipped policy loss of grpo.py over
+micro-batches (gradients accumulated in a scan, normalised by global counts), one optax step.
+
+Batch legend: B rows, P prompt bucket, N completion slots.
+  prompt_tokens/prompt_valid [B,P], completion_tokens [B,N], loss_mask [B,N], adv [B,N],
+  sampler_logp [B,N], optional old_logp [B,N] and ref_logp [B,N].
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlvr_jax import grpo, sharding
+from rlvr_jax.sampling import completion_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """Plain, hashable hyper-parameters of the policy loss (destructured from config.grpo)."""
+  loss_agg: str = "seq-mean-token-mean"
+  ratio_level: str = "token"  # "sequence" = GSPO
+  eps_low: float = 0.2
+  eps_high: float = 0.28
+  dual_clip_c: float | None = None
+  tis_level: str = "token"
+  tis_mode: str = "truncate"
+  tis_cap: float = 2.0
+  use_tis: bool = True
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  entropy_coef: float = 0.0
+  temperature: float = 1.0
+  norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
+
+
+def _split_micro(x, num_micro: int):
+  B = x.shape[0]
+  x = x.reshape(num_micro, B // num_micro, *x.shape[1:])
+  return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+
+def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
+  want_entropy = s.entropy_coef > 0
+  out = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_valid"], mb["completion_tokens"],
+                            mb["loss_mask"], s.temperature, return_entropy=want_entropy)
+  logp, entropy = out if want_entropy else (out, None)
+  # One update per rollout: the old policy *is* the current one, so old logprobs need no forward pass.
+  old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
+  return grpo.policy_loss(
+      logp, old, mb["adv"], mb["loss_mask"], global_num_tokens=counts["tokens"], global_num_seqs=counts["seqs"],
+      loss_agg=s.loss_agg, norm_len=s.norm_len, ratio_level=s.ratio_level, eps_low=s.eps_low,
+      eps_high=s.eps_high, dual_clip_c=s.dual_clip_c,
+      sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None, tis_level=s.tis_level, tis_mode=s.tis_mode,
+      tis_cap=s.tis_cap, ref_logp_BxT=mb.get("ref_logp"), kl_coef=s.kl_coef, kl_estimator=s.kl_estimator,
+      entropy_BxT=entropy, entropy_coef=s.entropy_coef)
+
+
+def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings: LossSettings, *,
+                     num_micro: int, param_shardings, opt_shardings, mesh):
+  """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated."""
+
+  def step(params, opt_state, batch):
+    mask = batch["loss_mask"]
+    counts = {"tokens": mask.sum().astype(jnp.float32),
+              "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
+    micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
+
+    def accumulate(carry, mb):
+      grads, loss, metrics = carry
+      (l, m), g = grad_fn(params, mb)
+      return (jax.tree_util.tree_map(jnp.add, grads, g), loss + l,
+              jax.tree_util.tree_map(jnp.add, metrics, m)), None
+
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    zero_metrics = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+        lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1]))
+    zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (grads, loss, metrics), _ = jax.lax.scan(accumulate, (zero_grads, jnp.float32(0), zero_metrics), micro)
+    grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.global_norm(grads)})
+    return params, opt_state, metrics
+
+  with sharding.activate(mesh):
+    return _ActivatedJit(jax.jit(step, donate_argnums=(0, 1),
+                                 out_shardings=(param_shardings, opt_shardings, None)), mesh)
+
+
+class _ActivatedJit:
+  """A jitted function traced with `sharding.activate(mesh)` on, so activation constraints apply."""
+
+  def __init__(self, fn, mesh):
+    self.fn, self.mesh = fn, mesh
+
+  def __call__(self, *args):
+    with sharding.activate(self.mesh):
+      return self.fn(*args)
+
+  def _cache_size(self):
+    return self.fn._cache_size()
+
+
+def make_logprob_fn(graphdef, mesh, temperature: float):
+  """jitted teacher-forced logprobs (old policy or reference), no gradient."""
+  def fn(params, batch):
+    return completion_logprobs(graphdef, params, batch["prompt_tokens"], batch["prompt_valid"],
+                               batch["completion_tokens"], batch["loss_mask"], temperature)
+  return _ActivatedJit(jax.jit(fn), mesh)

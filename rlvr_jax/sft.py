@@ -1,0 +1,151 @@
+"""Supervised warm start (the study's first stage): assistant-only token cross-entropy on records'
+reference responses, with the trainer's model, optimizer, checkpoint and metrics code.
+`rlvr-sft --config configs/sft.py:tiny --workdir DIR` writes an Orbax checkpoint the trainer starts from."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from rlvr_jax import checkpoint, optim, sharding
+from rlvr_jax.data.prompts import PromptConfig, sft_example
+from rlvr_jax.metrics import MetricsWriter
+from rlvr_jax.model import left_padded_positions
+from rlvr_jax.rl_step import _ActivatedJit
+
+log = logging.getLogger(__name__)
+
+
+def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int):
+  """Right-padded [n, L] tokens and a loss mask on the target tokens only; over-long ones are dropped."""
+  rows, masks, dropped = [], [], 0
+  for r in records:
+    prompt, target = sft_example(r, tokenizer, prompt_config)
+    ids = prompt + target
+    if len(ids) > max_len:
+      dropped += 1
+      continue
+    rows.append(ids)
+    masks.append([0] * len(prompt) + [1] * len(target))
+  if dropped:
+    log.warning("SFT: dropped %d examples longer than %d tokens", dropped, max_len)
+  if not rows:
+    raise ValueError("SFT: no example fits max_len; raise sft.max_len")
+  L = max(len(x) for x in rows)
+  tokens = np.full((len(rows), L), tokenizer.pad_id, np.int32)
+  valid = np.zeros((len(rows), L), bool)
+  loss_mask = np.zeros((len(rows), L), bool)
+  for i, (ids, m) in enumerate(zip(rows, masks)):
+    tokens[i, :len(ids)] = ids
+    valid[i, :len(ids)] = True
+    loss_mask[i, :len(m)] = m
+  return tokens, valid, loss_mask
+
+
+def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
+  from flax import nnx
+
+  def loss_fn(params, tokens, valid, loss_mask):
+    model = nnx.merge(graphdef, params)
+    logits, _ = model(tokens, left_padded_positions(valid), valid)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    tgt = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    m = loss_mask[:, 1:].astype(jnp.float32)
+    loss = -(tgt * m).sum() / jnp.maximum(m.sum(), 1.0)
+    acc = ((jnp.argmax(logp, -1) == tokens[:, 1:]) * m).sum() / jnp.maximum(m.sum(), 1.0)
+    return loss, {"sft/loss": loss, "sft/token_accuracy": acc}
+
+  def step(params, opt_state, tokens, valid, loss_mask):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, valid, loss_mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, dict(metrics, **{"grad/global_norm": optax.global_norm(grads)})
+
+  with sharding.activate(mesh):
+    return _ActivatedJit(jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None)),
+                         mesh)
+
+
+def run_sft(graphdef, params, param_shardings, mesh, tokenizer, records, *, prompt_config: PromptConfig,
+            steps: int, batch_size: int, max_len: int, learning_rate: float, warmup_steps: int, seed: int,
+            workdir: str, log_every: int = 10, weight_decay: float = 0.0):
+  """Train `steps` steps of SFT and return the new params. Epochs are reshuffled with `seed`."""
+  tokens, valid, loss_mask = pack_examples(records, tokenizer, prompt_config, max_len)
+  n = len(tokens)
+  optimizer = optim.make_optimizer(learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
+                                   total_steps=steps, weight_decay=weight_decay, b1=0.9, b2=0.98, eps=1e-8,
+                                   grad_clip_norm=1.0)
+  opt_state = jax.jit(optimizer.init)(params)
+  opt_shardings = jax.tree_util.tree_map(lambda x: x.sharding, opt_state)
+  step_fn = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
+  batch_sh = sharding.batch_sharding(mesh, 2)
+  writer = MetricsWriter(workdir, "sft")
+  rng = np.random.default_rng(seed)
+  order, cursor = rng.permutation(n), 0
+  bar = tqdm(range(steps), desc="SFT warm start", file=sys.stderr, dynamic_ncols=True)
+  pending = None
+  t0 = time.perf_counter()
+  for step in bar:
+    if cursor + batch_size > n:
+      order, cursor = rng.permutation(n), 0
+    idx = order[cursor:cursor + batch_size]
+    cursor += batch_size
+    params, opt_state, metrics = step_fn(params, opt_state, *(jax.device_put(a[idx], batch_sh)
+                                                              for a in (tokens, valid, loss_mask)))
+    if pending is not None and (pending[0] % log_every == 0 or pending[0] == steps - 1):
+      m = {k: float(v) for k, v in pending[1].items()}
+      if not np.isfinite(m["sft/loss"]):
+        raise FloatingPointError(f"SFT loss is not finite at step {pending[0]}")
+      writer.write(pending[0], m)
+      bar.set_postfix(loss=f"{m['sft/loss']:.3f}", tok_acc=f"{m['sft/token_accuracy']:.2f}")
+    pending = (step, metrics)
+  m = {k: float(v) for k, v in pending[1].items()}
+  writer.write(pending[0], m)
+  writer.close()
+  log.info("SFT: %d steps in %.1fs, final loss %.3f", steps, time.perf_counter() - t0, m["sft/loss"])
+  return params, m
+
+
+def run(config, workdir: str) -> str:
+  """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
+  data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
+  from rlvr_jax import runtime
+  m, s = config.model, config.sft
+  mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+  tokenizer = runtime.load_tokenizer(config.tokenizer, m.checkpoint)
+  domains = tuple(x for x in config.data.domains.split(",") if x)
+  if m.checkpoint:
+    cfg, graphdef, params, shardings = runtime.load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
+  else:
+    cfg = runtime.model_config(m.preset, dict(m.overrides), vocab_size=tokenizer.vocab_size,
+                               param_dtype=m.param_dtype, remat=m.remat)
+    graphdef, params, shardings = runtime.init_model(cfg, mesh, config.seed)
+  records = runtime.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
+  prompt_config = PromptConfig(thinking=config.data.thinking, system_prompt=config.data.system_prompt,
+                               domain_prefixes=config.data.domain_prefixes,
+                               max_prompt_tokens=config.data.max_prompt_tokens)
+  params, _ = run_sft(graphdef, params, shardings, mesh, tokenizer, records, prompt_config=prompt_config,
+                      steps=s.steps, batch_size=s.batch_size, max_len=s.max_len, learning_rate=s.learning_rate,
+                      warmup_steps=s.warmup_steps, seed=config.seed, workdir=workdir)
+  out = os.path.join(workdir, "anchor")
+  checkpoint.save_params_any(params, cfg, out, "orbax")
+  tok_dir = os.path.join(out, "tokenizer")
+  tokenizer.save(tok_dir)
+  log.info("SFT anchor written to %s", out)
+  return out
+
+
+def main(argv=None) -> int:
+  from rlvr_jax import cli
+  return cli.run_entry(argv, prog="rlvr-sft", description=__doc__, runner="sft")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

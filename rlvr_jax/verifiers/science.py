@@ -1,0 +1,57 @@
+"""Multiple-choice rewards: the last answer letter from `\\boxed{X}`, "Answer: X" and markdown
+variants; hedges ("B or C") are no answer. Hand-written regexes: the rule set is small and must
+be exact about what counts as one committed letter."""
+from __future__ import annotations
+
+import re
+
+from rlvr_jax.verifiers import Score
+
+# A letter, optionally wrapped in markdown / brackets / \text{}, that ends its clause. An
+# upper-case letter may be followed by its option text ("B) 42 m"); a lower-case one must stand
+# alone so "the answer is a bit unclear" is not read as (a).
+_WRAP_OPEN = r"[\s*_(\[{$]*(?:\\text(?:bf)?\{|\\mathrm\{)?[\s*_(\[{]*"
+_LETTER = r"(?P<letter>[A-Za-z])"
+_WRAP_CLOSE = r"\}?[\s*_)\]}$]*"
+_END = r"(?=$|[\n.,:;!?)\]]|\s+[-–—(]|\s+(?:or|and|/)\b|/|\s*$)"
+_MARKER = (r"(?:final\s+answer|correct\s+(?:answer|option|choice)|answer)"
+           r"(?:\s+is)?(?:\s*\*\*)?\s*[:：]?")
+_ANSWER_RE = re.compile(r"(?i)" + _MARKER + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + _END)
+_BOXED_RE = re.compile(r"\\boxed\s*\{" + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + r"(?P<rest>[^}]*)\}")
+_HEDGE_RE = re.compile(r"(?i)^\s*(?:or|and|/|,|&)\s*[*_(\[{$\\]*(?:text\{)?[A-Za-z]\b")
+
+
+def _is_letter_token(text: str, m: re.Match) -> bool:
+    letter = m.group("letter")
+    if letter.islower():  # lower case only when nothing word-like follows
+        after = text[m.end("letter"):]
+        return not re.match(r"\s+[A-Za-z]{2,}", after) or re.match(r"\s+(?:or|and)\b", after) is not None
+    return True
+
+
+def extract_choice(text: str) -> tuple[str | None, str]:
+    """(letter, how) for the last committed letter in text; (None, why) when there is none."""
+    cands = []
+    for m in _ANSWER_RE.finditer(text):
+        if _is_letter_token(text, m):
+            cands.append((m.start(), m.group("letter"), text[m.end("letter"):m.end("letter") + 40]))
+    for m in _BOXED_RE.finditer(text):
+        cands.append((m.start(), m.group("letter"), m.group("rest")))
+    if not cands:
+        return None, "no_answer"
+    _, letter, after = max(cands, key=lambda c: c[0])
+    if _HEDGE_RE.match(re.sub(r"^[\s*_)\]}$]*", "", after)):
+        return None, "hedge"
+    return letter.upper(), "ok"
+
+
+def score_science(ground_truth: dict, text: str) -> Score:
+    """Reward 1 when the extracted letter is the gold letter; letters outside the choices are no answer."""
+    choices = [str(c).upper() for c in ground_truth.get("choices") or []]
+    letter, how = extract_choice(text)
+    if letter is None:
+        return Score(0.0, "no_answer", {"why": how})
+    if choices and letter not in choices:
+        return Score(0.0, "no_answer", {"why": "letter not among choices", "letter": letter})
+    gold = str(ground_truth["answer"]).strip().upper()
+    return Score(float(letter == gold), "ok" if letter == gold else "wrong", {"letter": letter})
