@@ -26,7 +26,9 @@ def get_config(arg: str = "multi"):
   c.model.checkpoint = ""  # HF directory or Orbax checkpoint (the SFT anchor); "" = random init of `preset`
   c.model.preset = "tiny" if tiny else "qwen3-4b"  # see rlvr_jax/presets.py
   c.model.overrides = ml_collections.ConfigDict()  # ModelConfig field overrides for a random init
-  c.model.param_dtype = "float32" if tiny else "bfloat16"  # the study: bf16 params, fp32 softmax
+  # fp32 master weights: AdamW at lr 2e-6 on bf16 weights would round most updates away. (The study
+  # computes in bf16 from fp32 masters; a separate bf16 compute dtype is not implemented yet.)
+  c.model.param_dtype = "float32"
   c.model.remat = not tiny  # rematerialise layers in the backward pass
 
   c.data = ml_collections.ConfigDict()

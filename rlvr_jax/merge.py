@@ -214,39 +214,40 @@ SLERP_COLINEAR = 0.9995
 
 def _v_abs_tau(a, xs, h, seed, *, drop_rate):
     _, taus = _deltas(a, xs, h, seed, drop_rate)
-    return jnp.stack([jnp.abs(t) for t in taus])
+    return [jnp.abs(t) for t in taus]
 
 
 def _v_var(a, xs, h, seed, *, drop_rate):
     _, taus = _deltas(a, xs, h, seed, drop_rate)
-    return _variance(taus)[None]
+    return [_variance(taus)]
 
 
-def _add_counts(acc, idx, ref):
-    """acc.at[idx].add(1) dropping out-of-range indices; explicit meshes need the (replicated)
+def _add_counts(acc_B, idx, ref):
+    """acc_B.at[idx].add(1), out-of-range indices dropped; explicit meshes need the (replicated)
     result sharding spelled out, auto meshes and single devices infer it."""
     mesh = jax.typeof(ref).sharding.mesh
     kw = {"out_sharding": NamedSharding(mesh, PartitionSpec())} if mesh.explicit_axes else {}
-    return acc.at[idx].add(1, mode="drop", **kw)
+    return acc_B.at[idx].add(1, mode="drop", **kw)
 
 
+# One 1-D scatter per stream with an index array of the tensor's own shape: no reshape of sharded
+# data, and about twice as fast on CPU as one scatter with a (stream, bin) index pair.
 def _hist_hi(acc_SxB, a, xs, h, seed, *, value_fn, drop_rate):
-    v = value_fn(a, xs, h, seed, drop_rate=drop_rate)
-    hi = jax.lax.bitcast_convert_type(v, jnp.int32) >> _LO_BITS
-    s = jnp.arange(v.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * (v.ndim - 1))
-    return _add_counts(acc_SxB, (s, hi), v)
+    vs = value_fn(a, xs, h, seed, drop_rate=drop_rate)
+    his = [jax.lax.bitcast_convert_type(v, jnp.int32) >> _LO_BITS for v in vs]
+    return jnp.stack([_add_counts(acc_SxB[s], hi, vs[s]) for s, hi in enumerate(his)])
 
 
 def _hist_lo(acc_SxRxB, a, xs, h, seed, bins_SxR, *, value_fn, drop_rate):
-    v = value_fn(a, xs, h, seed, drop_rate=drop_rate)
-    bits = jax.lax.bitcast_convert_type(v, jnp.int32)
-    hi, lo = bits >> _LO_BITS, bits & (_LO_BINS - 1)
-    bshape = (-1,) + (1,) * (v.ndim - 1)
-    s = jnp.arange(v.shape[0], dtype=jnp.int32).reshape(bshape)
-    for r in range(acc_SxRxB.shape[1]):
-        idx = jnp.where(hi == bins_SxR[:, r].reshape(bshape), lo, _LO_BINS)  # others dropped
-        acc_SxRxB = _add_counts(acc_SxRxB, (s, r, idx), v)
-    return acc_SxRxB
+    vs = value_fn(a, xs, h, seed, drop_rate=drop_rate)
+    out = []
+    for s, v in enumerate(vs):
+        bits = jax.lax.bitcast_convert_type(v, jnp.int32)
+        hi, lo = bits >> _LO_BITS, bits & (_LO_BINS - 1)
+        out.append(jnp.stack([  # entries outside the query's high bin go out of range and drop
+            _add_counts(acc_SxRxB[s, r], jnp.where(hi == bins_SxR[s, r], lo, _LO_BINS), v)
+            for r in range(acc_SxRxB.shape[1])]))
+    return jnp.stack(out)
 
 
 def _locate(hist_B, rank):

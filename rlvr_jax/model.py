@@ -56,18 +56,19 @@ class ModelConfig:
 
 
 class KVCache(NamedTuple):
-  """Per-layer key/value buffers, each [B, S, K, D]."""
+  """Per-layer key/value buffers, each [B, K, S, D]: slots next to head_dim, so attention reads
+  the cache in place (a [B, S, K, D] cache is transposed whole on every decode step)."""
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
 
   @staticmethod
   def zeros(cfg: ModelConfig, batch: int, slots: int, dtype) -> "KVCache":
-    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     make = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(make(), make())
 
 
-KV_CACHE_LOGICAL_AXES = ("batch", "cache_len", "kv_heads", "head_dim")
+KV_CACHE_LOGICAL_AXES = ("batch", "kv_heads", "cache_len", "head_dim")
 
 
 def _param(rngs: nnx.Rngs | None, init, shape, dtype, axes):
@@ -168,27 +169,30 @@ class Attention(nnx.Module):
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq)
+    k_BxKxTxD = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 1, 3)
+    v_BxKxTxD = v.transpose(0, 2, 1, 3)
     if cache_kv is None:
-      keys_BxSxKxD, values_BxSxKxD = k, v
+      keys_BxKxSxD, values_BxKxSxD = k_BxKxTxD, v_BxKxTxD
       new_cache_kv = None
     else:
       cache_k, cache_v = cache_kv
-      keys_BxSxKxD = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_start, axis=1)
-      values_BxSxKxD = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_start, axis=1)
-      keys_BxSxKxD = sharding.constrain(keys_BxSxKxD, KV_CACHE_LOGICAL_AXES)
-      values_BxSxKxD = sharding.constrain(values_BxSxKxD, KV_CACHE_LOGICAL_AXES)
-      new_cache_kv = (keys_BxSxKxD, values_BxSxKxD)
-    S = keys_BxSxKxD.shape[1]
+      keys_BxKxSxD = jax.lax.dynamic_update_slice_in_dim(cache_k, k_BxKxTxD.astype(cache_k.dtype), cache_start,
+                                                         axis=2)
+      values_BxKxSxD = jax.lax.dynamic_update_slice_in_dim(cache_v, v_BxKxTxD.astype(cache_v.dtype), cache_start,
+                                                           axis=2)
+      keys_BxKxSxD = sharding.constrain(keys_BxKxSxD, KV_CACHE_LOGICAL_AXES)
+      values_BxKxSxD = sharding.constrain(values_BxKxSxD, KV_CACHE_LOGICAL_AXES)
+      new_cache_kv = (keys_BxKxSxD, values_BxKxSxD)
+    S = keys_BxKxSxD.shape[2]
     q_BxTxKxGxD = q.reshape(B, T, K, G, D)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, keys_BxSxKxD.astype(q.dtype),
+    scores = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxD, keys_BxKxSxD.astype(q.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(D)
     query_slot_T = cache_start + jnp.arange(T)
     causal_TxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
     mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :]
     scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(values_BxSxKxD.dtype), values_BxSxKxD,
+    out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(values_BxKxSxD.dtype), values_BxKxSxD,
                      preferred_element_type=jnp.float32)
     out_BxTxHxD = out.reshape(B, T, K * G, D).astype(x_BxTxE.dtype)
     return self.o_proj(out_BxTxHxD), new_cache_kv
@@ -243,9 +247,10 @@ class Decoder(nnx.Module):
                           rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, cache: KVCache | None = None, cache_start=0,
-               cache_valid_BxS=None):
+               cache_valid_BxS=None, last_only: bool = False):
     """Without a cache, ``valid_BxT`` masks padding keys. With one, the T new tokens are written at
-    slots [cache_start, cache_start + T) and ``cache_valid_BxS`` (already including them) masks keys."""
+    slots [cache_start, cache_start + T) and ``cache_valid_BxS`` (already including them) masks keys.
+    ``last_only`` returns logits [B, 1, V] of the last position only (a prefill needs no more)."""
     cfg = self.cfg
     hidden = jnp.take(self.embed.embedding[...], tokens_BxT, axis=0)
     hidden = sharding.constrain(hidden, ("batch", "length", "act_embed"))
@@ -259,6 +264,8 @@ class Decoder(nnx.Module):
       if new_kv is not None:
         new_k.append(new_kv[0])
         new_v.append(new_kv[1])
+    if last_only:
+      hidden = hidden[:, -1:]
     hidden = self.final_norm(hidden)
     if cfg.tie_embeddings:
       logits = jnp.einsum("bte,ve->btv", hidden, self.embed.embedding[...], preferred_element_type=jnp.float32)

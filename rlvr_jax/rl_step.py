@@ -83,7 +83,7 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings
     grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.global_norm(grads)})
+    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.tree.norm(grads)})
     return params, opt_state, metrics
 
   with sharding.activate(mesh):

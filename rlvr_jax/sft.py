@@ -66,7 +66,7 @@ def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, valid, loss_mask)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, **{"grad/global_norm": optax.global_norm(grads)})
+    return params, opt_state, dict(metrics, **{"grad/global_norm": optax.tree.norm(grads)})
 
   with sharding.activate(mesh):
     return _ActivatedJit(jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None)),
@@ -82,8 +82,7 @@ def run_sft(graphdef, params, param_shardings, mesh, tokenizer, records, *, prom
   optimizer = optim.make_optimizer(learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
                                    total_steps=steps, weight_decay=weight_decay, b1=0.9, b2=0.98, eps=1e-8,
                                    grad_clip_norm=1.0)
-  opt_state = jax.jit(optimizer.init)(params)
-  opt_shardings = jax.tree_util.tree_map(lambda x: x.sharding, opt_state)
+  opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
   step_fn = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
   batch_sh = sharding.batch_sharding(mesh, 2)
   writer = MetricsWriter(workdir, "sft")

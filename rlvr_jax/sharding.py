@@ -213,3 +213,33 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, Any] = RULES) -> N
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def _path_keys(path) -> tuple:
+  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def like_params_shardings(tree_abstract, param_shardings, mesh: Mesh):
+  """Shardings for a tree that embeds copies of the params tree (optimizer moments): a leaf whose
+  path ends with a parameter's path, with that parameter's shape, gets its sharding; anything else
+  (step counters, scalars) is replicated."""
+  by_path = {}
+  for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
+    by_path[_path_keys(path)] = s
+  rep = replicated(mesh)
+
+  def pick(path, leaf):
+    keys = _path_keys(path)
+    for n in range(len(keys)):
+      s = by_path.get(keys[n:])
+      if s is not None:
+        return s
+    return rep
+  return jax.tree_util.tree_map_with_path(pick, tree_abstract)
+
+
+def init_optimizer_state(optimizer, params, param_shardings, mesh: Mesh):
+  """optimizer.init(params) created directly in its shardings; returns (state, shardings)."""
+  abstract = jax.eval_shape(optimizer.init, params)
+  shardings = like_params_shardings(abstract, param_shardings, mesh)
+  return jax.jit(optimizer.init, out_shardings=shardings)(params), shardings

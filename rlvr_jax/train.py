@@ -132,8 +132,7 @@ def run(config, workdir: str) -> dict:
   optimizer = optim.make_optimizer(learning_rate=o.learning_rate, schedule=o.schedule, warmup_steps=o.warmup_steps,
                                    total_steps=t.steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
                                    grad_clip_norm=o.grad_clip_norm)
-  opt_state = jax.jit(optimizer.init)(params)
-  opt_shardings = jax.tree_util.tree_map(lambda x: x.sharding, opt_state)
+  opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
 
   train_records = runtime.load_records(config.data.train, "train", domains, config.data.builtin_train_size)
   weights = None

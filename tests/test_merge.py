@@ -202,12 +202,12 @@ def test_slerp_and_model_stock_match_numpy():
 
 # One tensor per rank (2-D, 3-D, 1-D) keeps the number of SPMD compiles small.
 MESH_SHAPES = {p: SHAPES[p] for p in ("embed/embedding", "layers/0/attn/q_proj/kernel", "final_norm/scale")}
-# threefry compiles slowly on CPU: DARE tests use two tensor shapes (a 2-D and a 3-D one).
-DARE_SHAPES = {p: SHAPES[p] for p in ("embed/embedding", "layers/0/attn/q_proj/kernel")}
+# threefry compiles slowly on CPU: DARE tests use one (3-D) shape, large enough for statistics.
+DARE_SHAPES = {f"layers/{i}/attn/q_proj/kernel": (64, 16, 8) for i in range(2)}
 
 
 def test_dare_statistics_and_numpy_equivalence():
-    a, xs = models(k=2, seed=5, shapes=dict(DARE_SHAPES, **{"layers/1/attn/q_proj/kernel": (E, H, D)}))
+    a, xs = models(k=2, seed=5, shapes=DARE_SHAPES)
     ts = taus(a, xs)
     p_drop = 0.2
     mask_fn = jax.jit(M.dare_keep_mask, static_argnums=(0, 1))  # eager RNG compiles op by op
@@ -240,7 +240,8 @@ def test_dare_statistics_and_numpy_equivalence():
     ("dare_task_arithmetic", {"seed": 3}), ("breadcrumbs", {}), ("sce", {"density": 0.5}),
     ("model_stock", {}), ("slerp", {"t": 0.4})])
 def test_mesh_equals_single_device(mesh, name, kw):
-    a, xs = models(k=2 if name == "slerp" else 3, seed=6, shapes=DARE_SHAPES if "dare" in name else MESH_SHAPES)
+    a, xs = models(k=2 if name == "slerp" or "dare" in name else 3, seed=6,
+                   shapes=DARE_SHAPES if "dare" in name else MESH_SHAPES)
     A, X = _tree(a), [_tree(x) for x in xs]
     As, Xs = shard(A, mesh), [shard(x, mesh) for x in X]
     one = _flat(M.MERGE_METHODS[name](A, X, **kw))

@@ -53,6 +53,13 @@ def test_sizes_splits_disjoint_and_valid(domain):
         assert r["metadata"]["reference"].startswith("<think>\n") and "\n</think>\n\n" in r["metadata"]["reference"]
 
 
+def test_exhausted_prompt_space_is_an_error():
+    with pytest.raises(ValueError, match="ran out of distinct prompts after 2"):
+        synthetic.builtin_records("code", "eval", 10_000)
+    with pytest.raises(ValueError, match="unknown domain"):
+        synthetic.builtin_records("poetry", "train")
+
+
 def test_references_are_short_under_the_builtin_tokenizer():
     tok = builtin_tokenizer()
     for domain in synthetic.DOMAINS:

@@ -20,6 +20,7 @@ SIZES = {
     "eval": {"math": 200, "code": 200, "science": 200, "if": 200},
 }
 EVAL_FRACTION = 0.1  # share of the prompt space hashed into the held-out split
+MAX_MISSES = 20_000  # consecutive duplicate/other-split draws that mean the space is exhausted
 SEED = 1234
 
 
@@ -323,15 +324,18 @@ def _generate(domain: str, split: str, n: int, seed: int) -> tuple[dict, ...]:
     # One stream per domain, shared by both splits, so a prompt's split never depends on n.
     rng = random.Random(f"{seed}/{domain}")
     out, seen = [], set()
-    tries = 0
+    misses = 0
     while len(out) < n:
-        tries += 1
-        if tries > 200 * (n + 100):
-            raise RuntimeError(f"built-in {domain}/{split}: only {len(out)} distinct prompts of {n}")
         item = GENERATORS[domain](rng)
         prompt = item["prompt"]
         if prompt in seen or split_of(prompt) != split:
+            misses += 1
+            # Consecutive misses only pile up once the split's prompt space is nearly exhausted.
+            if misses > MAX_MISSES:
+                raise ValueError(f"built-in {domain}/{split}: the generator ran out of distinct prompts "
+                                 f"after {len(out)} (asked for {n})")
             continue
+        misses = 0
         seen.add(prompt)
         out.append({
             "id": f"builtin-{domain}-{split}-{len(out):05d}",
