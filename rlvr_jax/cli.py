@@ -41,6 +41,9 @@ def run_entry(argv, *, prog: str, description: str, runner: str) -> int:
   elif runner == "sft":
     from rlvr_jax import sft
     sft.run(fv.config, os.path.expanduser(fv.workdir))
+  elif runner == "experiment":
+    from rlvr_jax import experiment
+    experiment.run(fv.config, os.path.expanduser(fv.workdir))
   else:
     raise ValueError(runner)
   return 0

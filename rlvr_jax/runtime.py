@@ -26,6 +26,8 @@ def maybe_initialize_distributed(enabled: str = "auto", coordinator: str = "", n
   kwargs = {}
   if coordinator:
     kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
   jax.distributed.initialize(**kwargs)
   log.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
            jax.device_count())

@@ -53,7 +53,7 @@ class Rollout(NamedTuple):
   policy_logprobs: jax.Array  # [B, N] float32, log softmax(logits / T)(token)
   lengths: jax.Array  # [B] int32 completion lengths
   stopped: jax.Array  # [B] bool: finished by a stop token (else by length)
-  prompt_index: jax.Array  # [B] int32: which input prompt each row samples
+  prompt_index: np.ndarray  # [B_host] int32: which of this host's prompts each of its rows samples
 
 
 def next_pow2(n: int, minimum: int = 8) -> int:
@@ -200,8 +200,25 @@ class Sampler:
     self.last_compile_seconds = 0.0
 
   def _batch_multiple(self) -> int:
+    """Rows this host must supply: its share of the data x fsdp batch shards."""
     sizes = dict(zip(self.mesh.axis_names, self.mesh.devices.shape))
-    return sizes.get("data", 1) * sizes.get("fsdp", 1)
+    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    return max(1, shards // jax.process_count())
+
+  def to_global(self, local: np.ndarray):
+    """Host-local rows -> one batch-sharded global array (each host supplies its own rows)."""
+    sh = sharding.batch_sharding(self.mesh, local.ndim)
+    if jax.process_count() == 1:
+      return jax.device_put(local, sh)
+    return jax.make_array_from_process_local_data(sh, local)
+
+  def local_rows(self, x) -> np.ndarray:
+    """This host's rows of a batch-sharded global array, as numpy."""
+    if x.is_fully_addressable:
+      return np.asarray(x)
+    from jax.experimental import multihost_utils
+    spec = sharding.batch_sharding(self.mesh, x.ndim).spec
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
 
   def prepare(self, prompts: Sequence[Sequence[int]], n: int):
     """Left-pad prompts (each repeated n times) into bucketed host arrays."""
@@ -209,6 +226,9 @@ class Sampler:
       raise ValueError("every prompt needs at least one token")
     rows = len(prompts) * n
     B = -(-rows // self._batch_multiple()) * self._batch_multiple()
+    if jax.process_count() > 1 and B != rows:
+      raise ValueError(f"multi-host generation needs this host's {rows} rows to be a multiple of its "
+                       f"{self._batch_multiple()} batch shards")
     P = next_pow2(max(len(p) for p in prompts), self.min_prompt_bucket)
     tokens = np.full((B, P), self.pad_id, np.int32)
     valid = np.zeros((B, P), bool)
@@ -249,15 +269,13 @@ class Sampler:
   def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, key=None) -> Rollout:
     tokens, valid, index, rows = self.prepare(prompts, sp.n)
     B, P = tokens.shape
-    program = self._program(params, sp, B, P)
+    program = self._program(params, sp, B * jax.process_count(), P)
     key = jax.random.key(sp.seed) if key is None else key
-    batch_2d = sharding.batch_sharding(self.mesh, 2)
-    tok_d = jax.device_put(tokens, batch_2d)
-    val_d = jax.device_put(valid, batch_2d)
-    out = program(params, tok_d, val_d, key)
-    comp, comp_valid, q_lp, p_lp, lengths, stopped = out
-    return Rollout(tok_d[:rows], val_d[:rows], comp[:rows], comp_valid[:rows], q_lp[:rows], p_lp[:rows],
-                   lengths[:rows], stopped[:rows], jnp.asarray(index[:rows]))
+    tok_d, val_d = self.to_global(tokens), self.to_global(valid)
+    out = (tok_d, val_d) + tuple(program(params, tok_d, val_d, key))
+    if B != rows:  # drop the rows that only padded the batch to the mesh (single-host only)
+      out = tuple(x[:rows] for x in out)
+    return Rollout(*out, index[:rows])
 
 
 def completion_logprobs(graphdef, params, prompt_tokens_BxP, prompt_valid_BxP, completion_tokens_BxN,

@@ -123,7 +123,7 @@ def run(config, workdir: str) -> str:
   if m.checkpoint:
     cfg, graphdef, params, shardings = runtime.load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
   else:
-    cfg = runtime.model_config(m.preset, dict(m.overrides), vocab_size=tokenizer.vocab_size,
+    cfg = runtime.model_config(m.preset, {k: v for k, v in m.overrides.items() if v is not None}, vocab_size=tokenizer.vocab_size,
                                param_dtype=m.param_dtype, remat=m.remat)
     graphdef, params, shardings = runtime.init_model(cfg, mesh, config.seed)
   records = runtime.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)

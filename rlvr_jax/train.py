@@ -83,6 +83,9 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
   e = config.eval
   if e.items_per_domain <= 0:
     return None
+  if jax.process_count() > 1:
+    log.warning("in-run evaluation is single-process only; skipped (run rlvr-eval on a checkpoint)")
+    return None
   records = runtime.load_records(config.data.eval, "eval", domains)
   per = defaultdict(int)
   chosen = []
@@ -126,7 +129,7 @@ def run(config, workdir: str) -> dict:
   if m.checkpoint:
     cfg, graphdef, params, param_shardings = runtime.load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
   else:
-    cfg = runtime.model_config(m.preset, dict(m.overrides), vocab_size=tokenizer.vocab_size,
+    cfg = runtime.model_config(m.preset, {k: v for k, v in m.overrides.items() if v is not None}, vocab_size=tokenizer.vocab_size,
                                param_dtype=m.param_dtype, remat=m.remat)
     graphdef, params, param_shardings = runtime.init_model(cfg, mesh, config.seed)
   optimizer = optim.make_optimizer(learning_rate=o.learning_rate, schedule=o.schedule, warmup_steps=o.warmup_steps,
@@ -175,7 +178,7 @@ def run(config, workdir: str) -> dict:
       abstract = {
           "params": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: params), param_shardings),
           "opt_state": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: opt_state), opt_shardings),
-          "train": {"step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}}
+          "train": {"step": np.zeros((), np.int32), "rng": np.zeros((2,), np.uint32)}}
       start, restored, meta = ckpt.restore(abstract)
       params, opt_state = restored["params"], restored["opt_state"]
       mixture.set_state(meta["data_state"])
@@ -207,7 +210,8 @@ def run(config, workdir: str) -> dict:
 
 def _arrays(params, opt_state, step, key):
   return {"params": params, "opt_state": opt_state,
-          "train": {"step": jnp.int32(step), "rng": jax.random.key_data(key).astype(jnp.uint32)}}
+          # host numpy values: identical on every process, so they need no sharding
+          "train": {"step": np.asarray(step, np.int32), "rng": np.asarray(jax.random.key_data(key), np.uint32)}}
 
 
 def _meta(config, cfg, mixture, eval_before):
@@ -226,10 +230,11 @@ def _loop(config, sizes, start, graphdef, params, opt_state, param_shardings, op
   ref_params = None
   if g.kl_coef > 0:  # the reference model exists only when some KL term uses it
     ref_params = jax.tree_util.tree_map(jnp.copy, params)
-  logprob_fn = rl_step.make_logprob_fn(graphdef, mesh, settings.temperature) if (need_old or ref_params) else None
+  teachers = _load_teachers(config.opd.teachers, mesh, cfg)
+  logprob_fn = (rl_step.make_logprob_fn(graphdef, mesh, settings.temperature)
+                if (need_old or ref_params is not None or teachers) else None)
   sp = SamplingParams(temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k, max_new_tokens=ro.max_new_tokens,
                       n=ro.samples_per_prompt, stop_token_ids=tuple(tokenizer.eos_ids), seed=config.seed)
-  batch_sh = sharding.batch_sharding(mesh, 2)
   preempt = _Preemption()
   pending = None
   domain_rewards = {}
@@ -244,14 +249,13 @@ def _loop(config, sizes, start, graphdef, params, opt_state, param_shardings, op
     if pending is not None:  # step n's device metrics are read only after step n+1 is dispatched
       domain_rewards = _flush(writer, pending, bar, ckpt)
       pending = None
-    comp = np.asarray(rollout.completion_tokens)
-    valid = np.asarray(rollout.completion_valid)
-    stopped = np.asarray(rollout.stopped)
-    lengths = np.asarray(rollout.lengths)
+    local = sampler.local_rows  # each host reads, scores and shapes only its own rows
+    comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
+    stopped, lengths = local(rollout.stopped), local(rollout.lengths)
     t_rollout = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    rows = [items[i]["record"] for i in np.asarray(rollout.prompt_index)]
+    rows = [items[i]["record"] for i in rollout.prompt_index]
     texts = [decode_completion(tokenizer, c, v) for c, v in zip(comp, valid)]
     scores = pool.submit(rows, texts, thinking=config.data.thinking).result()
     rewards = np.asarray([s.reward for s in scores], np.float32)
@@ -270,18 +274,29 @@ def _loop(config, sizes, start, graphdef, params, opt_state, param_shardings, op
     loss_mask = valid & keep[:, None]
     batch = {"prompt_tokens": rollout.prompt_tokens, "prompt_valid": rollout.prompt_valid,
              "completion_tokens": rollout.completion_tokens, "sampler_logp": rollout.policy_logprobs,
-             "loss_mask": jax.device_put(loss_mask, batch_sh)}
+             "loss_mask": sampler.to_global(loss_mask)}
     t2 = time.perf_counter()
     if ref_params is not None:
       ref_logp = logprob_fn(ref_params, batch)
       if g.kl_in_reward:
-        shaped = np.asarray(grpo.kl_penalized_rewards(jnp.asarray(shaped), batch["sampler_logp"], ref_logp,
-                                                      batch["loss_mask"], kl_coef=g.kl_coef,
-                                                      estimator=g.kl_estimator))
+        shaped = np.asarray(grpo.kl_penalized_rewards(
+            jnp.asarray(shaped), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(local(ref_logp)),
+            jnp.asarray(loss_mask), kl_coef=g.kl_coef, estimator=g.kl_estimator))
       else:
         batch["ref_logp"] = ref_logp
-    adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=ro.samples_per_prompt, estimator=g.advantage))
-    batch["adv"] = jax.device_put((adv_B[:, None] * loss_mask).astype(np.float32), batch_sh)
+    if teachers:  # MT-OPD: per-token advantage = log p_teacher(domain) - log p_student, on the student's samples
+      domains_B = np.asarray([r["domain"] for r in rows])
+      teacher_logp = np.zeros(loss_mask.shape, np.float32)
+      for dom, t_params in teachers.items():
+        if np.any(domains_B == dom):
+          teacher_logp = np.where((domains_B == dom)[:, None], local(logprob_fn(t_params, batch)), teacher_logp)
+      adv = np.asarray(grpo.opd_advantages(jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])),
+                                           jnp.asarray(loss_mask)))
+      batch["adv"] = sampler.to_global(adv.astype(np.float32))
+    else:
+      adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=ro.samples_per_prompt,
+                                         estimator=g.advantage))
+      batch["adv"] = sampler.to_global((adv_B[:, None] * loss_mask).astype(np.float32))
     if need_old:
       batch["old_logp"] = logprob_fn(params, batch)
       jax.block_until_ready(batch["old_logp"])
@@ -293,6 +308,7 @@ def _loop(config, sizes, start, graphdef, params, opt_state, param_shardings, op
     host = _host_metrics(rows, rewards, scores, lengths, stopped, valid, ro.max_new_tokens, keep)
     host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in prompt_counts.items()} if step == 1 else {})
     host.update({k: v for k, v in pool.counters(reset=True).items()})
+    host = _across_hosts(host)
     host["lr"] = optim.lr_at(step - 1, learning_rate=config.optim.learning_rate, schedule=config.optim.schedule,
                              warmup_steps=config.optim.warmup_steps, total_steps=t.steps)
     host["time/rollout"], host["time/verify"], host["time/logprobs"] = t_rollout, t_verify, t_logprobs
@@ -311,6 +327,49 @@ def _loop(config, sizes, start, graphdef, params, opt_state, param_shardings, op
     _flush(writer, pending, bar, ckpt)
   bar.close()
   return {"params": params, "last_step": last_step, "update_compilations": update._cache_size()}
+
+
+def _load_teachers(spec: str, mesh, student_cfg) -> dict:
+  """'math=DIR,code=DIR,...' -> {domain: params} on the student's mesh (MT-OPD teachers)."""
+  teachers = {}
+  for part in filter(None, spec.split(",")):
+    dom, _, path = part.partition("=")
+    if not path:
+      raise ConfigError(f"opd.teachers entry {part!r}: expected DOMAIN=CHECKPOINT")
+    t_cfg, _, t_params = checkpoint.load_params_any(path, mesh, param_dtype=student_cfg.param_dtype)
+    if dataclasses.replace(t_cfg, remat=student_cfg.remat) != student_cfg:
+      raise ConfigError(f"teacher {path} has a different architecture than the student: {t_cfg} vs {student_cfg}")
+    teachers[dom] = t_params
+  return teachers
+
+
+def _across_hosts(host: dict) -> dict:
+  """Combine per-host metrics: counts add up, maxima take the max, the rest average (hosts hold
+  equal row counts, so the average of host means is the global mean)."""
+  if jax.process_count() == 1:
+    return host
+  from jax.experimental import multihost_utils
+  from rlvr_jax.verifiers import DOMAINS
+  # Hosts may hold different domains this step: gather over one fixed key list, NaN where absent.
+  per_domain = [f"reward/{d}/mean" for d in DOMAINS] + [f"accuracy/{d}" for d in DOMAINS] + [
+      f"verifier/{d}/{k}" for d in DOMAINS + ("other",)
+      for k in ("scored", "timeouts", "errors", "restarts", "latency_mean_s", "latency_max_s")]
+  keys = sorted(set(k for k in host if not k.startswith(("reward/", "accuracy/", "verifier/"))) | set(per_domain)
+                | {"reward/mean", "verifier/scored", "verifier/timeouts", "verifier/errors", "verifier/restarts"})
+  local = np.asarray([host.get(k, np.nan) for k in keys], np.float64)
+  values = np.asarray(multihost_utils.process_allgather(local))
+  out = {}
+  for i, k in enumerate(keys):
+    col = values[:, i]
+    if np.all(np.isnan(col)):
+      continue
+    if k.startswith(("verifier/", "prompts/")) and "latency" not in k:
+      out[k] = float(np.nansum(col))
+    elif "max" in k:
+      out[k] = float(np.nanmax(col))
+    else:
+      out[k] = float(np.nanmean(col))
+  return out
 
 
 def _host_metrics(rows, rewards, scores, lengths, stopped, valid, max_new, keep):

@@ -130,3 +130,32 @@ def test_gain_consistency():
     assert A.gain_consistency(anchor, e1 * 0 + anchor, [e1]) != A.gain_consistency(anchor, e1 * 0 + anchor, [e1])  # nan
     with pytest.raises(ValueError, match="differ in length"):
         A.gain_consistency(anchor, model[:3], [e1])
+
+
+def test_analyze_cli_writes_json_and_heatmaps(tmp_path):
+    import json
+
+    from rlvr_jax import analysis_cli
+
+    a, ms = _models(seed=2)
+    rep = analysis_cli.weight_space(_tree(a), {"math": _tree(ms[0]), "code": _tree(ms[1]), "sci": _tree(ms[2])},
+                                    dim=16, seed=0, rel_tol=1e-3)
+    o = A.overlap(_tree(a), _tree(ms[0]), _tree(ms[2]))
+    assert rep["overlap"]["jaccard"][0][2] == pytest.approx(o["jaccard"])
+    assert rep["overlap"]["random_baseline"][2][0] == pytest.approx(o["random_baseline"])
+    assert rep["footprint"]["code"]["changed"] == A.footprint(_tree(a), _tree(ms[1]))["changed"]
+    assert set(rep["cosine"]["per_layer"]) == {"0", "1", "other"}
+    gains = {"anchor": {"q1": 0.0, "q2": 0.5, "q3": 1.0},
+             "experts": {"math": {"q1": 1.0, "q2": 0.5, "q3": 1.0}, "code": {"q1": 0.0, "q2": 1.0, "q3": 1.0}},
+             "models": {"ties": {"q1": 1.0, "q2": 0.75, "q3": 0.0}}}
+    (tmp_path / "gains.json").write_text(json.dumps(gains))
+    rep["gain_consistency"] = analysis_cli.gains_report(gains)
+    assert rep["gain_consistency"]["ties"] == pytest.approx((1 * 1 + 0.25 * 0.5) / np.sqrt(1 + 0.0625) / np.sqrt(1.25))
+    analysis_cli.write(rep, str(tmp_path / "out"))
+    for f in ("analysis.json", "overlap.png", "cosine.png", "cosine_per_layer.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    assert analysis_cli.main(["--gains", str(tmp_path / "gains.json"), "--out", str(tmp_path / "g")]) == 0
+    assert json.loads((tmp_path / "g" / "analysis.json").read_text())["gain_consistency"]["math"] is not None
+    del gains["models"]["ties"]["q3"]
+    (tmp_path / "bad.json").write_text(json.dumps(gains))
+    assert analysis_cli.main(["--gains", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b")]) == 2

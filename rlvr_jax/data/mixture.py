@@ -18,9 +18,10 @@ class PromptMixture:
     weights=None pools all domains and shuffles them together each epoch (the study's mix:
     shares follow sizes, every prompt once per epoch). Explicit weights repeat each domain
     forever, reshuffled per domain epoch, interleaved in the weights' proportions (grain's
-    deterministic mix). Host p of P takes global elements p, p+P, ..., so global batch s is
-    elements [s*B, (s+1)*B) whatever P is: the state (batches taken) restores onto any process
-    count with the same global batch size. Batches come by random access, not a prefetching
+    deterministic mix). Host p of P takes the p-th contiguous block of B/P elements of global
+    batch s (elements [s*B, (s+1)*B)), so concatenating the hosts' batches in process order gives
+    the single-host batch, row for row: a multi-host run sees exactly the rows of a one-host run,
+    and the state (batches taken) restores onto any process count with the same global batch size. Batches come by random access, not a prefetching
     iterator, so the state is just that integer.
     """
 
@@ -60,9 +61,10 @@ class PromptMixture:
             stream = grain.MapDataset.mix(
                 [ds.shuffle(seed=_grain_seed(seed, d)).repeat() for d, ds in zip(domains, per_domain)],
                 [weights[d] for d in domains])
-        local = stream[process_index::process_count]
         # Items are plain dicts of varying length: a batch is a list, not a stacked array.
-        self._batches = local.batch(batch_size // process_count, batch_fn=list)
+        per_host = batch_size // process_count
+        lo = process_index * per_host
+        self._batches = stream.batch(batch_size, batch_fn=list).map(lambda b: b[lo:lo + per_host])
         self._step = 0
 
     def _make_fingerprint(self, sources, weights) -> str:

@@ -1,0 +1,153 @@
+"""Generation section of tools/bench.py: our jitted sampler against `transformers` `generate` (torch
+CPU, fp32, the same random weights), sampling at temperature 1 with no stop tokens.
+
+Rows follow bench.py's contract; the floor is given as bytes and FLOPs per generated token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from rlvr_jax import hf, sampling, sharding
+from rlvr_jax.model import ModelConfig, count_params
+from rlvr_jax.presets import PRESETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  cfg: ModelConfig
+  batches: tuple[int, ...]
+  prompt_len: int
+  new_tokens: int
+  repeats: int  # timed runs of each engine, interleaved; medians are reported
+
+
+FULL = Setup(PRESETS["bench-50m"], batches=(16, 64), prompt_len=64, new_tokens=128, repeats=3)
+QUICK = Setup(dataclasses.replace(PRESETS["bench-50m"], num_layers=2), batches=(4,), prompt_len=16,
+              new_tokens=16, repeats=1)
+
+
+def save_random_hf_model(cfg: ModelConfig, directory: str, seed: int = 0):
+  """A randomly initialised `transformers` model of `cfg`'s shape, saved as safetensors."""
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  config = transformers.AutoConfig.for_model(**hf.config_to_hf(cfg, "float32"))
+  model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+  model.save_pretrained(directory, safe_serialization=True)
+
+
+def work_per_token(cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int, itemsize: int = 4):
+  """(bytes, FLOPs) a perfect engine spends per generated token: one prefill plus `new_tokens` decode
+  steps, each reading every parameter once and the KV cache written so far (no wasted slots)."""
+  params = count_params(cfg)
+  kv_per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim  # K and V elements per row and slot
+  mean_kv_slots = prompt_len + (new_tokens - 1) / 2
+  bytes_total = (1 + new_tokens) * params * itemsize + new_tokens * batch * mean_kv_slots * kv_per_slot * itemsize
+  # matmul FLOPs: 2 per parameter per token (the tied embedding counts once, as the output head) plus
+  # attention scores and values: 4 * heads * head_dim per visible key.
+  attn_per_key = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+  tokens = batch * (prompt_len + new_tokens)
+  flops_total = 2 * params * tokens + attn_per_key * batch * (
+      prompt_len * (prompt_len + 1) / 2 + new_tokens * (mean_kv_slots + 1))
+  generated = batch * new_tokens
+  return bytes_total / generated, flops_total / generated
+
+
+class Ours:
+  def __init__(self, directory: str, cfg: ModelConfig, new_tokens: int):
+    self.mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
+    _, graphdef, self.params = hf.load(directory, self.mesh)
+    self.sampler = sampling.Sampler(graphdef, cfg, self.mesh)
+    self.sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=new_tokens)
+
+  def compile(self, prompts) -> float:
+    """Seconds to compile for this batch shape (the run that compiles is not timed)."""
+    jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp))
+    return self.sampler.last_compile_seconds
+
+  def run(self, prompts) -> float:
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp))
+    seconds = time.perf_counter() - t0
+    assert int(np.asarray(out.lengths).min()) == self.sp.max_new_tokens
+    return seconds
+
+
+class Peer:
+  """transformers `generate`, sampling with temperature 1 and no top-k / top-p, exactly N new tokens."""
+
+  def __init__(self, directory: str, new_tokens: int):
+    import torch
+    import transformers
+    self.torch = torch
+    self.model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    self.new_tokens = new_tokens
+
+  def run(self, prompts, new_tokens: int | None = None) -> float:
+    torch = self.torch
+    ids = torch.tensor(prompts, dtype=torch.long)
+    n = new_tokens or self.new_tokens
+    t0 = time.perf_counter()
+    with torch.no_grad():
+      out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                temperature=1.0, top_k=0, top_p=1.0, min_new_tokens=n, max_new_tokens=n,
+                                pad_token_id=0)
+    seconds = time.perf_counter() - t0
+    assert out.shape[1] - ids.shape[1] == n
+    return seconds
+
+  def pick_threads(self, prompts) -> int:
+    """The faster torch thread count on a short run: on a loaded shared CPU, all-core OpenMP
+    barriers can be several times slower than one thread, and the peer deserves its best."""
+    candidates = sorted({1, os.cpu_count() or 1})
+    probe = max(2, self.new_tokens // 8)
+    times = {}
+    for threads in candidates:
+      self.torch.set_num_threads(threads)
+      self.run(prompts, probe)  # warm-up
+      times[threads] = self.run(prompts, probe)
+    best = min(times, key=times.get)
+    self.torch.set_num_threads(best)
+    return best
+
+
+def measure(setup: Setup, seed: int = 0) -> list[dict]:
+  """Rows for every batch size of `setup`: generated tokens/s (ours, peer, floor work) and compile time."""
+  rows = []
+  rng = np.random.default_rng(seed)
+  with tempfile.TemporaryDirectory() as directory:
+    save_random_hf_model(setup.cfg, directory, seed)
+    ours, peer = Ours(directory, setup.cfg, setup.new_tokens), Peer(directory, setup.new_tokens)
+    for batch in setup.batches:
+      prompts = rng.integers(1, setup.cfg.vocab_size, (batch, setup.prompt_len)).tolist()
+      compile_s = ours.compile(prompts)
+      threads = peer.pick_threads(prompts)
+      ours_s, peer_s = [], []
+      for _ in range(setup.repeats):  # interleaved, so both see the same load
+        ours_s.append(ours.run(prompts))
+        peer_s.append(peer.run(prompts))
+      generated = batch * setup.new_tokens
+      floor_bytes, floor_flops = work_per_token(setup.cfg, batch, setup.prompt_len, setup.new_tokens)
+      shape = f"{count_params(setup.cfg) / 1e6:.0f}M params, {setup.prompt_len}-token prompts, " \
+              f"{setup.new_tokens} new tokens"
+      rows.append(dict(
+          figure=f"generate, batch {batch}", unit="tok/s",
+          ours=generated / statistics.median(ours_s), peer=generated / statistics.median(peer_s),
+          floor_bytes=floor_bytes, floor_flops=floor_flops,
+          note=f"{shape}; fp32, T=1; ours: 1 CPU device, prefill included; peer: transformers generate, "
+               f"torch {threads} thread(s); median of {setup.repeats}",
+          samples={"ours_s": ours_s, "peer_s": peer_s}))
+      rows.append(dict(figure=f"compile, batch {batch}", unit="s", ours=compile_s, peer=None,
+                       note="prefill + decode loop, one program; not in the tok/s above"))
+  return rows
+
+
+def run(quick: bool) -> list[dict]:
+  return measure(QUICK if quick else FULL)
