@@ -4,6 +4,7 @@ device count), so a rerun skips finished stages: sft -> rl_<domain> -> merge_<me
 eval -> analysis -> report. The report itself is written by experiment_report.py."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -87,7 +88,7 @@ def validate(config) -> None:
   if config.merge.main not in merge_methods_of(config):
     problems.append(f"merge.main={config.merge.main!r} is not in merge.methods")
   if not config.anchor and config.base.sft.steps < 1:
-    problems.append("no anchor: set anchor=CHECKPOINT or base.sft.steps > 0")
+    problems.append("no anchor: set --config.anchor=CHECKPOINT (or --config.base.sft.steps > 0 to train one)")
   for k in ("single_steps", "multi_steps", "opd.steps"):
     node = config
     for part in k.split("."):
@@ -403,10 +404,32 @@ def run(config, workdir: str) -> dict:
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   _check_same_config(config, workdir)
-  if config.xla_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.xla_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  stages = plan(config, workdir)
+  with _xla_cache(config.xla_cache_dir):
+    _run_stages(plan(config, workdir), workdir)
+  with open(os.path.join(workdir, "report", "results.json")) as f:
+    return json.load(f)
+
+
+@contextlib.contextmanager
+def _xla_cache(path: str):
+  """The persistent compilation cache on `path` for the experiment only (restored afterwards)."""
+  if not path:
+    yield
+    return
+  from jax.experimental.compilation_cache import compilation_cache
+  before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def _run_stages(stages: list[Stage], workdir: str) -> None:
   t_all = time.perf_counter()
   ran: set[str] = set()
   for i, st in enumerate(stages, 1):
@@ -416,11 +439,12 @@ def run(config, workdir: str) -> dict:
       print(f"{tag}: done before, skipped", file=sys.stderr)
       continue
     d = os.path.join(workdir, st.name)
+    redo = os.path.exists(d) and bool(stale)
     if os.path.exists(d) and (stale or not st.resumable):
       # Inputs that changed make every output stale; a partial non-resumable stage starts over.
       shutil.rmtree(d)
     os.makedirs(d, exist_ok=True)
-    print(f"{tag}: {st.what}" + (f" (redone: {', '.join(stale)} ran again)" if stale else ""),
+    print(f"{tag}: {st.what}" + (f" (redone: {', '.join(stale)} ran again)" if redo else ""),
           file=sys.stderr, flush=True)
     ran.add(st.name)
     load0, t0 = os.getloadavg(), time.perf_counter()
@@ -442,15 +466,14 @@ def run(config, workdir: str) -> dict:
     print(f"{tag}: finished in {wall:.1f} s", file=sys.stderr, flush=True)
   print(f"[experiment] all stages done ({time.perf_counter() - t_all:.1f} s in this call); report: "
         f"{os.path.join(workdir, 'report', 'report.md')}", file=sys.stderr)
-  with open(os.path.join(workdir, "report", "results.json")) as f:
-    return json.load(f)
 
 
 def main(argv=None) -> int:
   from rlvr_jax import cli
+  from rlvr_jax import experiment  # under `python -m` this module is __main__; cli raises the package's class
   try:
     return cli.run_entry(argv, prog="rlvr-experiment", description=__doc__, runner="experiment")
-  except ExperimentError as e:
+  except experiment.ExperimentError as e:
     print(f"rlvr-experiment: error: {e}", file=sys.stderr)
     return 2
 

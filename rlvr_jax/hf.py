@@ -7,11 +7,10 @@ writing gathers one tensor at a time and flushes a file whenever the shard size 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
