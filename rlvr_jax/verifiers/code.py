@@ -125,6 +125,9 @@ def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: Ve
         return False, "time_limit", info
     if res.status == "output_limit":
         return False, "output_limit", info
+    if res.status == "sandbox_error":
+        info["stderr_tail"] = res.stderr_tail.decode("utf-8", errors="replace")[-500:]
+        return False, "sandbox_error", info
     got = res.stdout.decode("utf-8", errors="replace")
     if fn_name:
         try:
@@ -164,5 +167,6 @@ def score_code(gt: dict, text: str, config: VerifierConfig) -> Score:
     details = {"passed": passed, "run": run, "total": len(tests), "pass_fraction": passed / len(tests)}
     if failure is not None:
         details["failure"] = failure
-        return Score(0.0, "wrong", details)
+        # An infrastructure failure is labelled as such (counted under verifier errors), never "wrong".
+        return Score(0.0, "error" if failure["kind"] == "sandbox_error" else "wrong", details)
     return Score(1.0, "ok", details)

@@ -48,7 +48,7 @@ class RunResult:
     stdout: bytes
     stderr_tail: bytes
     returncode: int | None
-    status: str            # "exited" | "timeout" | "output_limit"
+    status: str            # "exited" | "timeout" | "output_limit" | "sandbox_error" (bwrap setup failed)
     wall_s: float
 
 
@@ -224,19 +224,34 @@ def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, a
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
             argv, cwd = _bwrap_argv(bwrap, py, limits, uid, fds, script, args), "/"
-        t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
-                                start_new_session=True, **ids)
-        for fd in fds.values():
-            os.close(fd)
-        fds = {}
-        return _communicate(proc, stdin, t0, limits)
+        for attempt in range(_SETUP_RETRIES + 1):
+            for fd in fds.values():  # the program files are read again on a retry
+                os.lseek(fd, 0, os.SEEK_SET)
+            t0 = time.monotonic()
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
+                                    start_new_session=True, **ids)
+            result = _communicate(proc, stdin, t0, limits)
+            if unsandboxed or not _setup_failed(result):
+                return result
+            # bwrap could not build the sandbox (typically "Can't fork": the previous sandbox of this
+            # uid is still being torn down and counts against RLIMIT_NPROC). Not the program's fault.
+            time.sleep(0.05 * 2 ** attempt)
+        result.status = "sandbox_error"
+        return result
     finally:
         for fd in fds.values():
             os.close(fd)
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+_SETUP_RETRIES = 5
+
+
+def _setup_failed(result: RunResult) -> bool:
+    """bwrap itself failed before the program ran: it prints `bwrap: ...` and exits 1."""
+    return result.returncode == 1 and not result.stdout and result.stderr_tail.startswith(b"bwrap: ")
 
 
 def _kill(proc: subprocess.Popen) -> None:
