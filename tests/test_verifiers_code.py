@@ -143,3 +143,24 @@ def test_unsandboxed_opt_in_is_loud(monkeypatch, capsys):
                   config=VerifierConfig(allow_unsandboxed=True))
     assert s.reward == 1.0
     assert "WITHOUT a sandbox" in capsys.readouterr().err
+
+
+@requires_bwrap
+@pytest.mark.parametrize("failures,reward,reason", [(2, 1.0, "ok"), (99, 0.0, "error")])
+def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, reason, reward):
+    # bwrap occasionally cannot fork while the previous sandbox of the same uid is torn down: that is
+    # retried, and if it persists the sample is an infrastructure error, never a wrong answer.
+    real = sandbox._communicate
+    calls = {"n": 0}
+
+    def flaky(proc, stdin, t0, limits):
+        result = real(proc, stdin, t0, limits)
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            return sandbox.RunResult(b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n",
+                                     1, "exited", result.wall_s)
+        return result
+    monkeypatch.setattr(sandbox, "_communicate", flaky)
+    monkeypatch.setattr(sandbox.time, "sleep", lambda s: None)
+    s = _code([{"input": "2 3\n", "output": "5\n"}], "```python\na, b = map(int, input().split())\nprint(a + b)\n```")
+    assert (s.reward, s.reason) == (reward, reason)
