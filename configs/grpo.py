@@ -78,7 +78,7 @@ def get_config(arg: str = "multi"):
   c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 2e-4 if tiny else 2e-6  # tiny models need a far larger step
+  c.optim.learning_rate = 5e-4 if tiny else 2e-6  # tiny models need a far larger step
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.1  # not on norms / biases
@@ -93,10 +93,10 @@ def get_config(arg: str = "multi"):
   c.train.keep = 3  # checkpoints kept
 
   c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
-  c.sft.steps = 200 if tiny else 0
-  c.sft.batch_size = 32
+  c.sft.steps = 500 if tiny else 0
+  c.sft.batch_size = 16
   c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
-  c.sft.learning_rate = 3e-3 if tiny else 1e-5
+  c.sft.learning_rate = 5e-3 if tiny else 1e-5
   c.sft.warmup_steps = 20
   c.sft.data = ""  # "" = the RL training records' reference responses
 

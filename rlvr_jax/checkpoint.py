@@ -38,12 +38,15 @@ def abstract_with_shardings(abstract_tree, shardings_tree):
 
 
 class Checkpointer:
-  """CheckpointManager wrapper: async saves every `save_every` steps, keeps the last `keep`, and
+  """CheckpointManager wrapper: async saves every `save_every` steps, keeps the last `keep` and step 0, and
   restores the newest readable step (a damaged latest step is skipped with a warning)."""
 
   def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
+    from orbax.checkpoint import checkpoint_managers as cm
+    # Step 0 (the starting point, e.g. the SFT anchor) is kept besides the latest `keep`.
+    keep_policy = cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps([0])])
+    options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, preservation_policy=keep_policy,
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
