@@ -1,0 +1,157 @@
+"""Training section of tools/bench.py: GRPO update tokens/s and MFU on the 50M Qwen3-style shape
+(peer: a plain PyTorch forward + backward + AdamW step of the same transformers model, same run),
+and the time split per phase of one GRPO step at the built-in default (tiny model, 8 x 8 rows)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _median_time(fn, repeats: int) -> float:
+  fn()  # compile / warm up
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts))
+
+
+def _update_rows(quick: bool) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from rlvr_jax import grpo, optim, rl_step, sharding
+  from rlvr_jax.model import count_params
+  from rlvr_jax.presets import PRESETS
+  from bench_generation import save_random_hf_model
+
+  cfg = PRESETS["bench-50m"]
+  if quick:
+    cfg = dataclasses.replace(cfg, num_layers=2, vocab_size=4096, hidden_size=256, intermediate_size=768,
+                              num_heads=4, num_kv_heads=2)
+  B, P, N = (4, 32, 32) if quick else (8, 128, 128)
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as tmp:
+    save_random_hf_model(cfg, tmp)
+    import transformers
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp).float()
+    from rlvr_jax import hf
+    mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
+    _, graphdef, params = hf.load(tmp, mesh)
+  _, _, shardings = sharding.model_shardings(cfg, mesh)
+  opt = optim.make_optimizer(learning_rate=1e-6)
+  opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
+  step = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=1, param_shardings=shardings,
+                                  opt_shardings=opt_sh, mesh=mesh)
+  mask = np.ones((B, N), bool)
+  adv = np.asarray(grpo.advantages(jnp.asarray(rng.integers(0, 2, B).astype(np.float32)), group_size=4))
+  batch = {"prompt_tokens": rng.integers(1, cfg.vocab_size, (B, P)).astype(np.int32),
+           "prompt_valid": np.ones((B, P), bool),
+           "completion_tokens": rng.integers(1, cfg.vocab_size, (B, N)).astype(np.int32), "loss_mask": mask,
+           "adv": (adv[:, None] * mask).astype(np.float32), "sampler_logp": np.full((B, N), -3.0, np.float32)}
+  state = {"params": params, "opt": opt_state}
+
+  def ours():
+    state["params"], state["opt"], m = step(state["params"], state["opt"], batch)
+    jax.block_until_ready(m)
+  t_ours = _median_time(ours, 2 if quick else 3)
+
+  torch.manual_seed(0)
+  torch_opt = torch.optim.AdamW(hf_model.parameters(), lr=1e-6, betas=(0.9, 0.98), weight_decay=0.1)
+  ids = torch.as_tensor(np.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], 1), dtype=torch.long)
+  hf_model.train()
+
+  def peer():
+    torch_opt.zero_grad()
+    logits = hf_model(input_ids=ids).logits[:, P - 1:-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None])[..., 0]
+    (-(logp * torch.as_tensor(batch["adv"])).mean()).backward()
+    torch.nn.utils.clip_grad_norm_(hf_model.parameters(), 1.0)
+    torch_opt.step()
+  t_peer = _median_time(peer, 2 if quick else 3)
+
+  tokens = B * (P + N)
+  n_params = count_params(cfg)
+  T = P + N
+  # Forward+backward: 6 FLOPs per parameter per token, plus attention (QK^T and PV: 4*T*H*D per token
+  # forward, x3 with the backward).
+  flops_per_token = 6 * n_params + 3 * 4 * cfg.num_layers * T * cfg.num_heads * cfg.head_dim
+  return [{"figure": f"GRPO update, {'toy' if quick else '50M'} Qwen3 shape, {B}x{T} tokens", "ours": tokens / t_ours,
+           "peer": tokens / t_peer, "unit": "tok/s", "floor_flops": flops_per_token,
+           "note": f"peer: torch fwd+bwd+AdamW of the same transformers model; {n_params / 1e6:.1f}M params; "
+                   "floor = FLOPs / measured matmul rate, so floor_fraction is the MFU"}]
+
+
+def _phase_rows(quick: bool) -> list[dict]:
+  """One GRPO step of the built-in default, phase by phase, each phase blocked on."""
+  import jax
+  import jax.numpy as jnp
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  import default as default_config
+  from rlvr_jax import grpo, optim, rl_step, runtime, sharding
+  from rlvr_jax.data.mixture import PromptMixture
+  from rlvr_jax.data.prompts import PromptConfig, build_prompts
+  from rlvr_jax.evaluate import decode_completion
+  from rlvr_jax.sampling import Sampler, SamplingParams, next_pow2
+  from rlvr_jax.verifiers import VerifierConfig
+  from rlvr_jax.verifiers.pool import VerifierPool
+
+  c = default_config.get_config("tiny")
+  ro = c.rollout
+  mesh = sharding.make_mesh(sharding.MeshShape())
+  tok = runtime.load_tokenizer("builtin")
+  cfg = runtime.model_config("tiny", {}, vocab_size=tok.vocab_size, param_dtype="float32", remat=False)
+  graphdef, params, shardings = runtime.init_model(cfg, mesh, 0)
+  pc = PromptConfig(thinking=True, max_prompt_tokens=c.data.max_prompt_tokens)
+  records = runtime.load_records("builtin", "train", ("math", "code", "science", "if"), 200)
+  by_domain, _ = build_prompts(records, tok, pc)
+  mix = PromptMixture(by_domain, batch_size=ro.prompts_per_step, seed=0)
+  bucket = next_pow2(max(len(it["prompt_ids"]) for v in by_domain.values() for it in v), 16)
+  sampler = Sampler(graphdef, cfg, mesh, pad_id=tok.pad_id, min_prompt_bucket=bucket)
+  sp = SamplingParams(temperature=1.0, max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt,
+                      stop_token_ids=tok.eos_ids)
+  opt = optim.make_optimizer(learning_rate=c.optim.learning_rate)
+  opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
+  update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=1, param_shardings=shardings,
+                                    opt_shardings=opt_sh, mesh=mesh)
+  times = {"rollout": [], "verify": [], "update": []}
+  with VerifierPool(2, config=VerifierConfig(thinking=True)) as pool:
+    for i in range(2 if quick else 4):  # the first step compiles; the median of the rest is reported
+      items = next(mix)
+      t0 = time.perf_counter()
+      r = sampler.generate(params, [it["prompt_ids"] for it in items], sp, key=jax.random.key(i))
+      comp, valid = np.asarray(r.completion_tokens), np.asarray(r.completion_valid)
+      t1 = time.perf_counter()
+      rows = [items[j]["record"] for j in r.prompt_index]
+      texts = [decode_completion(tok, a, b) for a, b in zip(comp, valid)]
+      rewards = np.asarray([s.reward for s in pool.submit(rows, texts).result()], np.float32)
+      t2 = time.perf_counter()
+      adv = np.asarray(grpo.advantages(jnp.asarray(rewards), group_size=ro.samples_per_prompt))
+      batch = {"prompt_tokens": r.prompt_tokens, "prompt_valid": r.prompt_valid,
+               "completion_tokens": r.completion_tokens, "sampler_logp": r.policy_logprobs,
+               "loss_mask": valid, "adv": (adv[:, None] * valid).astype(np.float32)}
+      params, opt_state, m = update(params, opt_state, batch)
+      jax.block_until_ready(m)
+      t3 = time.perf_counter()
+      if i:
+        times["rollout"].append(t1 - t0)
+        times["verify"].append(t2 - t1)
+        times["update"].append(t3 - t2)
+  rows_n = ro.prompts_per_step * ro.samples_per_prompt
+  return [{"figure": f"GRPO step phase: {k} (built-in default, {rows_n} rows x {ro.max_new_tokens} new tokens)",
+           "ours": 1e3 * float(np.median(v)), "peer": None, "unit": "ms",
+           "note": "each phase blocked on; in training the update overlaps the next rollout's host work"}
+          for k, v in times.items()]
+
+
+def run(quick: bool) -> list[dict]:
+  return _update_rows(quick) + _phase_rows(quick)
