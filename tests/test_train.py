@@ -163,3 +163,20 @@ def test_sigterm_saves_and_exits(tmp_path):
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] >= 2 and steps[-1] < 50  # step 0 (anchor) and the step SIGTERM arrived in
   assert b"SIGTERM" in err
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint_named(tmp_path):
+  from rlvr_jax import rl_loop
+  from rlvr_jax.checkpoint import Checkpointer
+  from rlvr_jax.metrics import MetricsWriter
+
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  ckpt.save(6, {"params": {"w": np.zeros(2, np.float32)}}, {}, force=True)
+
+  class Bar:
+    def set_postfix(self, *_):
+      pass
+  pending = (7, {"reward/mean": 0.5}, {"loss/total": jnp.float32(np.nan)})
+  with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7; last good checkpoint: step 6 in .*ckpt"):
+    rl_loop._flush(MetricsWriter(str(tmp_path)), pending, Bar(), ckpt)
+  ckpt.close()
