@@ -52,18 +52,23 @@ def measure_machine(quick: bool) -> dict:
     np.copyto(dst, src)
     copy_s.append(time.perf_counter() - t0)
   n = 512 if quick else 2048
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  mm_s = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    matmul(a).block_until_ready()
-    mm_s.append(time.perf_counter() - t0)
+  a_np = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+  a = jnp.asarray(a_np)
+  jax_matmul = jax.jit(lambda x: x @ x)
+  # The machine's rate is the best any library reaches (numpy's BLAS can beat XLA's kernels).
+  runs = {"jax": lambda: jax_matmul(a).block_until_ready(), "numpy": lambda: a_np @ a_np}
+  mm_s = {name: [] for name in runs}
+  for name, fn in runs.items():
+    fn()
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      mm_s[name].append(time.perf_counter() - t0)
+  rate = {name: 2 * n**3 / min(ts) / 1e9 for name, ts in mm_s.items()}
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   return {"mem_bandwidth_gb_s": 2 * src.nbytes / min(copy_s) / 1e9,
-          "matmul_gflop_s": 2 * n**3 / min(mm_s) / 1e9,
-          "matmul_gflop_s_median": 2 * n**3 / statistics.median(mm_s) / 1e9,
+          "matmul_gflop_s": max(rate.values()),
+          **{f"matmul_gflop_s_{name}": r for name, r in rate.items()},
           "mem_bandwidth_gb_s_median": 2 * src.nbytes / statistics.median(copy_s) / 1e9,
           "cpu_count": os.cpu_count(), "load_avg_1m": load, "jax_devices": len(jax.devices()),
           "jax_backend": jax.default_backend()}
@@ -108,9 +113,11 @@ def finish(row: dict, section: str, machine: dict) -> dict:
   ours, peer = row["ours"], row.get("peer")
   row["floor"] = floor_of(row, machine)
   if row.get("floor_bytes") is not None or row.get("floor_flops") is not None:
-    bound_s = {k: (row.get(f"floor_{k}") or 0) / (machine[m] * 1e9)
-               for k, m in (("bytes", "mem_bandwidth_gb_s"), ("flops", "matmul_gflop_s"))}
-    row["floor_bound"] = "memory" if bound_s["bytes"] >= bound_s["flops"] else "compute"
+    # Both floors on their own too: the issue asks for the memory-bandwidth one even where compute binds.
+    for kind, key in (("memory", "floor_bytes"), ("compute", "floor_flops")):
+      alone = floor_of({"unit": row["unit"], "figure": row["figure"], key: row.get(key)}, machine)
+      row[f"{kind}_floor"], row[f"{kind}_floor_fraction"] = alone, _better(ours, alone, higher)
+    row["floor_bound"] = "memory" if row["floor"] == row["memory_floor"] else "compute"
   row["ratio"] = _better(ours, peer, higher)
   row["floor_fraction"] = _better(ours, row["floor"], higher)
   if given is not None and (row["ratio"] is None or not math.isclose(given, row["ratio"], rel_tol=0.02)):
@@ -152,7 +159,10 @@ def markdown(rows: list[dict], machine: dict) -> str:
   for r in rows:
     ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}×"
     frac = "-" if r["floor_fraction"] is None else f"{100 * r['floor_fraction']:.0f}%"
-    note = r.get("note", "") + (f" (floor: {r['floor_bound']} bound)" if r.get("floor_bound") else "")
+    note = r.get("note", "")
+    if r.get("floor_bound") and r.get("memory_floor") is not None:
+      note += (f" (floor {r['floor_bound']} bound; memory-bandwidth floor {_fmt(r['memory_floor'])}, "
+               f"{100 * r['memory_floor_fraction']:.0f}% of it)")
     lines.append(f"| {r['section']} | {r['figure']} | {_fmt(r['ours'])} | {_fmt(r.get('peer'))} | {ratio} | "
                  f"{_fmt(r['floor'])} | {frac} | {r['unit']} | {note} |")
   return "\n".join(lines)
