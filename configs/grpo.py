@@ -48,7 +48,7 @@ def get_config(arg: str = "multi"):
   c.data.max_prompt_tokens = 64 if tiny else 2048
 
   c.rollout = ml_collections.ConfigDict()
-  c.rollout.prompts_per_step = 8 if tiny else 128
+  c.rollout.prompts_per_step = 16 if tiny else 128
   c.rollout.samples_per_prompt = 8 if tiny else 16
   c.rollout.max_new_tokens = 64 if tiny else 32768  # tokens
   c.rollout.temperature = 1.0
@@ -78,7 +78,7 @@ def get_config(arg: str = "multi"):
   c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 5e-4 if tiny else 2e-6  # tiny models need a far larger step
+  c.optim.learning_rate = 1e-3 if tiny else 2e-6  # tiny models need a far larger step
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.1  # not on norms / biases
@@ -93,7 +93,7 @@ def get_config(arg: str = "multi"):
   c.train.keep = 3  # checkpoints kept
 
   c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
-  c.sft.steps = 500 if tiny else 0
+  c.sft.steps = 400 if tiny else 0
   c.sft.batch_size = 16
   c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
   c.sft.learning_rate = 5e-3 if tiny else 1e-5
@@ -105,8 +105,10 @@ def get_config(arg: str = "multi"):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.items_per_domain = 100 if tiny else 0  # held-out items per domain, before and after RL; 0 = skip
-  c.eval.samples = 1
-  c.eval.temperature = 0.0  # greedy
+  # Avg@K with the policy's own sampling temperature, as the study reports (greedy decoding hides
+  # much of what RL changes in a small model: it sharpens the sampled distribution first).
+  c.eval.samples = 4
+  c.eval.temperature = 1.0
   c.eval.max_new_tokens = c.rollout.max_new_tokens
 
   c.verifier = ml_collections.ConfigDict()

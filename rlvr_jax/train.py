@@ -173,8 +173,8 @@ def run(config, workdir: str) -> dict:
                  compilations={"sampler": sampler.num_compilations})
   if eval_before and eval_after:
     summary["table"] = _table(eval_before, eval_after, config.eval.samples)
-    print("\nHeld-out accuracy per domain (greedy, Avg@%d):\n%s\n" % (config.eval.samples, summary["table"]),
-          file=sys.stderr)
+    print("\nHeld-out accuracy per domain (Avg@%d, temperature %g, %d items per domain):\n%s\n" % (
+        config.eval.samples, config.eval.temperature, config.eval.items_per_domain, summary["table"]), file=sys.stderr)
   if jax.process_index() == 0:
     slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
     slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
