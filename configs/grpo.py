@@ -78,7 +78,7 @@ def get_config(arg: str = "multi"):
   c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 1e-3 if tiny else 2e-6  # tiny models need a far larger step
+  c.optim.learning_rate = 4e-4 if tiny else 2e-6  # tiny models need a far larger step (1e-3 collapsed)
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.1  # not on norms / biases
