@@ -73,6 +73,26 @@ def load_model(path: str, mesh, param_dtype: str, remat: bool):
   return cfg, graphdef, params, shardings
 
 
+def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
+  """(cfg, graphdef, params, shardings) from a run config's `model` block: its checkpoint, or a random
+  init of its preset with the set `overrides`."""
+  m = model_config_dict
+  if m.checkpoint:
+    return load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
+  overrides = {k: v for k, v in m.overrides.items() if v is not None}
+  cfg = model_config(m.preset, overrides, vocab_size=vocab_size, param_dtype=m.param_dtype, remat=m.remat)
+  graphdef, params, shardings = init_model(cfg, mesh, seed)
+  return cfg, graphdef, params, shardings
+
+
+def prompt_config(data_config_dict):
+  """The PromptConfig of a run config's `data` block."""
+  from rlvr_jax.data.prompts import PromptConfig
+  d = data_config_dict
+  return PromptConfig(thinking=d.thinking, system_prompt=d.system_prompt, domain_prefixes=d.domain_prefixes,
+                      max_prompt_tokens=d.max_prompt_tokens)
+
+
 def load_records(spec: str, split: str, domains: tuple[str, ...], builtin_size: int = 0) -> list[dict]:
   """'builtin' for the shipped generators, else a comma-separated list of JSONL/parquet files."""
   if spec == "builtin":

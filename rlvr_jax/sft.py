@@ -120,17 +120,11 @@ def run(config, workdir: str) -> str:
   mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
   tokenizer = runtime.load_tokenizer(config.tokenizer, m.checkpoint)
   domains = tuple(x for x in config.data.domains.split(",") if x)
-  if m.checkpoint:
-    cfg, graphdef, params, shardings = runtime.load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
-  else:
-    cfg = runtime.model_config(m.preset, {k: v for k, v in m.overrides.items() if v is not None}, vocab_size=tokenizer.vocab_size,
-                               param_dtype=m.param_dtype, remat=m.remat)
-    graphdef, params, shardings = runtime.init_model(cfg, mesh, config.seed)
+  cfg, graphdef, params, param_shardings = runtime.build_model(m, mesh, vocab_size=tokenizer.vocab_size,
+                                                                   seed=config.seed)
   records = runtime.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
-  prompt_config = PromptConfig(thinking=config.data.thinking, system_prompt=config.data.system_prompt,
-                               domain_prefixes=config.data.domain_prefixes,
-                               max_prompt_tokens=config.data.max_prompt_tokens)
-  params, _ = run_sft(graphdef, params, shardings, mesh, tokenizer, records, prompt_config=prompt_config,
+  prompt_config = runtime.prompt_config(config.data)
+  params, _ = run_sft(graphdef, params, param_shardings, mesh, tokenizer, records, prompt_config=prompt_config,
                       steps=s.steps, batch_size=s.batch_size, max_len=s.max_len, learning_rate=s.learning_rate,
                       warmup_steps=s.warmup_steps, seed=config.seed, workdir=workdir)
   out = os.path.join(workdir, "anchor")

@@ -16,7 +16,7 @@ import numpy as np
 from rlvr_jax import checkpoint, grpo, optim, rl_loop, runtime, sharding
 from rlvr_jax.rl_loop import ConfigError
 from rlvr_jax.data.mixture import PromptMixture
-from rlvr_jax.data.prompts import PromptConfig, build_prompts
+from rlvr_jax.data.prompts import build_prompts
 from rlvr_jax.evaluate import evaluate
 from rlvr_jax.metrics import MetricsWriter, flatten_config
 from rlvr_jax.sampling import Sampler, next_pow2
@@ -97,16 +97,10 @@ def run(config, workdir: str) -> dict:
   m, ro, o, t = config.model, config.rollout, config.optim, config.train
   tokenizer = runtime.load_tokenizer(config.tokenizer, m.checkpoint)
   domains = tuple(x for x in config.data.domains.split(",") if x)
-  prompt_config = PromptConfig(thinking=config.data.thinking, system_prompt=config.data.system_prompt,
-                               domain_prefixes=config.data.domain_prefixes,
-                               max_prompt_tokens=config.data.max_prompt_tokens)
+  prompt_config = runtime.prompt_config(config.data)
 
-  if m.checkpoint:
-    cfg, graphdef, params, param_shardings = runtime.load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
-  else:
-    cfg = runtime.model_config(m.preset, {k: v for k, v in m.overrides.items() if v is not None}, vocab_size=tokenizer.vocab_size,
-                               param_dtype=m.param_dtype, remat=m.remat)
-    graphdef, params, param_shardings = runtime.init_model(cfg, mesh, config.seed)
+  cfg, graphdef, params, param_shardings = runtime.build_model(m, mesh, vocab_size=tokenizer.vocab_size,
+                                                                   seed=config.seed)
   optimizer = optim.make_optimizer(learning_rate=o.learning_rate, schedule=o.schedule, warmup_steps=o.warmup_steps,
                                    total_steps=t.steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
                                    grad_clip_norm=o.grad_clip_norm)

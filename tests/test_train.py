@@ -180,3 +180,16 @@ def test_non_finite_loss_stops_with_step_and_checkpoint_named(tmp_path):
   with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7; last good checkpoint: step 6 in .*ckpt"):
     rl_loop._flush(MetricsWriter(str(tmp_path)), pending, Bar(), ckpt)
   ckpt.close()
+
+
+def test_rlvr_sft_writes_a_loadable_anchor(tmp_path):
+  from rlvr_jax import checkpoint, sft
+  c = tiny_config()
+  c.sft.steps, c.sft.batch_size, c.sft.warmup_steps = 4, 8, 1
+  anchor = sft.run(c, str(tmp_path))
+  rows = read_jsonl(str(tmp_path / "metrics_sft.jsonl"))
+  assert rows[-1]["step"] == 3 and rows[-1]["sft/loss"] < rows[0]["sft/loss"]
+  mesh = sharding.make_mesh(sharding.MeshShape(2, 2, 2))
+  cfg, _, params = checkpoint.load_params_any(anchor, mesh)
+  assert cfg.hidden_size == 64 and cfg.num_layers == 2
+  assert checkpoint.tokenizer_dir_of(anchor) is not None
