@@ -8,7 +8,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import sys
@@ -18,8 +17,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 DOMAIN_LABELS = {"math": "Math", "code": "Code", "science": "Sci", "if": "IF"}
 MERGE_LABELS = {"average": "Average", "task_arithmetic": "TA", "ties": "TIES", "dare_ties": "TIES+DARE",

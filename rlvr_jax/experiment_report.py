@@ -16,6 +16,19 @@ from rlvr_jax.experiment import DOMAIN_LABELS, domains_of, load_eval, model_tabl
 STUDY_MULTI_PCT = 33.2  # REFERENCE.md: the multi-task run cost 33.2% of the four single-domain runs
 
 
+def provenance() -> dict:
+  """The code the numbers came from: commit and whether the work tree had changes (None outside git)."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                            capture_output=True, text=True, check=True)
+  except (OSError, subprocess.CalledProcessError):
+    return {"git_commit": None, "dirty": None}
+  return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
 def machine_info(note: str) -> dict:
   cpu = ""
   try:
@@ -48,6 +61,20 @@ def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
   return out
 
 
+def _step_times(workdir: str, stage: str) -> dict:
+  """From a run's metrics: step 1's time/total (it includes compiling the sampler and the update)
+  and the sum and mean over the later steps."""
+  rows = {}
+  with open(os.path.join(workdir, stage, "metrics_train.jsonl")) as f:
+    for line in f:
+      if line.strip():
+        r = json.loads(line)
+        rows[r["step"]] = r["time/total"]
+  later = [v for k, v in rows.items() if k > 1]
+  return {"steps": len(rows), "first_step_s": rows.get(1), "later_steps_s": sum(later),
+          "later_step_mean_s": sum(later) / len(later) if later else None}
+
+
 def build_results(config, workdir: str) -> dict:
   """Everything the report shows, gathered from the stage outputs."""
   models = model_table(config, workdir)
@@ -74,12 +101,21 @@ def build_results(config, workdir: str) -> dict:
           "multi_device_s": stages["multi"]["device_seconds"],
           "multi_pct_of_single": 100.0 * stages["multi"]["device_seconds"] / single_total,
           "opd_device_s": stages["opd"]["device_seconds"],
-          "merge_device_s": {n[len("merge_"):]: stages[n]["device_seconds"] for n in models if n.startswith("merge_")}}
+          "merge_device_s": {n[len("merge_"):]: stages[n]["device_seconds"] for n in models if n.startswith("merge_")},
+          # the report stage is still running while this is computed: every stage before it
+          "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
+          "step_times": {s: _step_times(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]}}
+  later = cost["step_times"]
+  single_later = sum(later[f"rl_{d}"]["later_steps_s"] for d in domains)
+  # None when the single-domain runs had no step after the first (compile-bearing) one
+  cost["multi_pct_of_single_later_steps"] = (100.0 * later["multi"]["later_steps_s"] / single_later
+                                             if single_later > 0 else None)
   with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
     analysis = json.load(f)
   return {
       "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
       "machine": machine_info(config.report.machine),
+      "provenance": provenance(),
       "config": json.loads(config.to_json_best_effort()),
       "models": shown,
       "eval": {"samples": K, "temperature": config.eval.temperature, "data": config.eval.data,
@@ -122,10 +158,23 @@ def render(results: dict) -> str:
   out = [f"# Mix or merge? The experiment on `{results['config']['base']['model']['preset']}`"
          f"{' from ' + results['config']['anchor'] if results['config']['anchor'] else ''}", ""]
   loads = [x for s in results["stages"].values() for x in s["loadavg_1min_range"]]
+  cfg = results["config"]
+  b, ro = cfg["base"], cfg["base"]["rollout"]
+  anchor = cfg["anchor"] or f"SFT of the base model on all domains, {b['sft']['steps']} steps"
+  out += [f"Setup: anchor = {anchor}; "
+          f"GRPO with {ro['prompts_per_step']} prompts x {ro['samples_per_prompt']} samples per step, "
+          f"lr {b['optim']['learning_rate']:g}, up to {ro['max_new_tokens']} response tokens; "
+          f"{cfg['single_steps']} steps per single-domain run, {cfg['multi_steps']} for the multi-task run "
+          f"({cfg['multi_step_ratio']}x); MT-OPD {cfg['opd']['steps']} steps of {cfg['opd']['prompts_per_step']} x "
+          f"{cfg['opd']['samples_per_prompt']}, lr {cfg['opd']['learning_rate']:g}. All settings: results.json "
+          "(`config`).", ""]
   out += [f"Measured on: {mc['cpu']}, {mc['cpu_count']} cores, {mc['device_count']} JAX {mc['backend']} "
           f"device(s) ({mc['device_kind']}), JAX {mc['jax']}"
           + (f"; {mc['note']}" if mc["note"] else "") + f". 1-minute load average during the stages: "
-          f"{min(loads):.1f} to {max(loads):.1f}.", "",
+          f"{min(loads):.1f} to {max(loads):.1f}. Wall time of all stages before the report: "
+          f"{results['cost']['experiment_wall_s'] / 60:.1f} min. Code: commit "
+          f"{str(results['provenance']['git_commit'])[:10]}{' with local changes' if results['provenance']['dirty'] else ''}.",
+          "",
           f"Evaluation: built-in held-out items ({', '.join(f'{d} {n}' for d, n in results['eval']['items_per_domain'].items())}), "
           f"K = {K} samples per item at temperature {results['eval']['temperature']}; Avg@{K} in %. "
           f"Standard errors over items are in results.json (`eval.per_model.*.*.stderr`); the largest is "
@@ -175,11 +224,21 @@ def _cost_section(results: dict) -> list[str]:
   rows.append(row("MT-OPD (distillation only; needs the experts)", "opd"))
   rows.append(row("**RL-Multi (GRPO, mixed)**", "multi"))
   rows += [row(f"{n} (not part of training cost)", n) for n in ("eval", "analysis") if n in st]
-  return ["## Cost (device-seconds = measured wall time x device count)", "",
+  out = ["## Cost (device-seconds = measured wall time x device count)", "",
           _table(["stage", "wall s", "devices", "device-s", "% of separate runs"], rows), "",
           f"The multi-task run cost **{c['multi_pct_of_single']:.1f}%** of the separate single-domain runs "
           f"(the study: {STUDY_MULTI_PCT}% in GPU-hours, with {results['config']['multi_step_ratio']}x the steps "
           f"of one run). Every merge or MT-OPD also needs all single-domain runs first.", ""]
+  t = c["step_times"]
+  rows = [[models[n]["label"], str(t[n]["steps"]), f"{t[n]['first_step_s']:.1f}", f"{t[n]['later_step_mean_s']:.2f}",
+           f"{t[n]['later_steps_s']:.1f}"] for n in t if t[n]["later_step_mean_s"] is not None]
+  out += ["Where the RL time goes (`time/total` per step in each run's metrics_train.jsonl; step 1 includes "
+          "compiling the sampler and the update, which every run pays once):", "",
+          _table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows), ""]
+  if c["multi_pct_of_single_later_steps"] is not None:
+    out += [f"Counting only the steps after the first, the multi-task run took "
+            f"{c['multi_pct_of_single_later_steps']:.1f}% of the single-domain runs' time.", ""]
+  return out
 
 
 def _weight_space_section(results: dict) -> list[str]:

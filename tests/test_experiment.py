@@ -33,9 +33,10 @@ def short_config():
 
 def md_table(md: str, heading: str) -> tuple[list[str], list[list[str]]]:
   """(header, rows) of the first table after `## heading`."""
-  sec = md.split(f"## {heading}", 1)[1]
-  lines = [x for x in sec.split("\n## ", 1)[0].splitlines() if x.startswith("|")]
-  cells = [[c.strip() for c in x.strip("|").split("|")] for x in lines]
+  lines = md.split(f"## {heading}", 1)[1].splitlines()
+  start = next(i for i, x in enumerate(lines) if x.startswith("|"))
+  end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+  cells = [[c.strip() for c in x.strip("|").split("|")] for x in lines[start:end]]
   return cells[0], cells[2:]
 
 
@@ -43,7 +44,8 @@ def md_table(md: str, heading: str) -> tuple[list[str], list[list[str]]]:
 @pytest.mark.slow
 def test_shortened_experiment_end_to_end(tmp_path, capsys):
   from rlvr_jax import experiment
-  wd, config = str(tmp_path), short_config()
+  wd, config = str(tmp_path / "run"), short_config()
+  config.xla_cache_dir = str(tmp_path / "xla")  # the four RL runs share compiled programs
   results = experiment.run(config, wd)
   check_stage_outputs(config, wd)
   check_results_are_the_measured_numbers(wd, results)
