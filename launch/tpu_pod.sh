@@ -3,6 +3,7 @@
 #   launch/tpu_pod.sh create            # make the slice
 #   launch/tpu_pod.sh setup             # copy this repo to every worker and install it
 #   launch/tpu_pod.sh run ARGS...       # rlvr-train ARGS on every worker (jax.distributed picks up the pod)
+#   launch/tpu_pod.sh experiment ARGS...  # rlvr-experiment ARGS on every worker
 #   launch/tpu_pod.sh logs              # tail worker 0's log
 #   launch/tpu_pod.sh delete
 # Settings come from the environment: TPU_NAME, ZONE, ACCELERATOR (e.g. v5litepod-64), RUNTIME, PROJECT.
@@ -11,7 +12,7 @@ set -euo pipefail
 ACCELERATOR="${ACCELERATOR:-v5litepod-64}"
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-CMD="${1:?usage: $0 create|setup|run|logs|delete [ARGS...]}"; shift || true
+CMD="${1:?usage: $0 create|setup|run|experiment|logs|delete [ARGS...]}"; shift || true
 ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="$1"; }
 case "$CMD" in
   create) gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG \
@@ -20,6 +21,7 @@ case "$CMD" in
             --zone="$ZONE" $PROJECT_FLAG --worker=all
           ssh_all "cd ~/rlvr_jax && python3.11 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]' && (sudo apt-get install -y -qq bubblewrap || true)" ;;
   run)    ssh_all "cd ~/rlvr_jax && nohup .venv/bin/rlvr-train $* > ~/train.log 2>&1 &" ;;
+  experiment) ssh_all "cd ~/rlvr_jax && nohup .venv/bin/rlvr-experiment $* > ~/train.log 2>&1 &" ;;
   logs)   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=0 --command="tail -f ~/train.log" ;;
   delete) gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --quiet ;;
   *) echo "unknown command $CMD" >&2; exit 2 ;;
