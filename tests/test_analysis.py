@@ -6,20 +6,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlvr_jax import analysis as A
 from rlvr_jax import merge as M
+from tests.test_merge import _tree
 
 SHAPES = {"embed/embedding": (16, 8), "layers/0/mlp/up_proj/kernel": (8, 12),
           "layers/1/mlp/up_proj/kernel": (8, 12), "final_norm/scale": (8,)}
 
 
-def _tree(flat):
-    out = {}
-    for path, x in flat.items():
-        node = out
-        parts = [int(p) if p.isdigit() else p for p in path.split("/")]
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = x
-    return out
 
 
 def _models(seed=0):
