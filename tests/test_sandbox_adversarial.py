@@ -166,3 +166,30 @@ def test_host_back_to_baseline(outcome):
     assert outcome["leftovers"] == [], outcome["leftovers"]
     assert outcome["sandbox_procs"] == [], outcome["sandbox_procs"]
     assert outcome["avail_drop"] < (1 << 30)  # no tmpfs or allocation outlives the batch
+
+
+_NON_REAPING_PARENT = r"""
+import ctypes, os, subprocess, sys, time
+import psutil
+from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers.pool import VerifierPool
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # adopt orphans like a container's init, and never reap them
+lim = sandbox.Limits(time_s=1, wall_s=1.5, memory_mb=256, output_bytes=1 << 16)
+for prog in (b"print(1)", b"while True: pass", b"import os\nif os.fork() == 0:\n    os.setsid()\n    while True: pass"):
+    sandbox.run({"m.py": prog}, "m.py", b"", lim)  # in-process: normal exit, killed at the deadline
+code = {"domain": "code", "ground_truth": {"tests": [{"input": "", "output": "x"}], "time_limit_s": 1.0}}
+with VerifierPool(1, deadline_s=3.0) as pool:  # through a worker
+    pool.submit([code] * 2, ["```python\nwhile True: pass\n```", "```python\nprint('x')\n```"]).result(timeout=60)
+time.sleep(0.3)
+print([c.name() for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE])
+"""
+
+
+def test_sandboxes_leave_no_zombies_under_a_non_reaping_init(tmp_path):
+    # CI containers' pid 1 may never reap; a sandbox whose pid 1 is orphaned then stays a zombie.
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _NON_REAPING_PARENT], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

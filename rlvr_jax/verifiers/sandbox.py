@@ -3,6 +3,7 @@ output reading. Hand-written on `bwrap` + rlimits (no container daemon, no cgrou
 inside) because that is what a TPU VM or laptop has; see `_bwrap_argv` for what the child sees."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -15,6 +16,8 @@ import sys
 import tempfile
 import time
 import warnings
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,42 @@ _WARNED = False
 
 
 def set_identity(owner_pid: int, slot: int) -> None:
-    """Called by a pool worker: its sandboxes run as the uid of (owner_pid, slot)."""
+    """Called by a pool worker: its sandboxes run as the uid of (owner_pid, slot), and the worker
+    adopts and reaps whatever its sandboxes orphan (see `_adopt_orphans`)."""
     global _OWNER_PID, _SLOT
     _OWNER_PID, _SLOT = owner_pid, slot
+    _adopt_orphans()
+
+
+_REAPER = False  # this process is a child subreaper whose only children are its sandboxes
+
+
+def _adopt_orphans() -> None:
+    """Killing a sandbox kills the outer bwrap first; its child (pid 1 of the sandbox's pid
+    namespace) then dies too, but as an orphan, and an orphan is reaped by the host's init. Many
+    container inits never reap, so each killed sandbox would leave zombies behind for the life of
+    the machine. A pool worker therefore makes itself a child subreaper (PR_SET_CHILD_SUBREAPER):
+    the orphans come back to it, and `_reap_children` collects them after every run."""
+    global _REAPER
+    try:
+        _REAPER = ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        _REAPER = False
+
+
+def _reap_children(wait_s: float) -> None:
+    """In a reaper worker (no children but sandboxes): collect every exited child, waiting up to
+    wait_s for those still being torn down; what is left is collected after the next run."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid == 0:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
 
 def sandbox_uid(uid_base: int, owner_pid: int | None = None, slot: int | None = None) -> int | None:
@@ -106,7 +142,7 @@ def sandbox_python(configured: str = "") -> str:
 def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files: dict, script: str, args):
     """No network, IPC, UTS or host pids (own namespaces); read-only /usr (+ the interpreter's
     prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent."""
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+    argv = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session",
             "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -153,7 +189,6 @@ def _own_task_count(budget: int) -> int:
     # the budget is granted on top of what we already run (counted once per process).
     global _TASKS
     if _TASKS is None:
-        import psutil
         me = os.getuid()
         _TASKS = sum(p.info["num_threads"] or 1 for p in psutil.process_iter(["uids", "num_threads"])
                      if p.info["uids"] and p.info["uids"].real == me)
@@ -244,6 +279,8 @@ def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, a
             os.close(fd)
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        if _REAPER:
+            _reap_children(wait_s=2.0)
 
 
 _SETUP_RETRIES = 5
@@ -255,8 +292,16 @@ def _setup_failed(result: RunResult) -> bool:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    # The session kill reaches an unsandboxed program's children; in bwrap, killing bwrap tears
-    # down the whole pid namespace (--die-with-parent, then pid 1 of the namespace exits).
+    # The sandbox's pid 1 goes first: its whole pid namespace dies with it, and bwrap reaps it and
+    # exits. Killing bwrap first would orphan pid 1 (it dies by --die-with-parent) to the host's
+    # init, which in many containers never reaps. Then the session kill reaches an unsandboxed
+    # program's children, and bwrap itself if it is still there.
+    try:
+        for child in psutil.Process(proc.pid).children():
+            child.kill()
+        proc.wait(timeout=1.0)
+    except (psutil.Error, subprocess.TimeoutExpired):
+        pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
