@@ -98,7 +98,9 @@ def get_config(arg: str = "multi"):
   c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
   c.sft.learning_rate = 5e-3 if tiny else 1e-5
   c.sft.warmup_steps = 20
-  c.sft.data = ""  # "" = the RL training records' reference responses
+  # "" = the RL training records' reference responses; "builtin-sft" = built-in records disjoint from
+  # the RL ones (an anchor fitted on the RL prompts has memorised them and leaves RL nothing to learn).
+  c.sft.data = "builtin-sft" if tiny else ""
 
   c.opd = ml_collections.ConfigDict()  # MT-OPD (on-policy distillation from per-domain experts)
   c.opd.teachers = ""  # "math=CKPT,code=CKPT,..."; non-empty switches the advantage to teacher - student logp

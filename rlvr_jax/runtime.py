@@ -94,10 +94,14 @@ def prompt_config(data_config_dict):
 
 
 def load_records(spec: str, split: str, domains: tuple[str, ...], builtin_size: int = 0) -> list[dict]:
-  """'builtin' for the shipped generators, else a comma-separated list of JSONL/parquet files."""
+  """'builtin' for the shipped generators; 'builtin-sft' for built-in warm-start records disjoint
+  from the RL ones ('builtin' train records, `builtin_size` of them); else a comma-separated list
+  of JSONL/parquet files."""
+  from rlvr_jax.data import synthetic
   if spec == "builtin":
-    from rlvr_jax.data import synthetic
     return [r for d in domains for r in synthetic.builtin_records(d, split, builtin_size or None)]
+  if spec == "builtin-sft":
+    return [r for d in domains for r in synthetic.sft_records(d, train_size=builtin_size or None)]
   from rlvr_jax.data.records import load_records as _load
   records = _load([p for p in spec.split(",") if p])
   return [r for r in records if r["domain"] in domains]

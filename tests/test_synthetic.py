@@ -53,6 +53,22 @@ def test_sizes_splits_disjoint_and_valid(domain):
         assert r["metadata"]["reference"].startswith("<think>\n") and "\n</think>\n\n" in r["metadata"]["reference"]
 
 
+@pytest.mark.parametrize("domain", synthetic.DOMAINS)
+def test_sft_records_never_share_a_prompt_with_rl_or_held_out(domain):
+    sft = synthetic.sft_records(domain)
+    assert len(sft) == synthetic.SIZES["sft"][domain]
+    prompts = {r["messages"][0]["content"] for r in sft}
+    assert len(prompts) == len(sft)
+    for split in synthetic.SPLITS:
+        assert not prompts & {r["messages"][0]["content"] for r in synthetic.builtin_records(domain, split)}
+    assert all(r["id"].startswith(f"builtin-{domain}-sft-") and r["metadata"]["split"] == "sft" for r in sft)
+    # A larger RL set moves the warm-start records along with it.
+    more_rl = {r["messages"][0]["content"] for r in synthetic.builtin_records(domain, "train", 300)}
+    assert not more_rl & {r["messages"][0]["content"] for r in synthetic.sft_records(domain, 50, train_size=300)}
+    for r in sft[:20]:
+        validate_record(r, file=f"builtin-sft/{domain}", line=r["id"])
+
+
 def test_exhausted_prompt_space_is_an_error():
     with pytest.raises(ValueError, match="ran out of distinct prompts after 2"):
         synthetic.builtin_records("code", "eval", 10_000)

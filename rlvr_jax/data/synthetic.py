@@ -18,6 +18,9 @@ SPLITS = ("train", "eval")
 SIZES = {
     "train": {"math": 1400, "code": 1250, "science": 1250, "if": 1100},
     "eval": {"math": 200, "code": 200, "science": 200, "if": 200},
+    # Warm-start records after the RL ones in the train stream (`sft_records`); code's train prompt
+    # space holds about 2,290 distinct prompts.
+    "sft": {"math": 1400, "code": 1000, "science": 1250, "if": 1100},
 }
 EVAL_FRACTION = 0.1  # share of the prompt space hashed into the held-out split
 MAX_MISSES = 20_000  # consecutive duplicate/other-split draws that mean the space is exhausted
@@ -300,6 +303,20 @@ def _if(rng: random.Random) -> dict:
 
 
 GENERATORS = {"math": _math, "code": _code, "science": _science, "if": _if}
+
+
+def sft_records(domain: str, n: int | None = None, *, train_size: int | None = None, seed: int = SEED) -> list[dict]:
+    """Warm-start records that no RL run sees: the `n` (default: as many as the RL set) train-split
+    records that follow the first `train_size` (default SIZES), which are the RL training records.
+    An anchor fitted on the RL prompts themselves has memorised their answers, and RL on them then
+    has nothing left to teach (the study's SFT data is likewise separate from its RL data)."""
+    offset = SIZES["train"][domain] if train_size is None else train_size
+    n = SIZES["sft"][domain] if n is None else n
+    records = builtin_records(domain, "train", offset + n, seed=seed)[offset:]
+    for i, r in enumerate(records):
+        r["id"] = f"builtin-{domain}-sft-{i:05d}"
+        r["metadata"]["split"] = "sft"
+    return records
 
 
 def builtin_records(domain: str, split: str, n: int | None = None, *, seed: int = SEED) -> list[dict]:
