@@ -78,7 +78,9 @@ def get_config(arg: str = "multi"):
   c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 4e-4 if tiny else 2e-6  # tiny models need a far larger step (1e-3 collapsed)
+  # Tiny: 1e-4. Measured from the same anchor, 40 steps: 1e-3 lost 0.04 of held-out mean accuracy,
+  # 3e-4 was flat, 1e-4 flat (+0.007): three updates at 1e-3 move a sequence's logp by ~10 nats.
+  c.optim.learning_rate = 1e-4 if tiny else 2e-6
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.weight_decay = 0.1  # not on norms / biases
@@ -93,7 +95,7 @@ def get_config(arg: str = "multi"):
   c.train.keep = 3  # checkpoints kept
 
   c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
-  c.sft.steps = 400 if tiny else 0
+  c.sft.steps = 1000 if tiny else 0  # tiny: 500 steps left code at 0.03 held-out, 1200 reached 0.56
   c.sft.batch_size = 16
   c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
   c.sft.learning_rate = 5e-3 if tiny else 1e-5
