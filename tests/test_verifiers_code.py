@@ -153,8 +153,8 @@ def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, rea
     real = sandbox._communicate
     calls = {"n": 0}
 
-    def flaky(proc, stdin, t0, limits):
-        result = real(proc, stdin, t0, limits)
+    def flaky(proc, stdin, t0, limits, sandboxed):
+        result = real(proc, stdin, t0, limits, sandboxed)
         calls["n"] += 1
         if calls["n"] <= failures:
             return sandbox.RunResult(b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n",

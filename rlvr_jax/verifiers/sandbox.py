@@ -78,11 +78,11 @@ _REAPER = False  # this process is a child subreaper whose only children are its
 
 
 def _adopt_orphans() -> None:
-    """Killing a sandbox kills the outer bwrap first; its child (pid 1 of the sandbox's pid
-    namespace) then dies too, but as an orphan, and an orphan is reaped by the host's init. Many
-    container inits never reap, so each killed sandbox would leave zombies behind for the life of
-    the machine. A pool worker therefore makes itself a child subreaper (PR_SET_CHILD_SUBREAPER):
-    the orphans come back to it, and `_reap_children` collects them after every run."""
+    """A sandbox process whose parent dies first is orphaned, and an orphan is reaped by the host's
+    init, which in many containers never reaps: each one would stay a zombie for the life of the
+    machine. `_kill` avoids orphans, but races remain (a pid 1 forked after `_kill` listed bwrap's
+    children). A pool worker therefore makes itself a child subreaper (PR_SET_CHILD_SUBREAPER):
+    orphans come back to it, and `_reap_children` collects them after every run."""
     global _REAPER
     try:
         _REAPER = ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0
@@ -141,7 +141,9 @@ def sandbox_python(configured: str = "") -> str:
 
 def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files: dict, script: str, args):
     """No network, IPC, UTS or host pids (own namespaces); read-only /usr (+ the interpreter's
-    prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent."""
+    prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent. The
+    program itself is pid 1 of its namespace (--as-pid-1), so bwrap waits for it directly and
+    never leaves a reaper process of its own behind; when it exits, everything it forked dies."""
     argv = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session",
             "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -266,7 +268,7 @@ def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, a
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
                                     start_new_session=True, **ids)
-            result = _communicate(proc, stdin, t0, limits)
+            result = _communicate(proc, stdin, t0, limits, sandboxed=not unsandboxed)
             if unsandboxed or not _setup_failed(result):
                 return result
             # bwrap could not build the sandbox (typically "Can't fork": the previous sandbox of this
@@ -291,17 +293,18 @@ def _setup_failed(result: RunResult) -> bool:
     return result.returncode == 1 and not result.stdout and result.stderr_tail.startswith(b"bwrap: ")
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    # The sandbox's pid 1 goes first: its whole pid namespace dies with it, and bwrap reaps it and
-    # exits. Killing bwrap first would orphan pid 1 (it dies by --die-with-parent) to the host's
-    # init, which in many containers never reaps. Then the session kill reaches an unsandboxed
-    # program's children, and bwrap itself if it is still there.
-    try:
-        for child in psutil.Process(proc.pid).children():
-            child.kill()
-        proc.wait(timeout=1.0)
-    except (psutil.Error, subprocess.TimeoutExpired):
-        pass
+def _kill(proc: subprocess.Popen, sandboxed: bool) -> None:
+    # In bwrap the sandbox's pid 1 goes first: its whole pid namespace dies with it, and bwrap
+    # reaps it and exits. Killing bwrap first would orphan pid 1 (it dies by --die-with-parent) to
+    # the host's init, which in many containers never reaps. Then the session kill reaches an
+    # unsandboxed program's children, and bwrap itself if it is still there.
+    if sandboxed:
+        try:
+            for child in psutil.Process(proc.pid).children():
+                child.kill()
+            proc.wait(timeout=1.0)
+        except (psutil.Error, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -309,7 +312,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.kill()
 
 
-def _communicate(proc: subprocess.Popen, stdin: bytes, t0: float, limits: Limits) -> RunResult:
+def _communicate(proc: subprocess.Popen, stdin: bytes, t0: float, limits: Limits, sandboxed: bool) -> RunResult:
     """Feed stdin and read stdout/stderr until exit, the wall deadline or the output cap."""
     deadline = t0 + limits.wall_s
     out, err = bytearray(), bytearray()
@@ -371,7 +374,7 @@ def _communicate(proc: subprocess.Popen, stdin: bytes, t0: float, limits: Limits
             except subprocess.TimeoutExpired:
                 status = "timeout"
         if status != "exited":
-            _kill(proc)
+            _kill(proc, sandboxed)
         proc.wait()
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f and not f.closed:
