@@ -59,7 +59,7 @@ def meta(config, cfg, mixture, eval_before):
 
 
 def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt_shardings, optimizer, mesh,
-          sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts):
+          sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts, eval_before=None):
   ro, g, t = config.rollout, config.grpo, config.train
   settings = _loss_settings(g, ro)
   update = rl_step.make_update_step(graphdef, optimizer, settings, num_micro=sizes["num_micro"],
@@ -150,7 +150,8 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
                              warmup_steps=config.optim.warmup_steps, total_steps=t.steps)
     host["time/rollout"], host["time/verify"], host["time/logprobs"] = t_rollout, t_verify, t_logprobs
     ckpt.save(step, arrays(params, opt_state, step, base_key),
-              meta(config, cfg, mixture, None), force=preempt.event.is_set() or step == t.steps)
+              # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
+              meta(config, cfg, mixture, eval_before), force=preempt.event.is_set() or step == t.steps)
     host["time/update_dispatch"] = time.perf_counter() - t3
     host["time/total"] = time.perf_counter() - t0
     n_tokens = int(valid.sum())

@@ -155,7 +155,8 @@ def run(config, workdir: str) -> dict:
       eval_before = meta.get("eval_before")
       log.info("resumed from step %d in %s", start, ckpt.directory)
     summary = rl_loop.loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt_shardings, optimizer,
-                    mesh, sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts)
+                    mesh, sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts,
+                    eval_before=eval_before)
     params = summary.pop("params")
     ckpt.wait()
     eval_after = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "after RL")

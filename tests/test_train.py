@@ -1,6 +1,5 @@
 """The GRPO trainer end to end on tiny settings: compile counts, update invariance to micro-batching
 and to the mesh, SIGKILL + resume reproducing the uninterrupted run, SIGTERM saving a checkpoint."""
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import grpo, optim, rl_step, runtime, sharding
+from rlvr_jax import grpo, rl_step, runtime, sharding
 from rlvr_jax.metrics import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +51,19 @@ def test_train_loop_compiles_once(tmp_path):
     assert key in rows[0] and np.isfinite(rows[0][key]), key
   assert any(k.startswith("accuracy/") for k in rows[0])
   assert (tmp_path / "checkpoints" / "3").is_dir()  # the last step is always saved
+
+
+def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
+  from rlvr_jax import train
+  c = tiny_config(steps=2, checkpoint_every=1)
+  c.eval.items_per_domain, c.eval.samples, c.eval.max_new_tokens = 2, 1, 12
+  first = train.run(c, str(tmp_path))
+  c.train.steps = 3  # resume from step 2, run one more step
+  resumed = train.run(c, str(tmp_path))
+  assert resumed["last_step"] == 3
+  strip = lambda e: {k: v for k, v in e.items() if k != "items"}
+  assert strip(resumed["eval_before"]) == strip(first["eval_before"])
+  assert "table" in resumed and "before RL" in resumed["table"]
 
 
 def _random_batch(rows, P, N, vocab, seed=0):
