@@ -135,8 +135,9 @@ def np_ties(a_np, x_np, density=DENSITY, scope="global"):
 # ---------------------------------------------------------------- rows
 
 def _median_and_peak(fn, repeats: int):
-    """Median wall time of `repeats` runs (the first, under the peak-RSS watcher, counts too): one
-    run alone swings 3x with how much of its output memory the allocator must fault in afresh."""
+    """Median wall time of `repeats` runs (the first, under the peak-RSS watcher, counts too). One
+    run alone swung 0.21-1.01 s for the same task-arithmetic merge here; fresh output buffers that
+    must be faulted in are one cause we saw (a first consuming merge 0.6 s, the next ones 0.2 s)."""
     with PeakRSS() as peak:
         times = [_timed(fn)[0]]
     times += [_timed(fn)[0] for _ in range(repeats - 1)]
