@@ -3,7 +3,8 @@ merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> evalua
 domain -> weight-space and policy analyses -> report.md, results.json and plots.
 
 Laptop CPU (tiny model, built-in tasks; 27 min measured on a shared 2-core CPU with the older 400-step SFT
-and lr 4e-4 of configs/grpo.py, docs/example_tiny/; the 1,000-step SFT now adds ~3 min):
+and lr 4e-4 of configs/grpo.py, docs/example_tiny/; the 600 more SFT steps now, at the ~3.5 steps/s the
+main job measured, add about 3 min; not re-measured end to end):
   rlvr-experiment --config=configs/mix_vs_merge.py:tiny --workdir=runs/mix_vs_merge
 Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor is the SFT model:
   rlvr-experiment --config=configs/mix_vs_merge.py --config.anchor=/mnt/ckpt/qwen3-4b-sft \\
