@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax.merge import F32, flatten, host, jitted, path_hash, replicated, validate
+from rlvr_jax.merge import F32, flatten, path_hash, validate
+from rlvr_jax.tensorwise import host, jitted, replicated
 
 REL_TOL = 1e-3  # the study's footprint threshold, relative to the larger magnitude
 PROJ_DIM = 256

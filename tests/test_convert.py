@@ -1,6 +1,5 @@
 """rlvr-convert: HF -> Orbax -> HF keeps every tensor; bad inputs exit 2 with a named file."""
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from rlvr_jax import convert

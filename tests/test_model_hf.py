@@ -1,6 +1,5 @@
 """Logits parity with transformers, HF round trip, mesh invariance, and clear errors on bad files."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
