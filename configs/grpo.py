@@ -71,6 +71,9 @@ def get_config(arg: str = "multi"):
   c.grpo.kl_in_reward = False
   c.grpo.entropy_coef = 0.0
   c.grpo.dynamic_sampling = False  # DAPO: zero-weight groups whose rewards are all equal
+  # With dynamic_sampling: sample this many batches of prompts per step and update on one batch's worth
+  # of groups, informative ones first (DAPO's refill, at a fixed update shape).
+  c.grpo.dynamic_sampling_draws = 1
   c.grpo.overlong_filter = False  # mask truncated responses
   c.grpo.overlong_buffer = 0  # tokens; > 0 enables DAPO's soft overlong penalty
   c.grpo.overlong_penalty = 1.0

@@ -71,6 +71,27 @@ def summarize(items: list[dict], samples: int) -> dict:
   return {"samples": samples, "per_domain": per_domain, "items": items}
 
 
+def paired_gain(before: dict, after: dict) -> dict:
+  """Gain of Avg@K per domain, with its standard error from per-item differences (both evaluations
+  cover the same items; an item's own difficulty cancels), and the mean over domains, whose error
+  adds the domains' in quadrature. Needs both evaluations' `items`."""
+  per_item = {d: {} for d in before["per_domain"]}
+  for tag, res in (("before", before), ("after", after)):
+    for it in res["items"]:
+      per_item[it["domain"]].setdefault(it["id"], {})[tag] = float(np.mean(it["correct"]))
+  out = {}
+  for d, pairs in per_item.items():
+    diffs = np.asarray([p["after"] - p["before"] for p in pairs.values() if len(p) == 2])
+    if len(diffs) != len(pairs):
+      raise ValueError(f"domain {d}: the two evaluations do not cover the same items")
+    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    out[d] = {"gain": float(diffs.mean()), "stderr": se}
+  gains = [v["gain"] for v in out.values()]
+  out["mean"] = {"gain": float(np.mean(gains)),
+                 "stderr": float(math.sqrt(sum(v["stderr"] ** 2 for v in out.values())) / len(out))}
+  return out
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="rlvr-eval", description="Evaluate a checkpoint per domain: Avg@K and "
                               "unbiased pass@K, per-item correctness saved for gain analyses.")

@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sg = jax.lax.stop_gradient
 f32 = jnp.float32
@@ -106,11 +107,30 @@ def dynamic_sampling_keep(rewards_B, *, group_size: int, min_groups: int = 1):
 
     Fallback instead of an abort: with fewer than min_groups such groups the whole batch is kept
     (a plain GRPO step). Returns (keep_B, fell_back)."""
-    r_NxG = _groups(rewards_B, group_size)
-    varied_N = r_NxG.max(-1) != r_NxG.min(-1)
+    varied_N = informative_groups(rewards_B, group_size=group_size)
     fell_back = varied_N.sum() < min_groups
     keep_N = varied_N | fell_back
     return jnp.repeat(keep_N, group_size), fell_back
+
+
+def informative_groups(rewards_B, *, group_size: int):
+    """[N] bool: groups whose rewards differ, the only ones with a nonzero GRPO advantage."""
+    r_NxG = _groups(rewards_B, group_size)
+    return r_NxG.max(-1) != r_NxG.min(-1)
+
+
+def refill_rows(rewards_B, *, group_size: int, num_groups: int):
+    """DAPO's refill with a static shape: from an oversampled rollout, the rows of `num_groups` groups,
+    informative ones first (in rollout order), topped up with uninformative ones when too few differ.
+    Returns (row indices [num_groups * group_size], keep [same]: false on the top-up rows, unless no
+    group at all is informative, when everything is kept as in `dynamic_sampling_keep`'s fallback)."""
+    informative_N = np.asarray(informative_groups(jnp.asarray(rewards_B), group_size=group_size))
+    if num_groups > len(informative_N):
+        raise ValueError(f"cannot pick {num_groups} groups from a rollout of {len(informative_N)}")
+    order_N = np.concatenate([np.flatnonzero(informative_N), np.flatnonzero(~informative_N)])[:num_groups]
+    keep_N = informative_N[order_N] | (not informative_N.any())
+    rows = (order_N[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
+    return rows, np.repeat(keep_N, group_size)
 
 
 def global_counts(mask_BxT):

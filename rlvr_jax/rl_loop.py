@@ -55,7 +55,8 @@ def arrays(params, opt_state, step, key):
 def meta(config, cfg, mixture, eval_before):
   return {"data_state": mixture.get_state(), "config": json.loads(config.to_json_best_effort()),
           "model_config": checkpoint.model_config_to_json(cfg),
-          "eval_before": eval_before and {k: v for k, v in eval_before.items() if k != "items"}}
+          # with its per-item results: a resumed run still pairs them with the after-RL evaluation
+          "eval_before": eval_before}
 
 
 def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt_shardings, optimizer, mesh,
@@ -65,6 +66,8 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
   update = rl_step.make_update_step(graphdef, optimizer, settings, num_micro=sizes["num_micro"],
                                     param_shardings=param_shardings, opt_shardings=opt_shardings, mesh=mesh)
   need_old = g.updates_per_rollout > 1
+  # DAPO refill: each step samples `draws` batches of prompts and updates on the informative groups
+  draws = g.dynamic_sampling_draws if g.dynamic_sampling else 1
   ref_params = None
   if g.kl_coef > 0:  # the reference model exists only when some KL term uses it
     ref_params = jax.tree_util.tree_map(jnp.copy, params)
@@ -80,7 +83,7 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
   last_step = start
   for step in bar:
     t0 = time.perf_counter()
-    items = next(mixture)
+    items = [it for _ in range(draws) for it in next(mixture)]
     key = jax.random.fold_in(base_key, step)
     rollout = sampler.generate(params, [it["prompt_ids"] for it in items], sp, key=key)
     if pending is not None:  # step n's device metrics are read only after step n+1 is dispatched
@@ -102,16 +105,24 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     if g.overlong_buffer > 0:
       shaped = shaped + np.asarray(grpo.soft_overlong_penalty(
           jnp.asarray(lengths), max_len=ro.max_new_tokens, buffer_len=g.overlong_buffer, penalty=g.overlong_penalty))
+    informative_frac = float(np.mean(grpo.informative_groups(jnp.asarray(shaped), group_size=ro.samples_per_prompt)))
+    batch = {"prompt_tokens": rollout.prompt_tokens, "prompt_valid": rollout.prompt_valid,
+             "completion_tokens": rollout.completion_tokens, "sampler_logp": rollout.policy_logprobs}
     keep = np.ones(len(rows), bool)
-    if g.dynamic_sampling:
+    sampled = dict(rows=rows, lengths=lengths, stopped=stopped)  # every scored row, for the metrics
+    if draws > 1:  # keep the informative groups of the oversampled rollout: the update's batch is fixed
+      pick, keep = grpo.refill_rows(shaped, group_size=ro.samples_per_prompt, num_groups=len(rows) // draws
+                                    // ro.samples_per_prompt)
+      batch = {k: sampler.to_global(local(v)[pick]) for k, v in batch.items()}
+      rows, shaped, comp, valid, stopped, lengths = ([rows[i] for i in pick], shaped[pick], comp[pick], valid[pick],
+                                                    stopped[pick], lengths[pick])
+    elif g.dynamic_sampling:
       keep_ds, _ = grpo.dynamic_sampling_keep(jnp.asarray(shaped), group_size=ro.samples_per_prompt)
       keep &= np.asarray(keep_ds)
     if g.overlong_filter:
       keep &= stopped
     loss_mask = valid & keep[:, None]
-    batch = {"prompt_tokens": rollout.prompt_tokens, "prompt_valid": rollout.prompt_valid,
-             "completion_tokens": rollout.completion_tokens, "sampler_logp": rollout.policy_logprobs,
-             "loss_mask": sampler.to_global(loss_mask)}
+    batch["loss_mask"] = sampler.to_global(loss_mask)
     t2 = time.perf_counter()
     if ref_params is not None:
       ref_logp = logprob_fn(ref_params, batch)
@@ -142,7 +153,8 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     t3 = time.perf_counter()
     for _ in range(g.updates_per_rollout):
       params, opt_state, dev_metrics = update(params, opt_state, batch)
-    host = _host_metrics(rows, rewards, scores, lengths, stopped, valid, ro.max_new_tokens, keep)
+    host = _host_metrics(rewards=rewards, scores=scores, keep=keep, **sampled)
+    host["groups/informative_frac"] = informative_frac
     host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in prompt_counts.items()} if step == 1 else {})
     host.update({k: v for k, v in pool.counters(reset=True).items()})
     host = _across_hosts(host)
@@ -193,7 +205,8 @@ def _across_hosts(host: dict) -> dict:
       f"verifier/{d}/{k}" for d in DOMAINS + ("other",)
       for k in ("scored", "timeouts", "errors", "restarts", "latency_mean_s", "latency_max_s")]
   keys = sorted(set(k for k in host if not k.startswith(("reward/", "accuracy/", "verifier/"))) | set(per_domain)
-                | {"reward/mean", "verifier/scored", "verifier/timeouts", "verifier/errors", "verifier/restarts"})
+                | {"reward/mean", "verifier/scored", "verifier/timeouts", "verifier/errors", "verifier/restarts",
+                   "verifier/deduplicated"})
   local = np.asarray([host.get(k, np.nan) for k in keys], np.float64)
   values = np.asarray(multihost_utils.process_allgather(local))
   out = {}
@@ -210,7 +223,8 @@ def _across_hosts(host: dict) -> dict:
   return out
 
 
-def _host_metrics(rows, rewards, scores, lengths, stopped, valid, max_new, keep):
+def _host_metrics(*, rows, rewards, scores, lengths, stopped, keep):
+  """Reward and length statistics of every sampled row; kept_frac of the rows the update uses."""
   out = {"reward/mean": float(rewards.mean()), "response_length/mean": float(lengths.mean()),
          "response_length/max": float(lengths.max()), "truncated_frac": float((~stopped).mean()),
          "kept_frac": float(keep.mean()),

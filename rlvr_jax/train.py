@@ -17,7 +17,7 @@ from rlvr_jax import checkpoint, grpo, optim, rl_loop, runtime, sharding
 from rlvr_jax.rl_loop import ConfigError
 from rlvr_jax.data.mixture import PromptMixture
 from rlvr_jax.data.prompts import build_prompts
-from rlvr_jax.evaluate import evaluate
+from rlvr_jax.evaluate import evaluate, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
 from rlvr_jax.sampling import Sampler, next_pow2
 
@@ -45,6 +45,10 @@ def validate(config, num_devices: int) -> dict:
                     f"{jax.process_count()} processes")
   if g.loss_agg not in grpo.LOSS_AGGREGATIONS:
     problems.append(f"grpo.loss_agg={g.loss_agg!r}: choose one of {sorted(grpo.LOSS_AGGREGATIONS)}")
+  if not (isinstance(g.dynamic_sampling_draws, int) and g.dynamic_sampling_draws >= 1):
+    problems.append(f"grpo.dynamic_sampling_draws={g.dynamic_sampling_draws!r}: expected an integer >= 1")
+  elif g.dynamic_sampling_draws > 1 and not g.dynamic_sampling:
+    problems.append("grpo.dynamic_sampling_draws > 1 needs grpo.dynamic_sampling=True")
   if g.advantage not in grpo.ADVANTAGE_ESTIMATORS:
     problems.append(f"grpo.advantage={g.advantage!r}: choose one of {sorted(grpo.ADVANTAGE_ESTIMATORS)}")
   if config.train.steps < 1:
@@ -75,15 +79,20 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
 
 
 def _table(before, after, samples) -> str:
+  """Before/after Avg@K per domain; the gain's standard error is paired over items
+  (evaluate.paired_gain), and z = gain / stderr says how far it stands above that noise."""
   key = f"avg@{samples}"
-  lines = ["| domain | before RL | after RL | gain | ±stderr |", "|---|---|---|---|---|"]
+  gain = paired_gain(before, after)
+  lines = ["| domain | before RL | after RL | gain | ±stderr | z |", "|---|---|---|---|---|---|"]
   for d in before["per_domain"]:
-    b, a = before["per_domain"][d], after["per_domain"][d]
-    se = max(b["stderr"], a["stderr"])
-    lines.append(f"| {d} | {b[key]:.3f} | {a[key]:.3f} | {a[key] - b[key]:+.3f} | {se:.3f} |")
+    b, a, g = before["per_domain"][d], after["per_domain"][d], gain[d]
+    z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
+    lines.append(f"| {d} | {b[key]:.3f} | {a[key]:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |")
   mb = np.mean([m[key] for m in before["per_domain"].values()])
   ma = np.mean([m[key] for m in after["per_domain"].values()])
-  lines.append(f"| **mean** | {mb:.3f} | {ma:.3f} | {ma - mb:+.3f} | |")
+  g = gain["mean"]
+  z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
+  lines.append(f"| **mean** | {mb:.3f} | {ma:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |")
   return "\n".join(lines)
 
 
@@ -168,6 +177,7 @@ def run(config, workdir: str) -> dict:
                  compilations={"sampler": sampler.num_compilations})
   if eval_before and eval_after:
     summary["table"] = _table(eval_before, eval_after, config.eval.samples)
+    summary["gain"] = paired_gain(eval_before, eval_after)
     print("\nHeld-out accuracy per domain (Avg@%d, temperature %g, %d items per domain):\n%s\n" % (
         config.eval.samples, config.eval.temperature, config.eval.items_per_domain, summary["table"]), file=sys.stderr)
   if jax.process_index() == 0:

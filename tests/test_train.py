@@ -53,6 +53,21 @@ def test_train_loop_compiles_once(tmp_path):
   assert (tmp_path / "checkpoints" / "3").is_dir()  # the last step is always saved
 
 
+def test_refill_samples_extra_prompts_and_updates_a_fixed_batch(tmp_path):
+  from rlvr_jax import train
+  c = tiny_config(steps=2, checkpoint_every=100)
+  c.grpo.dynamic_sampling, c.grpo.dynamic_sampling_draws = True, 2
+  summary = train.run(c, str(tmp_path))
+  assert summary["compilations"]["sampler"] == 1 and summary["update_compilations"] == 1
+  rows = read_jsonl(str(tmp_path / "metrics_train.jsonl"))
+  # every sampled row is scored: 2 draws x 4 prompts x 4 samples
+  assert all(r["verifier/scored"] + r["verifier/deduplicated"] == 32 for r in rows)
+  assert all(0 <= r["groups/informative_frac"] <= 1 and np.isfinite(r["loss/total"]) for r in rows)
+  c.grpo.dynamic_sampling = False
+  with pytest.raises(train.ConfigError, match="dynamic_sampling_draws"):
+    train.validate(c, jax.device_count())
+
+
 def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
   from rlvr_jax import train
   c = tiny_config(steps=2, checkpoint_every=1)
@@ -61,9 +76,29 @@ def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
   c.train.steps = 3  # resume from step 2, run one more step
   resumed = train.run(c, str(tmp_path))
   assert resumed["last_step"] == 3
-  strip = lambda e: {k: v for k, v in e.items() if k != "items"}
-  assert strip(resumed["eval_before"]) == strip(first["eval_before"])
+  assert resumed["eval_before"] == first["eval_before"]  # per-item results included
   assert "table" in resumed and "before RL" in resumed["table"]
+  assert set(resumed["gain"]) == set(resumed["eval_before"]["per_domain"]) | {"mean"}
+
+
+def test_paired_gain_matches_per_item_differences():
+  from rlvr_jax.evaluate import paired_gain, summarize
+  rng = np.random.default_rng(0)
+  before_c = rng.random((2, 30, 4)) < 0.4
+  after_c = before_c | (rng.random((2, 30, 4)) < 0.2)
+  mk = lambda c: summarize([{"id": f"{d}{i}", "domain": d, "correct": c[j, i].astype(float).tolist()}
+                            for j, d in enumerate(("code", "math")) for i in range(30)], 4)
+  after = mk(after_c)
+  after["items"] = after["items"][::-1]  # pairing is by id, not by order
+  got = paired_gain(mk(before_c), after)
+  diffs = after_c.mean(-1) - before_c.mean(-1)  # [domain, item]
+  se = diffs.std(axis=1, ddof=1) / np.sqrt(30)
+  np.testing.assert_allclose([got["code"]["gain"], got["math"]["gain"]], diffs.mean(1))
+  np.testing.assert_allclose([got["code"]["stderr"], got["math"]["stderr"]], se)
+  np.testing.assert_allclose(got["mean"]["gain"], diffs.mean())
+  np.testing.assert_allclose(got["mean"]["stderr"], np.sqrt((se ** 2).sum()) / 2)
+  with pytest.raises(ValueError, match="same items"):
+    paired_gain(mk(before_c), {**after, "items": after["items"][1:]})
 
 
 def _random_batch(rows, P, N, vocab, seed=0):

@@ -121,3 +121,17 @@ def test_if_domain_routes_to_registry(pool):
     got = pool.submit([rec, rec], ["hello world", "hello, world"]).result(timeout=30)
     assert [s.reward for s in got] == [1.0, 0.0]
     assert got[1].details["failed"] == ["punctuation:no_comma"] and got[1].details["fraction"] == 0.0
+
+
+def test_repeated_responses_of_one_record_are_scored_once(pool):
+    right, wrong = _math("7"), _math("8")
+    recs = [right, right, right, wrong, wrong, right]
+    resps = [r"\boxed{7}", r"\boxed{7}", r"\boxed{6}", r"\boxed{7}", r"\boxed{7}", r"\boxed{7}"]
+    pool.counters(reset=True)
+    got = pool.submit(recs, resps).result(timeout=60)
+    assert [s.reward for s in got] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    c = pool.counters(reset=True)
+    assert c["verifier/scored"] == 3 and c["verifier/deduplicated"] == 3
+    # equal content in distinct record objects is not assumed to be the same item
+    assert pool.submit([_math("7"), _math("7")], [r"\boxed{7}"] * 2).result(timeout=60)[1].reward == 1.0
+    assert pool.counters(reset=True)["verifier/scored"] == 2

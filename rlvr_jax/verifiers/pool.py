@@ -61,6 +61,17 @@ def _worker_main(fd: int, owner_pid: int, slot: int) -> None:
             conn.send((item_id, s.reward, s.reason, s.details))
 
 
+def _expand(unique: Future, out: Future, slot_of: list[int]) -> None:
+    """Resolve `out` with the unique batch's scores, one per original sample."""
+    if out.done():
+        return
+    if unique.exception() is not None:
+        out.set_exception(unique.exception())
+    else:
+        scores = unique.result()
+        out.set_result([scores[i] for i in slot_of])
+
+
 @dataclasses.dataclass
 class _Batch:
     future: Future
@@ -112,6 +123,7 @@ class VerifierPool:
         self._lock = threading.Lock()
         self._pending: collections.deque[_Item] = collections.deque()
         self._counters = _empty_counters()
+        self._deduplicated = 0  # samples answered by an identical (record, response) of their batch
         self._sandbox_checked = False
         self._closing = False
         self._broken: BaseException | None = None
@@ -136,13 +148,27 @@ class VerifierPool:
             sandbox.check_available(c.allow_unsandboxed, c.sandbox_python, c.sandbox_uid_base)
             self._sandbox_checked = True
         think = self.config.thinking if thinking is None else bool(thinking)
+        # Score each distinct (record, response) once: a group of samples from one prompt often repeats
+        # a response, and scoring is a function of the two (a code sample's sandbox run is the cost).
+        slot_of_key: dict[tuple[int, str], int] = {}
+        unique, slot_of = [], []
+        for r, resp in zip(records, responses):
+            key = (id(r), resp)
+            if key not in slot_of_key:
+                slot_of_key[key] = len(unique)
+                unique.append((r, resp))
+            slot_of.append(slot_of_key[key])
         fut: Future = Future()
-        batch = _Batch(fut, [None] * len(records), len(records))
         if not records:
             fut.set_result([])
             return fut
+        inner: Future = Future()
+        inner.add_done_callback(lambda f: _expand(f, fut, slot_of))
+        batch = _Batch(inner, [None] * len(unique), len(unique))
+        with self._lock:
+            self._deduplicated += len(records) - len(unique)
         items = [_Item(batch, i, r.get("domain") if r.get("domain") in DOMAINS else "other", r,
-                       resp, think, self._deadline_for(r)) for i, (r, resp) in enumerate(zip(records, responses))]
+                       resp, think, self._deadline_for(r)) for i, (r, resp) in enumerate(unique)]
         with self._lock:
             self._pending.extend(items)
         os.write(self._wake_w, b"x")
@@ -150,11 +176,11 @@ class VerifierPool:
 
     def counters(self, reset: bool = False) -> dict[str, float]:
         """Flat metrics: verifier/<domain>/{scored,timeouts,errors,latency_mean_s,latency_max_s,restarts}
-        for domains seen, plus verifier/{scored,timeouts,errors,restarts} totals."""
+        for domains seen, plus verifier/{scored,timeouts,errors,restarts,deduplicated} totals."""
         with self._lock:
-            c = self._counters
+            c, deduplicated = self._counters, self._deduplicated
             if reset:
-                self._counters = _empty_counters()
+                self._counters, self._deduplicated = _empty_counters(), 0
         out, tot = {}, collections.Counter()
         for d, v in c.items():
             if not (v["scored"] or v["restarts"]):
@@ -166,6 +192,7 @@ class VerifierPool:
             out[f"verifier/{d}/latency_max_s"] = v["latency_max"]
         for k in ("scored", "timeouts", "errors", "restarts"):
             out[f"verifier/{k}"] = float(tot[k])
+        out["verifier/deduplicated"] = float(deduplicated)
         return out
 
     def close(self) -> None:
@@ -200,9 +227,10 @@ class VerifierPool:
         ours, theirs = socket.socketpair()
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rlvr_jax.verifiers.pool", str(theirs.fileno()), str(os.getpid()), str(slot)],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        with sandbox.exec_fork_without_jax_warning():
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rlvr_jax.verifiers.pool", str(theirs.fileno()), str(os.getpid()), str(slot)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         theirs.close()  # so a dead worker shows up as EOF on our end
         conn = Connection(ours.detach())
         conn.send(self.config)

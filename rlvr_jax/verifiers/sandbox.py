@@ -3,6 +3,7 @@ output reading. Hand-written on `bwrap` + rlimits (no container daemon, no cgrou
 inside) because that is what a TPU VM or laptop has; see `_bwrap_argv` for what the child sees."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -210,6 +211,15 @@ def _warn_unsandboxed():
         print(msg, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def exec_fork_without_jax_warning():
+    """JAX warns on every fork of a process that imported it; a subprocess's child only sets limits
+    and execs, touching no JAX state, so that warning would only be noise in the trainer's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
+
+
 def check_available(allow_unsandboxed: bool = False, python: str = "", uid_base: int = 2_000_000_000) -> None:
     """Raise SandboxUnavailable (with install instructions) unless programs can run sandboxed, or
     the caller opted in to running them unsandboxed. Self-tests bwrap once per process and uid."""
@@ -265,9 +275,10 @@ def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, a
             for fd in fds.values():  # the program files are read again on a retry
                 os.lseek(fd, 0, os.SEEK_SET)
             t0 = time.monotonic()
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
-                                    start_new_session=True, **ids)
+            with exec_fork_without_jax_warning():
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
+                                        start_new_session=True, **ids)
             result = _communicate(proc, stdin, t0, limits, sandboxed=not unsandboxed)
             if unsandboxed or not _setup_failed(result):
                 return result
