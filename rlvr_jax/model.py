@@ -159,7 +159,7 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start):
+  def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start, segments_BxT=None):
     cfg = self.cfg
     B, T, _ = x_BxTxE.shape
     K, G, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
@@ -190,6 +190,8 @@ class Attention(nnx.Module):
     query_slot_T = cache_start + jnp.arange(T)
     causal_TxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
     mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :]
+    if segments_BxT is not None:  # packed rows: a token sees only its own example
+      mask_BxTxS = mask_BxTxS & (segments_BxT[:, :, None] == segments_BxT[:, None, :])
     scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(values_BxKxSxD.dtype), values_BxKxSxD,
@@ -219,15 +221,16 @@ class Block(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, "embed", eps=eps, dtype=dt, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, key_valid, cache_kv, cache_start):
-    attn_out, new_cache_kv = self.attn(self.input_norm(x), positions, inv_freq, key_valid, cache_kv, cache_start)
+  def __call__(self, x, positions, inv_freq, key_valid, cache_kv, cache_start, segments=None):
+    attn_out, new_cache_kv = self.attn(self.input_norm(x), positions, inv_freq, key_valid, cache_kv, cache_start,
+                                       segments)
     x = sharding.constrain(x + attn_out, ("batch", "length", "act_embed"))
     x = sharding.constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
     return x, new_cache_kv
 
 
-def _run_block(block, x, positions, inv_freq, key_valid, cache_kv, cache_start):
-  return block(x, positions, inv_freq, key_valid, cache_kv, cache_start)
+def _run_block(block, x, positions, inv_freq, key_valid, cache_kv, cache_start, segments):
+  return block(x, positions, inv_freq, key_valid, cache_kv, cache_start, segments)
 
 
 _run_block_remat = nnx.remat(_run_block)
@@ -247,10 +250,13 @@ class Decoder(nnx.Module):
                           rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, cache: KVCache | None = None, cache_start=0,
-               cache_valid_BxS=None, last_only: bool = False):
+               cache_valid_BxS=None, last_only: bool = False, segments_BxT=None):
     """Without a cache, ``valid_BxT`` masks padding keys. With one, the T new tokens are written at
     slots [cache_start, cache_start + T) and ``cache_valid_BxS`` (already including them) masks keys.
-    ``last_only`` returns logits [B, 1, V] of the last position only (a prefill needs no more)."""
+    ``last_only`` returns logits [B, 1, V] of the last position only (a prefill needs no more).
+    ``segments_BxT`` (no cache) packs several sequences per row: attention stays within equal ids."""
+    if segments_BxT is not None and cache is not None:
+      raise ValueError("packed segments are for cache-free forward passes only")
     cfg = self.cfg
     hidden = jnp.take(self.embed.embedding[...], tokens_BxT, axis=0)
     hidden = sharding.constrain(hidden, ("batch", "length", "act_embed"))
@@ -260,7 +266,7 @@ class Decoder(nnx.Module):
     run = _run_block_remat if cfg.remat else _run_block
     for i, block in enumerate(self.layers):
       cache_kv = None if cache is None else (cache.k[i], cache.v[i])
-      hidden, new_kv = run(block, hidden, positions_BxT, inv_freq, key_valid, cache_kv, cache_start)
+      hidden, new_kv = run(block, hidden, positions_BxT, inv_freq, key_valid, cache_kv, cache_start, segments_BxT)
       if new_kv is not None:
         new_k.append(new_kv[0])
         new_v.append(new_kv[1])
