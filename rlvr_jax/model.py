@@ -194,8 +194,12 @@ class Attention(nnx.Module):
       mask_BxTxS = mask_BxTxS & (segments_BxT[:, :, None] == segments_BxT[:, None, :])
     scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(values_BxKxSxD.dtype), values_BxKxSxD,
-                     preferred_element_type=jnp.float32)
+    if T == 1:  # decoding: a broadcast multiply-reduce streams V once; XLA:CPU's batched dot took 4x longer
+      out = jnp.sum(probs[:, :, :, 0, :, None] * values_BxKxSxD[:, :, None].astype(jnp.float32), axis=-2)
+      out = out[:, None]  # [B, 1, K, G, D]
+    else:
+      out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(values_BxKxSxD.dtype), values_BxKxSxD,
+                       preferred_element_type=jnp.float32)
     out_BxTxHxD = out.reshape(B, T, K * G, D).astype(x_BxTxE.dtype)
     return self.o_proj(out_BxTxHxD), new_cache_kv
 
