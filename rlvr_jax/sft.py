@@ -24,10 +24,9 @@ log = logging.getLogger(__name__)
 
 def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int, *, seed: int = 0):
   """Examples packed into rows of max_len tokens (first fit, in a seeded shuffled order, among the
-  most recent open rows): `tokens`, `segments` (1, 2, ... per example of a row; 0 = padding),
+  most recent rows): `tokens`, `segments` (1, 2, ... per example of a row; 0 = padding),
   `positions` (restarting at 0 per example) and `loss_mask` (target tokens only), each [rows, L].
-  Over-long examples are dropped with a warning. Short chat examples fill about half a row each, so
-  packing halves the cost of a step for the same examples."""
+  Over-long examples are dropped with a warning. The built-in records fit ~1.7 per 128-token row."""
   examples, dropped = [], 0
   for r in records:
     prompt, target = sft_example(r, tokenizer, prompt_config)
@@ -39,15 +38,14 @@ def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int,
     log.warning("SFT: dropped %d examples longer than %d tokens", dropped, max_len)
   if not examples:
     raise ValueError("SFT: no example fits max_len; raise sft.max_len")
-  rows, free, open_rows = [], [], []  # example indices per row, free slots per row, rows still open
+  rows, free = [], []  # example indices per row, free slots per row
   for i in np.random.default_rng(seed).permutation(len(examples)):
     n = len(examples[i][0])
-    row = next((j for j in open_rows[-_OPEN_ROWS:] if free[j] >= n), None)
+    row = next((j for j in range(max(0, len(rows) - _RECENT_ROWS), len(rows)) if free[j] >= n), None)
     if row is None:
       row = len(rows)
       rows.append([])
       free.append(max_len)
-      open_rows.append(row)
     rows[row].append(i)
     free[row] -= n
   L = max_len - min(free)  # the fullest row
@@ -66,7 +64,7 @@ def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int,
   return out
 
 
-_OPEN_ROWS = 64  # rows with room that a new example may still go into (bounds the search)
+_RECENT_ROWS = 64  # the rows a new example may still go into (bounds the first-fit search)
 
 
 def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
