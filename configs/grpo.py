@@ -69,7 +69,7 @@ def get_config(arg: str = "multi"):
   c.grpo.kl_coef = 0.0  # 0 = no reference model is built (the study)
   c.grpo.kl_estimator = "k3"
   c.grpo.kl_in_reward = False
-  c.grpo.entropy_coef = 0.0
+  c.grpo.entropy_coef = 0.0  # > 0: entropy bonus; < 0: entropy penalty (sharpens the policy)
   c.grpo.dynamic_sampling = False  # DAPO: zero-weight groups whose rewards are all equal
   # With dynamic_sampling: sample this many batches of prompts per step and update on one batch's worth
   # of groups, informative ones first (DAPO's refill, at a fixed update shape).

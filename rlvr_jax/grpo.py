@@ -345,7 +345,7 @@ def policy_loss(logp_BxT, old_logp_BxT, adv_BxT, mask_BxT, *, global_num_tokens,
         if entropy_coef:
             loss = loss - entropy_coef * agg(entropy_BxT.astype(f32))
     elif entropy_coef:
-        raise ValueError("entropy_coef > 0 needs entropy_BxT or logits_BxTxV")
+        raise ValueError("entropy_coef != 0 needs entropy_BxT or logits_BxTxV")
     else:
         # Sampled tokens come from the policy, so -logp is a Monte-Carlo estimate of the entropy
         # (exact in expectation at temperature 1); cheaper than materialising B x T x V logits.

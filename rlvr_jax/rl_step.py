@@ -43,7 +43,7 @@ def _split_micro(x, num_micro: int):
 
 
 def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
-  want_entropy = s.entropy_coef > 0
+  want_entropy = s.entropy_coef != 0  # negative: an entropy penalty
   out = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_valid"], mb["completion_tokens"],
                             mb["loss_mask"], s.temperature, return_entropy=want_entropy)
   logp, entropy = out if want_entropy else (out, None)

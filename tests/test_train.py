@@ -149,6 +149,27 @@ def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
     np.testing.assert_allclose(got_m["loss/policy"], ref_m["loss/policy"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("coef", [-0.5, 0.5])
+def test_entropy_coefficient_of_either_sign_reaches_the_update(coef):
+  """A negative coefficient is an entropy penalty (sharpening), not a setting silently ignored."""
+  import optax
+  batch = _random_batch(8, 6, 5, 64)
+  batch["adv"] = np.zeros_like(batch["adv"])  # no policy gradient: only the entropy term moves params
+  mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
+  cfg = runtime.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
+                             vocab_size=64, param_dtype="float32", remat=False)
+  graphdef, params, shardings = runtime.init_model(cfg, mesh, seed=0)
+  opt = optax.sgd(5.0)
+  opt_state, opt_shardings = sharding.init_optimizer_state(opt, params, shardings, mesh)
+  step = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(entropy_coef=coef), num_micro=1,
+                                  param_shardings=shardings, opt_shardings=opt_shardings, mesh=mesh)
+  entropy = lambda p: float(step(p, opt_state, batch)[2]["entropy"])
+  before = entropy(jax.tree_util.tree_map(jnp.copy, params))
+  new_params, _, _ = step(params, opt_state, batch)
+  after = entropy(new_params)
+  assert (after < before) if coef < 0 else (after > before), (before, after)
+
+
 def _train_cmd(workdir, steps, extra=()):
   return [sys.executable, "-m", "rlvr_jax.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
           f"--config.train.steps={steps}", "--config.train.checkpoint_every=1", *TINY_OVERRIDES, *extra]
