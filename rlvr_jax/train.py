@@ -78,21 +78,30 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
   return res
 
 
+def _gain(before, after) -> dict | None:
+  """Paired gain statistics, or None when the before-RL evaluation came from a checkpoint written
+  before per-item results were kept (the table then shows the gains without their error)."""
+  return paired_gain(before, after) if "items" in before and "items" in after else None
+
+
 def _table(before, after, samples) -> str:
   """Before/after Avg@K per domain; the gain's standard error is paired over items
   (evaluate.paired_gain), and z = gain / stderr says how far it stands above that noise."""
   key = f"avg@{samples}"
-  gain = paired_gain(before, after)
+  gain = _gain(before, after)
   lines = ["| domain | before RL | after RL | gain | ±stderr | z |", "|---|---|---|---|---|---|"]
-  for d in before["per_domain"]:
-    b, a, g = before["per_domain"][d], after["per_domain"][d], gain[d]
+
+  def row(name, b, a, g):
+    if g is None:
+      return f"| {name} | {b:.3f} | {a:.3f} | {a - b:+.3f} | - | - |"
     z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
-    lines.append(f"| {d} | {b[key]:.3f} | {a[key]:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |")
+    return f"| {name} | {b:.3f} | {a:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |"
+
+  for d in before["per_domain"]:
+    lines.append(row(d, before["per_domain"][d][key], after["per_domain"][d][key], gain and gain[d]))
   mb = np.mean([m[key] for m in before["per_domain"].values()])
   ma = np.mean([m[key] for m in after["per_domain"].values()])
-  g = gain["mean"]
-  z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
-  lines.append(f"| **mean** | {mb:.3f} | {ma:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |")
+  lines.append(row("**mean**", mb, ma, gain and gain["mean"]))
   return "\n".join(lines)
 
 
@@ -177,7 +186,7 @@ def run(config, workdir: str) -> dict:
                  compilations={"sampler": sampler.num_compilations})
   if eval_before and eval_after:
     summary["table"] = _table(eval_before, eval_after, config.eval.samples)
-    summary["gain"] = paired_gain(eval_before, eval_after)
+    summary["gain"] = _gain(eval_before, eval_after)
     print("\nHeld-out accuracy per domain (Avg@%d, temperature %g, %d items per domain):\n%s\n" % (
         config.eval.samples, config.eval.temperature, config.eval.items_per_domain, summary["table"]), file=sys.stderr)
   if jax.process_index() == 0:

@@ -101,6 +101,17 @@ def test_paired_gain_matches_per_item_differences():
     paired_gain(mk(before_c), {**after, "items": after["items"][1:]})
 
 
+def test_table_without_per_item_results_still_shows_the_gains():
+  """A run resumed from a checkpoint written before per-item results were kept still finishes."""
+  from rlvr_jax.evaluate import summarize
+  from rlvr_jax.train import _table
+  before = summarize([{"id": str(i), "domain": "code", "correct": [float(i % 2), 1.0]} for i in range(10)], 2)
+  after = summarize([{"id": str(i), "domain": "code", "correct": [1.0, 1.0]} for i in range(10)], 2)
+  assert "| code | 0.750 | 1.000 | +0.250 | 0.083 | +3.0 |" in _table(before, after, 2)
+  before.pop("items")
+  assert "| code | 0.750 | 1.000 | +0.250 | - | - |" in _table(before, after, 2)
+
+
 def _random_batch(rows, P, N, vocab, seed=0):
   rng = np.random.default_rng(seed)
   prompt_valid = np.ones((rows, P), bool)
