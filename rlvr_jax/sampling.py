@@ -286,9 +286,9 @@ def completion_logprobs(graphdef, params, prompt_tokens_BxP, prompt_valid_BxP, c
   valid = jnp.concatenate([prompt_valid_BxP, completion_valid_BxN], axis=1)
   positions = left_padded_positions(valid)
   model = nnx.merge(graphdef, params)
-  logits, _ = model(tokens, positions, valid)
   P = prompt_tokens_BxP.shape[1]
-  pred = logits[:, P - 1:-1].astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
+  logits, _ = model(tokens, positions, valid, logits_from=P - 1)  # [B, N + 1, V]: completion tokens only
+  pred = logits[:, :-1].astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
   logp_all = jax.nn.log_softmax(pred, axis=-1)
   logp = jnp.take_along_axis(logp_all, completion_tokens_BxN[..., None], axis=-1)[..., 0]
   logp = jnp.where(completion_valid_BxN, logp, 0.0)
