@@ -119,12 +119,13 @@ def informative_groups(rewards_B, *, group_size: int):
     return r_NxG.max(-1) != r_NxG.min(-1)
 
 
-def refill_rows(rewards_B, *, group_size: int, num_groups: int):
-    """DAPO's refill with a static shape: from an oversampled rollout, the rows of `num_groups` groups,
-    informative ones first (in rollout order), topped up with uninformative ones when too few differ.
-    Returns (row indices [num_groups * group_size], keep [same]: false on the top-up rows, unless no
-    group at all is informative, when everything is kept as in `dynamic_sampling_keep`'s fallback)."""
-    informative_N = np.asarray(informative_groups(jnp.asarray(rewards_B), group_size=group_size))
+def refill_rows(informative_N, *, group_size: int, num_groups: int):
+    """DAPO's refill with a static shape: from an oversampled rollout whose groups are flagged by
+    `informative_groups`, the rows of `num_groups` groups, informative ones first (in rollout order),
+    topped up with uninformative ones when too few differ. Returns (row indices [num_groups *
+    group_size], keep [same]: false on the top-up rows, unless no group at all is informative, when
+    everything is kept as in `dynamic_sampling_keep`'s fallback)."""
+    informative_N = np.asarray(informative_N, bool)
     if num_groups > len(informative_N):
         raise ValueError(f"cannot pick {num_groups} groups from a rollout of {len(informative_N)}")
     order_N = np.concatenate([np.flatnonzero(informative_N), np.flatnonzero(~informative_N)])[:num_groups]

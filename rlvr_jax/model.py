@@ -254,12 +254,12 @@ class Decoder(nnx.Module):
                           rngs=rngs)
 
   def __call__(self, tokens_BxT, positions_BxT, valid_BxT, cache: KVCache | None = None, cache_start=0,
-               cache_valid_BxS=None, last_only: bool = False, segments_BxT=None, logits_from: int = 0):
+               cache_valid_BxS=None, segments_BxT=None, logits_from: int = 0):
     """Without a cache, ``valid_BxT`` masks padding keys. With one, the T new tokens are written at
     slots [cache_start, cache_start + T) and ``cache_valid_BxS`` (already including them) masks keys.
-    ``last_only`` returns logits [B, 1, V] of the last position only (a prefill needs no more);
-    ``logits_from`` returns those of positions [logits_from, T) (a trainer scoring completions skips
-    the prompt's: the LM head and its gradient are then paid for the completion tokens only).
+    ``logits_from`` returns logits of positions [logits_from, T) only: a prefill needs the last one,
+    a trainer scoring completions skips the prompt's (the LM head and its gradient are then paid for
+    the completion tokens only).
     ``segments_BxT`` (no cache) packs several sequences per row: attention stays within equal ids."""
     if segments_BxT is not None and cache is not None:
       raise ValueError("packed segments are for cache-free forward passes only")
@@ -276,9 +276,7 @@ class Decoder(nnx.Module):
       if new_kv is not None:
         new_k.append(new_kv[0])
         new_v.append(new_kv[1])
-    if last_only:
-      hidden = hidden[:, -1:]
-    elif logits_from:
+    if logits_from:
       hidden = hidden[:, logits_from:]
     hidden = self.final_norm(hidden)
     if cfg.tie_embeddings:

@@ -105,14 +105,14 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     if g.overlong_buffer > 0:
       shaped = shaped + np.asarray(grpo.soft_overlong_penalty(
           jnp.asarray(lengths), max_len=ro.max_new_tokens, buffer_len=g.overlong_buffer, penalty=g.overlong_penalty))
-    informative_frac = float(np.mean(grpo.informative_groups(jnp.asarray(shaped), group_size=ro.samples_per_prompt)))
+    informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=ro.samples_per_prompt))
     batch = {"prompt_tokens": rollout.prompt_tokens, "prompt_valid": rollout.prompt_valid,
              "completion_tokens": rollout.completion_tokens, "sampler_logp": rollout.policy_logprobs}
     keep = np.ones(len(rows), bool)
     sampled = dict(rows=rows, lengths=lengths, stopped=stopped)  # every scored row, for the metrics
     if draws > 1:  # keep the informative groups of the oversampled rollout: the update's batch is fixed
-      pick, keep = grpo.refill_rows(shaped, group_size=ro.samples_per_prompt, num_groups=len(rows) // draws
-                                    // ro.samples_per_prompt)
+      pick, keep = grpo.refill_rows(informative_N, group_size=ro.samples_per_prompt,
+                                    num_groups=len(informative_N) // draws)
       batch = {k: sampler.to_global(local(v)[pick]) for k, v in batch.items()}
       rows, shaped, comp, valid, stopped, lengths = ([rows[i] for i in pick], shaped[pick], comp[pick], valid[pick],
                                                     stopped[pick], lengths[pick])
@@ -154,7 +154,7 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     for _ in range(g.updates_per_rollout):
       params, opt_state, dev_metrics = update(params, opt_state, batch)
     host = _host_metrics(rewards=rewards, scores=scores, keep=keep, **sampled)
-    host["groups/informative_frac"] = informative_frac
+    host["groups/informative_frac"] = float(informative_N.mean())
     host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in prompt_counts.items()} if step == 1 else {})
     host.update({k: v for k, v in pool.counters(reset=True).items()})
     host = _across_hosts(host)

@@ -127,7 +127,7 @@ def _generate_program(graphdef, cfg: ModelConfig, sp: SamplingParams, cache_dtyp
     cache = jax.tree_util.tree_map(lambda c: sharding.constrain(c, KV_CACHE_LOGICAL_AXES), cache)
     cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(prompt_valid_BxP)
     positions = left_padded_positions(prompt_valid_BxP)
-    logits, cache = model(prompt_tokens_BxP, positions, prompt_valid_BxP, cache, 0, cache_valid, last_only=True)
+    logits, cache = model(prompt_tokens_BxP, positions, prompt_valid_BxP, cache, 0, cache_valid, logits_from=P - 1)
     prompt_len_B = prompt_valid_BxP.sum(-1).astype(jnp.int32)
 
     init = dict(step=jnp.int32(0), cache=cache, cache_valid=cache_valid, logits=logits[:, -1], key=key,

@@ -419,13 +419,15 @@ def test_gradient_invariant_to_micro_batch_count(mode, ratio_level):
 def test_refill_takes_informative_groups_first_then_tops_up():
     G = 3
     rewards = np.array([1, 1, 1,  0, 1, 0,  0, 0, 0,  1, 0, 0,  0, 0, 1,  1, 1, 1], np.float32)  # groups 1, 3, 4 vary
-    rows, keep = grpo.refill_rows(rewards, group_size=G, num_groups=4)
+    informative = grpo.informative_groups(jnp.asarray(rewards), group_size=G)
+    np.testing.assert_array_equal(informative, [False, True, False, True, True, False])
+    rows, keep = grpo.refill_rows(informative, group_size=G, num_groups=4)
     np.testing.assert_array_equal(rows, [3, 4, 5, 9, 10, 11, 12, 13, 14, 0, 1, 2])
     np.testing.assert_array_equal(keep, [True] * 9 + [False] * 3)
-    rows, keep = grpo.refill_rows(rewards, group_size=G, num_groups=2)
+    rows, keep = grpo.refill_rows(informative, group_size=G, num_groups=2)
     np.testing.assert_array_equal(rows, [3, 4, 5, 9, 10, 11])
     assert keep.all()
-    flat = np.ones(12, np.float32)  # nothing varies: keep everything (a plain step), never abort
+    flat = np.zeros(4, bool)  # nothing varies: keep everything (a plain step), never abort
     rows, keep = grpo.refill_rows(flat, group_size=G, num_groups=2)
     np.testing.assert_array_equal(rows, np.arange(6))
     assert keep.all()
