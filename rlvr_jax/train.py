@@ -144,6 +144,8 @@ def run(config, workdir: str) -> dict:
                       config=VerifierConfig(thinking=config.data.thinking,
                                             allow_unsandboxed=config.verifier.allow_unsandboxed))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every, keep=t.keep)
+  if jax.process_index() == 0:  # beside the steps, so rlvr-generate / rlvr-eval / rlvr-convert find it
+    tokenizer.save(os.path.join(workdir, "checkpoints", "tokenizer"))
   writer = MetricsWriter(workdir, "train")
   writer.hparams(flatten_config(config))
   base_key = jax.random.key(config.seed)

@@ -1,5 +1,6 @@
 """The GRPO trainer end to end on tiny settings: compile counts, update invariance to micro-batching
 and to the mesh, SIGKILL + resume reproducing the uninterrupted run, SIGTERM saving a checkpoint."""
+import json
 import os
 import signal
 import subprocess
@@ -38,8 +39,8 @@ def tiny_config(**train):
   return c
 
 
-def test_train_loop_compiles_once(tmp_path):
-  from rlvr_jax import train
+def test_train_loop_compiles_once(tmp_path, capsys):
+  from rlvr_jax import generate, train
   summary = train.run(tiny_config(steps=3, checkpoint_every=100), str(tmp_path))
   assert summary["last_step"] == 3
   assert summary["compilations"]["sampler"] == 1
@@ -51,6 +52,12 @@ def test_train_loop_compiles_once(tmp_path):
     assert key in rows[0] and np.isfinite(rows[0][key]), key
   assert any(k.startswith("accuracy/") for k in rows[0])
   assert (tmp_path / "checkpoints" / "3").is_dir()  # the last step is always saved
+  # A step of the run samples with rlvr-generate as it is: the tokenizer lies beside the steps.
+  capsys.readouterr()
+  assert generate.main(["--checkpoint", str(tmp_path / "checkpoints" / "3"), "--prompt", "Tell me about rain.",
+                        "--chat", "--max-new-tokens", "4", "--json"]) == 0
+  sample, = json.loads(capsys.readouterr().out)["samples"]
+  assert len(sample["tokens"]) <= 4 and sample["finish_reason"] in ("stop", "length")
 
 
 def test_refill_samples_extra_prompts_and_updates_a_fixed_batch(tmp_path):
