@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON object a line with a 'prompt' string or a 'messages' list (records work); "
                         "'messages' are always rendered with the chat template")
   p.add_argument("--chat", action="store_true", help="render --prompt / 'prompt' as a user turn of the chat template")
+  p.add_argument("--thinking", action="store_true",
+                 help="with the chat template, open the assistant turn with '<think>\\n', as the trainer does "
+                      "with data.thinking (the built-in default's models expect it)")
   p.add_argument("--max-new-tokens", type=int, default=256)
   p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
   p.add_argument("--top-p", type=float, default=1.0)
@@ -52,7 +55,7 @@ def read_prompts(args, tokenizer: Tokenizer) -> list[str]:
       return text
     messages = messages if messages is not None else [{"role": "user", "content": text}]
     try:
-      return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+      return tokenizer.apply_chat_template(messages, add_generation_prompt=True, thinking=args.thinking)
     except ValueError as e:
       raise UsageError(f"{where}chat template: {e}") from None
 

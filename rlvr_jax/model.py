@@ -92,12 +92,22 @@ class Proj(nnx.Module):
   def __call__(self, x):
     kernel = self.kernel[...]
     n = self.contract_dims
-    y = jax.lax.dot_general(
-        x, kernel, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))), ((), ())),
-        preferred_element_type=jnp.float32)
+    lead, contracted = x.shape[:x.ndim - n], x.shape[x.ndim - n:]
+    y = flat_matmul(x.reshape(-1, *contracted), kernel, n)
+    y = y.reshape(*lead, *kernel.shape[n:])
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(x.dtype)
+
+
+def flat_matmul(x_NxC, kernel, contract_dims: int):
+  """fp32 x @ kernel with every token in one leading axis. Batch and length are flattened first:
+  the weight gradient of a dot over [B, T, ...] contracts two axes, and XLA:CPU then copies its
+  operands to a transposed layout (the GRPO update of the tiny default spent a third of its time
+  there); over one axis the backward dot reads them in place (MLP fwd+bwd 217 -> 93 ms)."""
+  n = contract_dims
+  return jax.lax.dot_general(x_NxC, kernel, ((tuple(range(1, 1 + n)), tuple(range(n))), ((), ())),
+                             preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nnx.Module):
@@ -279,11 +289,9 @@ class Decoder(nnx.Module):
     if logits_from:
       hidden = hidden[:, logits_from:]
     hidden = self.final_norm(hidden)
-    if cfg.tie_embeddings:
-      logits = jnp.einsum("bte,ve->btv", hidden, self.embed.embedding[...], preferred_element_type=jnp.float32)
-    else:
-      kernel = self.lm_head.kernel[...]
-      logits = jnp.einsum("bte,ev->btv", hidden, kernel, preferred_element_type=jnp.float32)
+    B, T, E = hidden.shape
+    kernel_ExV = self.embed.embedding[...].T if cfg.tie_embeddings else self.lm_head.kernel[...]
+    logits = flat_matmul(hidden.reshape(B * T, E), kernel_ExV, 1).reshape(B, T, -1)
     logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
     new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
     return logits, new_cache
