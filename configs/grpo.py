@@ -78,7 +78,9 @@ def get_config(arg: str = "multi"):
   c.grpo.overlong_buffer = 0  # tokens; > 0 enables DAPO's soft overlong penalty
   c.grpo.overlong_penalty = 1.0
   c.grpo.updates_per_rollout = 1  # > 1: several PPO epochs (old logprobs then get their own pass)
-  c.grpo.micro_batch_size = 0  # rows per gradient-accumulation micro-batch; 0 = the whole rollout
+  # Rows per gradient-accumulation micro-batch; 0 = the whole rollout. Tiny: 16, because on a CPU
+  # small micro-batches stay in cache (update of 128 rows: 1.70 s whole, 1.34-1.43 s at 16, 8 or 4 rows).
+  c.grpo.micro_batch_size = 16 if tiny else 0
 
   c.optim = ml_collections.ConfigDict()
   # Tiny: 3e-4 with eps 1e-4. Per-parameter RL gradients are ~1e-4 here, so Adam's usual eps turns
