@@ -87,6 +87,12 @@ def test_chat_prompts_file_and_orbax_checkpoint(hf_dir, tmp_path, capsys):
   assert [s["tokens"] for s in ours["samples"]] == [s["tokens"] for s in out["samples"]]
 
 
+def test_thinking_opens_the_think_block_as_the_trainer_does(hf_dir, capsys):
+  out = run_json(capsys, "--checkpoint", hf_dir, "--prompt", "w1", "--chat", "--thinking", "--temperature", "0",
+                 "--max-new-tokens", "2")
+  assert out["samples"][0]["prompt"] == "<|im_start|>user\nw1<|im_end|>\n<|im_start|>assistant\n<think>\n"
+
+
 def test_text_output(hf_dir, capsys):
   assert generate.main(["--checkpoint", hf_dir, "--prompt", "w1", "--max-new-tokens", "4"]) == 0
   captured = capsys.readouterr()
