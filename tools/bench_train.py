@@ -1,6 +1,6 @@
 """Training section of tools/bench.py: GRPO update tokens/s and MFU on the 50M Qwen3-style shape
 (peer: a plain PyTorch forward + backward + AdamW step of the same transformers model, same run),
-and the time split per phase of one GRPO step at the built-in default (tiny model, 8 x 8 rows)."""
+and the time split per phase of one GRPO step at the built-in default (configs/default.py:tiny)."""
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +121,10 @@ def _phase_rows(quick: bool) -> list[dict]:
                       stop_token_ids=tok.eos_ids)
   opt = optim.make_optimizer(learning_rate=c.optim.learning_rate)
   opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
-  update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=1, param_shardings=shardings,
-                                    opt_shardings=opt_sh, mesh=mesh)
+  rows_n = ro.prompts_per_step * ro.samples_per_prompt
+  num_micro = rows_n // (c.grpo.micro_batch_size or rows_n)
+  update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=num_micro,
+                                    param_shardings=shardings, opt_shardings=opt_sh, mesh=mesh)
   times = {"rollout": [], "verify": [], "update": []}
   with VerifierPool(2, config=VerifierConfig(thinking=True)) as pool:
     for i in range(2 if quick else 4):  # the first step compiles; the median of the rest is reported
@@ -146,7 +148,6 @@ def _phase_rows(quick: bool) -> list[dict]:
         times["rollout"].append(t1 - t0)
         times["verify"].append(t2 - t1)
         times["update"].append(t3 - t2)
-  rows_n = ro.prompts_per_step * ro.samples_per_prompt
   return [{"figure": f"GRPO step phase: {k} (built-in default, {rows_n} rows x {ro.max_new_tokens} new tokens)",
            "ours": 1e3 * float(np.median(v)), "peer": None, "unit": "ms",
            "note": "each phase blocked on; in training the update overlaps the next rollout's host work"}
