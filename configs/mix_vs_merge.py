@@ -50,7 +50,7 @@ def get_config(arg: str = ""):
   c.opd = ml_collections.ConfigDict()  # MT-OPD: the anchor distils the experts on its own samples
   # The study gives no step count for MT-OPD; we spend one single-domain run's steps.
   c.opd.steps = c.get_ref("single_steps")
-  c.opd.prompts_per_step = 16 if tiny else 256  # the study's 256 x 4; tiny keeps GRPO's 64 rows per step
+  c.opd.prompts_per_step = 16 if tiny else 256  # the study's 256 x 4; tiny: 64 rows per step
   c.opd.samples_per_prompt = 4
   c.opd.learning_rate = 2e-4 if tiny else 1e-6  # the study's 1e-6 would not move the tiny model
   c.opd.eps = 0.2  # symmetric clip
