@@ -99,7 +99,8 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer", default="", help="tokenizer dir or 'builtin' (default: the checkpoint's)")
   p.add_argument("--data", default="builtin", help="'builtin' (held-out split) or comma-separated JSONL files")
   p.add_argument("--domains", default="math,code,science,if")
-  p.add_argument("--items-per-domain", type=int, default=0, help="0 = all")
+  p.add_argument("--items-per-domain", type=int, default=0, help="0 = all (built-in data: its default 200; "
+                 "more are generated on request, up to all a domain has)")
   p.add_argument("--samples", type=int, default=1, help="K samples per item")
   p.add_argument("--temperature", type=float, default=0.0)
   p.add_argument("--max-new-tokens", type=int, default=96)
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     print(f"rlvr-eval: error: {e}", file=sys.stderr)
     return 2
   domains = tuple(args.domains.split(","))
-  records = runtime.load_records(args.data, "eval", domains)
+  records = runtime.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
   if args.items_per_domain:
     kept = defaultdict(int)
     records = [r for r in records if (kept.__setitem__(r["domain"], kept[r["domain"]] + 1)

@@ -93,13 +93,15 @@ def prompt_config(data_config_dict):
                       max_prompt_tokens=d.max_prompt_tokens)
 
 
-def load_records(spec: str, split: str, domains: tuple[str, ...], builtin_size: int = 0) -> list[dict]:
-  """'builtin' for the shipped generators; 'builtin-sft' for built-in warm-start records disjoint
-  from the RL ones ('builtin' train records, `builtin_size` of them); else a comma-separated list
-  of JSONL/parquet files."""
+def load_records(spec: str, split: str, domains: tuple[str, ...], builtin_size: int = 0,
+                 builtin_up_to: bool = False) -> list[dict]:
+  """'builtin' for the shipped generators (`builtin_size` records per domain, 0 = their default
+  sizes; with `builtin_up_to`, all there are when a domain holds fewer); 'builtin-sft' for built-in
+  warm-start records disjoint from the RL ones ('builtin' train records, `builtin_size` of them);
+  else a comma-separated list of JSONL/parquet files."""
   from rlvr_jax.data import synthetic
   if spec == "builtin":
-    return [r for d in domains for r in synthetic.builtin_records(d, split, builtin_size or None)]
+    return [r for d in domains for r in synthetic.builtin_records(d, split, builtin_size or None, up_to=builtin_up_to)]
   if spec == "builtin-sft":
     return [r for d in domains for r in synthetic.sft_records(d, train_size=builtin_size or None)]
   from rlvr_jax.data.records import load_records as _load

@@ -65,7 +65,9 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
   if jax.process_count() > 1:
     log.warning("in-run evaluation is single-process only; skipped (run rlvr-eval on a checkpoint)")
     return None
-  records = runtime.load_records(config.data.eval, "eval", domains)
+  # Built-in held-out sets: as many items as asked for, or all a domain has (code: ~230).
+  records = runtime.load_records(config.data.eval, "eval", domains, builtin_size=e.items_per_domain,
+                                 builtin_up_to=True)
   per = defaultdict(int)
   chosen = []
   for r in records:
@@ -189,14 +191,19 @@ def run(config, workdir: str) -> dict:
   if eval_before and eval_after:
     summary["table"] = _table(eval_before, eval_after, config.eval.samples)
     summary["gain"] = _gain(eval_before, eval_after)
-    print("\nHeld-out accuracy per domain (Avg@%d, temperature %g, %d items per domain):\n%s\n" % (
-        config.eval.samples, config.eval.temperature, config.eval.items_per_domain, summary["table"]), file=sys.stderr)
+    items = ", ".join(f"{d} {m['n_items']}" for d, m in eval_after["per_domain"].items())
+    print("\nHeld-out accuracy per domain (Avg@%d, temperature %g; items: %s):\n%s\n" % (
+        config.eval.samples, config.eval.temperature, items, summary["table"]), file=sys.stderr)
   if jax.process_index() == 0:
     slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
     slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
     slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(slim, f, indent=1)
+    for tag, res in (("before", eval_before), ("after", eval_after)):
+      if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
+        with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
+          json.dump(res, f)
   return summary
 
 

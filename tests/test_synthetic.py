@@ -76,6 +76,16 @@ def test_exhausted_prompt_space_is_an_error():
         synthetic.builtin_records("poetry", "train")
 
 
+def test_up_to_returns_every_held_out_prompt_when_fewer_exist():
+    every = synthetic.builtin_records("code", "eval", 10_000, up_to=True)
+    assert 200 <= len(every) < 10_000
+    assert len({r["messages"][0]["content"] for r in every}) == len(every)
+    assert every[:200] == synthetic.builtin_records("code", "eval")  # prefix-stable
+    with pytest.raises(ValueError, match=f"ran out of distinct prompts after {len(every)}"):
+        synthetic.builtin_records("code", "eval", len(every) + 1)
+    assert len(synthetic.builtin_records("math", "eval", 500, up_to=True)) == 500
+
+
 def test_references_are_short_under_the_builtin_tokenizer():
     tok = builtin_tokenizer()
     for domain in synthetic.DOMAINS:

@@ -86,6 +86,9 @@ def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
   assert resumed["eval_before"] == first["eval_before"]  # per-item results included
   assert "table" in resumed and "before RL" in resumed["table"]
   assert set(resumed["gain"]) == set(resumed["eval_before"]["per_domain"]) | {"mean"}
+  for tag in ("before", "after"):  # per-item results are kept beside the summary
+    with open(tmp_path / f"eval_{tag}.json") as f:
+      assert json.load(f)["items"] == resumed[f"eval_{tag}"]["items"]
 
 
 def test_paired_gain_matches_per_item_differences():

@@ -134,14 +134,29 @@ def np_ties(a_np, x_np, density=DENSITY, scope="global"):
 
 # ---------------------------------------------------------------- rows
 
-def _median_and_peak(fn, repeats: int):
-    """Median wall time of `repeats` runs (the first, under the peak-RSS watcher, counts too). One
-    run alone swung 0.21-1.01 s for the same task-arithmetic merge here; fresh output buffers that
-    must be faulted in are one cause we saw (a first consuming merge 0.6 s, the next ones 0.2 s)."""
-    with PeakRSS() as peak:
-        times = [_timed(fn)[0]]
-    times += [_timed(fn)[0] for _ in range(repeats - 1)]
+def _median_and_peak(fn, repeats: int, make_inputs=tuple):
+    """Median wall time of `repeats` runs of fn(*make_inputs()) (inputs made untimed before each run;
+    the first run, under the peak-RSS watcher, counts too). One run alone swung 0.21-1.01 s for the
+    same task-arithmetic merge here; fresh output buffers that must be faulted in are one cause."""
+    times = []
+    for i in range(repeats):
+        args = make_inputs()
+        if i == 0:
+            with PeakRSS() as peak:
+                times.append(_timed(lambda: fn(*args))[0])
+        else:
+            times.append(_timed(lambda: fn(*args))[0])
+        del args
     return statistics.median(times), peak
+
+
+def fresh_copies(a_j, x_j):
+    """Device copies of anchor and experts for one merge that consumes them, as `rlvr-merge` does:
+    each input is freed once merged and the result reuses the anchor's buffers."""
+    copy = lambda tree: {p: jnp.copy(x) for p, x in tree.items()}
+    out = (copy(a_j), [copy(x) for x in x_j])
+    jax.block_until_ready(out)
+    return out
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -150,18 +165,21 @@ def run(quick: bool = False) -> list[dict]:
     n = sum(int(np.prod(s)) for s in shapes.values())
     a_np, x_np, a_j, x_j = make_models(shapes)
     moved = (K + 2) * n * 2  # bf16: read anchor + K experts, write one model
+    # Ours as rlvr-merge runs it (consuming its inputs); the peer allocates its outputs.
     cases = {
-        "task_arithmetic": (lambda: merge.task_arithmetic(a_j, x_j), lambda: np_task_arithmetic(a_np, x_np)),
-        "ties_global": (lambda: merge.ties(a_j, x_j, density=DENSITY, trim_scope="global"),
+        "task_arithmetic": (lambda a, x: merge.task_arithmetic(a, x, consume=True),
+                            lambda: np_task_arithmetic(a_np, x_np)),
+        "ties_global": (lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="global", consume=True),
                         lambda: np_ties(a_np, x_np, scope="global")),
-        "ties_tensor": (lambda: merge.ties(a_j, x_j, density=DENSITY, trim_scope="tensor"),
+        "ties_tensor": (lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="tensor", consume=True),
                         lambda: np_ties(a_np, x_np, scope="tensor")),
     }
+    inputs = lambda: fresh_copies(a_j, x_j)
     bws, rows = [copy_bandwidth()], []
     size = f"{K} experts x {n / 1e6:.0f}M params bf16"
     for name, (ours_fn, peer_fn) in cases.items():
-        _timed(ours_fn)  # compile once; each distinct tensor shape compiles its own kernel
-        t_ours, m_ours = _median_and_peak(ours_fn, repeats)
+        _timed(lambda: ours_fn(*inputs()))  # compile once; each distinct tensor shape compiles its own kernel
+        t_ours, m_ours = _median_and_peak(ours_fn, repeats, inputs)
         bws.append(copy_bandwidth())  # re-measured beside every case: the machine is shared
         bw = max(bws)
         floor = moved / (bw * 1e9)
@@ -169,7 +187,8 @@ def run(quick: bool = False) -> list[dict]:
         rows += [
             {"name": f"merge/{name}/wall", "ours": round(t_ours, 3), "peer": round(t_peer, 3),
              "ratio": round(t_ours / t_peer, 3), "unit": "s",
-             "note": f"{size}; peer: per-tensor numpy; median of {repeats} runs each"},
+             "note": f"{size}; ours consumes its inputs as rlvr-merge does (output in the anchor's buffers); "
+                     f"peer: per-tensor numpy; median of {repeats} runs each"},
             {"name": f"merge/{name}/throughput", "ours": round(moved / t_ours / 1e9, 2),
              "peer": round(moved / t_peer / 1e9, 2), "ratio": round(t_ours / floor, 2), "unit": "GB/s",
              "note": f"one-pass bytes {moved / 1e9:.2f} GB / wall; one-pass floor {floor:.3f} s at {bw:.1f} GB/s"
