@@ -161,16 +161,19 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     host["lr"] = optim.lr_at(step - 1, learning_rate=config.optim.learning_rate, schedule=config.optim.schedule,
                              warmup_steps=config.optim.warmup_steps, total_steps=t.steps)
     host["time/rollout"], host["time/verify"], host["time/logprobs"] = t_rollout, t_verify, t_logprobs
+    # Read once: a SIGTERM landing after this line is handled at the next step, never between a
+    # save that did not see it and the exit below (which then left no checkpoint of this step).
+    preempted = preempt.event.is_set()
     ckpt.save(step, arrays(params, opt_state, step, base_key),
               # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
-              meta(config, cfg, mixture, eval_before), force=preempt.event.is_set() or step == t.steps)
+              meta(config, cfg, mixture, eval_before), force=preempted or step == t.steps)
     host["time/update_dispatch"] = time.perf_counter() - t3
     host["time/total"] = time.perf_counter() - t0
     n_tokens = int(valid.sum())
     host["throughput/tokens_per_s"] = n_tokens / max(host["time/total"], 1e-9)
     pending = (step, host, dev_metrics)
     last_step = step
-    if preempt.event.is_set():
+    if preempted:
       log.warning("SIGTERM: saved checkpoint at step %d; exiting", step)
       break
   if pending is not None:

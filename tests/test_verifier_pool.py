@@ -78,8 +78,11 @@ def test_timeout_hits_only_the_stuck_sample(pool):
 
 def test_killed_worker_is_replaced(pool):
     fut = pool.submit([_math("1"), _math("2")], [SLOW, r"\boxed{2}"])
-    time.sleep(0.5)
-    victims = [w for w in pool._workers if w.inflight]
+    # Wait for a worker to hold the slow item: a worker replaced by an earlier test may still be
+    # starting (importing the verifiers takes ~1 s on a loaded 2-core machine).
+    deadline = time.monotonic() + 30
+    while not (victims := [w for w in pool._workers if w.inflight]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert victims
     os.kill(victims[0].proc.pid, signal.SIGKILL)
     got = fut.result(timeout=30)
