@@ -77,8 +77,8 @@ def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
     tgt = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     m = loss_mask[:, 1:].astype(jnp.float32)
     loss = -(tgt * m).sum() / jnp.maximum(m.sum(), 1.0)
-    # The target is the top token iff its logprob reaches the row's max (XLA:CPU's argmax, a variadic
-    # reduce, cost 8 ms of a 154-ms step).
+    # The target counts as the top token when its logprob reaches the row's max (a tie counts too);
+    # XLA:CPU's argmax, a variadic reduce, cost 8 ms of a 154-ms step.
     top = tgt >= jnp.max(logp, axis=-1)
     acc = (top * m).sum() / jnp.maximum(m.sum(), 1.0)
     return loss, {"sft/loss": loss, "sft/token_accuracy": acc}

@@ -3,7 +3,8 @@
 For task arithmetic and TIES (global and per-tensor trim): wall time, effective GB/s (bytes a
 single read-all/write-once pass must move, divided by wall time), the memory-bandwidth floor
 (those bytes / np.copyto bandwidth measured in the same run), and peak RSS above the inputs;
-each beside a straightforward per-tensor numpy merge of the same tensors. No disk I/O is timed.
+each beside a straightforward per-tensor numpy merge of the same tensors. Ours consumes its
+inputs as `rlvr-merge` does (fresh copies made untimed before each run). No disk I/O is timed.
 `run(quick)` returns rows for tools/bench.py.
 """
 from __future__ import annotations

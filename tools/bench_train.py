@@ -97,7 +97,7 @@ def _phase_rows(quick: bool) -> list[dict]:
   import jax.numpy as jnp
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   import default as default_config
-  from rlvr_jax import grpo, optim, rl_step, runtime, sharding
+  from rlvr_jax import grpo, optim, rl_step, runtime, sharding, train
   from rlvr_jax.data.mixture import PromptMixture
   from rlvr_jax.data.prompts import PromptConfig, build_prompts
   from rlvr_jax.evaluate import decode_completion
@@ -121,9 +121,9 @@ def _phase_rows(quick: bool) -> list[dict]:
                       stop_token_ids=tok.eos_ids)
   opt = optim.make_optimizer(learning_rate=c.optim.learning_rate)
   opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
-  rows_n = ro.prompts_per_step * ro.samples_per_prompt
-  num_micro = rows_n // (c.grpo.micro_batch_size or rows_n)
-  update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=num_micro,
+  sizes = train.validate(c, jax.device_count())  # the trainer's own rows and micro-batch count
+  rows_n = sizes["rows"]
+  update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=sizes["num_micro"],
                                     param_shardings=shardings, opt_shardings=opt_sh, mesh=mesh)
   times = {"rollout": [], "verify": [], "update": []}
   with VerifierPool(2, config=VerifierConfig(thinking=True)) as pool:
