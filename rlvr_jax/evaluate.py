@@ -37,19 +37,28 @@ def evaluate(sampler: Sampler, params, tokenizer, records: list[dict], pool, *, 
                       stop_token_ids=tuple(tokenizer.eos_ids), seed=seed)
   items = []
   bar = tqdm(total=len(records), desc="eval", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+  def collect(chunk, scoring):
+    scores = scoring.result()
+    for i, r in enumerate(chunk):
+      rewards = [scores[i * samples + j].reward for j in range(samples)]
+      items.append({"id": r["id"], "domain": r["domain"], "correct": [float(x >= 1.0) for x in rewards]})
+    bar.update(len(chunk))
+
+  in_flight = None  # the previous chunk, scored by the pool's workers while this one generates
   for start in range(0, len(records), batch_prompts):
     chunk = records[start:start + batch_prompts]
     prompts = [tokenizer.encode(render_prompt(r, tokenizer, prompt_config)) for r in chunk]
     key = jax.random.fold_in(jax.random.key(seed), start)
     out = sampler.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
     toks, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
+    if in_flight is not None:
+      collect(*in_flight)
     texts = [decode_completion(tokenizer, t, v) for t, v in zip(toks, valid)]
     row_records = [chunk[i] for i in np.asarray(out.prompt_index)]
-    scores = pool.submit(row_records, texts, thinking=prompt_config.thinking).result()
-    for i, r in enumerate(chunk):
-      rewards = [scores[i * samples + j].reward for j in range(samples)]
-      items.append({"id": r["id"], "domain": r["domain"], "correct": [float(x >= 1.0) for x in rewards]})
-    bar.update(len(chunk))
+    in_flight = (chunk, pool.submit(row_records, texts, thinking=prompt_config.thinking))
+  if in_flight is not None:
+    collect(*in_flight)
   bar.close()
   return summarize(items, samples)
 

@@ -63,8 +63,10 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
           sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts, eval_before=None):
   ro, g, t = config.rollout, config.grpo, config.train
   settings = _loss_settings(g, ro)
+  skip = g.skip_zero_advantage and settings.gradient_scales_with_advantage
   update = rl_step.make_update_step(graphdef, optimizer, settings, num_micro=sizes["num_micro"],
-                                    param_shardings=param_shardings, opt_shardings=opt_shardings, mesh=mesh)
+                                    param_shardings=param_shardings, opt_shardings=opt_shardings, mesh=mesh,
+                                    skip_zero_advantage=skip)
   need_old = g.updates_per_rollout > 1
   # DAPO refill: each step samples `draws` batches of prompts and updates on the informative groups
   draws = g.dynamic_sampling_draws if g.dynamic_sampling else 1
@@ -145,6 +147,8 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
       adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=ro.samples_per_prompt,
                                          estimator=g.advantage))
       batch["adv"] = sampler.to_global((adv_B[:, None] * loss_mask).astype(np.float32))
+    if skip and sizes["num_micro"] > 1:  # rows with a gradient first: the update skips whole micro-batches
+      batch = _rows_with_gradient_first(batch, local, sampler.to_global)
     if need_old:
       batch["old_logp"] = logprob_fn(params, batch)
       jax.block_until_ready(batch["old_logp"])
@@ -180,6 +184,14 @@ def loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt
     _flush(writer, pending, bar, ckpt)
   bar.close()
   return {"params": params, "last_step": last_step, "update_compilations": update._cache_size()}
+
+
+def _rows_with_gradient_first(batch: dict, local, to_global) -> dict:
+  """The same rows, those with a non-zero advantage first (stable), each host reordering its own rows.
+  Row order is free here: the update sums over rows and its groups were used up by the advantages."""
+  host = {k: local(v) for k, v in batch.items()}
+  order = np.argsort(~np.asarray(rl_step.rows_with_gradient(host["adv"], host["loss_mask"])), kind="stable")
+  return {k: to_global(v[order]) for k, v in host.items()}
 
 
 def _load_teachers(spec: str, mesh, student_cfg) -> dict:

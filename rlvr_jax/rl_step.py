@@ -1,6 +1,12 @@
 """The jitted, donated GRPO update: teacher-forced logprobs, the clipped policy loss of grpo.py over
 micro-batches (gradients accumulated in a scan, normalised by global counts), one optax step.
 
+Micro-batches whose rows all have zero advantage are skipped (`skip_zero_advantage`) when the loss is
+the policy term alone: each row's gradient is then a multiple of its advantage, so a skipped
+micro-batch adds exactly zero and the update is unchanged. GRPO zeroes every group whose rewards are
+all equal (about half of them at the built-in default); the loop puts such rows last so that whole
+micro-batches go. The token-mean metrics are then over the rows the update computed.
+
 Batch legend: B rows, P prompt bucket, N completion slots.
   prompt_tokens/prompt_valid [B,P], completion_tokens [B,N], loss_mask [B,N], adv [B,N],
   sampler_logp [B,N], optional old_logp [B,N] and ref_logp [B,N].
@@ -35,6 +41,11 @@ class LossSettings:
   temperature: float = 1.0
   norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
 
+  @property
+  def gradient_scales_with_advantage(self) -> bool:
+    """True when no loss term (KL to the reference, entropy) acts on a row with zero advantage."""
+    return self.kl_coef == 0 and self.entropy_coef == 0
+
 
 def _split_micro(x, num_micro: int):
   B = x.shape[0]
@@ -55,35 +66,57 @@ def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
       eps_high=s.eps_high, dual_clip_c=s.dual_clip_c,
       sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None, tis_level=s.tis_level, tis_mode=s.tis_mode,
       tis_cap=s.tis_cap, ref_logp_BxT=mb.get("ref_logp"), kl_coef=s.kl_coef, kl_estimator=s.kl_estimator,
-      entropy_BxT=entropy, entropy_coef=s.entropy_coef)
+      entropy_BxT=entropy, entropy_coef=s.entropy_coef, metric_num_tokens=counts.get("metric_tokens"))
+
+
+def rows_with_gradient(adv_BxN, loss_mask_BxN):
+  """[B] bool: rows whose policy gradient can be non-zero (some unmasked token has an advantage)."""
+  return jnp.any((adv_BxN != 0) & loss_mask_BxN, axis=-1)
 
 
 def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings: LossSettings, *,
-                     num_micro: int, param_shardings, opt_shardings, mesh):
-  """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated."""
+                     num_micro: int, param_shardings, opt_shardings, mesh, skip_zero_advantage: bool = False):
+  """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated.
+  With `skip_zero_advantage` (effective only when settings.gradient_scales_with_advantage), micro-batches
+  without any non-zero advantage are not computed; metrics gains update/computed_frac."""
+  skip = skip_zero_advantage and settings.gradient_scales_with_advantage
 
   def step(params, opt_state, batch):
     mask = batch["loss_mask"]
     counts = {"tokens": mask.sum().astype(jnp.float32),
               "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
     micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
+    computed_M = jnp.ones((num_micro,), bool)
+    if skip:
+      computed_M = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
+      counts["metric_tokens"] = jnp.sum(micro["loss_mask"].sum(axis=(1, 2)) * computed_M).astype(jnp.float32)
     grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
-
-    def accumulate(carry, mb):
-      grads, loss, metrics = carry
-      (l, m), g = grad_fn(params, mb)
-      return (jax.tree_util.tree_map(jnp.add, grads, g), loss + l,
-              jax.tree_util.tree_map(jnp.add, metrics, m)), None
-
     first = jax.tree_util.tree_map(lambda x: x[0], micro)
     zero_metrics = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
         lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1]))
     zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    (grads, loss, metrics), _ = jax.lax.scan(accumulate, (zero_grads, jnp.float32(0), zero_metrics), micro)
+
+    def micro_step(mb):
+      (l, m), g = grad_fn(params, mb)
+      return g, l, m
+
+    def accumulate(carry, xs):
+      grads, loss, metrics = carry
+      mb, computed = xs
+      if skip:  # a skipped micro-batch's gradient, loss and metric sums are exactly zero
+        g, l, m = jax.lax.cond(computed, micro_step, lambda _: (zero_grads, jnp.float32(0), zero_metrics), mb)
+      else:
+        g, l, m = micro_step(mb)
+      return (jax.tree_util.tree_map(jnp.add, grads, g), loss + l,
+              jax.tree_util.tree_map(jnp.add, metrics, m)), None
+
+    (grads, loss, metrics), _ = jax.lax.scan(accumulate, (zero_grads, jnp.float32(0), zero_metrics),
+                                             (micro, computed_M))
     grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.tree.norm(grads)})
+    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.tree.norm(grads),
+                               "update/computed_frac": computed_M.mean(dtype=jnp.float32)})
     return params, opt_state, metrics
 
   with sharding.activate(mesh):

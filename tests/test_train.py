@@ -138,7 +138,7 @@ def _random_batch(rows, P, N, vocab, seed=0):
           "sampler_logp": (-rng.random((rows, N)) * 3 - 2).astype(np.float32)}
 
 
-def _one_update(mesh, num_micro, batch, loss_agg):
+def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False):
   cfg = runtime.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
                              vocab_size=64, param_dtype="float32", remat=num_micro > 1)
   graphdef, params, shardings = runtime.init_model(cfg, mesh, seed=0)
@@ -149,7 +149,7 @@ def _one_update(mesh, num_micro, batch, loss_agg):
   opt_state, opt_shardings = sharding.init_optimizer_state(opt, params, shardings, mesh)
   step = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(loss_agg=loss_agg, norm_len=6),
                                   num_micro=num_micro, param_shardings=shardings, opt_shardings=opt_shardings,
-                                  mesh=mesh)
+                                  mesh=mesh, skip_zero_advantage=skip_zero_advantage)
   b = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
   new_params, _, metrics = step(params, opt_state, b)
   return jax.tree_util.tree_map(np.asarray, new_params), {k: float(v) for k, v in metrics.items()}
@@ -168,6 +168,26 @@ def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), got, ref)
     np.testing.assert_allclose(got_m["grad/global_norm"], ref_m["grad/global_norm"], rtol=1e-5)
     np.testing.assert_allclose(got_m["loss/policy"], ref_m["loss/policy"], rtol=1e-5, atol=1e-7)
+
+
+def test_skipping_zero_advantage_micro_batches_leaves_the_update_unchanged():
+  batch = _random_batch(16, 8, 6, 64)
+  adv_B = np.tile(np.asarray([1.0, -1.0, 0.5, -0.5], np.float32), 4)
+  adv_B[4:8] = adv_B[12:16] = 0  # groups 1 and 3 (rows 4-7, 12-15): all rewards equal
+  batch["adv"] = adv_B[:, None] * batch["loss_mask"]
+  mesh = sharding.make_mesh(sharding.MeshShape(2, 2, 2))
+  ref, ref_m = _one_update(mesh, 4, batch, "seq-mean-token-mean")
+  got, got_m = _one_update(mesh, 4, batch, "seq-mean-token-mean", skip_zero_advantage=True)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-6), got, ref)
+  assert got_m["loss/policy"] == pytest.approx(ref_m["loss/policy"], rel=1e-6, abs=1e-9)
+  assert got_m["grad/global_norm"] == pytest.approx(ref_m["grad/global_norm"], rel=1e-6)
+  assert (ref_m["update/computed_frac"], got_m["update/computed_frac"]) == (1.0, 0.5)
+  # token-mean metrics cover the computed rows: those of a batch holding only groups 0 and 2
+  kept = np.r_[0:4, 8:12]
+  _, sub_m = _one_update(mesh, 2, {k: v[kept] for k, v in batch.items()}, "seq-mean-token-mean")
+  for k in ("entropy", "ratio/mean", "tis/weight_mean", "sampler_trainer/logp_diff_abs_mean"):
+    assert got_m[k] == pytest.approx(sub_m[k], rel=1e-5), k
+  assert got_m["entropy"] != pytest.approx(ref_m["entropy"], rel=1e-3)  # the unskipped mean differs
 
 
 @pytest.mark.parametrize("coef", [-0.5, 0.5])
