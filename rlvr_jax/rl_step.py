@@ -5,7 +5,8 @@ Micro-batches whose rows all have zero advantage are skipped (`skip_zero_advanta
 the policy term alone: each row's gradient is then a multiple of its advantage, so a skipped
 micro-batch adds exactly zero and the update is unchanged. GRPO zeroes every group whose rewards are
 all equal (about half of them at the built-in default); the loop puts such rows last so that whole
-micro-batches go. The token-mean metrics are then over the rows the update computed.
+micro-batches go. The token-mean metrics (entropy, ratio, clip and TIS) are then over the rows with a
+non-zero advantage, whatever the micro-batch layout.
 
 Batch legend: B rows, P prompt bucket, N completion slots.
   prompt_tokens/prompt_valid [B,P], completion_tokens [B,N], loss_mask [B,N], adv [B,N],
@@ -60,13 +61,17 @@ def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
   logp, entropy = out if want_entropy else (out, None)
   # One update per rollout: the old policy *is* the current one, so old logprobs need no forward pass.
   old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
+  metric_mask = None
+  if "metric_tokens" in counts:  # skipping: metrics over the rows with a gradient, in any layout
+    metric_mask = mb["loss_mask"] & rows_with_gradient(mb["adv"], mb["loss_mask"])[:, None]
   return grpo.policy_loss(
       logp, old, mb["adv"], mb["loss_mask"], global_num_tokens=counts["tokens"], global_num_seqs=counts["seqs"],
       loss_agg=s.loss_agg, norm_len=s.norm_len, ratio_level=s.ratio_level, eps_low=s.eps_low,
       eps_high=s.eps_high, dual_clip_c=s.dual_clip_c,
       sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None, tis_level=s.tis_level, tis_mode=s.tis_mode,
       tis_cap=s.tis_cap, ref_logp_BxT=mb.get("ref_logp"), kl_coef=s.kl_coef, kl_estimator=s.kl_estimator,
-      entropy_BxT=entropy, entropy_coef=s.entropy_coef, metric_num_tokens=counts.get("metric_tokens"))
+      entropy_BxT=entropy, entropy_coef=s.entropy_coef, metric_mask_BxT=metric_mask,
+      metric_num_tokens=counts.get("metric_tokens"))
 
 
 def rows_with_gradient(adv_BxN, loss_mask_BxN):
@@ -89,7 +94,7 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings
     computed_M = jnp.ones((num_micro,), bool)
     if skip:
       computed_M = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
-      counts["metric_tokens"] = jnp.sum(micro["loss_mask"].sum(axis=(1, 2)) * computed_M).astype(jnp.float32)
+      counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(jnp.float32)
     grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
     first = jax.tree_util.tree_map(lambda x: x[0], micro)
     zero_metrics = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(

@@ -182,11 +182,15 @@ def test_skipping_zero_advantage_micro_batches_leaves_the_update_unchanged():
   assert got_m["loss/policy"] == pytest.approx(ref_m["loss/policy"], rel=1e-6, abs=1e-9)
   assert got_m["grad/global_norm"] == pytest.approx(ref_m["grad/global_norm"], rel=1e-6)
   assert (ref_m["update/computed_frac"], got_m["update/computed_frac"]) == (1.0, 0.5)
-  # token-mean metrics cover the computed rows: those of a batch holding only groups 0 and 2
+  # token-mean metrics cover the rows with a gradient: those of a batch holding only groups 0 and 2,
+  # also when a computed micro-batch holds zero-advantage rows (2 micro-batches: groups 0+1 and 2+3)
   kept = np.r_[0:4, 8:12]
   _, sub_m = _one_update(mesh, 2, {k: v[kept] for k, v in batch.items()}, "seq-mean-token-mean")
+  _, mixed_m = _one_update(mesh, 2, batch, "seq-mean-token-mean", skip_zero_advantage=True)
+  assert mixed_m["update/computed_frac"] == 1.0
   for k in ("entropy", "ratio/mean", "tis/weight_mean", "sampler_trainer/logp_diff_abs_mean"):
     assert got_m[k] == pytest.approx(sub_m[k], rel=1e-5), k
+    assert mixed_m[k] == pytest.approx(sub_m[k], rel=1e-5), k
   assert got_m["entropy"] != pytest.approx(ref_m["entropy"], rel=1e-3)  # the unskipped mean differs
 
 
