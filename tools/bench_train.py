@@ -128,7 +128,8 @@ def _phase_rows(quick: bool) -> list[dict]:
   update = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=sizes["num_micro"],
                                     param_shardings=shardings, opt_shardings=opt_sh, mesh=mesh,
                                     skip_zero_advantage=False)
-  times = {"rollout": [], "verify": [], "update": []}
+  logprob_fn = rl_step.make_logprob_fn(graphdef, mesh, 1.0)
+  times = {"rollout": [], "verify": [], "logprobs": [], "update": []}
   with VerifierPool(2, config=VerifierConfig(thinking=True)) as pool:
     for i in range(2 if quick else 4):  # the first step compiles; the median of the rest is reported
       items = next(mix)
@@ -144,18 +145,31 @@ def _phase_rows(quick: bool) -> list[dict]:
       batch = {"prompt_tokens": r.prompt_tokens, "prompt_valid": r.prompt_valid,
                "completion_tokens": r.completion_tokens, "sampler_logp": r.policy_logprobs,
                "loss_mask": valid, "adv": (adv[:, None] * valid).astype(np.float32)}
+      # The trainer skips this pass at the default (one update per rollout: the old policy is the
+      # sampler's); it runs with updates_per_rollout > 1, a KL reference or MT-OPD teachers.
+      jax.block_until_ready(logprob_fn(params, batch))
+      t3 = time.perf_counter()
       params, opt_state, m = update(params, opt_state, batch)
       jax.block_until_ready(m)
-      t3 = time.perf_counter()
+      t4 = time.perf_counter()
       if i:
         times["rollout"].append(t1 - t0)
         times["verify"].append(t2 - t1)
-        times["update"].append(t3 - t2)
+        times["logprobs"].append(t3 - t2)
+        times["update"].append(t4 - t3)
   return [{"figure": f"GRPO step phase: {k} (built-in default, {rows_n} rows x {ro.max_new_tokens} new tokens)",
            "ours": 1e3 * float(np.median(v)), "peer": None, "unit": "ms",
-           "note": "random-init model; each phase blocked on (in training the update overlaps the next "
-                   "rollout's host work); update: every micro-batch computed, no zero-advantage skipping"}
+           "note": _PHASE_NOTES[k] + "; random-init model, each phase blocked on"}
           for k, v in times.items()]
+
+
+_PHASE_NOTES = {
+    "rollout": "prefill + decode of every row",
+    "verify": "verifier pool, 2 workers (an untrained model writes little code to run)",
+    "logprobs": "teacher-forced pass, skipped at the default (one update per rollout); runs for "
+                "updates_per_rollout > 1, a KL reference or MT-OPD teachers",
+    "update": "every micro-batch computed (the trainer skips zero-advantage ones)",
+}
 
 
 def run(quick: bool) -> list[dict]:
