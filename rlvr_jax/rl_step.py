@@ -83,7 +83,7 @@ def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings
                      num_micro: int, param_shardings, opt_shardings, mesh, skip_zero_advantage: bool = False):
   """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated.
   With `skip_zero_advantage` (effective only when settings.gradient_scales_with_advantage), micro-batches
-  without any non-zero advantage are not computed; metrics gains update/computed_frac."""
+  without any non-zero advantage are not computed; metrics["update/computed_frac"] is the fraction that was."""
   skip = skip_zero_advantage and settings.gradient_scales_with_advantage
 
   def step(params, opt_state, batch):
