@@ -41,14 +41,17 @@ def tiny_config(**train):
 
 def test_train_loop_compiles_once(tmp_path, capsys):
   from rlvr_jax import generate, train
-  summary = train.run(tiny_config(steps=3, checkpoint_every=100), str(tmp_path))
+  config = tiny_config(steps=3, checkpoint_every=100)
+  config.grpo.micro_batch_size = 8  # 2 micro-batches: the loop reorders rows and the update may skip one
+  summary = train.run(config, str(tmp_path))
   assert summary["last_step"] == 3
   assert summary["compilations"]["sampler"] == 1
   assert summary["update_compilations"] == 1
   rows = read_jsonl(str(tmp_path / "metrics_train.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3]
   for key in ("reward/mean", "loss/policy", "grad/global_norm", "clip_frac/low", "tis/weight_mean", "entropy",
-              "time/rollout", "time/verify", "response_length/mean", "truncated_frac", "lr"):
+              "time/rollout", "time/verify", "response_length/mean", "truncated_frac", "lr",
+              "update/computed_frac"):
     assert key in rows[0] and np.isfinite(rows[0][key]), key
   assert any(k.startswith("accuracy/") for k in rows[0])
   assert (tmp_path / "checkpoints" / "3").is_dir()  # the last step is always saved
@@ -168,6 +171,17 @@ def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), got, ref)
     np.testing.assert_allclose(got_m["grad/global_norm"], ref_m["grad/global_norm"], rtol=1e-5)
     np.testing.assert_allclose(got_m["loss/policy"], ref_m["loss/policy"], rtol=1e-5, atol=1e-7)
+
+
+def test_rows_with_a_gradient_move_first_and_keep_their_order():
+  from rlvr_jax.rl_loop import _rows_with_gradient_first
+  adv = np.asarray([[0, 0], [1, 0], [0, 0], [-2, 0], [0, 3]], np.float32)
+  mask = np.asarray([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]], bool)  # row 4's advantage sits under the mask
+  batch = {"adv": jnp.asarray(adv), "loss_mask": jnp.asarray(mask), "row": jnp.arange(5)}
+  out = _rows_with_gradient_first(batch, np.asarray, jnp.asarray)
+  assert np.asarray(out["row"]).tolist() == [1, 3, 0, 2, 4]
+  np.testing.assert_array_equal(np.asarray(out["adv"]), adv[[1, 3, 0, 2, 4]])
+  np.testing.assert_array_equal(np.asarray(out["loss_mask"]), mask[[1, 3, 0, 2, 4]])
 
 
 def test_skipping_zero_advantage_micro_batches_leaves_the_update_unchanged():
