@@ -63,6 +63,17 @@ def evaluate(sampler: Sampler, params, tokenizer, records: list[dict], pool, *, 
   return summarize(items, samples)
 
 
+def first_per_domain(records: list[dict], n: int) -> list[dict]:
+  """The first `n` records of each domain, in their order."""
+  seen = defaultdict(int)
+  out = []
+  for r in records:
+    seen[r["domain"]] += 1
+    if seen[r["domain"]] <= n:
+      out.append(r)
+  return out
+
+
 def summarize(items: list[dict], samples: int) -> dict:
   by_domain = defaultdict(list)
   for it in items:
@@ -131,9 +142,7 @@ def main(argv=None) -> int:
   domains = tuple(args.domains.split(","))
   records = runtime.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
   if args.items_per_domain:
-    kept = defaultdict(int)
-    records = [r for r in records if (kept.__setitem__(r["domain"], kept[r["domain"]] + 1)
-                                      or kept[r["domain"]] <= args.items_per_domain)]
+    records = first_per_domain(records, args.items_per_domain)
   sampler = Sampler(graphdef, cfg, mesh, pad_id=tokenizer.pad_id)
   with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
     res = evaluate(sampler, params, tokenizer, records, pool, prompt_config=PromptConfig(thinking=args.thinking),

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-from collections import defaultdict
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ from rlvr_jax import checkpoint, grpo, optim, rl_loop, runtime, sharding
 from rlvr_jax.rl_loop import ConfigError
 from rlvr_jax.data.mixture import PromptMixture
 from rlvr_jax.data.prompts import build_prompts
-from rlvr_jax.evaluate import evaluate, paired_gain
+from rlvr_jax.evaluate import evaluate, first_per_domain, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
 from rlvr_jax.sampling import Sampler, next_pow2
 
@@ -68,12 +67,7 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
   # Built-in held-out sets: as many items as asked for, or all a domain has (code: ~230).
   records = runtime.load_records(config.data.eval, "eval", domains, builtin_size=e.items_per_domain,
                                  builtin_up_to=True)
-  per = defaultdict(int)
-  chosen = []
-  for r in records:
-    if per[r["domain"]] < e.items_per_domain:
-      per[r["domain"]] += 1
-      chosen.append(r)
+  chosen = first_per_domain(records, e.items_per_domain)  # JSONL data may hold more
   res = evaluate(sampler, params, tokenizer, chosen, pool, prompt_config=prompt_config, samples=e.samples,
                  temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=config.seed)
   log.info("eval (%s): %s", tag, {d: round(m[f"avg@{e.samples}"], 3) for d, m in res["per_domain"].items()})

@@ -94,6 +94,13 @@ def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
       assert json.load(f)["items"] == resumed[f"eval_{tag}"]["items"]
 
 
+def test_first_per_domain_keeps_each_domains_first_records_in_order():
+  from rlvr_jax.evaluate import first_per_domain
+  records = [{"domain": d, "i": i} for i, d in enumerate("mcmmcm")]
+  assert [r["i"] for r in first_per_domain(records, 2)] == [0, 1, 2, 4]
+  assert first_per_domain(records, 0) == []
+
+
 def test_paired_gain_matches_per_item_differences():
   from rlvr_jax.evaluate import paired_gain, summarize
   rng = np.random.default_rng(0)

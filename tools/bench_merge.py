@@ -9,6 +9,7 @@ inputs as `rlvr-merge` does (fresh copies made untimed before each run). No disk
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -139,13 +140,10 @@ def _median_and_peak(fn, repeats: int, make_inputs=tuple):
     """Median wall time of `repeats` runs of fn(*make_inputs()) (inputs made untimed before each run;
     the first run, under the peak-RSS watcher, counts too). One run alone swung 0.21-1.01 s for the
     same task-arithmetic merge here; fresh output buffers that must be faulted in are one cause."""
-    times = []
+    peak, times = PeakRSS(), []
     for i in range(repeats):
         args = make_inputs()
-        if i == 0:
-            with PeakRSS() as peak:
-                times.append(_timed(lambda: fn(*args))[0])
-        else:
+        with peak if i == 0 else contextlib.nullcontext():
             times.append(_timed(lambda: fn(*args))[0])
         del args
     return statistics.median(times), peak
