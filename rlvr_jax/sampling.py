@@ -124,7 +124,8 @@ def _generate_program(graphdef, cfg: ModelConfig, sp: SamplingParams, cache_dtyp
     B, P = prompt_tokens_BxP.shape
     S = P + N
     cache = KVCache.zeros(cfg, B, S, cache_dtype)
-    cache = jax.tree_util.tree_map(lambda c: sharding.constrain(c, KV_CACHE_LOGICAL_AXES), cache)
+    cache = KVCache(*(tuple(sharding.constrain(c, axes) for c in part)
+                      for part, axes in zip(cache, KV_CACHE_LOGICAL_AXES)))
     cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(prompt_valid_BxP)
     positions = left_padded_positions(prompt_valid_BxP)
     logits, cache = model(prompt_tokens_BxP, positions, prompt_valid_BxP, cache, 0, cache_valid, logits_from=P - 1)
@@ -166,7 +167,8 @@ def _generate_program(graphdef, cfg: ModelConfig, sp: SamplingParams, cache_dtyp
 
 def kv_cache_bytes_per_device(cfg: ModelConfig, batch: int, slots: int, itemsize: int, mesh) -> int:
   sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
-  spec = sharding.logical_to_spec(KV_CACHE_LOGICAL_AXES, (batch, cfg.num_kv_heads, slots, cfg.head_dim), sizes)
+  # Keys and values have the same size and sharded axes (only their order differs).
+  spec = sharding.logical_to_spec(KV_CACHE_LOGICAL_AXES.v, (batch, cfg.num_kv_heads, slots, cfg.head_dim), sizes)
   shards = 1
   for s in spec:
     if s is not None:

@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import hf, sampling, sharding
@@ -80,6 +81,47 @@ class Ours:
     return seconds
 
 
+def decode_matmul_kernels(params, cfg: ModelConfig):
+  """(matrix, contracted axis) for each weight one decode step multiplies by, in order: each layer's
+  projections (o_proj's heads x head_dim flattened) and the output head."""
+  mats = []
+  for layer in params["layers"].values() if isinstance(params["layers"], dict) else params["layers"]:
+    for module, names in (("attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                          ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+      for name in names:
+        kernel = layer[module][name]["kernel"]
+        rows = cfg.hidden_size if kernel.shape[0] == cfg.hidden_size else kernel.size // kernel.shape[-1]
+        mats.append(kernel.reshape(rows, -1))
+  # A tied head stays [V, E] and is contracted on E, as the model does (no transposed copy).
+  head = params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"].T
+  return [(w, 0) for w in mats] + [(head, 1)]
+
+
+def matmul_ceiling(params, cfg: ModelConfig, batch: int, new_tokens: int, repeats: int) -> float:
+  """Generated tokens/s of the decode steps' fp32 matmuls alone under XLA, chained as in the model
+  (each input depends on the previous output) and nothing else: no attention, cache, norms or
+  sampling. No XLA engine decodes faster than this on the machine; prefill is not included."""
+  mats = decode_matmul_kernels(params, cfg)
+
+  def step(_, h_BxE):
+    for w, axis in mats:
+      n_in = w.shape[axis]
+      x = jnp.tile(h_BxE, (1, -(-n_in // h_BxE.shape[1])))[:, :n_in]
+      y = jax.lax.dot_general(x, w, (((1,), (axis,)), ((), ())))
+      h_BxE = h_BxE + 1e-6 * jnp.tile(y, (1, -(-h_BxE.shape[1] // y.shape[1])))[:, :h_BxE.shape[1]]
+    return h_BxE
+
+  run = jax.jit(lambda h: jax.lax.fori_loop(0, new_tokens, step, h))
+  h = jnp.ones((batch, cfg.hidden_size), jnp.float32)
+  jax.block_until_ready(run(h))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(h))
+    times.append(time.perf_counter() - t0)
+  return batch * new_tokens / statistics.median(times)
+
+
 class Peer:
   """transformers `generate`, sampling with temperature 1 and no top-k / top-p, exactly N new tokens."""
 
@@ -144,6 +186,12 @@ def measure(setup: Setup, seed: int = 0) -> list[dict]:
           note=f"{shape}; fp32, T=1; ours: 1 CPU device, prefill included; peer: transformers generate, "
                f"torch {threads} thread(s); median of {setup.repeats}",
           samples={"ours_s": ours_s, "peer_s": peer_s}))
+      ceiling = matmul_ceiling(ours.params, setup.cfg, batch, setup.new_tokens, setup.repeats)
+      rows.append(dict(
+          figure=f"decode matmuls alone, batch {batch}", unit="tok/s", ours=ceiling,
+          peer=generated / statistics.median(peer_s), floor_bytes=floor_bytes, floor_flops=floor_flops,
+          note="not an engine: the fp32 matmuls of each decode step under XLA, chained, with nothing "
+               "else; the most any XLA sampler reaches on this machine (ratio: over the same peer)"))
       rows.append(dict(figure=f"compile, batch {batch}", unit="s", ours=compile_s, peer=None,
                        note="prefill + decode loop, one program; not in the tok/s above"))
   return rows
