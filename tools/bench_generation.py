@@ -102,16 +102,19 @@ def matmul_ceiling(params, cfg: ModelConfig, batch: int, new_tokens: int, repeat
   (each input depends on the previous output) and nothing else: no attention, cache, norms or
   sampling. No XLA engine decodes faster than this on the machine; prefill is not included."""
   mats = decode_matmul_kernels(params, cfg)
+  axes = [axis for _, axis in mats]
 
-  def step(_, h_BxE):
-    for w, axis in mats:
+  def step(weights, h_BxE):
+    for w, axis in zip(weights, axes):
       n_in = w.shape[axis]
       x = jnp.tile(h_BxE, (1, -(-n_in // h_BxE.shape[1])))[:, :n_in]
       y = jax.lax.dot_general(x, w, (((1,), (axis,)), ((), ())))
       h_BxE = h_BxE + 1e-6 * jnp.tile(y, (1, -(-h_BxE.shape[1] // y.shape[1])))[:, :h_BxE.shape[1]]
     return h_BxE
 
-  run = jax.jit(lambda h: jax.lax.fori_loop(0, new_tokens, step, h))
+  # The weights are arguments, not closed-over constants baked into the program.
+  run_fn = jax.jit(lambda h, weights: jax.lax.fori_loop(0, new_tokens, lambda _, x: step(weights, x), h))
+  run = lambda h: run_fn(h, [w for w, _ in mats])
   h = jnp.ones((batch, cfg.hidden_size), jnp.float32)
   jax.block_until_ready(run(h))
   times = []
