@@ -92,9 +92,9 @@ def decode_matmul_kernels(params, cfg: ModelConfig):
         kernel = layer[module][name]["kernel"]
         rows = cfg.hidden_size if kernel.shape[0] == cfg.hidden_size else kernel.size // kernel.shape[-1]
         mats.append(kernel.reshape(rows, -1))
-  # A tied head stays [V, E] and is contracted on E, as the model does (no transposed copy).
-  head = params["embed"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"].T
-  return [(w, 0) for w in mats] + [(head, 1)]
+  # The head as the model multiplies it: a tied [V, E] embedding contracted on E, or the [E, V] kernel.
+  head = (params["embed"]["embedding"], 1) if cfg.tie_embeddings else (params["lm_head"]["kernel"], 0)
+  return [(w, 0) for w in mats] + [head]
 
 
 def matmul_ceiling(params, cfg: ModelConfig, batch: int, new_tokens: int, repeats: int) -> float:
