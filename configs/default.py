@@ -20,8 +20,8 @@ def get_config(arg: str = "tiny"):
     # The single-domain presets keep grpo.py's 16 x 8 (the mix-vs-merge study runs eight of them).
     c.rollout.prompts_per_step = 32
     # 55 steps: skipping zero-advantage micro-batches made a step ~20% cheaper, so 55 steps take the
-    # time 40 did. Held-out mean gain on 500 items per domain for seeds 0-4: 55 steps +0.012 (z 2.7),
+    # time 40 did. Held-out mean gain on 500 items per domain for seeds 0-4: 55 steps +0.015 (z 3.4),
     # +0.013 (3.0), +0.014 (3.7), +0.011 (2.2), +0.015 (3.4); 40 steps (no skipping), seeds 0-2:
-    # +0.015 (3.4), +0.002 (0.6), +0.011 (3.2). Main job end to end: 6 to 7.2 min on the 2-core machine.
+    # +0.015 (3.4), +0.002 (0.6), +0.011 (3.2). Main job end to end: 6 to 8 min on the 2-core machine.
     c.train.steps = 55
   return c
