@@ -24,7 +24,7 @@ def get_config(arg: str = "multi"):
 
   c.model = ml_collections.ConfigDict()
   c.model.checkpoint = ""  # HF directory or Orbax checkpoint (the SFT anchor); "" = random init of `preset`
-  c.model.preset = "tiny" if tiny else "qwen3-4b"  # see rlvr_jax/presets.py
+  c.model.preset = "tiny" if tiny else "qwen3-4b"  # see rlvr_jax/model/presets.py
   # Architecture overrides of the preset for a random init (unset = the preset's value).
   c.model.overrides = ml_collections.ConfigDict(
       {k: ml_collections.config_dict.placeholder(int) for k in

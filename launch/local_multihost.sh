@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 pids=()
 for ((i = 0; i < N; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$D" JAX_PLATFORMS=cpu \
-    .venv/bin/python -m rlvr_jax.train "$@" --config.distributed.enabled=on \
+    .venv/bin/python -m rlvr_jax.rl.train "$@" --config.distributed.enabled=on \
     --config.distributed.coordinator="127.0.0.1:$PORT" --config.distributed.num_processes="$N" \
     --config.distributed.process_id="$i" > "multihost_$i.log" 2>&1 &
   pids+=($!)

@@ -6,11 +6,17 @@ import logging
 import os
 import sys
 
+from typing import Callable
 
-def run_entry(argv, *, prog: str, description: str, runner: str) -> int:
-  from absl import flags
-  from ml_collections import config_flags
+import jax
+from absl import flags
+from ml_collections import config_flags
 
+log = logging.getLogger(__name__)
+
+
+def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str], None]) -> int:
+  """Parse `--config` / overrides / `--workdir`, set up logging, then `run(config, workdir)`."""
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/default.py:tiny", flag_values=fv,
                                   lock_config=True)
@@ -35,15 +41,22 @@ def run_entry(argv, *, prog: str, description: str, runner: str) -> int:
                       stream=sys.stderr)
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  if runner == "train":
-    from rlvr_jax import train
-    train.run(fv.config, os.path.expanduser(fv.workdir))
-  elif runner == "sft":
-    from rlvr_jax import sft
-    sft.run(fv.config, os.path.expanduser(fv.workdir))
-  elif runner == "experiment":
-    from rlvr_jax import experiment
-    experiment.run(fv.config, os.path.expanduser(fv.workdir))
-  else:
-    raise ValueError(runner)
+  run(fv.config, os.path.expanduser(fv.workdir))
   return 0
+
+
+def maybe_initialize_distributed(enabled: str = "auto", coordinator: str = "", num_processes: int = 0,
+                                 process_id: int = -1) -> None:
+  """`jax.distributed.initialize` when asked, or when the environment names a coordinator
+  (TPU pod slices are detected by JAX itself)."""
+  env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_ID"))
+  if enabled == "off" or (enabled == "auto" and not env and not coordinator):
+    return
+  kwargs = {}
+  if coordinator:
+    kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+  if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+  jax.distributed.initialize(**kwargs)
+  log.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
+           jax.device_count())

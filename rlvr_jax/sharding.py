@@ -157,15 +157,6 @@ def create_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh, rules: Map
   return graphdef, params, shardings
 
 
-def model_shardings(cfg, mesh: Mesh, rules: Mapping[str, Any] = RULES):
-  """(graphdef, abstract params, shardings) of a Decoder config, with no memory allocated."""
-  from rlvr_jax.model import abstract_model  # local: model imports this module
-  graphdef, abstract_state = nnx.split(abstract_model(cfg))
-  axes = logical_axes_tree(abstract_state)
-  abstract = abstract_pure(abstract_state)
-  return graphdef, abstract, tree_shardings(abstract, axes, mesh, rules)
-
-
 def bytes_per_device(abstract_tree, axes_tree, mesh_axis_sizes: Mapping[str, int],
                      rules: Mapping[str, Any] = RULES, dtype=None) -> int:
   """Largest per-device bytes of a tree under the rules, for any mesh size (no devices needed)."""
@@ -194,6 +185,20 @@ def activate(mesh: Mesh, rules: Mapping[str, Any] = RULES):
     yield mesh
   finally:
     _ACTIVE.reset(token)
+
+
+class ActivatedJit:
+  """A jitted function traced with `sharding.activate(mesh)` on, so activation constraints apply."""
+
+  def __init__(self, fn, mesh):
+    self.fn, self.mesh = fn, mesh
+
+  def __call__(self, *args):
+    with activate(self.mesh):
+      return self.fn(*args)
+
+  def _cache_size(self):
+    return self.fn._cache_size()
 
 
 def constrain(x, logical_axes: Sequence[str | None]):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rlvr_jax import analysis as A
-from rlvr_jax import merge as M
+from rlvr_jax.eval import analysis as A
+from rlvr_jax.merging import methods as M
 from tests.test_merge import _tree
 
 SHAPES = {"embed/embedding": (16, 8), "layers/0/mlp/up_proj/kernel": (8, 12),
@@ -127,7 +127,7 @@ def test_gain_consistency():
 def test_analyze_cli_writes_json_and_heatmaps(tmp_path):
     import json
 
-    from rlvr_jax import analysis_cli
+    from rlvr_jax.eval import analysis_cli
 
     a, ms = _models(seed=2)
     rep = analysis_cli.weight_space(_tree(a), {"math": _tree(ms[0]), "code": _tree(ms[1]), "sci": _tree(ms[2])},

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench  # noqa: E402
 import bench_generation  # noqa: E402
-from rlvr_jax.model import Decoder, ModelConfig  # noqa: E402
+from rlvr_jax.model.decoder import Decoder, ModelConfig  # noqa: E402
 
 TOY = ModelConfig(family="qwen3", vocab_size=96, hidden_size=64, intermediate_size=112, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=16, qk_norm=True, tie_embeddings=True)

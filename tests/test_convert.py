@@ -2,7 +2,7 @@
 import numpy as np
 from safetensors.numpy import load_file
 
-from rlvr_jax import convert
+from rlvr_jax.model import convert
 from tests.hf_fixtures import save_hf_model
 
 

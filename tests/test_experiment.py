@@ -43,7 +43,7 @@ def md_table(md: str, heading: str) -> tuple[list[str], list[list[str]]]:
 # One test: the experiment runs once (a module fixture would run once per xdist worker).
 @pytest.mark.slow
 def test_shortened_experiment_end_to_end(tmp_path, capsys):
-  from rlvr_jax import experiment
+  from rlvr_jax.study import experiment
   wd, config = str(tmp_path / "run"), short_config()
   config.xla_cache_dir = str(tmp_path / "xla")  # the four RL runs share compiled programs
   results = experiment.run(config, wd)
@@ -137,7 +137,7 @@ def check_report_tables_agree_with_results_json(wd, res):
 
 
 def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
-  from rlvr_jax import experiment
+  from rlvr_jax.study import experiment
   stamps = {s: os.path.getmtime(os.path.join(wd, s, "DONE.json")) for s in ("sft", "rl_math", "multi", "report")}
   capsys.readouterr()
   again = experiment.run(copy.deepcopy(config), wd)

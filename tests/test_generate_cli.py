@@ -4,7 +4,10 @@ import os
 
 import pytest
 
-from rlvr_jax import checkpoint, generate, hf, sharding
+from rlvr_jax import sharding
+from rlvr_jax.model import params_io
+from rlvr_jax.rollout import generate
+from rlvr_jax.model import hf
 from tests.hf_fixtures import COMMON, save_hf_model
 
 SPECIAL = ["<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
@@ -81,7 +84,7 @@ def test_chat_prompts_file_and_orbax_checkpoint(hf_dir, tmp_path, capsys):
   mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1))
   cfg, _, params = hf.load(hf_dir, mesh)
   orbax_dir = str(tmp_path / "orbax")
-  checkpoint.save_params_any(params, cfg, orbax_dir, "orbax", source_dir=hf_dir)
+  params_io.save_params_any(params, cfg, orbax_dir, "orbax", source_dir=hf_dir)
   ours = run_json(capsys, "--checkpoint", orbax_dir, "--prompts", str(prompts), "--chat", "--temperature", "0",
                   "--max-new-tokens", "8", "--mesh", "2,2,2")
   assert [s["tokens"] for s in ours["samples"]] == [s["tokens"] for s in out["samples"]]

@@ -1,4 +1,4 @@
-"""rlvr_jax.grpo against plain numpy references, and gradient invariance to the micro-batch split."""
+"""rlvr_jax.rl.grpo against plain numpy references, and gradient invariance to the micro-batch split."""
 import itertools
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import grpo
+from rlvr_jax.rl import grpo
 
 B, G, T = 8, 4, 6
 MODES = sorted(grpo.LOSS_AGGREGATIONS)

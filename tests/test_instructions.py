@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from rlvr_jax.verifiers import instructions as ifr
-from rlvr_jax.verifiers.instructions import language, text
+from rlvr_jax import instructions as ifr
+from rlvr_jax.instructions import language, text
 
 LT, AL = "less than", "at least"
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rlvr_jax import merge as M
+from rlvr_jax.merging import methods as M
+from rlvr_jax.model import params_io
 
 E, H, D, F, V = 8, 4, 2, 16, 32
 SHAPES = {
@@ -314,8 +315,9 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
 
     from flax import nnx
 
-    from rlvr_jax import checkpoint, merge_cli, sharding
-    from rlvr_jax.model import Decoder, ModelConfig
+    from rlvr_jax import sharding
+    from rlvr_jax.merging import cli as merge_cli
+    from rlvr_jax.model.decoder import Decoder, ModelConfig
 
     cfg = ModelConfig(family="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
                       num_heads=2, num_kv_heads=1, head_dim=8, qk_norm=True)
@@ -323,14 +325,14 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
 
     def save(name, seed, c=cfg):
         _, params, _ = sharding.create_sharded(lambda: Decoder(c, rngs=nnx.Rngs(seed)), mesh)
-        checkpoint.save_params_any(params, c, str(tmp_path / name), "orbax")
+        params_io.save_params_any(params, c, str(tmp_path / name), "orbax")
         return str(tmp_path / name)
     anchor, e1, e2 = save("anchor", 0), save("math", 1), save("code", 2)
     # cheap linear merges here: every method's math is checked above, this checks the plumbing
     rc = merge_cli.main(["--anchor", anchor, "--experts", f"{e1},{e2}", "--method", "task_arithmetic",
                          "--scale", "0.5", "--weights", "1,2", "--out", str(tmp_path / "ta")])
     assert rc == 0
-    loaded = [checkpoint.load_params_any(p, mesh)[2] for p in (anchor, e1, e2, str(tmp_path / "ta"))]
+    loaded = [params_io.load_params_any(p, mesh)[2] for p in (anchor, e1, e2, str(tmp_path / "ta"))]
     want = M.task_arithmetic(loaded[0], loaded[1:3], scale=0.5, weights=[1.0, 2.0])
     check(loaded[3], _flat(want))
     assert json.load(open(tmp_path / "ta" / "merge_recipe.json"))["options"] == {"scale": 0.5}
@@ -346,7 +348,7 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
                          f"--config.experts.science.path={e1}", f"--config.experts.if.path={e2}",
                          "--config.experts.code.weight=0.5", "--dtype", "bfloat16", "--out", str(tmp_path / "avg")])
     assert rc == 0
-    out_cfg, _, got = checkpoint.load_params_any(str(tmp_path / "avg"), mesh)
+    out_cfg, _, got = params_io.load_params_any(str(tmp_path / "avg"), mesh)
     assert out_cfg.param_dtype == "bfloat16"
     want = M.average(loaded[0], [loaded[1], loaded[2], loaded[1], loaded[2]], weights=[1, 0.5, 1, 1])
     check(got, _flat(jax.tree.map(lambda x: x.astype(jnp.bfloat16), want)), tol=8e-3)  # 1 bf16 ulp

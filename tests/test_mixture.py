@@ -8,7 +8,7 @@ import pytest
 from rlvr_jax.data import synthetic
 from rlvr_jax.data.mixture import PromptMixture, build_mixture
 from rlvr_jax.data.prompts import DOMAIN_PREFIXES, PromptConfig, build_prompts, prompt_messages, sft_example
-from rlvr_jax.tokenizer import builtin_tokenizer
+from rlvr_jax.model.tokenizer import builtin_tokenizer
 
 SIZES = {"math": 7, "code": 3, "science": 5, "if": 1}  # 16 prompts: an epoch is 4 batches of 4
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import transformers
 
-from rlvr_jax import hf, model as M, sharding
+from rlvr_jax import sharding
+from rlvr_jax.model import hf
+from rlvr_jax.model import decoder as M
 from tests.hf_fixtures import FAMILIES, hf_logits, ragged_batch, save_hf_model
 
 
@@ -58,13 +60,13 @@ def test_rules_collision_is_an_error():
 
 
 def test_full_size_param_counts_and_memory():
-  from rlvr_jax.presets import PRESETS
+  from rlvr_jax.model.presets import PRESETS
   assert M.count_params(PRESETS["qwen3-4b"]) == 4_022_468_096
   assert M.count_params(PRESETS["qwen3-0.6b"]) == 596_049_920
   assert M.count_params(PRESETS["qwen3-8b"]) == 8_190_735_360
   assert M.count_params(PRESETS["llama-3.1-8b"]) == 8_030_261_248
   assert M.count_params(PRESETS["qwen2.5-7b"]) == 7_615_616_512
-  from rlvr_jax.presets import memory_report
+  from rlvr_jax.model.presets import memory_report
   report = memory_report(PRESETS["qwen3-4b"], {"data": 1, "fsdp": 16, "tensor": 4}, param_dtype="bfloat16")
   # 4.02e9 params in bf16 over 64 devices ~ 126 MB/device; AdamW moments in fp32 twice that x2.
   assert 120e6 < report["params_bytes_per_device"] < 135e6

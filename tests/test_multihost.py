@@ -18,7 +18,7 @@ def _free_port() -> int:
 
 
 def _cmd(workdir, extra=()):
-  return [sys.executable, "-m", "rlvr_jax.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
+  return [sys.executable, "-m", "rlvr_jax.rl.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
           "--config.train.steps=2", "--config.train.checkpoint_every=1", "--config.rollout.prompts_per_step=8",
           *TINY_OVERRIDES[:3], *TINY_OVERRIDES[4:], "--config.verifier.workers=1", *extra]
 

@@ -1,11 +1,11 @@
-"""rlvr_jax.optim: weight-decay mask, schedules, and clip + AdamW against a numpy reference."""
+"""rlvr_jax.rl.optim: weight-decay mask, schedules, and clip + AdamW against a numpy reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from rlvr_jax import optim
+from rlvr_jax.rl import optim
 
 STUDY = dict(learning_rate=2e-6, schedule="constant", warmup_steps=0, total_steps=400, weight_decay=0.1,
              b1=0.9, b2=0.98, eps=1e-8, grad_clip_norm=1.0)

@@ -4,9 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from rlvr_jax import rl_step, runtime, sharding
-from rlvr_jax.policy_kl import kl_stats, policy_kl
-from rlvr_jax.sampling import Sampler, SamplingParams
+from rlvr_jax import sharding
+from rlvr_jax.rl import update as rl_step
+from rlvr_jax.model import build
+from rlvr_jax.eval.policy_kl import kl_stats, policy_kl
+from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 
 
 def test_kl_stats_matches_numpy():
@@ -22,11 +24,11 @@ def test_kl_stats_matches_numpy():
 
 
 def _kl(mesh):
-  cfg = runtime.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=1, vocab_size=64,
+  cfg = build.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=1, vocab_size=64,
                                           num_heads=2, num_kv_heads=2, head_dim=16),
                              vocab_size=64, param_dtype="float32", remat=False)
-  graphdef, expert, _ = runtime.init_model(cfg, mesh, seed=0)
-  _, other, _ = runtime.init_model(cfg, mesh, seed=1)
+  graphdef, expert, _ = build.init_model(cfg, mesh, seed=0)
+  _, other, _ = build.init_model(cfg, mesh, seed=1)
   sampler = Sampler(graphdef, cfg, mesh)
   prompts = [[1, 5, 9], [2, 3], [7, 8, 9, 10], [4]]
   sp = SamplingParams(temperature=1.0, max_new_tokens=6, n=3, seed=0)  # 12 rows: padded on 8 devices

@@ -31,7 +31,7 @@ def with_gt(domain, **gt):
 
 def registry_available():
     try:
-        import rlvr_jax.verifiers.instructions.registry  # noqa: F401
+        import rlvr_jax.instructions.registry  # noqa: F401
     except ImportError:
         return False
     return True

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_jax import hf, sampling, sharding
+from rlvr_jax import sharding
+from rlvr_jax.model import hf
+from rlvr_jax.rollout import sampling
 from tests.hf_fixtures import FAMILIES, ragged_batch, save_hf_model
 
 LENGTHS = (9, 5, 12, 3)

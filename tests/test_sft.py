@@ -1,22 +1,22 @@
 """SFT packing: every example lands once, with its own positions and loss mask, and a packed row
 gives each example exactly the logits it gets alone."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from configs import grpo as grpo_configs
-from rlvr_jax import model as M
-from rlvr_jax import runtime
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import build
+from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import sft_example
-from rlvr_jax.sft import pack_examples
+from rlvr_jax.rl.sft import pack_examples
 
 
 def test_pack_examples_places_every_example_once():
   c = grpo_configs.get_config("multi,tiny")
-  tok = runtime.load_tokenizer("builtin", "")
-  records = runtime.load_records("builtin-sft", "train", ("math", "code", "science", "if"), 0)[:300]
-  pc = runtime.prompt_config(c.data)
+  tok = build.load_tokenizer("builtin", "")
+  records = loading.load_records("builtin-sft", "train", ("math", "code", "science", "if"), 0)[:300]
+  pc = loading.prompt_config(c.data)
   packed = pack_examples(records, tok, pc, 128, seed=3)
   seen = []
   for j in range(len(packed["tokens"])):

@@ -226,7 +226,7 @@ def test_ifeval_and_ifbench(tmp_path, kind):
 
 
 def test_ifeval_unknown_instruction_is_a_load_error(tmp_path):
-    pytest.importorskip("rlvr_jax.verifiers.instructions.registry")
+    pytest.importorskip("rlvr_jax.instructions.registry")
     rows = [{"key": 1, "prompt": "p", "instruction_id_list": ["made:up"], "kwargs": [{}]}]
     with pytest.raises(RecordError, match=r"src\.jsonl:1: field 'ground_truth.instruction_ids\[0\]'"):
         convert(tmp_path, "ifbench", rows)
@@ -250,7 +250,7 @@ def test_rlvr_ifeval(tmp_path):
     assert out[0]["ground_truth"]["prompt"] == "Do validate_lowercase."
     assert skipped == {"unmapped_if:validate_word_constraint:around": 1, "unmapped_if:validate_choice": 1}
     try:
-        from rlvr_jax.verifiers.instructions import registry
+        from rlvr_jax.instructions import registry
     except ImportError:
         return
     resp = "z z z then " + "word " * 10

@@ -14,7 +14,7 @@ import pytest
 
 from rlvr_jax.data import cli, synthetic
 from rlvr_jax.data.records import load_records, validate_record
-from rlvr_jax.tokenizer import builtin_tokenizer, completion_for
+from rlvr_jax.model.tokenizer import builtin_tokenizer, completion_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_COMPLETION_TOKENS = 64  # the tiny model generates at most ~64-96 tokens
@@ -172,7 +172,7 @@ def test_references_score_one_and_corruptions_zero(domain):
 
 
 def test_export_feeds_rlvr_verify(tmp_path, capsys):
-    verify = pytest.importorskip("rlvr_jax.verify")
+    verify = pytest.importorskip("rlvr_jax.verifiers.cli")
     path, scored = tmp_path / "eval.jsonl", tmp_path / "scores.jsonl"
     assert cli.main(["export", "--builtin", "--domain", "all", "--split", "eval", "--n", "3",
                      "--with-reference", "--output", str(path)]) == 0

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rlvr_jax import tokenizer as T
+from rlvr_jax.model import tokenizer as T
 from rlvr_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import grpo, rl_step, runtime, sharding
+from rlvr_jax import sharding
+from rlvr_jax.model import params_io
+from rlvr_jax.rl import grpo
+from rlvr_jax.rl import update as rl_step
+from rlvr_jax.model import build
 from rlvr_jax.metrics import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +44,8 @@ def tiny_config(**train):
 
 
 def test_train_loop_compiles_once(tmp_path, capsys):
-  from rlvr_jax import generate, train
+  from rlvr_jax.rollout import generate
+  from rlvr_jax.rl import train
   config = tiny_config(steps=3, checkpoint_every=100)
   config.grpo.micro_batch_size = 8  # 2 micro-batches: the loop reorders rows and the update may skip one
   summary = train.run(config, str(tmp_path))
@@ -64,7 +69,7 @@ def test_train_loop_compiles_once(tmp_path, capsys):
 
 
 def test_refill_samples_extra_prompts_and_updates_a_fixed_batch(tmp_path):
-  from rlvr_jax import train
+  from rlvr_jax.rl import train
   c = tiny_config(steps=2, checkpoint_every=100)
   c.grpo.dynamic_sampling, c.grpo.dynamic_sampling_draws = True, 2
   summary = train.run(c, str(tmp_path))
@@ -79,7 +84,7 @@ def test_refill_samples_extra_prompts_and_updates_a_fixed_batch(tmp_path):
 
 
 def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
-  from rlvr_jax import train
+  from rlvr_jax.rl import train
   c = tiny_config(steps=2, checkpoint_every=1)
   c.eval.items_per_domain, c.eval.samples, c.eval.max_new_tokens = 2, 1, 12
   first = train.run(c, str(tmp_path))
@@ -95,14 +100,14 @@ def test_resumed_run_still_reports_the_before_rl_evaluation(tmp_path):
 
 
 def test_first_per_domain_keeps_each_domains_first_records_in_order():
-  from rlvr_jax.evaluate import first_per_domain
+  from rlvr_jax.eval.evaluate import first_per_domain
   records = [{"domain": d, "i": i} for i, d in enumerate("mcmmcm")]
   assert [r["i"] for r in first_per_domain(records, 2)] == [0, 1, 2, 4]
   assert first_per_domain(records, 0) == []
 
 
 def test_paired_gain_matches_per_item_differences():
-  from rlvr_jax.evaluate import paired_gain, summarize
+  from rlvr_jax.eval.evaluate import paired_gain, summarize
   rng = np.random.default_rng(0)
   before_c = rng.random((2, 30, 4)) < 0.4
   after_c = before_c | (rng.random((2, 30, 4)) < 0.2)
@@ -123,8 +128,8 @@ def test_paired_gain_matches_per_item_differences():
 
 def test_table_without_per_item_results_still_shows_the_gains():
   """A run resumed from a checkpoint written before per-item results were kept still finishes."""
-  from rlvr_jax.evaluate import summarize
-  from rlvr_jax.train import _table
+  from rlvr_jax.eval.evaluate import summarize
+  from rlvr_jax.rl.train import _table
   before = summarize([{"id": str(i), "domain": "code", "correct": [float(i % 2), 1.0]} for i in range(10)], 2)
   after = summarize([{"id": str(i), "domain": "code", "correct": [1.0, 1.0]} for i in range(10)], 2)
   assert "| code | 0.750 | 1.000 | +0.250 | 0.083 | +3.0 |" in _table(before, after, 2)
@@ -149,9 +154,9 @@ def _random_batch(rows, P, N, vocab, seed=0):
 
 
 def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False):
-  cfg = runtime.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
+  cfg = build.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
                              vocab_size=64, param_dtype="float32", remat=num_micro > 1)
-  graphdef, params, shardings = runtime.init_model(cfg, mesh, seed=0)
+  graphdef, params, shardings = build.init_model(cfg, mesh, seed=0)
   # Plain SGD: the update is the gradient itself. (Adam's first step is ~lr*sign(g), which turns
   # float-summation-order noise in near-zero gradient entries into full-size differences.)
   import optax
@@ -181,7 +186,7 @@ def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
 
 
 def test_rows_with_a_gradient_move_first_and_keep_their_order():
-  from rlvr_jax.rl_loop import _rows_with_gradient_first
+  from rlvr_jax.rl.loop import _rows_with_gradient_first
   adv = np.asarray([[0, 0], [1, 0], [0, 0], [-2, 0], [0, 3]], np.float32)
   mask = np.asarray([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]], bool)  # row 4's advantage sits under the mask
   batch = {"adv": jnp.asarray(adv), "loss_mask": jnp.asarray(mask), "row": jnp.arange(5)}
@@ -222,9 +227,9 @@ def test_entropy_coefficient_of_either_sign_reaches_the_update(coef):
   batch = _random_batch(8, 6, 5, 64)
   batch["adv"] = np.zeros_like(batch["adv"])  # no policy gradient: only the entropy term moves params
   mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
-  cfg = runtime.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
+  cfg = build.model_config("tiny", dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
                              vocab_size=64, param_dtype="float32", remat=False)
-  graphdef, params, shardings = runtime.init_model(cfg, mesh, seed=0)
+  graphdef, params, shardings = build.init_model(cfg, mesh, seed=0)
   opt = optax.sgd(5.0)
   opt_state, opt_shardings = sharding.init_optimizer_state(opt, params, shardings, mesh)
   step = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(entropy_coef=coef), num_micro=1,
@@ -237,7 +242,7 @@ def test_entropy_coefficient_of_either_sign_reaches_the_update(coef):
 
 
 def _train_cmd(workdir, steps, extra=()):
-  return [sys.executable, "-m", "rlvr_jax.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
+  return [sys.executable, "-m", "rlvr_jax.rl.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
           f"--config.train.steps={steps}", "--config.train.checkpoint_every=1", *TINY_OVERRIDES, *extra]
 
 
@@ -300,7 +305,7 @@ def test_sigterm_saves_and_exits(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_checkpoint_named(tmp_path):
-  from rlvr_jax import rl_loop
+  from rlvr_jax.rl import loop as rl_loop
   from rlvr_jax.checkpoint import Checkpointer
   from rlvr_jax.metrics import MetricsWriter
 
@@ -317,13 +322,14 @@ def test_non_finite_loss_stops_with_step_and_checkpoint_named(tmp_path):
 
 
 def test_rlvr_sft_writes_a_loadable_anchor(tmp_path):
-  from rlvr_jax import checkpoint, sft
+  from rlvr_jax import checkpoint
+  from rlvr_jax.rl import sft
   c = tiny_config()
   c.sft.steps, c.sft.batch_size, c.sft.warmup_steps = 4, 8, 1
   anchor = sft.run(c, str(tmp_path))
   rows = read_jsonl(str(tmp_path / "metrics_sft.jsonl"))
   assert rows[-1]["step"] == 3 and rows[-1]["sft/loss"] < rows[0]["sft/loss"]
   mesh = sharding.make_mesh(sharding.MeshShape(2, 2, 2))
-  cfg, _, params = checkpoint.load_params_any(anchor, mesh)
+  cfg, _, params = params_io.load_params_any(anchor, mesh)
   assert cfg.hidden_size == 64 and cfg.num_layers == 2
   assert checkpoint.tokenizer_dir_of(anchor) is not None

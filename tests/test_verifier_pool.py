@@ -121,7 +121,7 @@ def test_close_stops_workers_and_fails_pending():
 
 
 def test_if_domain_routes_to_registry(pool):
-    pytest.importorskip("rlvr_jax.verifiers.instructions.registry")
+    pytest.importorskip("rlvr_jax.instructions.registry")
     rec = {"domain": "if", "ground_truth": {"instruction_ids": ["punctuation:no_comma"], "kwargs": [{}],
                                             "prompt": "Write without commas."}}
     got = pool.submit([rec, rec], ["hello world", "hello, world"]).result(timeout=30)

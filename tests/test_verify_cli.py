@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlvr_jax.verify import main
+from rlvr_jax.verifiers.cli import main
 
 MSG = [{"role": "user", "content": "solve"}]
 
@@ -82,7 +82,7 @@ def test_invalid_json_line(tmp_path, capsys):
 
 def test_module_entry_point(tmp_path):
     inp = _write(tmp_path / "in.jsonl", _rows(False)[:1])
-    res = subprocess.run([sys.executable, "-m", "rlvr_jax.verify", "--input", inp, "--workers", "0"],
+    res = subprocess.run([sys.executable, "-m", "rlvr_jax.verifiers.cli", "--input", inp, "--workers", "0"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["reward"] == 1.0

@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import hf, sampling, sharding
-from rlvr_jax.model import ModelConfig, count_params
-from rlvr_jax.presets import PRESETS
+from rlvr_jax import sharding
+from rlvr_jax.model import hf
+from rlvr_jax.rollout import sampling
+from rlvr_jax.model.decoder import ModelConfig, count_params
+from rlvr_jax.model.presets import PRESETS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 import psutil
 
-from rlvr_jax import merge
+from rlvr_jax.merging import methods as merge
 
 K = 4
 DENSITY = 0.2

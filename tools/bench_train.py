@@ -29,9 +29,13 @@ def _update_rows(quick: bool) -> list[dict]:
   import jax
   import jax.numpy as jnp
   import torch
-  from rlvr_jax import grpo, optim, rl_step, sharding
-  from rlvr_jax.model import count_params
-  from rlvr_jax.presets import PRESETS
+  from rlvr_jax import sharding
+  from rlvr_jax.model.decoder import model_shardings
+  from rlvr_jax.rl import grpo
+  from rlvr_jax.rl import optim
+  from rlvr_jax.rl import update as rl_step
+  from rlvr_jax.model.decoder import count_params
+  from rlvr_jax.model.presets import PRESETS
   from bench_generation import save_random_hf_model
 
   cfg = PRESETS["bench-50m"]
@@ -44,10 +48,10 @@ def _update_rows(quick: bool) -> list[dict]:
     save_random_hf_model(cfg, tmp)
     import transformers
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp).float()
-    from rlvr_jax import hf
+    from rlvr_jax.model import hf
     mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
     _, graphdef, params = hf.load(tmp, mesh)
-  _, _, shardings = sharding.model_shardings(cfg, mesh)
+  _, _, shardings = model_shardings(cfg, mesh)
   opt = optim.make_optimizer(learning_rate=1e-6)
   opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
   step = rl_step.make_update_step(graphdef, opt, rl_step.LossSettings(), num_micro=1, param_shardings=shardings,
@@ -97,22 +101,28 @@ def _phase_rows(quick: bool) -> list[dict]:
   import jax.numpy as jnp
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   import default as default_config
-  from rlvr_jax import grpo, optim, rl_step, runtime, sharding, train
+  from rlvr_jax import sharding
+  from rlvr_jax.rl import grpo
+  from rlvr_jax.rl import optim
+  from rlvr_jax.rl import update as rl_step
+  from rlvr_jax.model import build
+  from rlvr_jax.data import loading
+  from rlvr_jax.rl import train
   from rlvr_jax.data.mixture import PromptMixture
   from rlvr_jax.data.prompts import PromptConfig, build_prompts
-  from rlvr_jax.evaluate import decode_completion
-  from rlvr_jax.sampling import Sampler, SamplingParams, next_pow2
+  from rlvr_jax.eval.evaluate import decode_completion
+  from rlvr_jax.rollout.sampling import Sampler, SamplingParams, next_pow2
   from rlvr_jax.verifiers import VerifierConfig
   from rlvr_jax.verifiers.pool import VerifierPool
 
   c = default_config.get_config("tiny")
   ro = c.rollout
   mesh = sharding.make_mesh(sharding.MeshShape())
-  tok = runtime.load_tokenizer("builtin")
-  cfg = runtime.model_config("tiny", {}, vocab_size=tok.vocab_size, param_dtype="float32", remat=False)
-  graphdef, params, shardings = runtime.init_model(cfg, mesh, 0)
+  tok = build.load_tokenizer("builtin")
+  cfg = build.model_config("tiny", {}, vocab_size=tok.vocab_size, param_dtype="float32", remat=False)
+  graphdef, params, shardings = build.init_model(cfg, mesh, 0)
   pc = PromptConfig(thinking=True, max_prompt_tokens=c.data.max_prompt_tokens)
-  records = runtime.load_records("builtin", "train", ("math", "code", "science", "if"), 200)
+  records = loading.load_records("builtin", "train", ("math", "code", "science", "if"), 200)
   by_domain, _ = build_prompts(records, tok, pc)
   mix = PromptMixture(by_domain, batch_size=ro.prompts_per_step, seed=0)
   bucket = next_pow2(max(len(it["prompt_ids"]) for v in by_domain.values() for it in v), 16)

@@ -45,7 +45,7 @@ def _domains() -> list[str]:
     out = ["math", "science"]
     if shutil.which("bwrap"):
         out.append("code")
-    if importlib.util.find_spec("rlvr_jax.verifiers.instructions.registry") is not None:
+    if importlib.util.find_spec("rlvr_jax.instructions.registry") is not None:
         out.append("if")
     return out
 

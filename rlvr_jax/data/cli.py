@@ -16,6 +16,9 @@ import numpy as np
 
 from rlvr_jax.data import records as rec
 from rlvr_jax.data import sources, synthetic
+from rlvr_jax.model.tokenizer import builtin_tokenizer, load_tokenizer
+from rlvr_jax.data.prompts import render_prompt
+from rlvr_jax.data.prompts import PromptConfig
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -47,14 +50,12 @@ def _validate(args) -> int:
 
 
 def _tokenizer(path):
-    from rlvr_jax.tokenizer import builtin_tokenizer, load_tokenizer
 
     return load_tokenizer(path) if path else builtin_tokenizer()
 
 
 def length_stats(records, tokenizer, config) -> dict:
     """Per domain: count, prompt-token percentiles and a histogram over BUCKETS (upper bounds)."""
-    from rlvr_jax.data.prompts import render_prompt
 
     lengths: dict[str, list[int]] = {}
     for r in records:
@@ -73,7 +74,6 @@ def length_stats(records, tokenizer, config) -> dict:
 
 
 def _stats(args) -> int:
-    from rlvr_jax.data.prompts import PromptConfig
 
     records, _ = rec.load_records(args.files)
     stats = length_stats(records, _tokenizer(args.tokenizer),

@@ -8,6 +8,7 @@ import json
 from typing import Mapping, Sequence
 
 import grain
+from rlvr_jax.data.prompts import build_prompts
 
 STATE_VERSION = 1
 
@@ -123,7 +124,6 @@ def build_mixture(records, tokenizer, prompt_config, *, batch_size: int, seed: i
                   weights: Mapping[str, float] | None = None, process_index: int = 0,
                   process_count: int = 1) -> tuple[PromptMixture, dict[str, int]]:
     """Records -> prompts (template, length limit) -> mixture; also the kept/dropped counts."""
-    from rlvr_jax.data.prompts import build_prompts
 
     by_domain, counts = build_prompts(records, tokenizer, prompt_config)
     mixture = PromptMixture(by_domain, batch_size=batch_size, seed=seed, weights=weights,

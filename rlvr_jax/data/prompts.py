@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import Iterable, Mapping
 
-from rlvr_jax.tokenizer import Tokenizer, completion_for
+from rlvr_jax.model.tokenizer import Tokenizer, completion_for
 
 # Our wording (the study does not publish its prompts): the answer formats the verifiers read.
 # Built-in prompts already carry their own format line, so prefixes are off by default.

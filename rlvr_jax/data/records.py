@@ -8,6 +8,7 @@ import json
 import math
 import os
 from typing import Any, Iterator
+from rlvr_jax.instructions.registry import validate_kwargs
 
 DOMAINS = ("math", "code", "science", "if")
 ROLES = ("system", "user", "assistant")
@@ -79,26 +80,16 @@ def _if(gt: dict) -> None:
     if len(kwargs) != len(ids):
         raise _Bad("ground_truth.kwargs", f"{len(kwargs)} kwargs for {len(ids)} instruction ids")
     _str(gt, "prompt", "ground_truth.")
-    validate_kwargs = _if_registry()
     for i, (iid, kw) in enumerate(zip(ids, kwargs)):
         if not isinstance(iid, str) or not iid:
             raise _Bad(f"ground_truth.instruction_ids[{i}]", f"expected an instruction id, got {iid!r}")
         kw = _dict({} if kw is None else kw, f"ground_truth.kwargs[{i}]")
-        if validate_kwargs is not None:
-            try:
-                validate_kwargs(iid, kw)
-            except (KeyError, ValueError) as e:
-                field = "instruction_ids" if "unknown instruction" in str(e).lower() else "kwargs"
-                raise _Bad(f"ground_truth.{field}[{i}]", str(e).strip("'\"")) from None
+        try:
+            validate_kwargs(iid, kw)
+        except (KeyError, ValueError) as e:
+            field = "instruction_ids" if "unknown instruction" in str(e).lower() else "kwargs"
+            raise _Bad(f"ground_truth.{field}[{i}]", str(e).strip("'\"")) from None
 
-
-def _if_registry():
-    # The registry belongs to the verifiers; without it only the IF structure is checked.
-    try:
-        from rlvr_jax.verifiers.instructions.registry import validate_kwargs
-    except ImportError:
-        return None
-    return validate_kwargs
 
 
 def _code(gt: dict) -> None:

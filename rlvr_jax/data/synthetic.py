@@ -9,7 +9,8 @@ import random
 import re
 from typing import Callable
 
-from rlvr_jax.tokenizer import THINK_CLOSE, THINK_OPEN
+from rlvr_jax.model.tokenizer import THINK_CLOSE, THINK_OPEN
+from rlvr_jax.instructions import registry
 
 DOMAINS = ("math", "code", "science", "if")
 SPLITS = ("train", "eval")
@@ -283,7 +284,6 @@ def _if(rng: random.Random) -> dict:
     # kwargs of its built-in ids and a response proven to satisfy them.
     import numpy as np
 
-    from rlvr_jax.verifiers.instructions import registry
 
     nprng = np.random.default_rng(rng.getrandbits(64))
     topic = rng.choice(IF_TOPICS)

@@ -13,7 +13,7 @@ import random
 import signal
 import zlib
 
-from rlvr_jax.verifiers import Score, VerifierConfig
+from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers import sandbox
 from rlvr_jax.verifiers.format import last_code_block
 

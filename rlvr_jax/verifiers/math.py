@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from rlvr_jax.verifiers import Score, VerifierConfig
+from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers.format import last_answer_line, last_boxed, strip_dollars
 
 _MV = None  # math_verify and sympy pieces, imported on first use (a second or so of sympy import)

@@ -22,8 +22,12 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 
-from rlvr_jax.verifiers import DOMAINS, Score, VerifierConfig, score
+from rlvr_jax.instructions import registry as _if_registry  # noqa: F401  (warm imports)
+from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
+from rlvr_jax.verifiers.dispatch import score
 from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers import math as _m
+from rlvr_jax.verifiers.code import _select_tests, limits_for
 
 _MAX_CHUNK = 16        # samples per message for cheap domains (amortises the pipe round trip)
 _CRASH_LOOP = 5        # consecutive worker deaths with nothing scored before the pool gives up
@@ -41,10 +45,7 @@ def _worker_main(fd: int, owner_pid: int, slot: int) -> None:
     conn = Connection(fd)
     config = conn.recv()
     sandbox.set_identity(owner_pid, slot)
-    from rlvr_jax.verifiers import code as _c, math as _m, science as _s  # noqa: F401  (warm imports)
     _m._mv()
-    from rlvr_jax.verifiers import _instructions_registry
-    _instructions_registry()
     conn.send("ready")
     while True:
         try:
@@ -215,7 +216,6 @@ class VerifierPool:
     def _deadline_for(self, record: dict) -> float:
         if record.get("domain") != "code":
             return self.deadline_s
-        from rlvr_jax.verifiers.code import _select_tests, limits_for
         gt = record.get("ground_truth") or {}
         tests = _select_tests(list(gt.get("tests") or []), self.config.code_max_tests)
         lim = limits_for(gt, self.config, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from rlvr_jax.verifiers import Score
+from rlvr_jax.verifiers.base import Score
 
 # A letter, optionally wrapped in markdown / brackets / \text{}, that ends its clause. An
 # upper-case letter may be followed by its option text ("B) 42 m"); a lower-case one must stand

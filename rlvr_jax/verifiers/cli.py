@@ -1,0 +1,125 @@
+"""rlvr-verify: score a JSONL of records + `response` with the verifier pool; one JSON line out per
+input line (reward, domain, reason, details), a per-domain summary on stderr.
+
+    python -m rlvr_jax.verifiers.cli --input samples.jsonl [--output scores.jsonl] [--thinking] [--workers N]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+from rlvr_jax.verifiers import VerifierConfig, score
+from rlvr_jax.data.records import validate_record
+from rlvr_jax.verifiers.sandbox import SandboxUnavailable
+from rlvr_jax.verifiers.pool import VerifierPool
+
+_MAX_ERRORS_SHOWN = 20
+_CHUNK = 64  # samples per submitted batch: the progress bar moves per batch
+
+
+
+def read_input(path: str) -> tuple[list[dict], list[str]]:
+    """(records with their response, error messages naming file:line:field)."""
+    rows, errors = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError as e:
+                errors.append(f"{path}:{n}: field '<line>': invalid JSON: {e}")
+                continue
+            try:
+                obj = validate_record(obj, file=path, line=n, extra_fields=("response",))
+                if not isinstance(obj.get("response"), str):
+                    raise ValueError(f"{path}:{n}: field 'response': expected a string, "
+                                     f"got {type(obj.get('response')).__name__}")
+            except ValueError as e:  # RecordError is a ValueError
+                errors.append(str(e))
+                continue
+            rows.append(obj)
+    return rows, errors
+
+
+def _summary(rows: list[dict], scores: list, counters: dict) -> str:
+    by = collections.defaultdict(list)
+    for r, s in zip(rows, scores):
+        by[r["domain"]].append(s)
+    lines = [f"{'domain':<8} {'n':>6} {'reward':>7}  reasons"]
+    for d in sorted(by):
+        ss = by[d]
+        reasons = collections.Counter(s.reason for s in ss)
+        lines.append(f"{d:<8} {len(ss):>6} {sum(s.reward for s in ss) / len(ss):>7.3f}  "
+                     + ", ".join(f"{k}={v}" for k, v in reasons.most_common()))
+    if counters:
+        lines.append("pool: " + ", ".join(f"{k.split('/', 1)[1]}={int(v)}" for k, v in counters.items()
+                                          if k.count("/") == 1))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="rlvr-verify", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", required=True, help="JSONL: records (DESIGN.md schema) plus a `response` field")
+    ap.add_argument("--output", default="-", help="where to write one JSON line per input (default stdout)")
+    ap.add_argument("--thinking", action="store_true", help="grade only after the last </think>; none -> 0")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="verifier processes (0: score in this process, without deadlines)")
+    ap.add_argument("--deadline", type=float, default=10.0, help="seconds per non-code sample")
+    ap.add_argument("--allow-unsandboxed", action="store_true",
+                    help="run code WITHOUT bubblewrap (trusted data only)")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+
+    rows, errors = read_input(args.input)
+    if errors:
+        for e in errors[:_MAX_ERRORS_SHOWN]:
+            print(e, file=sys.stderr)
+        if len(errors) > _MAX_ERRORS_SHOWN:
+            print(f"... and {len(errors) - _MAX_ERRORS_SHOWN} more malformed lines", file=sys.stderr)
+        print(f"rlvr-verify: {len(errors)} malformed line(s) in {args.input}; nothing scored", file=sys.stderr)
+        return 2
+    config = VerifierConfig(thinking=args.thinking, allow_unsandboxed=args.allow_unsandboxed)
+    responses = [r["response"] for r in rows]
+    bar = tqdm(total=len(rows), unit="sample", file=sys.stderr, disable=None)
+    counters = {}
+    try:
+        if args.workers <= 0:
+            scores = []
+            for r, resp in zip(rows, responses):
+                scores.append(score(r, resp, config=config))
+                bar.update(1)
+        else:
+
+            with VerifierPool(args.workers, deadline_s=args.deadline, config=config) as pool:
+                futures = [(pool.submit(rows[i:i + _CHUNK], responses[i:i + _CHUNK]), min(_CHUNK, len(rows) - i))
+                           for i in range(0, len(rows), _CHUNK)]
+                scores = []
+                for fut, n in futures:
+                    scores.extend(fut.result())
+                    bar.update(n)
+                counters = pool.counters()
+    except SandboxUnavailable as e:
+        bar.close()
+        print(f"rlvr-verify: {e}", file=sys.stderr)
+        return 3
+    bar.close()
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        for r, s in zip(rows, scores):
+            out.write(json.dumps({"id": r.get("id"), "domain": r["domain"], "reward": s.reward,
+                                  "reason": s.reason, "details": s.details}, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(_summary(rows, scores, counters), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`score(record, response)`: route one sample to its domain's verifier (math, code, science, if) in
+this process, behind the thinking-format gate. The pool (pool.py) runs the same front in workers."""
+from __future__ import annotations
+
+from typing import Any
+
+from rlvr_jax.instructions import registry
+from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
+from rlvr_jax.verifiers.code import score_code
+from rlvr_jax.verifiers.format import gate
+from rlvr_jax.verifiers.math import score_math
+from rlvr_jax.verifiers.sandbox import SandboxUnavailable
+from rlvr_jax.verifiers.science import score_science
+
+
+def _score_if(gt: dict, text: str) -> Score:
+    ids = list(gt["instruction_ids"])
+    kwargs = [dict(k or {}) for k in gt.get("kwargs") or [{}] * len(ids)]
+    held = [bool(x) for x in registry.check_all(ids, kwargs, text, prompt=gt.get("prompt", ""), strict=True)]
+    ok = all(held)
+    return Score(float(ok), "ok" if ok else "wrong",
+                 {"fraction": sum(held) / max(len(held), 1), "failed": [i for i, h in zip(ids, held) if not h]})
+
+
+def score(record: dict, response: str, *, thinking: bool | None = None,
+          config: VerifierConfig | None = None) -> Score:
+    """Score one response against its record's ground truth, in this process. `thinking` defaults
+    to config.thinking. Raises only SandboxUnavailable (code without bwrap and without opt-in);
+    any other failure inside a verifier is a 0 with reason `error`."""
+    config = config or VerifierConfig()
+    thinking = config.thinking if thinking is None else thinking
+    domain = record.get("domain")
+    if domain not in DOMAINS:
+        return Score(0.0, "error", {"error": f"unknown domain {domain!r}"})
+    text = gate(response if isinstance(response, str) else "", thinking)
+    if text is None:
+        return Score(0.0, "format", {"error": "no </think> in the response"})
+    gt: dict[str, Any] = record.get("ground_truth") or {}
+    try:
+        if domain == "math":
+            return score_math(gt, text, config)
+        if domain == "science":
+            return score_science(gt, text)
+        if domain == "code":
+            return score_code(gt, text, config)
+        return _score_if(gt, text)
+    except SandboxUnavailable:
+        raise
+    except Exception as e:  # a verifier bug or odd record must not stop the batch; it is counted
+        return Score(0.0, "error", {"error": f"{type(e).__name__}: {str(e)[:300]}"})
