@@ -8,6 +8,7 @@ breadcrumbs | model_stock). Paths are placeholders to set on the command line:
     --config.experts.science.path=ckpt/rl-science --config.experts.if.path=ckpt/rl-if --out=ckpt/ties
 Flags given explicitly (--density, --weights, ...) override the recipe.
 """
+
 import ml_collections
 
 # The study's settings; mergekit's defaults where the study names none (breadcrumbs, sce select).

@@ -11,6 +11,7 @@ Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor
       --config.base.data.train=/mnt/data/rl.jsonl --config.eval.data=/mnt/data/bench.jsonl --workdir=/mnt/runs/m2rl
 A rerun with the same workdir skips the stages that wrote DONE.json (GRPO stages also resume mid-run).
 """
+
 import os
 import sys
 
@@ -22,60 +23,59 @@ import merge as merge_recipes  # noqa: E402
 
 
 def get_config(arg: str = ""):
-  tiny = arg == "tiny"
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.domains = "math,code,science,if"  # one expert per domain; the multi-task run pools them all
+    tiny = arg == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.domains = "math,code,science,if"  # one expert per domain; the multi-task run pools them all
 
-  # Every RL run (single-domain, multi-task, MT-OPD) starts from this config; the experiment sets the
-  # domains, the start checkpoint and the step count per stage, and nothing else.
-  c.base = grpo.get_config("multi,tiny" if tiny else "multi")
-  c.base.seed = c.get_ref("seed")
-  c.base.eval.items_per_domain = 0  # every model is evaluated once, in the eval stage
-  # Tiny: the grpo preset's 200 SFT steps, which give an anchor that already solves some items.
-  # Study scale: the anchor comes from elsewhere (c.anchor); base.sft only runs when anchor is "".
-  c.anchor = ""  # HF directory or Orbax checkpoint of the SFT model; "" = run the SFT stage (base.sft)
+    # Every RL run (single-domain, multi-task, MT-OPD) starts from this config; the experiment sets the
+    # domains, the start checkpoint and the step count per stage, and nothing else.
+    c.base = grpo.get_config("multi,tiny" if tiny else "multi")
+    c.base.seed = c.get_ref("seed")
+    c.base.eval.items_per_domain = 0  # every model is evaluated once, in the eval stage
+    # Tiny: the grpo preset's 200 SFT steps, which give an anchor that already solves some items.
+    # Study scale: the anchor comes from elsewhere (c.anchor); base.sft only runs when anchor is "".
+    c.anchor = ""  # HF directory or Orbax checkpoint of the SFT model; "" = run the SFT stage (base.sft)
 
-  c.single_steps = 20 if tiny else 200  # GRPO steps of each single-domain run
-  c.multi_step_ratio = 2  # the study: 400 multi-task steps against 200 per domain
-  c.multi_steps = c.get_ref("single_steps") * c.get_ref("multi_step_ratio")  # derived; follows overrides
+    c.single_steps = 20 if tiny else 200  # GRPO steps of each single-domain run
+    c.multi_step_ratio = 2  # the study: 400 multi-task steps against 200 per domain
+    c.multi_steps = c.get_ref("single_steps") * c.get_ref("multi_step_ratio")  # derived; follows overrides
 
-  c.merge = ml_collections.ConfigDict()
-  # slerp is left out: it takes two models, the study merges four experts.
-  c.merge.methods = ("average,task_arithmetic,ties,dare_ties,dare_task_arithmetic,sce,breadcrumbs,"
-                     "model_stock")
-  c.merge.options = ml_collections.ConfigDict(merge_recipes.OPTIONS)  # the study's settings per method
-  c.merge.main = "ties"  # the merge shown in the main results table (the study's)
+    c.merge = ml_collections.ConfigDict()
+    # slerp is left out: it takes two models, the study merges four experts.
+    c.merge.methods = "average,task_arithmetic,ties,dare_ties,dare_task_arithmetic,sce,breadcrumbs,model_stock"
+    c.merge.options = ml_collections.ConfigDict(merge_recipes.OPTIONS)  # the study's settings per method
+    c.merge.main = "ties"  # the merge shown in the main results table (the study's)
 
-  c.opd = ml_collections.ConfigDict()  # MT-OPD: the anchor distils the experts on its own samples
-  # The study gives no step count for MT-OPD; we spend one single-domain run's steps.
-  c.opd.steps = c.get_ref("single_steps")
-  c.opd.prompts_per_step = 16 if tiny else 256  # the study's 256 x 4; tiny: 64 rows per step
-  c.opd.samples_per_prompt = 4
-  c.opd.learning_rate = 2e-4 if tiny else 1e-6  # the study's 1e-6 would not move the tiny model
-  c.opd.eps = 0.2  # symmetric clip
+    c.opd = ml_collections.ConfigDict()  # MT-OPD: the anchor distils the experts on its own samples
+    # The study gives no step count for MT-OPD; we spend one single-domain run's steps.
+    c.opd.steps = c.get_ref("single_steps")
+    c.opd.prompts_per_step = 16 if tiny else 256  # the study's 256 x 4; tiny: 64 rows per step
+    c.opd.samples_per_prompt = 4
+    c.opd.learning_rate = 2e-4 if tiny else 1e-6  # the study's 1e-6 would not move the tiny model
+    c.opd.eps = 0.2  # symmetric clip
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.data = "builtin"  # "builtin" (held-out split) or JSONL files from `rlvr-data convert`
-  c.eval.items_per_domain = 50 if tiny else 0  # 0 = every item
-  c.eval.samples = 4 if tiny else 16  # K of Avg@K and pass@K
-  # Sampled like training (the study does not state its eval sampling); Avg@K needs K > 1 at T > 0.
-  c.eval.temperature = 1.0
-  c.eval.max_new_tokens = c.base.rollout.get_ref("max_new_tokens")  # tokens
-  c.eval.batch_prompts = 64  # prompts per sampler call
+    c.eval = ml_collections.ConfigDict()
+    c.eval.data = "builtin"  # "builtin" (held-out split) or JSONL files from `rlvr-data convert`
+    c.eval.items_per_domain = 50 if tiny else 0  # 0 = every item
+    c.eval.samples = 4 if tiny else 16  # K of Avg@K and pass@K
+    # Sampled like training (the study does not state its eval sampling); Avg@K needs K > 1 at T > 0.
+    c.eval.temperature = 1.0
+    c.eval.max_new_tokens = c.base.rollout.get_ref("max_new_tokens")  # tokens
+    c.eval.batch_prompts = 64  # prompts per sampler call
 
-  c.analysis = ml_collections.ConfigDict()
-  c.analysis.proj_dim = 256  # random-projection dimensions of the task-vector cosines
-  c.analysis.proj_seed = 0
-  c.analysis.rel_tol = 1e-3  # update-footprint threshold, relative to the larger magnitude
-  c.analysis.kl_against = "multi,merge_ties"  # models compared with each expert by policy KL
-  c.analysis.kl_prompts_per_domain = 16 if tiny else 128  # held-out prompts of each domain
-  c.analysis.kl_samples = 4  # completions per prompt, sampled from the expert at temperature 1
-  c.analysis.kl_max_new_tokens = c.base.rollout.get_ref("max_new_tokens")  # tokens
+    c.analysis = ml_collections.ConfigDict()
+    c.analysis.proj_dim = 256  # random-projection dimensions of the task-vector cosines
+    c.analysis.proj_seed = 0
+    c.analysis.rel_tol = 1e-3  # update-footprint threshold, relative to the larger magnitude
+    c.analysis.kl_against = "multi,merge_ties"  # models compared with each expert by policy KL
+    c.analysis.kl_prompts_per_domain = 16 if tiny else 128  # held-out prompts of each domain
+    c.analysis.kl_samples = 4  # completions per prompt, sampled from the expert at temperature 1
+    c.analysis.kl_max_new_tokens = c.base.rollout.get_ref("max_new_tokens")  # tokens
 
-  c.report = ml_collections.ConfigDict()  # changes here do not invalidate finished stages
-  c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"
-  c.report.curve_smoothing = 5  # steps in the rolling mean of the learning curves
-  c.xla_cache_dir = ""  # persistent XLA compilation cache shared by the stages ("" = off; it would
-  # make later stages' compiles cheaper and so bias the cost table toward them)
-  return c
+    c.report = ml_collections.ConfigDict()  # changes here do not invalidate finished stages
+    c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"
+    c.report.curve_smoothing = 5  # steps in the rolling mean of the learning curves
+    c.xla_cache_dir = ""  # persistent XLA compilation cache shared by the stages ("" = off; it would
+    # make later stages' compiles cheaper and so bias the cost table toward them)
+    return c

@@ -5,6 +5,7 @@ advantage = log p_teacher - log p_student, same clipped surrogate with eps 0.2, 
       --config.opd.teachers=math=RL_MATH,code=RL_CODE,science=RL_SCI,if=RL_IF --workdir=runs/opd
 ARG "tiny" gives the CPU-sized variant (used by rlvr-experiment :tiny).
 """
+
 import os
 import sys
 
@@ -13,11 +14,11 @@ import grpo  # noqa: E402
 
 
 def get_config(arg: str = ""):
-  tiny = arg == "tiny"
-  c = grpo.get_config("multi,tiny" if tiny else "multi")
-  c.grpo.eps_low = c.grpo.eps_high = 0.2
-  c.sft.steps = 0
-  if not tiny:
-    c.rollout.prompts_per_step, c.rollout.samples_per_prompt = 256, 4
-    c.optim.learning_rate = 1e-6
-  return c
+    tiny = arg == "tiny"
+    c = grpo.get_config("multi,tiny" if tiny else "multi")
+    c.grpo.eps_low = c.grpo.eps_high = 0.2
+    c.sft.steps = 0
+    if not tiny:
+        c.rollout.prompts_per_step, c.rollout.samples_per_prompt = 256, 4
+        c.optim.learning_rate = 1e-6
+    return c

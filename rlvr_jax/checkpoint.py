@@ -1,6 +1,7 @@
 """Orbax checkpoints: one directory per step holding params, optimizer state, step + RNG, and JSON
 metadata (model config, data-iterator state, resolved run config); restorable into any mesh.
 """
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
+from orbax.checkpoint import checkpoint_managers as cm
 
 log = logging.getLogger(__name__)
 
@@ -17,77 +18,89 @@ ARRAY_ITEMS = ("params", "opt_state", "train")  # "train" = {"step": int32[], "r
 
 
 def abstract_with_shardings(abstract_tree, shardings_tree):
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract_tree, shardings_tree)
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings_tree
+    )
 
 
 class Checkpointer:
-  """CheckpointManager wrapper: async saves every `save_every` steps, keeps the last `keep` and step 0, and
-  restores the newest readable step (a damaged latest step is skipped with a warning)."""
+    """CheckpointManager wrapper: async saves every `save_every` steps, keeps the last `keep` and step 0, and
+    restores the newest readable step (a damaged latest step is skipped with a warning)."""
 
-  def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
-    from orbax.checkpoint import checkpoint_managers as cm
-    # Step 0 (the starting point, e.g. the SFT anchor) is kept besides the latest `keep`.
-    keep_policy = cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps([0])])
-    options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, preservation_policy=keep_policy,
-                                           enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
 
-  def save(self, step: int, arrays: dict[str, Any], meta: dict, *, force: bool = False) -> bool:
-    args = {name: ocp.args.StandardSave(tree) for name, tree in arrays.items()}
-    args["meta"] = ocp.args.JsonSave(meta)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+        # Step 0 (the starting point, e.g. the SFT anchor) is kept besides the latest `keep`.
+        keep_policy = cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps([0])])
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=save_every,
+            preservation_policy=keep_policy,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def all_steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
+    def save(self, step: int, arrays: dict[str, Any], meta: dict, *, force: bool = False) -> bool:
+        args = {name: ocp.args.StandardSave(tree) for name, tree in arrays.items()}
+        args["meta"] = ocp.args.JsonSave(meta)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
-  def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
-  def read_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
-  def restore(self, abstract: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any], dict]:
-    """Restore the named array items into the shardings carried by `abstract` (ShapeDtypeStructs).
-    Without `step`, tries the newest step first and falls back to older ones if it is unreadable."""
-    candidates = [step] if step is not None else list(reversed(self.all_steps()))
-    if not candidates:
-      raise FileNotFoundError(f"{self.directory}: no checkpoints")
-    errors = []
-    for s in candidates:
-      try:
-        args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
-        args["meta"] = ocp.args.JsonRestore()
-        out = self.manager.restore(s, args=ocp.args.Composite(**args))
-        return s, {k: out[k] for k in abstract}, out["meta"]
-      except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, and reported
-        log.warning("checkpoint step %s in %s is unreadable (%s: %s); trying an older one",
-                    s, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        errors.append(f"step {s}: {type(e).__name__}: {e}")
-    raise RuntimeError(f"{self.directory}: no readable checkpoint:\n" + "\n".join(errors))
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-  def wait(self):
-    self.manager.wait_until_finished()
+    def restore(self, abstract: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any], dict]:
+        """Restore the named array items into the shardings carried by `abstract` (ShapeDtypeStructs).
+        Without `step`, tries the newest step first and falls back to older ones if it is unreadable."""
+        candidates = [step] if step is not None else list(reversed(self.all_steps()))
+        if not candidates:
+            raise FileNotFoundError(f"{self.directory}: no checkpoints")
+        errors = []
+        for s in candidates:
+            try:
+                args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+                args["meta"] = ocp.args.JsonRestore()
+                out = self.manager.restore(s, args=ocp.args.Composite(**args))
+                return s, {k: out[k] for k in abstract}, out["meta"]
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, and reported
+                log.warning(
+                    "checkpoint step %s in %s is unreadable (%s: %s); trying an older one",
+                    s,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
+                errors.append(f"step {s}: {type(e).__name__}: {e}")
+        raise RuntimeError(f"{self.directory}: no readable checkpoint:\n" + "\n".join(errors))
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def orbax_root_and_step(path: str) -> tuple[str, int | None]:
-  """Accept a manager directory (newest step) or one step directory inside it."""
-  base = os.path.basename(os.path.normpath(path))
-  if base.isdigit() and os.path.isdir(os.path.join(path, "meta")):
-    return os.path.dirname(os.path.normpath(path)), int(base)
-  return path, None
+    """Accept a manager directory (newest step) or one step directory inside it."""
+    base = os.path.basename(os.path.normpath(path))
+    if base.isdigit() and os.path.isdir(os.path.join(path, "meta")):
+        return os.path.dirname(os.path.normpath(path)), int(base)
+    return path, None
 
 
 def tokenizer_dir_of(path: str) -> str | None:
-  """Where the tokenizer files of a checkpoint (HF directory or ours) live, if anywhere."""
-  root, _ = orbax_root_and_step(path)
-  for d in (path, os.path.join(root, "tokenizer")):
-    if any(os.path.isfile(os.path.join(d, f)) for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-      return d
-  return None
+    """Where the tokenizer files of a checkpoint (HF directory or ours) live, if anywhere."""
+    root, _ = orbax_root_and_step(path)
+    for d in (path, os.path.join(root, "tokenizer")):
+        if any(
+            os.path.isfile(os.path.join(d, f)) for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+        ):
+            return d
+    return None

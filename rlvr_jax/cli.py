@@ -1,11 +1,11 @@
 """Shared entry point of the config-driven commands: `--config=configs/x.py[:arg]`,
 `--config.a.b=value` overrides (ml-collections), `--workdir`."""
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
-
 from typing import Callable
 
 import jax
@@ -16,47 +16,54 @@ log = logging.getLogger(__name__)
 
 
 def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str], None]) -> int:
-  """Parse `--config` / overrides / `--workdir`, set up logging, then `run(config, workdir)`."""
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/default.py:tiny", flag_values=fv,
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, TensorBoard logs", flag_values=fv)
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv):
-    print(f"usage: {prog} --config=configs/FILE.py[:ARG] [--config.a.b=VALUE ...] --workdir=DIR\n")
-    print((description or "").strip() + "\n")
-    print("Each config file's docstring shows its run command; any field can be overridden, e.g.\n"
-          "  --config.train.steps=20 --config.rollout.samples_per_prompt=8\n")
-    print(fv.main_module_help() if hasattr(fv, "main_module_help") else "")
+    """Parse `--config` / overrides / `--workdir`, set up logging, then `run(config, workdir)`."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file, e.g. configs/default.py:tiny", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, TensorBoard logs", flag_values=fv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(f"usage: {prog} --config=configs/FILE.py[:ARG] [--config.a.b=VALUE ...] --workdir=DIR\n")
+        print((description or "").strip() + "\n")
+        print(
+            "Each config file's docstring shows its run command; any field can be overridden, e.g.\n"
+            "  --config.train.steps=20 --config.rollout.samples_per_prompt=8\n"
+        )
+        print(fv.main_module_help() if hasattr(fv, "main_module_help") else "")
+        return 0
+    try:
+        fv([prog] + argv)
+    except flags.Error as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if fv.config is None or not fv.workdir:
+        print(f"{prog}: error: --config and --workdir are required (see --help)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "orbax", "jax._src", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    run(fv.config, os.path.expanduser(fv.workdir))
     return 0
-  try:
-    fv([prog] + argv)
-  except flags.Error as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    return 2
-  if fv.config is None or not fv.workdir:
-    print(f"{prog}: error: --config and --workdir are required (see --help)", file=sys.stderr)
-    return 2
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      stream=sys.stderr)
-  for noisy in ("absl", "orbax", "jax._src", "grain"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  run(fv.config, os.path.expanduser(fv.workdir))
-  return 0
 
 
-def maybe_initialize_distributed(enabled: str = "auto", coordinator: str = "", num_processes: int = 0,
-                                 process_id: int = -1) -> None:
-  """`jax.distributed.initialize` when asked, or when the environment names a coordinator
-  (TPU pod slices are detected by JAX itself)."""
-  env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_ID"))
-  if enabled == "off" or (enabled == "auto" and not env and not coordinator):
-    return
-  kwargs = {}
-  if coordinator:
-    kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-  if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
-  jax.distributed.initialize(**kwargs)
-  log.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
-           jax.device_count())
+def maybe_initialize_distributed(
+    enabled: str = "auto", coordinator: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """`jax.distributed.initialize` when asked, or when the environment names a coordinator
+    (TPU pod slices are detected by JAX itself)."""
+    env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_ID"))
+    if enabled == "off" or (enabled == "auto" and not env and not coordinator):
+        return
+    kwargs = {}
+    if coordinator:
+        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed: process %d of %d, %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )

@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# One style: the formatter and the linter configured in pyproject.toml (a failure prints the fix).
+.venv/bin/ruff format --check rlvr_jax tests tools configs || { echo "run: .venv/bin/ruff format rlvr_jax tests tools configs" >&2; exit 1; }
+.venv/bin/ruff check rlvr_jax tests tools configs
 exec .venv/bin/python -m pytest -n 2 --durations=15 tests "$@"

@@ -1,17 +1,21 @@
 """Weight-space analyses against numpy: footprint, Jaccard overlap, projected cosines, gain consistency."""
+
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rlvr_jax.eval import analysis as A
 from rlvr_jax.merging import methods as M
 from tests.test_merge import _tree
 
-SHAPES = {"embed/embedding": (16, 8), "layers/0/mlp/up_proj/kernel": (8, 12),
-          "layers/1/mlp/up_proj/kernel": (8, 12), "final_norm/scale": (8,)}
-
-
+SHAPES = {
+    "embed/embedding": (16, 8),
+    "layers/0/mlp/up_proj/kernel": (8, 12),
+    "layers/1/mlp/up_proj/kernel": (8, 12),
+    "final_norm/scale": (8,),
+}
 
 
 def _models(seed=0):
@@ -19,7 +23,7 @@ def _models(seed=0):
     a = {p: rng.standard_normal(s).astype(np.float32) for p, s in SHAPES.items()}
     out = []
     for density in (0.3, 0.5, 0.2):
-            # changed entries move by 2e-3..30% relative; the rest by 5e-4 (under the 1e-3 threshold)
+        # changed entries move by 2e-3..30% relative; the rest by 5e-4 (under the 1e-3 threshold)
         m = {}
         for p, x in a.items():
             mask = rng.random(x.shape) < density
@@ -39,8 +43,9 @@ def mesh():
 
 
 def shard(tree, mesh):
-    return jax.tree.map(lambda x: jax.device_put(
-        x, NamedSharding(mesh, P("fsdp", "tensor") if x.ndim == 2 else P("fsdp"))), tree)
+    return jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, P("fsdp", "tensor") if x.ndim == 2 else P("fsdp"))), tree
+    )
 
 
 def test_footprint_and_overlap_match_numpy(mesh):
@@ -66,6 +71,7 @@ def test_footprint_and_overlap_match_numpy(mesh):
 
 def test_changed_mask_is_fp32_and_relative():
     import jax.numpy as jnp
+
     a = jnp.asarray([1.0, 1.0, 0.0, -2.0, 100.0], jnp.bfloat16)
     m = jnp.asarray([1.0, 1.0078125, 1e-6, -2.0, 100.5], jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(A.changed_mask(a, m)), [False, True, True, False, True])
@@ -77,8 +83,7 @@ def test_projected_cosines_match_numpy_projection(mesh):
     whole, per = A.project(shard(_tree(a), mesh), [shard(_tree(m), mesh) for m in ms], dim=32, seed=5)
     # numpy: rebuild the same projection tensor by tensor from the documented recipe
     ref_whole, ref_per = np.zeros((3, 32)), {}
-    normal = jax.jit(lambda key, c, chunk: jax.random.normal(jax.random.fold_in(key, c), (chunk, 32)),
-                     static_argnums=2)
+    normal = jax.jit(lambda key, c, chunk: jax.random.normal(jax.random.fold_in(key, c), (chunk, 32)), static_argnums=2)
     for p in paths:
         n = a[p].size
         key = jax.random.fold_in(jax.random.key(5), M.path_hash(p))
@@ -130,16 +135,19 @@ def test_analyze_cli_writes_json_and_heatmaps(tmp_path):
     from rlvr_jax.eval import analysis_cli
 
     a, ms = _models(seed=2)
-    rep = analysis_cli.weight_space(_tree(a), {"math": _tree(ms[0]), "code": _tree(ms[1]), "sci": _tree(ms[2])},
-                                    dim=16, seed=0, rel_tol=1e-3)
+    rep = analysis_cli.weight_space(
+        _tree(a), {"math": _tree(ms[0]), "code": _tree(ms[1]), "sci": _tree(ms[2])}, dim=16, seed=0, rel_tol=1e-3
+    )
     o = A.overlap(_tree(a), _tree(ms[0]), _tree(ms[2]))
     assert rep["overlap"]["jaccard"][0][2] == pytest.approx(o["jaccard"])
     assert rep["overlap"]["random_baseline"][2][0] == pytest.approx(o["random_baseline"])
     assert rep["footprint"]["code"]["changed"] == A.footprint(_tree(a), _tree(ms[1]))["changed"]
     assert set(rep["cosine"]["per_layer"]) == {"0", "1", "other"}
-    gains = {"anchor": {"q1": 0.0, "q2": 0.5, "q3": 1.0},
-             "experts": {"math": {"q1": 1.0, "q2": 0.5, "q3": 1.0}, "code": {"q1": 0.0, "q2": 1.0, "q3": 1.0}},
-             "models": {"ties": {"q1": 1.0, "q2": 0.75, "q3": 0.0}}}
+    gains = {
+        "anchor": {"q1": 0.0, "q2": 0.5, "q3": 1.0},
+        "experts": {"math": {"q1": 1.0, "q2": 0.5, "q3": 1.0}, "code": {"q1": 0.0, "q2": 1.0, "q3": 1.0}},
+        "models": {"ties": {"q1": 1.0, "q2": 0.75, "q3": 0.0}},
+    }
     (tmp_path / "gains.json").write_text(json.dumps(gains))
     rep["gain_consistency"] = analysis_cli.gains_report(gains)
     assert rep["gain_consistency"]["ties"] == pytest.approx((1 * 1 + 0.25 * 0.5) / np.sqrt(1 + 0.0625) / np.sqrt(1.25))

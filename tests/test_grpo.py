@@ -1,4 +1,5 @@
 """rlvr_jax.rl.grpo against plain numpy references, and gradient invariance to the micro-batch split."""
+
 import itertools
 
 import jax
@@ -49,15 +50,15 @@ def _np_counts(mask):
 def _np_adv(r, g, kind):
     out = np.zeros_like(r, dtype=np.float64)
     for s in range(0, len(r), g):
-        x = r[s:s + g].astype(np.float64)
+        x = r[s : s + g].astype(np.float64)
         if np.all(x == x[0]):
             continue
         if kind == "grpo":
-            out[s:s + g] = (x - x.mean()) / (x.std(ddof=1) + 1e-6)
+            out[s : s + g] = (x - x.mean()) / (x.std(ddof=1) + 1e-6)
         elif kind == "drgrpo":
-            out[s:s + g] = x - x.mean()
+            out[s : s + g] = x - x.mean()
         else:  # leave-one-out baseline, written as a loop
-            out[s:s + g] = [x[i] - np.delete(x, i).mean() for i in range(g)]
+            out[s : s + g] = [x[i] - np.delete(x, i).mean() for i in range(g)]
     return out
 
 
@@ -97,7 +98,8 @@ def test_broadcast_and_opd_advantages():
     got = grpo.opd_advantages(jnp.asarray(teacher), jnp.asarray(d["old"]), d["mask"])
     np.testing.assert_allclose(got, (teacher - d["old"]) * d["mask"], rtol=1e-6)
     g = jax.grad(lambda t, s: grpo.opd_advantages(t, s, d["mask"]).sum(), argnums=(0, 1))(
-        jnp.asarray(teacher), jnp.asarray(d["old"]))
+        jnp.asarray(teacher), jnp.asarray(d["old"])
+    )
     assert all(float(jnp.abs(x).sum()) == 0 for x in g)
 
 
@@ -123,8 +125,16 @@ def test_dynamic_sampling_fallback_keeps_batch_and_loss_finite():
     mask = jnp.zeros((B, T))
     n_tok, n_seq = grpo.global_counts(mask)
     for mode in MODES:
-        loss, m = grpo.policy_loss(jnp.zeros((B, T)), jnp.zeros((B, T)), jnp.ones((B, T)), mask,
-                                   global_num_tokens=n_tok, global_num_seqs=n_seq, loss_agg=mode, norm_len=T)
+        loss, m = grpo.policy_loss(
+            jnp.zeros((B, T)),
+            jnp.zeros((B, T)),
+            jnp.ones((B, T)),
+            mask,
+            global_num_tokens=n_tok,
+            global_num_seqs=n_seq,
+            loss_agg=mode,
+            norm_len=T,
+        )
         assert float(loss) == 0.0 and all(np.isfinite(float(v)) for v in m.values())
 
 
@@ -161,8 +171,9 @@ def test_clipped_surrogate_both_bounds_and_dual_clip():
     assert int(flags["clip_frac/high"].sum()) == 3 and int(flags["clip_frac/low"].sum()) == 2
     # asymmetric: A > 0 at r = 1.27 is inside the high bound, A > 0 at r = 0.5 is never clipped
     assert float(loss[4]) == pytest.approx(-1.27) and float(loss[0]) == pytest.approx(-0.5)
-    loss, flags = grpo.clipped_surrogate(jnp.asarray(ratio), jnp.asarray(adv), eps_low=0.2, eps_high=0.28,
-                                         dual_clip_c=3.0)
+    loss, flags = grpo.clipped_surrogate(
+        jnp.asarray(ratio), jnp.asarray(adv), eps_low=0.2, eps_high=0.28, dual_clip_c=3.0
+    )
     np.testing.assert_allclose(loss, _np_ppo(ratio, adv, 0.2, 0.28, 3.0), rtol=1e-6)
     assert float(loss[15]) == pytest.approx(4.5)  # -A * c, not -A * 5
     np.testing.assert_array_equal(flags["clip_frac/dual"], (adv < 0) & (ratio > 3.0))
@@ -184,9 +195,17 @@ def test_gspo_ratio_value_and_gradient():
     logp0 = jnp.asarray(np.where(mask > 0, d["logp"], 0.0))
 
     def ours(logp):
-        loss, _ = grpo.policy_loss(logp, d["old"], grpo.broadcast_to_tokens(jnp.asarray(adv_B), mask), mask,
-                                   global_num_tokens=n_tok, global_num_seqs=n_seq, ratio_level="sequence",
-                                   eps_low=10.0 - 1e-3, eps_high=10.0)
+        loss, _ = grpo.policy_loss(
+            logp,
+            d["old"],
+            grpo.broadcast_to_tokens(jnp.asarray(adv_B), mask),
+            mask,
+            global_num_tokens=n_tok,
+            global_num_seqs=n_seq,
+            ratio_level="sequence",
+            eps_low=10.0 - 1e-3,
+            eps_high=10.0,
+        )
         return loss
 
     def direct(logp):
@@ -203,8 +222,19 @@ def test_gspo_clips_whole_sequence():
     old = jnp.zeros((B, T))
     logp = old.at[0, 0].set(0.2 * T).at[1, 0].set(0.1 * T)  # seq ratios exp(0.2) > 1.15 > exp(0.1)
     adv = jnp.ones((B, T))
-    g = jax.grad(lambda lp: grpo.policy_loss(lp, old, adv, mask, global_num_tokens=B * T, global_num_seqs=B,
-                                             ratio_level="sequence", eps_low=0.15, eps_high=0.15)[0])(logp)
+    g = jax.grad(
+        lambda lp: grpo.policy_loss(
+            lp,
+            old,
+            adv,
+            mask,
+            global_num_tokens=B * T,
+            global_num_seqs=B,
+            ratio_level="sequence",
+            eps_low=0.15,
+            eps_high=0.15,
+        )[0]
+    )(logp)
     assert float(jnp.abs(g[0]).sum()) == 0.0 and bool(jnp.all(g[1] < 0))
 
 
@@ -224,7 +254,8 @@ def test_tis_weights_match_numpy(level, mode):
     hit = (want[mask > 0] == 0) if mode == "mask" else (want[mask > 0] == cap)
     assert 0 < hit.mean() < 1  # the data reaches the cap / rejection, not only the pass-through
     grad = jax.grad(lambda o, s: grpo.tis_weights(o, s, mask, level=level, mode=mode).sum(), argnums=(0, 1))(
-        jnp.asarray(d["old"]), jnp.asarray(d["sampler"]))
+        jnp.asarray(d["old"]), jnp.asarray(d["sampler"])
+    )
     assert all(float(jnp.abs(x).sum()) == 0 for x in grad)  # stop-gradient
 
 
@@ -289,8 +320,9 @@ def test_entropy_from_logits():
 def test_aggregation_matches_numpy(mode):
     d = _batch(6)
     loss = np.where(d["mask"] > 0, d["adv"] * 3 - 1, np.nan)  # nan on padding must not leak
-    got = grpo.aggregate_loss(jnp.asarray(loss), d["mask"], mode, global_num_tokens=50.0,
-                              global_num_seqs=11.0, norm_len=9)
+    got = grpo.aggregate_loss(
+        jnp.asarray(loss), d["mask"], mode, global_num_tokens=50.0, global_num_seqs=11.0, norm_len=9
+    )
     assert float(got) == pytest.approx(_np_agg(loss, d["mask"], mode, 50.0, 11.0, 9), rel=1e-5)
 
 
@@ -315,8 +347,11 @@ def _np_policy_loss(d, mode, *, tis_level, kl_coef, ent, ent_coef, dual_c=None):
     pg = pg * np.minimum(np.exp(log_w), 2.0)
     lr = np.where(mask > 0, logp - d["ref"], 0.0)
     k3 = np.exp(-lr) - 1 + lr
-    total = (_np_agg(pg, mask, mode, n_tok, n_seq, T) + kl_coef * _np_agg(k3, mask, mode, n_tok, n_seq, T)
-             - ent_coef * _np_agg(ent, mask, mode, n_tok, n_seq, T))
+    total = (
+        _np_agg(pg, mask, mode, n_tok, n_seq, T)
+        + kl_coef * _np_agg(k3, mask, mode, n_tok, n_seq, T)
+        - ent_coef * _np_agg(ent, mask, mode, n_tok, n_seq, T)
+    )
     metrics = {
         "clip_frac/high": (((d["adv"] > 0) & (ratio > 1.28)) * mask).sum() / n_tok,
         "clip_frac/low": (((d["adv"] < 0) & (ratio < 0.8)) * mask).sum() / n_tok,
@@ -334,17 +369,37 @@ def test_policy_loss_matches_numpy(mode, tis_level):
     d["logp"] = d["logp"].astype(np.float32)
     ent = np.random.default_rng(9).uniform(0, 3, (B, T)).astype(np.float32)
     n_tok, n_seq = grpo.global_counts(d["mask"])
-    loss, m = grpo.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], global_num_tokens=n_tok,
-                               global_num_seqs=n_seq, loss_agg=mode, norm_len=T, sampler_logp_BxT=d["sampler"],
-                               tis_level=tis_level, ref_logp_BxT=d["ref"], kl_coef=0.05, entropy_BxT=ent,
-                               entropy_coef=0.01)
+    loss, m = grpo.policy_loss(
+        d["logp"],
+        d["old"],
+        d["adv"],
+        d["mask"],
+        global_num_tokens=n_tok,
+        global_num_seqs=n_seq,
+        loss_agg=mode,
+        norm_len=T,
+        sampler_logp_BxT=d["sampler"],
+        tis_level=tis_level,
+        ref_logp_BxT=d["ref"],
+        kl_coef=0.05,
+        entropy_BxT=ent,
+        entropy_coef=0.01,
+    )
     want, want_m = _np_policy_loss(d, mode, tis_level=tis_level, kl_coef=0.05, ent=ent, ent_coef=0.01)
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(m["clip_frac/high"]) > 0 and float(m["clip_frac/low"]) > 0
     for k, v in want_m.items():
         assert float(m[k]) == pytest.approx(v, rel=1e-5), k
-    assert set(m) >= {"clip_frac/low", "clip_frac/high", "tis/weight_mean", "kl/ref", "entropy", "ratio/mean",
-                      "loss/policy", "sampler_trainer/logp_diff_abs_mean"}
+    assert set(m) >= {
+        "clip_frac/low",
+        "clip_frac/high",
+        "tis/weight_mean",
+        "kl/ref",
+        "entropy",
+        "ratio/mean",
+        "loss/policy",
+        "sampler_trainer/logp_diff_abs_mean",
+    }
 
 
 def test_policy_loss_dual_clip_and_entropy_from_logits():
@@ -354,13 +409,24 @@ def test_policy_loss_dual_clip_and_entropy_from_logits():
     d["logp"] = np.where(mask > 0, d["old"] + 1.5, -np.inf).astype(np.float32)  # ratio e^1.5 > c = 3
     logits = np.random.default_rng(11).normal(0, 1, (B, T, 5)).astype(np.float32)
     ent = np.asarray(grpo.entropy_from_logits(jnp.asarray(logits)))
-    loss, m = grpo.policy_loss(d["logp"], d["old"], d["adv"], mask, global_num_tokens=n_tok, global_num_seqs=n_seq,
-                               dual_clip_c=3.0, sampler_logp_BxT=d["sampler"], ref_logp_BxT=d["ref"],
-                               logits_BxTxV=logits, entropy_coef=0.02)
-    want, _ = _np_policy_loss(d, "seq-mean-token-mean", tis_level="token", kl_coef=0.0, ent=ent, ent_coef=0.02,
-                              dual_c=3.0)
+    loss, m = grpo.policy_loss(
+        d["logp"],
+        d["old"],
+        d["adv"],
+        mask,
+        global_num_tokens=n_tok,
+        global_num_seqs=n_seq,
+        dual_clip_c=3.0,
+        sampler_logp_BxT=d["sampler"],
+        ref_logp_BxT=d["ref"],
+        logits_BxTxV=logits,
+        entropy_coef=0.02,
+    )
+    want, _ = _np_policy_loss(
+        d, "seq-mean-token-mean", tis_level="token", kl_coef=0.0, ent=ent, ent_coef=0.02, dual_c=3.0
+    )
     assert float(loss) == pytest.approx(want, rel=1e-5)
-    assert float(m["clip_frac/dual"]) == pytest.approx((((d["adv"] < 0)) * mask).sum() / n_tok)
+    assert float(m["clip_frac/dual"]) == pytest.approx(((d["adv"] < 0) * mask).sum() / n_tok)
 
 
 def test_policy_loss_study_defaults_and_errors():
@@ -392,9 +458,19 @@ def _split_grad(d, mode, n_micro, ratio_level, normalise_globally=True):
             sl = slice(s, s + step)
             counts = (n_tok, n_seq) if normalise_globally else grpo.global_counts(d["mask"][sl])
             loss, m = grpo.policy_loss(
-                logp[sl], d["old"][sl], d["adv"][sl], d["mask"][sl], global_num_tokens=counts[0],
-                global_num_seqs=counts[1], loss_agg=mode, norm_len=T, ratio_level=ratio_level,
-                sampler_logp_BxT=d["sampler"][sl], ref_logp_BxT=d["ref"][sl], kl_coef=0.1)
+                logp[sl],
+                d["old"][sl],
+                d["adv"][sl],
+                d["mask"][sl],
+                global_num_tokens=counts[0],
+                global_num_seqs=counts[1],
+                loss_agg=mode,
+                norm_len=T,
+                ratio_level=ratio_level,
+                sampler_logp_BxT=d["sampler"][sl],
+                ref_logp_BxT=d["ref"][sl],
+                kl_coef=0.1,
+            )
             out, metrics = out + loss, metrics + [m]
         return out, jax.tree.map(lambda *x: sum(x), *metrics)
 
@@ -418,7 +494,7 @@ def test_gradient_invariant_to_micro_batch_count(mode, ratio_level):
 
 def test_refill_takes_informative_groups_first_then_tops_up():
     G = 3
-    rewards = np.array([1, 1, 1,  0, 1, 0,  0, 0, 0,  1, 0, 0,  0, 0, 1,  1, 1, 1], np.float32)  # groups 1, 3, 4 vary
+    rewards = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1], np.float32)  # groups 1, 3, 4 vary
     informative = grpo.informative_groups(jnp.asarray(rewards), group_size=G)
     np.testing.assert_array_equal(informative, [False, True, False, True, True, False])
     rows, keep = grpo.refill_rows(informative, group_size=G, num_groups=4)

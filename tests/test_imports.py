@@ -1,6 +1,7 @@
 """The package's import graph: no circles, every folder imports only the folders below it in the data
 flow (docs/CONTRACTS.md "Layout"), `sharding.py` imports nothing of ours, and a function-level import
 is either a heavy optional dependency whose line says why, or absent."""
+
 import ast
 import pathlib
 
@@ -10,8 +11,14 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "rlvr_jax"
 
 # Bottom to top. A module may import modules of its own layer or of any layer below it.
 LAYERS = [
-    {"rlvr_jax", "rlvr_jax.sharding", "rlvr_jax.checkpoint", "rlvr_jax.metrics", "rlvr_jax.cli",
-     "rlvr_jax.config_args"},
+    {
+        "rlvr_jax",
+        "rlvr_jax.sharding",
+        "rlvr_jax.checkpoint",
+        "rlvr_jax.metrics",
+        "rlvr_jax.cli",
+        "rlvr_jax.config_args",
+    },
     {"rlvr_jax.model"},
     {"rlvr_jax.instructions"},  # the IF instruction registry: data writes and validates with it, verifiers check
     {"rlvr_jax.data"},
@@ -59,8 +66,9 @@ def _imports(path: pathlib.Path, known: set[str]) -> list[tuple[str, int, bool]]
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from pkg import sub` names the submodule when there is one, else the package itself
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             continue
         for n in names:
@@ -92,7 +100,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph.get(m, ())):
             if color.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if color.get(n) is None:
                 found = visit(n)
                 if found:
@@ -120,8 +128,12 @@ def test_no_import_cycles():
 
 
 def test_every_folder_imports_only_folders_below_it():
-    bad = [f"{m} (layer {_layer(m)}) imports {n} (layer {_layer(n)})"
-           for m, deps in _graph().items() for n in deps if _layer(n) > _layer(m)]
+    bad = [
+        f"{m} (layer {_layer(m)}) imports {n} (layer {_layer(n)})"
+        for m, deps in _graph().items()
+        for n in deps
+        if _layer(n) > _layer(m)
+    ]
     assert not bad, "\n".join(bad)
 
 

@@ -1,4 +1,5 @@
 """Instruction-following registry: a correctness table per id, validation, loose mode, builders."""
+
 import numpy as np
 import pytest
 
@@ -10,14 +11,30 @@ LT, AL = "less than", "at least"
 # (instruction id, kwargs, response, expected) in strict mode.
 CASES = [
     # change_case:capital_word_frequency: all-caps tokens, boundary of both relations.
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": AL},
-     "This is VERY IMPORTANT.", True),
-    ("change_case:capital_word_frequency", {"capital_frequency": 3, "capital_relation": AL},
-     "This is VERY IMPORTANT.", False),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": LT},
-     "This is VERY IMPORTANT.", False),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": LT},
-     "This is Very IMPORTANT.", True),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": AL},
+        "This is VERY IMPORTANT.",
+        True,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 3, "capital_relation": AL},
+        "This is VERY IMPORTANT.",
+        False,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": LT},
+        "This is VERY IMPORTANT.",
+        False,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": LT},
+        "This is Very IMPORTANT.",
+        True,
+    ),
     # change_case:english_capital
     ("change_case:english_capital", {}, "THIS IS A SHORT ANSWER WRITTEN IN ENGLISH.", True),
     ("change_case:english_capital", {}, "THIS IS A SHORT ANSWER WRITTEN IN ENGLISh.", False),
@@ -27,20 +44,26 @@ CASES = [
     ("change_case:english_lowercase", {}, "this is a short answer written in English.", False),
     ("change_case:english_lowercase", {}, "ceci est une réponse écrite en français aujourd'hui.", False),
     # combination:repeat_prompt: case-insensitive prefix.
-    ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem about cats."},
-     "write a poem about CATS. Cats purr softly.", True),
-    ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem about cats."},
-     "Sure! Write a poem about cats. Cats purr.", False),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Write a poem about cats."},
+        "write a poem about CATS. Cats purr softly.",
+        True,
+    ),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Write a poem about cats."},
+        "Sure! Write a poem about cats. Cats purr.",
+        False,
+    ),
     # combination:two_responses
     ("combination:two_responses", {}, "First answer.\n******\nSecond answer.", True),
     ("combination:two_responses", {}, "Same answer.\n******\nSame answer.", False),
     ("combination:two_responses", {}, "One.\n******\n******\nTwo.", False),  # empty middle
     ("combination:two_responses", {}, "One.\n******\nTwo.\n******\nThree.", False),
     # detectable_content:number_placeholders: "at least", brackets on one line.
-    ("detectable_content:number_placeholders", {"num_placeholders": 2},
-     "Dear [name], see you at [place].", True),
-    ("detectable_content:number_placeholders", {"num_placeholders": 2},
-     "Dear [name], see you at [place\n].", False),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], see you at [place].", True),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], see you at [place\n].", False),
     ("detectable_content:number_placeholders", {"num_placeholders": 3}, "[a] [b]", False),
     # detectable_content:postscript: either marker form, case-insensitive, spaces allowed.
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hi.\n\np.s. bye", True),
@@ -57,21 +80,31 @@ CASES = [
     ("detectable_format:json_format", {}, 'Here is it: {"a": 1}', False),
     ("detectable_format:json_format", {}, "[" * 100_000, False),  # too deep: no crash
     # detectable_format:multiple_sections: splitter + number, case-sensitive, "at least".
-    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
-     "Section 1\nIntro.\nSection 2\nBody.", True),
-    ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},
-     "Section 1\nIntro.\nSection 2\nBody.", False),
-    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 3},
-     "Section 1\nIntro.\nSection 2\nBody.", False),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 2},
+        "Section 1\nIntro.\nSection 2\nBody.",
+        True,
+    ),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "SECTION", "num_sections": 2},
+        "Section 1\nIntro.\nSection 2\nBody.",
+        False,
+    ),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 3},
+        "Section 1\nIntro.\nSection 2\nBody.",
+        False,
+    ),
     # detectable_format:number_bullet_lists: exact count; * and - both count, ** does not.
     ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "Intro\n* a\n- b\n  * c", True),
     ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "* a\n* b\n* c\n* d", False),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n**bold** line\n* b", True),
     # detectable_format:number_highlighted_sections: *x* and **x**; empty ones do not count.
-    ("detectable_format:number_highlighted_sections", {"num_highlights": 2},
-     "A *first* and **second** one.", True),
-    ("detectable_format:number_highlighted_sections", {"num_highlights": 2},
-     "A *first* and ** ** one.", False),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "A *first* and **second** one.", True),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "A *first* and ** ** one.", False),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "*across\nlines*", False),
     # detectable_format:title
     ("detectable_format:title", {}, "<<My Title>>\nText.", True),
@@ -94,28 +127,39 @@ CASES = [
     ("keywords:letter_frequency", {"letter": "z", "let_frequency": 1, "let_relation": LT}, "A banana", True),
     ("keywords:letter_frequency", {"letter": "A", "let_frequency": 4, "let_relation": LT}, "A banana", False),
     # language:response_language
-    ("language:response_language", {"language": "fr"},
-     "Bonjour, je suis très content de vous voir aujourd'hui.", True),
-    ("language:response_language", {"language": "fr"},
-     "Hello, I am very happy to see you today, my friend.", False),
+    ("language:response_language", {"language": "fr"}, "Bonjour, je suis très content de vous voir aujourd'hui.", True),
+    ("language:response_language", {"language": "fr"}, "Hello, I am very happy to see you today, my friend.", False),
     ("language:response_language", {"language": "en"}, "12345 !!!", False),  # nothing to judge
     # length_constraints:nth_paragraph_first_word: count must match, word before punctuation.
-    ("length_constraints:nth_paragraph_first_word",
-     {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "Then"},
-     "First part.\n\n\"Then, we go.\"", True),
-    ("length_constraints:nth_paragraph_first_word",
-     {"num_paragraphs": 3, "nth_paragraph": 2, "first_word": "then"},
-     "First part.\n\nThen we go.", False),
-    ("length_constraints:nth_paragraph_first_word",
-     {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
-     "First part.\n\nThereafter we go.", False),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "Then"},
+        "First part.\n\n\"Then, we go.\"",
+        True,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 3, "nth_paragraph": 2, "first_word": "then"},
+        "First part.\n\nThen we go.",
+        False,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+        "First part.\n\nThereafter we go.",
+        False,
+    ),
     # length_constraints:number_paragraphs: *** dividers, edge dividers tolerated, inner empty not.
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "One.\n***\nTwo.\n***", True),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "One.\n***\n***\nTwo.", False),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\nTwo.", False),
     # length_constraints:number_sentences: abbreviations and decimals do not split.
-    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": LT},
-     "Dr. Smith paid 3.50 dollars at 5 p.m. today.", True),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 2, "relation": LT},
+        "Dr. Smith paid 3.50 dollars at 5 p.m. today.",
+        True,
+    ),
     ("length_constraints:number_sentences", {"num_sentences": 2, "relation": LT}, "One. Two!", False),
     ("length_constraints:number_sentences", {"num_sentences": 2, "relation": AL}, "One. Two!", True),
     ("length_constraints:number_sentences", {"num_sentences": 3, "relation": AL}, "One. Two?", False),
@@ -159,10 +203,18 @@ TRAIN_CASES = [
     ("new:copy_span_idx", {"prompt_to_repeat": "hello world", "n_start": 0, "n_end": 5}, "Hello", True),
     ("copy:copying_multiple", {"prompt_to_repeat": "Hi.", "N": 2}, "Hi.\n******\nhi.", True),
     ("copy:copying_multiple", {"prompt_to_repeat": "Hi.", "N": 3}, "Hi.\n******\nhi.", False),
-    ("copy:repeat_phrase", {"phrase": "the quick fox jumps", "small_n": 2},
-     "the slow fox jumps and the quick cat jumps", True),
-    ("copy:repeat_phrase", {"phrase": "the quick fox jumps", "small_n": 2},
-     "the quick fox jumps and the quick fox jumps", False),
+    (
+        "copy:repeat_phrase",
+        {"phrase": "the quick fox jumps", "small_n": 2},
+        "the slow fox jumps and the quick cat jumps",
+        True,
+    ),
+    (
+        "copy:repeat_phrase",
+        {"phrase": "the quick fox jumps", "small_n": 2},
+        "the quick fox jumps and the quick fox jumps",
+        False,
+    ),
     ("keywords:word_once", {"keyword": "moon"}, "The Moon rose.", True),
     ("keywords:word_once", {"keyword": "moon"}, "moon moon", False),
     ("keywords:exclude_word_harder", {"keyword": "tree", "instruction": "x"}, "Trees grow.", True),
@@ -190,8 +242,7 @@ TRAIN_CASES = [
     ("count:lowercase_counting", {"N": 2}, "three small words", False),
     ("letters:letter_counting", {"N": 5, "relation": LT}, "abcd 123", True),
     ("letters:letter_counting2", {"letter": "b", "let_frequency": 2, "let_relation": AL}, "Bob", True),
-    ("count:counting_composition", {"n_sent": 1, "n_words": 2},
-     "I ran.\n* * *\nYou sat.\n***\nWe ate.", True),
+    ("count:counting_composition", {"n_sent": 1, "n_words": 2}, "I ran.\n* * *\nYou sat.\n***\nWe ate.", True),
     ("count:counting_composition", {"n_sent": 1, "n_words": 2}, "I ran.\n***\nYou sat.", False),
     ("count:count_unique", {}, "Every word differs here.", True),
     ("count:count_unique", {}, "The cat and the dog.", False),
@@ -199,10 +250,18 @@ TRAIN_CASES = [
     ("count:count_increment_word", {"keyword1": "red", "keyword2": "blue"}, "red blue", False),
     ("keywords:palindrome", {}, "I saw a racecar.", True),
     ("keywords:palindrome", {}, "I saw a car.", False),
-    ("keywords:keyword_specific_position", {"keyword": "blue", "n": 2, "m": 3},
-     "Hello there. The sky, blue today.", True),
-    ("keywords:keyword_specific_position", {"keyword": "blue", "n": 1, "m": 3},
-     "Hello there. The sky blue today.", False),
+    (
+        "keywords:keyword_specific_position",
+        {"keyword": "blue", "n": 2, "m": 3},
+        "Hello there. The sky, blue today.",
+        True,
+    ),
+    (
+        "keywords:keyword_specific_position",
+        {"keyword": "blue", "n": 1, "m": 3},
+        "Hello there. The sky blue today.",
+        False,
+    ),
     ("keywords:start_end", {}, "Home is where I go home", True),
     ("keywords:start_end", {}, "Home is where I go home.", False),
 ]
@@ -246,20 +305,23 @@ def test_loose_mode_forgives_wrapper_lines_and_asterisks():
             assert ifr.check(iid, kwargs, response, prompt="p", strict=False), (iid, response)
 
 
-@pytest.mark.parametrize("iid,kwargs,needle", [
-    ("no:such_id", {}, "no:such_id"),
-    ("keywords:frequency", {"keyword": "a", "relation": AL}, "frequency"),  # missing
-    ("keywords:frequency", {"keyword": "a", "frequency": 2, "relation": "more than"}, "relation"),
-    ("keywords:frequency", {"keyword": "a", "frequency": "2", "relation": AL}, "frequency"),
-    ("keywords:frequency", {"keyword": "a", "frequency": 2.5, "relation": AL}, "frequency"),
-    ("keywords:frequency", {"keyword": "a", "frequency": True, "relation": AL}, "frequency"),
-    ("keywords:existence", {"keywords": "cat"}, "keywords"),
-    ("keywords:existence", {"keywords": ["cat"], "num_words": 3}, "num_words"),  # unknown
-    ("startend:end_checker", {"end_phrase": "  "}, "end_phrase"),
-    ("language:response_language", {"language": "english"}, "language"),
-    ("keywords:letter_frequency", {"letter": "ab", "let_frequency": 1, "let_relation": AL}, "letter"),
-    ("length_constraints:number_paragraphs", {"num_paragraphs": 0}, "num_paragraphs"),
-])
+@pytest.mark.parametrize(
+    "iid,kwargs,needle",
+    [
+        ("no:such_id", {}, "no:such_id"),
+        ("keywords:frequency", {"keyword": "a", "relation": AL}, "frequency"),  # missing
+        ("keywords:frequency", {"keyword": "a", "frequency": 2, "relation": "more than"}, "relation"),
+        ("keywords:frequency", {"keyword": "a", "frequency": "2", "relation": AL}, "frequency"),
+        ("keywords:frequency", {"keyword": "a", "frequency": 2.5, "relation": AL}, "frequency"),
+        ("keywords:frequency", {"keyword": "a", "frequency": True, "relation": AL}, "frequency"),
+        ("keywords:existence", {"keywords": "cat"}, "keywords"),
+        ("keywords:existence", {"keywords": ["cat"], "num_words": 3}, "num_words"),  # unknown
+        ("startend:end_checker", {"end_phrase": "  "}, "end_phrase"),
+        ("language:response_language", {"language": "english"}, "language"),
+        ("keywords:letter_frequency", {"letter": "ab", "let_frequency": 1, "let_relation": AL}, "letter"),
+        ("length_constraints:number_paragraphs", {"num_paragraphs": 0}, "num_paragraphs"),
+    ],
+)
 def test_validation_errors_name_the_culprit(iid, kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         ifr.validate_kwargs(iid, kwargs)
@@ -268,11 +330,9 @@ def test_validation_errors_name_the_culprit(iid, kwargs, needle):
 
 
 def test_ifeval_rows_none_means_absent_and_float_ints_are_ints():
-    row = {"num_highlights": None, "relation": "at least", "num_words": 3.0, "keywords": None,
-           "frequency": None}
+    row = {"num_highlights": None, "relation": "at least", "num_words": 3.0, "keywords": None, "frequency": None}
     ifr.validate_kwargs("length_constraints:number_words", row)
-    assert ifr.normalize_kwargs("length_constraints:number_words", row) == {
-        "num_words": 3, "relation": AL}
+    assert ifr.normalize_kwargs("length_constraints:number_words", row) == {"num_words": 3, "relation": AL}
     ifr.validate_kwargs("punctuation:no_comma", {"num_words": None})
     assert ifr.normalize_kwargs("punctuation:no_comma", None) == {}
     # Zeros are values, not absences.
@@ -285,8 +345,11 @@ def test_check_all_and_verify_if():
     with pytest.raises(ValueError, match="kwargs"):
         ifr.check_all(ids, [{}], '"a"', prompt="")
     record = {"domain": "if", "ground_truth": {"instruction_ids": ids, "kwargs": [{}, {}], "prompt": "p"}}
-    assert ifr.verify_if(record, '"a b"') == (1.0, "ok", {
-        "instruction_ids": ids, "strict": True, "followed": [True, True], "fraction": 1.0})
+    assert ifr.verify_if(record, '"a b"') == (
+        1.0,
+        "ok",
+        {"instruction_ids": ids, "strict": True, "followed": [True, True], "fraction": 1.0},
+    )
     reward, reason, details = ifr.verify_if(record, '"a, b"')
     assert (reward, reason, details["followed"], details["fraction"]) == (0.0, "wrong", [False, True], 0.5)
     assert ifr.verify_if(record, "   ")[:2] == (0.0, "no_answer")
@@ -297,7 +360,11 @@ def test_check_all_and_verify_if():
 
 def test_text_units():
     assert text.split_sentences("Mr. Smith paid $3.50. Did he? Yes... he did! The U.S. is big") == [
-        "Mr. Smith paid $3.50.", "Did he?", "Yes... he did!", "The U.S. is big"]
+        "Mr. Smith paid $3.50.",
+        "Did he?",
+        "Yes... he did!",
+        "The U.S. is big",
+    ]
     assert text.count_sentences("* * *\n- \n") == 0
     assert text.count_words("It's well-known: 3 cats.") == 6  # It, s, well, known, 3, cats
     assert text.tokens("DON'T stop, U.S. well-known!") == ["DON'T", "stop", ",", "U.S.", "well-known", "!"]
@@ -318,13 +385,19 @@ def test_degenerate_outputs_stay_fast():
 
     start = time.perf_counter()
     for blob in ("<" * 200_000, "[" * 200_000, "!" * 200_000, "\n" * 200_000 + "x", "*" * 200_000):
-        for iid in ("detectable_format:title", "detectable_content:number_placeholders",
-                    "detectable_format:number_bullet_lists", "length_constraints:number_sentences",
-                    "detectable_format:number_highlighted_sections"):
-            kw = {"detectable_content:number_placeholders": {"num_placeholders": 1},
-                  "detectable_format:number_bullet_lists": {"num_bullets": 1},
-                  "length_constraints:number_sentences": {"num_sentences": 1, "relation": AL},
-                  "detectable_format:number_highlighted_sections": {"num_highlights": 1}}.get(iid, {})
+        for iid in (
+            "detectable_format:title",
+            "detectable_content:number_placeholders",
+            "detectable_format:number_bullet_lists",
+            "length_constraints:number_sentences",
+            "detectable_format:number_highlighted_sections",
+        ):
+            kw = {
+                "detectable_content:number_placeholders": {"num_placeholders": 1},
+                "detectable_format:number_bullet_lists": {"num_bullets": 1},
+                "length_constraints:number_sentences": {"num_sentences": 1, "relation": AL},
+                "detectable_format:number_highlighted_sections": {"num_highlights": 1},
+            }.get(iid, {})
             ifr.check(iid, kw, blob, prompt="")
     # Quadratic regexes take minutes here; linear scans take well under a second.
     assert time.perf_counter() - start < 5.0

@@ -1,9 +1,11 @@
 """Merge methods against plain numpy implementations of their definitions, on one device and a (2,2,2) mesh."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rlvr_jax.merging import methods as M
 from rlvr_jax.model import params_io
@@ -46,6 +48,7 @@ def models(k=3, seed=0, quantized=False, scale=1e-2, shapes=SHAPES):
         if quantized:
             return (rng.integers(-int(s * 64), int(s * 64) + 1, size=shape) / 64.0).astype(np.float32)
         return (s * rng.standard_normal(shape)).astype(np.float32)
+
     anchor = {p: draw(s, 8 if quantized else 1.0) for p, s in shapes.items()}
     experts = [{p: x + draw(x.shape, 4 if quantized else scale) for p, x in anchor.items()} for _ in range(k)]
     return anchor, experts
@@ -72,8 +75,10 @@ def np_disjoint(ts, w):
 def np_ties(anchor, experts, density, scope, w, lam=1.0, masks=None, drop=0.0):
     ts = taus(anchor, experts)
     if masks is not None:  # DARE applied with our masks (the RNG is jax's), then numpy TIES
-        ts = [{p: np.where(masks[k][p], t[p] * np.float32(1 / (1 - drop)), 0).astype(np.float32) for p in t}
-              for k, t in enumerate(ts)]
+        ts = [
+            {p: np.where(masks[k][p], t[p] * np.float32(1 / (1 - drop)), 0).astype(np.float32) for p in t}
+            for k, t in enumerate(ts)
+        ]
     out = {}
     for p in anchor:
         kept = []
@@ -101,6 +106,7 @@ def shard(tree, mesh):
     def put(x):
         spec = P("fsdp", "tensor") if x.ndim >= 2 else P("fsdp")
         return jax.device_put(x, NamedSharding(mesh, spec))
+
     return jax.tree.map(put, tree)
 
 
@@ -108,12 +114,15 @@ def test_average_and_task_arithmetic_match_numpy():
     a, xs = models()
     ts = taus(a, xs)
     w = np.array([0.5, 1.0, 2.0], np.float32)
-    check(M.average(_tree(a), [_tree(x) for x in xs]),
-          {p: a[p] + sum(t[p] for t in ts) / 3 for p in a})
-    check(M.average(_tree(a), [_tree(x) for x in xs], weights=w),
-          {p: a[p] + sum(w[k] * ts[k][p] for k in range(3)) / w.sum() for p in a})
-    check(M.task_arithmetic(_tree(a), [_tree(x) for x in xs], weights=w, scale=0.7),
-          {p: a[p] + 0.7 * sum(w[k] * ts[k][p] for k in range(3)) for p in a})
+    check(M.average(_tree(a), [_tree(x) for x in xs]), {p: a[p] + sum(t[p] for t in ts) / 3 for p in a})
+    check(
+        M.average(_tree(a), [_tree(x) for x in xs], weights=w),
+        {p: a[p] + sum(w[k] * ts[k][p] for k in range(3)) / w.sum() for p in a},
+    )
+    check(
+        M.task_arithmetic(_tree(a), [_tree(x) for x in xs], weights=w, scale=0.7),
+        {p: a[p] + 0.7 * sum(w[k] * ts[k][p] for k in range(3)) for p in a},
+    )
 
 
 @pytest.mark.parametrize("scope", ["global", "tensor"])
@@ -140,8 +149,15 @@ def test_global_threshold_is_exact_kth_largest_with_ties(mesh):
         # documented tie semantics: `>= threshold` keeps every entry tied with the k-th largest
         kept = int((vals >= got[k, 2]).sum())
         assert kept >= n // 5 and kept == int((vals > got[k, 2]).sum()) + int((vals == got[k, 2]).sum())
-    assert (got[:, 2] == 0).sum() == 0 and (ranks[:, 2] < np.array([(np.concatenate(
-        [np.abs(t[p]).ravel() for p in paths]) == got[k, 2]).sum() + n // 5 for k, t in enumerate(ts)])).all()
+    assert (got[:, 2] == 0).sum() == 0 and (
+        ranks[:, 2]
+        < np.array(
+            [
+                (np.concatenate([np.abs(t[p]).ravel() for p in paths]) == got[k, 2]).sum() + n // 5
+                for k, t in enumerate(ts)
+            ]
+        )
+    ).all()
     assert M.kth_largest(M._v_abs_tau, items, np.zeros((4, 1), int))[0, 0] == np.inf
 
 
@@ -169,7 +185,7 @@ def test_breadcrumbs_and_sce_match_numpy():
         var = ((T - T.mean(0)) ** 2).mean(0)
         sel = var >= kth(var.ravel(), M.keep_count(0.5, var.size))
         T = np.where(sel, T, 0)
-        ref[p] = a[p] + np_disjoint(list(T), (T ** 2).reshape(4, -1).mean(1))
+        ref[p] = a[p] + np_disjoint(list(T), (T**2).reshape(4, -1).mean(1))
     check(M.sce(_tree(a), [_tree(x) for x in xs], density=0.5), ref, tol=1e-5)
 
 
@@ -185,10 +201,14 @@ def test_slerp_and_model_stock_match_numpy():
             return (1 - t) * v0 + t * v1
         th = np.arccos(dot)
         return (np.sin((1 - t) * th) * v0 + np.sin(t * th) * v1) / np.sin(th)
-    check(M.slerp(_tree(a), [_tree(xs[0]), _tree(far)], t=0.3),
-          {p: np_slerp(xs[0][p], far[p], 0.3) for p in a}, tol=2e-5)
-    check(M.slerp(_tree(a), [_tree(xs[1])], t=0.25),  # anchor-expert: colinear, so linear
-          {p: 0.75 * a[p] + 0.25 * xs[1][p] for p in a})
+
+    check(
+        M.slerp(_tree(a), [_tree(xs[0]), _tree(far)], t=0.3), {p: np_slerp(xs[0][p], far[p], 0.3) for p in a}, tol=2e-5
+    )
+    check(
+        M.slerp(_tree(a), [_tree(xs[1])], t=0.25),  # anchor-expert: colinear, so linear
+        {p: 0.75 * a[p] + 0.25 * xs[1][p] for p in a},
+    )
 
     ts = taus(a, xs)
     ref = {}
@@ -226,23 +246,32 @@ def test_dare_statistics_and_numpy_equivalence():
     # rescaling keeps the task vector unbiased: mean of the merged delta ~ mean of the plain sum
     d_dare = np.concatenate([(got[p] - a[p]).ravel() for p in a])
     d_ta = np.concatenate([(ts[0][p] + ts[1][p]).ravel() for p in a])
-    assert abs(d_dare.sum() - d_ta.sum()) < 6 * np.sqrt((d_ta ** 2).sum() * 0.25)
+    assert abs(d_dare.sum() - d_ta.sum()) < 6 * np.sqrt((d_ta**2).sum() * 0.25)
 
     w = np.ones(2, np.float32)
     got = M.dare_ties(_tree(a), [_tree(x) for x in xs], drop_rate=p_drop, seed=11, density=0.4)
     check(got, np_ties(a, xs, 0.4, "global", w, masks=masks, drop=p_drop))
 
 
-
-
-@pytest.mark.parametrize("name,kw", [
-    ("average", {}), ("task_arithmetic", {"scale": 0.5}), ("ties", {"density": 0.3}),
-    ("ties", {"density": 0.3, "trim_scope": "tensor"}), ("dare_ties", {"seed": 3}),
-    ("dare_task_arithmetic", {"seed": 3}), ("breadcrumbs", {}), ("sce", {"density": 0.5}),
-    ("model_stock", {}), ("slerp", {"t": 0.4})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("average", {}),
+        ("task_arithmetic", {"scale": 0.5}),
+        ("ties", {"density": 0.3}),
+        ("ties", {"density": 0.3, "trim_scope": "tensor"}),
+        ("dare_ties", {"seed": 3}),
+        ("dare_task_arithmetic", {"seed": 3}),
+        ("breadcrumbs", {}),
+        ("sce", {"density": 0.5}),
+        ("model_stock", {}),
+        ("slerp", {"t": 0.4}),
+    ],
+)
 def test_mesh_equals_single_device(mesh, name, kw):
-    a, xs = models(k=2 if name == "slerp" or "dare" in name else 3, seed=6,
-                   shapes=DARE_SHAPES if "dare" in name else MESH_SHAPES)
+    a, xs = models(
+        k=2 if name == "slerp" or "dare" in name else 3, seed=6, shapes=DARE_SHAPES if "dare" in name else MESH_SHAPES
+    )
     A, X = _tree(a), [_tree(x) for x in xs]
     As, Xs = shard(A, mesh), [shard(x, mesh) for x in X]
     one = _flat(M.MERGE_METHODS[name](A, X, **kw))
@@ -302,8 +331,17 @@ def test_validation_names_the_first_bad_tensor():
 
 
 def test_registry_and_options():
-    assert set(M.MERGE_METHODS) == {"average", "task_arithmetic", "ties", "dare_ties", "dare_task_arithmetic",
-                                    "sce", "slerp", "breadcrumbs", "model_stock"}
+    assert set(M.MERGE_METHODS) == {
+        "average",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_task_arithmetic",
+        "sce",
+        "slerp",
+        "breadcrumbs",
+        "model_stock",
+    }
     assert "trim_scope" in M.method_options("dare_ties") and "weights" not in M.method_options("sce")
     assert M.keep_count(0.2, 10) == 2 and M.keep_count(0.2, 1) == 1 and M.keep_count(1.0, 7) == 7
 
@@ -319,34 +357,87 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
     from rlvr_jax.merging import cli as merge_cli
     from rlvr_jax.model.decoder import Decoder, ModelConfig
 
-    cfg = ModelConfig(family="qwen3", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
-                      num_heads=2, num_kv_heads=1, head_dim=8, qk_norm=True)
+    cfg = ModelConfig(
+        family="qwen3",
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        qk_norm=True,
+    )
     mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1))
 
     def save(name, seed, c=cfg):
         _, params, _ = sharding.create_sharded(lambda: Decoder(c, rngs=nnx.Rngs(seed)), mesh)
         params_io.save_params_any(params, c, str(tmp_path / name), "orbax")
         return str(tmp_path / name)
+
     anchor, e1, e2 = save("anchor", 0), save("math", 1), save("code", 2)
     # cheap linear merges here: every method's math is checked above, this checks the plumbing
-    rc = merge_cli.main(["--anchor", anchor, "--experts", f"{e1},{e2}", "--method", "task_arithmetic",
-                         "--scale", "0.5", "--weights", "1,2", "--out", str(tmp_path / "ta")])
+    rc = merge_cli.main(
+        [
+            "--anchor",
+            anchor,
+            "--experts",
+            f"{e1},{e2}",
+            "--method",
+            "task_arithmetic",
+            "--scale",
+            "0.5",
+            "--weights",
+            "1,2",
+            "--out",
+            str(tmp_path / "ta"),
+        ]
+    )
     assert rc == 0
     loaded = [params_io.load_params_any(p, mesh)[2] for p in (anchor, e1, e2, str(tmp_path / "ta"))]
     want = M.task_arithmetic(loaded[0], loaded[1:3], scale=0.5, weights=[1.0, 2.0])
     check(loaded[3], _flat(want))
     assert json.load(open(tmp_path / "ta" / "merge_recipe.json"))["options"] == {"scale": 0.5}
 
-    assert merge_cli.main(["--anchor", anchor, "--experts", e1, "--method", "average", "--density", "0.3",
-                           "--out", str(tmp_path / "x")]) == 2  # an option the method does not take
+    assert (
+        merge_cli.main(
+            [
+                "--anchor",
+                anchor,
+                "--experts",
+                e1,
+                "--method",
+                "average",
+                "--density",
+                "0.3",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )  # an option the method does not take
     other = save("wide", 3, dataclasses.replace(cfg, rope_theta=1e6))
-    assert merge_cli.main(["--anchor", anchor, "--experts", other, "--method", "average",
-                           "--out", str(tmp_path / "y")]) == 2
+    assert (
+        merge_cli.main(["--anchor", anchor, "--experts", other, "--method", "average", "--out", str(tmp_path / "y")])
+        == 2
+    )
     # recipe file with per-expert weights, overridden from the command line
-    rc = merge_cli.main(["--config", "configs/merge.py:average", f"--config.anchor={anchor}",
-                         f"--config.experts.math.path={e1}", f"--config.experts.code.path={e2}",
-                         f"--config.experts.science.path={e1}", f"--config.experts.if.path={e2}",
-                         "--config.experts.code.weight=0.5", "--dtype", "bfloat16", "--out", str(tmp_path / "avg")])
+    rc = merge_cli.main(
+        [
+            "--config",
+            "configs/merge.py:average",
+            f"--config.anchor={anchor}",
+            f"--config.experts.math.path={e1}",
+            f"--config.experts.code.path={e2}",
+            f"--config.experts.science.path={e1}",
+            f"--config.experts.if.path={e2}",
+            "--config.experts.code.weight=0.5",
+            "--dtype",
+            "bfloat16",
+            "--out",
+            str(tmp_path / "avg"),
+        ]
+    )
     assert rc == 0
     out_cfg, _, got = params_io.load_params_any(str(tmp_path / "avg"), mesh)
     assert out_cfg.param_dtype == "bfloat16"

@@ -1,5 +1,6 @@
 """Mixtures: exact resume (across an epoch boundary, with two processes, onto another host count),
 per-epoch reshuffling, proportional vs explicit weights, prompt building with the length limit."""
+
 import json
 from collections import Counter
 
@@ -44,7 +45,7 @@ def test_each_epoch_is_a_fresh_permutation_of_all_prompts():
     mix = PromptMixture(sources(), batch_size=4, seed=0)
     stream = [x for b in take(mix, 12) for x in b]
     everything = sorted(x["id"] for xs in sources().values() for x in xs)
-    epochs = [stream[i * 16:(i + 1) * 16] for i in range(3)]
+    epochs = [stream[i * 16 : (i + 1) * 16] for i in range(3)]
     assert all(sorted(e) == everything for e in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
     # Nearby seeds give unrelated streams (grain alone would make seed 1's epoch 0 seed 0's epoch 1).
@@ -89,7 +90,7 @@ def test_proportional_vs_explicit_weights():
     assert counts == {"math": 30, "code": 30, "science": 60}
     # Each domain is walked in full before it repeats (per-domain epochs).
     code = [x for x in stream if x.startswith("code")]
-    assert all(sorted(code[i:i + 3]) == ["code0", "code1", "code2"] for i in range(0, 30, 3))
+    assert all(sorted(code[i : i + 3]) == ["code0", "code1", "code2"] for i in range(0, 30, 3))
 
 
 def test_state_mismatch_and_bad_config_errors():
@@ -133,8 +134,12 @@ def test_prompts_template_prefix_system_and_length_limit():
 
     prompt_ids, target_ids = sft_example(recs[0], tok, PromptConfig(thinking=True))
     text = tok.decode(prompt_ids + target_ids)
-    assert text == tok.apply_chat_template(recs[0]["messages"], thinking=True) + \
-        recs[0]["metadata"]["reference"][len("<think>\n"):] + "<|im_end|>"
+    assert (
+        text
+        == tok.apply_chat_template(recs[0]["messages"], thinking=True)
+        + recs[0]["metadata"]["reference"][len("<think>\n") :]
+        + "<|im_end|>"
+    )
     assert target_ids[-1] == tok.eos_ids[0]
 
 

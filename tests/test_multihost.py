@@ -1,4 +1,5 @@
 """Two local processes x 4 CPU devices (gloo collectives) train exactly like one process x 8 devices."""
+
 import os
 import socket
 import subprocess
@@ -12,38 +13,63 @@ from tests.test_train import REPO, TINY_OVERRIDES
 
 
 def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _cmd(workdir, extra=()):
-  return [sys.executable, "-m", "rlvr_jax.rl.train", "--config=configs/grpo.py:multi,tiny", f"--workdir={workdir}",
-          "--config.train.steps=2", "--config.train.checkpoint_every=1", "--config.rollout.prompts_per_step=8",
-          *TINY_OVERRIDES[:3], *TINY_OVERRIDES[4:], "--config.verifier.workers=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "rlvr_jax.rl.train",
+        "--config=configs/grpo.py:multi,tiny",
+        f"--workdir={workdir}",
+        "--config.train.steps=2",
+        "--config.train.checkpoint_every=1",
+        "--config.rollout.prompts_per_step=8",
+        *TINY_OVERRIDES[:3],
+        *TINY_OVERRIDES[4:],
+        "--config.verifier.workers=1",
+        *extra,
+    ]
 
 
 def _env(devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-  return env
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return env
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-  one = subprocess.run(_cmd(tmp_path / "one"), cwd=REPO, env=_env(8), capture_output=True, text=True,
-                       timeout=600)
-  assert one.returncode == 0, one.stderr[-3000:]
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(tmp_path / "two", ["--config.distributed.enabled=on", f"--config.distributed.coordinator=127.0.0.1:{port}",
-                              "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]),
-      cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  errs = [p.communicate(timeout=600)[1] for p in procs]
-  assert all(p.returncode == 0 for p in procs), "\n\n".join(e[-3000:] for e in errs)
-  a = {r["step"]: r for r in read_jsonl(str(tmp_path / "one" / "metrics_train.jsonl"))}
-  b = {r["step"]: r for r in read_jsonl(str(tmp_path / "two" / "metrics_train.jsonl"))}
-  assert sorted(a) == sorted(b) == [1, 2]
-  for step in (1, 2):
-    for key in ("reward/mean", "loss/policy", "grad/global_norm", "response_length/mean", "entropy"):
-      np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-4, atol=1e-6, err_msg=f"{step} {key}")
-  assert (tmp_path / "two" / "checkpoints" / "2").is_dir()
+    one = subprocess.run(_cmd(tmp_path / "one"), cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                tmp_path / "two",
+                [
+                    "--config.distributed.enabled=on",
+                    f"--config.distributed.coordinator=127.0.0.1:{port}",
+                    "--config.distributed.num_processes=2",
+                    f"--config.distributed.process_id={i}",
+                ],
+            ),
+            cwd=REPO,
+            env=_env(4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(e[-3000:] for e in errs)
+    a = {r["step"]: r for r in read_jsonl(str(tmp_path / "one" / "metrics_train.jsonl"))}
+    b = {r["step"]: r for r in read_jsonl(str(tmp_path / "two" / "metrics_train.jsonl"))}
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in (1, 2):
+        for key in ("reward/mean", "loss/policy", "grad/global_norm", "response_length/mean", "entropy"):
+            np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-4, atol=1e-6, err_msg=f"{step} {key}")
+    assert (tmp_path / "two" / "checkpoints" / "2").is_dir()

@@ -1,4 +1,5 @@
 """rlvr_jax.rl.optim: weight-decay mask, schedules, and clip + AdamW against a numpy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,17 @@ import pytest
 
 from rlvr_jax.rl import optim
 
-STUDY = dict(learning_rate=2e-6, schedule="constant", warmup_steps=0, total_steps=400, weight_decay=0.1,
-             b1=0.9, b2=0.98, eps=1e-8, grad_clip_norm=1.0)
+STUDY = dict(
+    learning_rate=2e-6,
+    schedule="constant",
+    warmup_steps=0,
+    total_steps=400,
+    weight_decay=0.1,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-8,
+    grad_clip_norm=1.0,
+)
 
 
 def _params():
@@ -17,8 +27,10 @@ def _params():
     return {
         "embed": {"embedding": a(5, 3)},
         "layers": [
-            {"attn": {"q_proj": {"kernel": a(3, 2), "bias": a(2)}, "q_norm": {"scale": a(2)}},
-             "input_norm": {"scale": a(3)}},
+            {
+                "attn": {"q_proj": {"kernel": a(3, 2), "bias": a(2)}, "q_norm": {"scale": a(2)}},
+                "input_norm": {"scale": a(3)},
+            },
             {"mlp": {"up_proj": {"kernel": a(3, 4)}}},
         ],
         "final_norm": {"scale": a(3)},
@@ -79,12 +91,14 @@ def test_adamw_with_clip_matches_numpy(clip):
     rng = np.random.default_rng(1)
     # gradient norms far above and below the clip, so clipping changes Adam's moments, not just a scale
     scales = [30.0, 0.05, 5.0, 0.2]
-    grads_seq = [jax.tree.map(lambda x, s=s: jnp.asarray(rng.normal(0, s, x.shape), jnp.float32), params)
-                 for s in scales]
+    grads_seq = [
+        jax.tree.map(lambda x, s=s: jnp.asarray(rng.normal(0, s, x.shape), jnp.float32), params) for s in scales
+    ]
     hp = dict(STUDY, learning_rate=0.01, schedule="linear_warmup_constant", warmup_steps=2, grad_clip_norm=clip)
     tx = optim.make_optimizer(**hp)
     state = tx.init(params)
     got = params
+
     @jax.jit
     def step(g, s, p):
         upd, s = tx.update(g, s, p)

@@ -1,4 +1,5 @@
 """Record validation: every domain's ground truth, FILE:LINE: field errors, JSONL and parquet files."""
+
 import copy
 import json
 
@@ -10,15 +11,29 @@ from rlvr_jax.data.records import RecordError, load_records, validate_record, wr
 GOOD = {
     "math": {"answers": ["12", "\\frac{1}{2}"]},
     "science": {"answer": "C", "choices": ["A", "B", "C", "D"]},
-    "if": {"instruction_ids": ["punctuation:no_comma", "length_constraints:number_words"],
-           "kwargs": [{}, {"num_words": 50, "relation": "less than"}], "prompt": "Write."},
-    "code": {"tests": [{"input": "1 2\n", "output": "3\n"}], "fn_name": None, "time_limit_s": 2, "memory_limit_mb": 256},
+    "if": {
+        "instruction_ids": ["punctuation:no_comma", "length_constraints:number_words"],
+        "kwargs": [{}, {"num_words": 50, "relation": "less than"}],
+        "prompt": "Write.",
+    },
+    "code": {
+        "tests": [{"input": "1 2\n", "output": "3\n"}],
+        "fn_name": None,
+        "time_limit_s": 2,
+        "memory_limit_mb": 256,
+    },
 }
 
 
 def record(domain="math", **over):
-    r = {"id": "r1", "domain": domain, "messages": [{"role": "user", "content": "Q?"}],
-         "ground_truth": copy.deepcopy(GOOD.get(domain, GOOD["math"])), "source": "test", "metadata": {}}
+    r = {
+        "id": "r1",
+        "domain": domain,
+        "messages": [{"role": "user", "content": "Q?"}],
+        "ground_truth": copy.deepcopy(GOOD.get(domain, GOOD["math"])),
+        "source": "test",
+        "metadata": {},
+    }
     r.update(over)
     return r
 
@@ -59,8 +74,11 @@ BAD = [
     (record(messages=[]), "messages", "empty list"),
     (record(messages=[{"role": "user", "content": 3}]), "messages[0].content", "expected a string"),
     (record(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "not one of"),
-    (record(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]),
-     "messages[1].role", "end with a user message"),
+    (
+        record(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]),
+        "messages[1].role",
+        "end with a user message",
+    ),
     (record(ground_truth=[1]), "ground_truth", "expected an object"),
     (record(groundtruth={}), "groundtruth", "unknown field"),
     (record(metadata=[]), "metadata", "expected an object"),
@@ -90,11 +108,19 @@ def test_bad_records_name_file_line_field(obj, field, what):
 
 
 @pytest.mark.skipif(not registry_available(), reason="IF registry not installed")
-@pytest.mark.parametrize("ids,kwargs,field,what", [
-    (["no:such_instruction"], [{}], "ground_truth.instruction_ids[0]", "unknown instruction"),
-    (["length_constraints:number_words"], [{"relation": "less than"}], "ground_truth.kwargs[0]", "num_words"),
-    (["length_constraints:number_words"], [{"num_words": 5, "relation": "about"}], "ground_truth.kwargs[0]", "relation"),
-])
+@pytest.mark.parametrize(
+    "ids,kwargs,field,what",
+    [
+        (["no:such_instruction"], [{}], "ground_truth.instruction_ids[0]", "unknown instruction"),
+        (["length_constraints:number_words"], [{"relation": "less than"}], "ground_truth.kwargs[0]", "num_words"),
+        (
+            ["length_constraints:number_words"],
+            [{"num_words": 5, "relation": "about"}],
+            "ground_truth.kwargs[0]",
+            "relation",
+        ),
+    ],
+)
 def test_if_registry_checks(ids, kwargs, field, what):
     r = with_gt("if", instruction_ids=ids, kwargs=kwargs)
     with pytest.raises(RecordError) as e:
@@ -104,8 +130,14 @@ def test_if_registry_checks(ids, kwargs, field, what):
 
 def test_load_jsonl_line_numbers_and_skip(tmp_path):
     path = tmp_path / "r.jsonl"
-    lines = [json.dumps(record(id="a")), "", json.dumps(record(id="b")), "{not json",
-             json.dumps(with_gt("math", answers=[])), json.dumps(record(id="c"))]
+    lines = [
+        json.dumps(record(id="a")),
+        "",
+        json.dumps(record(id="b")),
+        "{not json",
+        json.dumps(with_gt("math", answers=[])),
+        json.dumps(record(id="c")),
+    ]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(RecordError, match=rf"^{path}:4: field '<line>': invalid JSON"):
         load_records(str(path))

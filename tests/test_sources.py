@@ -1,4 +1,5 @@
 """Source converters: small files in each public dataset's row format, as JSONL and parquet."""
+
 import base64
 import json
 import pickle
@@ -31,8 +32,10 @@ BOTH = pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 
 @BOTH
 def test_gsm8k(tmp_path, kind):
-    rows = [{"question": "How many?", "answer": "2 + 2 = 4\n#### 1,234"},
-            {"question": "And now?", "answer": "so\n#### -7"}]
+    rows = [
+        {"question": "How many?", "answer": "2 + 2 = 4\n#### 1,234"},
+        {"question": "And now?", "answer": "so\n#### -7"},
+    ]
     out, skipped = convert(tmp_path, "gsm8k", rows, kind)
     assert [r["ground_truth"]["answers"] for r in out] == [["1234"], ["-7"]]
     assert out[0]["messages"] == [{"role": "user", "content": "How many?"}] and out[0]["id"] == "gsm8k/src/1"
@@ -42,11 +45,23 @@ def test_gsm8k(tmp_path, kind):
 
 @BOTH
 def test_math_and_math500(tmp_path, kind):
-    rows = [{"problem": "P1", "level": "Level 5", "type": "Algebra",
-             "solution": "So \\boxed{1} first, then $\\boxed{\\frac{a}{b^{2}}}$."},
-            {"problem": "P2", "solution": "...", "answer": "\\sqrt{2}", "unique_id": "test/x/1.json",
-             "level": "Level 1", "type": "Geometry"},
-            {"problem": "P3", "solution": "fbox: \\fbox{ 7 }"}]
+    rows = [
+        {
+            "problem": "P1",
+            "level": "Level 5",
+            "type": "Algebra",
+            "solution": "So \\boxed{1} first, then $\\boxed{\\frac{a}{b^{2}}}$.",
+        },
+        {
+            "problem": "P2",
+            "solution": "...",
+            "answer": "\\sqrt{2}",
+            "unique_id": "test/x/1.json",
+            "level": "Level 1",
+            "type": "Geometry",
+        },
+        {"problem": "P3", "solution": "fbox: \\fbox{ 7 }"},
+    ]
     out, _ = convert(tmp_path, "math", rows, kind)
     assert [r["ground_truth"]["answers"][0] for r in out] == ["\\frac{a}{b^{2}}", "\\sqrt{2}", "7"]
     assert out[1]["id"] == "test/x/1.json" and out[0]["metadata"]["type"] == "Algebra"
@@ -55,8 +70,11 @@ def test_math_and_math500(tmp_path, kind):
 
 
 def test_deepscaler_skips_empty_answers(tmp_path):
-    rows = [{"problem": "a", "answer": "3", "solution": ""}, {"problem": "b", "answer": "", "solution": "s"},
-            {"problem": "c", "answer": None, "solution": "s"}]
+    rows = [
+        {"problem": "a", "answer": "3", "solution": ""},
+        {"problem": "b", "answer": "", "solution": "s"},
+        {"problem": "c", "answer": None, "solution": "s"},
+    ]
     out, skipped = convert(tmp_path, "deepscaler", rows)
     assert len(out) == 1 and skipped == {"empty_answer": 2}
 
@@ -64,8 +82,14 @@ def test_deepscaler_skips_empty_answers(tmp_path):
 @BOTH
 def test_dapo_dedup(tmp_path, kind):
     def row(i, q, gt):
-        return {"data_source": "math_dapo", "ability": "MATH", "prompt": [{"role": "user", "content": q}],
-                "reward_model": {"ground_truth": gt, "style": "rule-lm"}, "extra_info": {"index": i}}
+        return {
+            "data_source": "math_dapo",
+            "ability": "MATH",
+            "prompt": [{"role": "user", "content": q}],
+            "reward_model": {"ground_truth": gt, "style": "rule-lm"},
+            "extra_info": {"index": i},
+        }
+
     rows = [row("a", "Q1", "34"), row("b", "Q2", "5"), row("a", "Q1", "34"), row("a", "Q1", "34")]
     out, skipped = convert(tmp_path, "dapo17k", rows, kind)
     assert [(r["id"], r["ground_truth"]["answers"]) for r in out] == [("dapo17k/a", ["34"]), ("dapo17k/b", ["5"])]
@@ -74,19 +98,40 @@ def test_dapo_dedup(tmp_path, kind):
 
 def nemotron_rows():
     def base(dataset, uid, **kw):
-        return {"dataset": dataset, "uuid": uid, "responses_create_params": {"input": [
-            {"role": "developer", "content": "Think first."}, {"role": "user", "content": f"question {uid}"}]},
-            "expected_answer": None, "options": None, "instruction_id_list": None, "kwargs": None, "prompt": None,
-            "verifier_metadata": None, **kw}
+        return {
+            "dataset": dataset,
+            "uuid": uid,
+            "responses_create_params": {
+                "input": [
+                    {"role": "developer", "content": "Think first."},
+                    {"role": "user", "content": f"question {uid}"},
+                ]
+            },
+            "expected_answer": None,
+            "options": None,
+            "instruction_id_list": None,
+            "kwargs": None,
+            "prompt": None,
+            "verifier_metadata": None,
+            **kw,
+        }
+
     return [
         base("nano_v3_dapo17k", "m1", expected_answer="42"),
         base("nano_v3_skywork_no_omni", "m2", expected_answer="\\frac{1}{3}"),
         base("nano_v3_stem_mcqa", "s1", expected_answer="b", options=[{"A": "x"}, {"B": "y"}, {"C": "z"}, {"D": "w"}]),
-        base("nano_v3_instruction_following", "i1", prompt="Write a poem.",
-             instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
-             kwargs=[{}, {"num_words": 0, "relation": "at least"}]),
-        base("nano_v3_comp_coding_50tests", "c1",
-             verifier_metadata={"unit_tests": {"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]}}),
+        base(
+            "nano_v3_instruction_following",
+            "i1",
+            prompt="Write a poem.",
+            instruction_id_list=["punctuation:no_comma", "length_constraints:number_words"],
+            kwargs=[{}, {"num_words": 0, "relation": "at least"}],
+        ),
+        base(
+            "nano_v3_comp_coding_50tests",
+            "c1",
+            verifier_metadata={"unit_tests": {"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]}},
+        ),
         base("nano_v3_workbench", "w1"),
         base("nano_v3_structured_outputs", "o1"),
     ]
@@ -103,7 +148,10 @@ def test_nemotron_all_domains(tmp_path, kind):
     # Parquet unifies the kwargs structs and fills absent keys with None: only None is dropped, 0 kept.
     assert by_id["i1"]["ground_truth"]["kwargs"] == [{}, {"num_words": 0, "relation": "at least"}]
     assert by_id["i1"]["ground_truth"]["prompt"] == "Write a poem."
-    assert by_id["c1"]["ground_truth"]["tests"] == [{"input": "1 2\n", "output": "3\n"}, {"input": "3 4\n", "output": "7\n"}]
+    assert by_id["c1"]["ground_truth"]["tests"] == [
+        {"input": "1 2\n", "output": "3\n"},
+        {"input": "3 4\n", "output": "7\n"},
+    ]
     assert by_id["c1"]["ground_truth"]["time_limit_s"] == sources.DEFAULT_TIME_LIMIT_S
     assert skipped == {"out_of_scope:nano_v3_workbench": 1, "out_of_scope:nano_v3_structured_outputs": 1}
 
@@ -111,14 +159,38 @@ def test_nemotron_all_domains(tmp_path, kind):
 @BOTH
 def test_taco_apps(tmp_path, kind):
     rows = [
-        {"question": "Sum two ints.", "starter_code": "", "time_limit": "2 seconds", "memory_limit": "256 megabytes",
-         "difficulty": "EASY", "source": "codeforces", "tags": [],
-         "input_output": json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", ["10"]]})},
-        {"question": "Implement add.", "starter_code": "def add(a, b):\n", "time_limit": None, "memory_limit": None,
-         "difficulty": "EASY", "source": "leetcode", "tags": [],
-         "input_output": json.dumps({"fn_name": "add", "inputs": [[1, 2], [[1], [2, 3]]], "outputs": [[3], [[1, 2, 3]]]})},
-        {"question": "No tests.", "starter_code": "", "input_output": "", "time_limit": None, "memory_limit": None,
-         "difficulty": "EASY", "source": "x", "tags": []},
+        {
+            "question": "Sum two ints.",
+            "starter_code": "",
+            "time_limit": "2 seconds",
+            "memory_limit": "256 megabytes",
+            "difficulty": "EASY",
+            "source": "codeforces",
+            "tags": [],
+            "input_output": json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", ["10"]]}),
+        },
+        {
+            "question": "Implement add.",
+            "starter_code": "def add(a, b):\n",
+            "time_limit": None,
+            "memory_limit": None,
+            "difficulty": "EASY",
+            "source": "leetcode",
+            "tags": [],
+            "input_output": json.dumps(
+                {"fn_name": "add", "inputs": [[1, 2], [[1], [2, 3]]], "outputs": [[3], [[1, 2, 3]]]}
+            ),
+        },
+        {
+            "question": "No tests.",
+            "starter_code": "",
+            "input_output": "",
+            "time_limit": None,
+            "memory_limit": None,
+            "difficulty": "EASY",
+            "source": "x",
+            "tags": [],
+        },
     ]
     out, skipped = convert(tmp_path, "taco", rows, kind)
     stdin, call = out
@@ -126,16 +198,24 @@ def test_taco_apps(tmp_path, kind):
     assert (stdin["ground_truth"]["time_limit_s"], stdin["ground_truth"]["memory_limit_mb"]) == (2.0, 256)
     assert call["ground_truth"]["fn_name"] == "add"
     # One JSON value per line per argument; the [result] wrapper is removed.
-    assert call["ground_truth"]["tests"] == [{"input": "1\n2", "output": "3"}, {"input": "[1]\n[2, 3]", "output": "[1, 2, 3]"}]
+    assert call["ground_truth"]["tests"] == [
+        {"input": "1\n2", "output": "3"},
+        {"input": "[1]\n[2, 3]", "output": "[1, 2, 3]"},
+    ]
     assert call["messages"][0]["content"].endswith("def add(a, b):\n") and skipped == {"no_tests": 1}
 
 
 def test_code_contests(tmp_path):
-    row = {"name": "1A. Theatre", "description": "Tiles.", "difficulty": 7,
-           "public_tests": {"input": ["6 6 4\n"], "output": ["4\n"]},
-           "private_tests": {"input": ["1 1 1\n"], "output": ["1\n"]},
-           "generated_tests": {"input": ["2 2 1\n"], "output": ["4\n"]},
-           "time_limit": {"seconds": 1, "nanos": 500000000}, "memory_limit_bytes": 268435456}
+    row = {
+        "name": "1A. Theatre",
+        "description": "Tiles.",
+        "difficulty": 7,
+        "public_tests": {"input": ["6 6 4\n"], "output": ["4\n"]},
+        "private_tests": {"input": ["1 1 1\n"], "output": ["1\n"]},
+        "generated_tests": {"input": ["2 2 1\n"], "output": ["4\n"]},
+        "time_limit": {"seconds": 1, "nanos": 500000000},
+        "memory_limit_bytes": 268435456,
+    }
     out, _ = convert(tmp_path, "code_contests", [row], "parquet")
     gt = out[0]["ground_truth"]
     assert len(gt["tests"]) == 2 and (gt["time_limit_s"], gt["memory_limit_mb"]) == (1.5, 256)
@@ -144,22 +224,38 @@ def test_code_contests(tmp_path):
 
 
 def lcb_row(private, testtype="stdin", **kw):
-    return {"question_title": "T", "question_content": "Do it.", "platform": "atcoder", "question_id": "abc1",
-            "contest_date": "2024-08-01T00:00:00", "starter_code": "", "difficulty": "easy",
-            "public_test_cases": json.dumps([{"input": "1\n", "output": "2\n", "testtype": testtype}]),
-            "private_test_cases": private, "metadata": json.dumps({}), **kw}
+    return {
+        "question_title": "T",
+        "question_content": "Do it.",
+        "platform": "atcoder",
+        "question_id": "abc1",
+        "contest_date": "2024-08-01T00:00:00",
+        "starter_code": "",
+        "difficulty": "easy",
+        "public_test_cases": json.dumps([{"input": "1\n", "output": "2\n", "testtype": testtype}]),
+        "private_test_cases": private,
+        "metadata": json.dumps({}),
+        **kw,
+    }
 
 
 def test_livecodebench(tmp_path):
     stdin = lcb_row(json.dumps([{"input": "5\n", "output": "6\n", "testtype": "stdin"}]))
-    func = lcb_row(json.dumps([{"input": "[1, 2]\n3", "output": "4", "testtype": "functional"}]), "functional",
-                   public_test_cases=json.dumps([{"input": "[0]\n1\n", "output": "1", "testtype": "functional"}]),
-                   metadata=json.dumps({"func_name": "solve"}), starter_code="class Solution:\n    def solve(self, a, k):")
+    func = lcb_row(
+        json.dumps([{"input": "[1, 2]\n3", "output": "4", "testtype": "functional"}]),
+        "functional",
+        public_test_cases=json.dumps([{"input": "[0]\n1\n", "output": "1", "testtype": "functional"}]),
+        metadata=json.dumps({"func_name": "solve"}),
+        starter_code="class Solution:\n    def solve(self, a, k):",
+    )
     out, _ = convert(tmp_path, "livecodebench", [stdin, func], "parquet")
     assert out[0]["ground_truth"]["tests"] == [{"input": "1\n", "output": "2\n"}, {"input": "5\n", "output": "6\n"}]
     assert out[0]["ground_truth"]["fn_name"] is None and out[0]["id"] == "livecodebench/abc1"
     assert out[1]["ground_truth"]["fn_name"] == "solve"
-    assert out[1]["ground_truth"]["tests"] == [{"input": "[0]\n1", "output": "1"}, {"input": "[1, 2]\n3", "output": "4"}]
+    assert out[1]["ground_truth"]["tests"] == [
+        {"input": "[0]\n1", "output": "1"},
+        {"input": "[1, 2]\n3", "output": "4"},
+    ]
 
 
 def test_livecodebench_never_unpickles(tmp_path, monkeypatch):
@@ -172,9 +268,20 @@ def test_livecodebench_never_unpickles(tmp_path, monkeypatch):
 
 
 def gpqa_rows():
-    return [{"Question": f"Q{i}?", "Correct Answer": f"right{i}", "Incorrect Answer 1": "w1",
-             "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3", "Explanation": "",
-             "Subdomain": "Physics", "High-level domain": "Physics", "Record ID": f"rec{i}"} for i in range(12)]
+    return [
+        {
+            "Question": f"Q{i}?",
+            "Correct Answer": f"right{i}",
+            "Incorrect Answer 1": "w1",
+            "Incorrect Answer 2": "w2",
+            "Incorrect Answer 3": "w3",
+            "Explanation": "",
+            "Subdomain": "Physics",
+            "High-level domain": "Physics",
+            "Record ID": f"rec{i}",
+        }
+        for i in range(12)
+    ]
 
 
 @BOTH
@@ -214,14 +321,21 @@ def test_gpqa_csv(tmp_path):
 
 @BOTH
 def test_ifeval_and_ifbench(tmp_path, kind):
-    rows = [{"key": 1000, "prompt": "Write a letter.", "instruction_id_list": ["punctuation:no_comma",
-             "length_constraints:number_words"],
-             "kwargs": [{"num_words": None, "relation": None}, {"num_words": 300, "relation": "at least"}]},
-            {"key": 1001, "prompt": "Shout.", "instruction_id_list": ["change_case:english_capital"], "kwargs": [{}]}]
+    rows = [
+        {
+            "key": 1000,
+            "prompt": "Write a letter.",
+            "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+            "kwargs": [{"num_words": None, "relation": None}, {"num_words": 300, "relation": "at least"}],
+        },
+        {"key": 1001, "prompt": "Shout.", "instruction_id_list": ["change_case:english_capital"], "kwargs": [{}]},
+    ]
     out, _ = convert(tmp_path, "ifeval", rows, kind)
-    assert out[0]["ground_truth"] == {"instruction_ids": ["punctuation:no_comma", "length_constraints:number_words"],
-                                      "kwargs": [{}, {"num_words": 300, "relation": "at least"}],
-                                      "prompt": "Write a letter."}
+    assert out[0]["ground_truth"] == {
+        "instruction_ids": ["punctuation:no_comma", "length_constraints:number_words"],
+        "kwargs": [{}, {"num_words": 300, "relation": "at least"}],
+        "prompt": "Write a letter.",
+    }
     assert out[0]["id"] == "ifeval/1000"
 
 
@@ -234,19 +348,39 @@ def test_ifeval_unknown_instruction_is_a_load_error(tmp_path):
 
 def test_rlvr_ifeval(tmp_path):
     def row(func, **args):
-        gt = {"func_name": func, "N": None, "quantifier": None, "end_phrase": None, "keyword_list": None,
-              "word": None, "letter": None, "original_prompt": None, **args}
-        return {"messages": [{"role": "user", "content": f"Do {func}."}], "ground_truth": json.dumps(gt),
-                "constraint_type": func, "constraint": "..."}
-    rows = [row("validate_lowercase"), row("validate_word_constraint", N=50, quantifier="at most"),
-            row("verify_letter_frequency", N=3, letter="z"), row("validate_word_constraint", N=50, quantifier="around"),
-            row("validate_choice", options="yes or no")]
+        gt = {
+            "func_name": func,
+            "N": None,
+            "quantifier": None,
+            "end_phrase": None,
+            "keyword_list": None,
+            "word": None,
+            "letter": None,
+            "original_prompt": None,
+            **args,
+        }
+        return {
+            "messages": [{"role": "user", "content": f"Do {func}."}],
+            "ground_truth": json.dumps(gt),
+            "constraint_type": func,
+            "constraint": "...",
+        }
+
+    rows = [
+        row("validate_lowercase"),
+        row("validate_word_constraint", N=50, quantifier="at most"),
+        row("verify_letter_frequency", N=3, letter="z"),
+        row("validate_word_constraint", N=50, quantifier="around"),
+        row("validate_choice", options="yes or no"),
+    ]
     out, skipped = convert(tmp_path, "rlvr_ifeval", rows)
     assert out[0]["ground_truth"]["instruction_ids"] == ["change_case:english_lowercase"]
     assert out[1]["ground_truth"]["kwargs"] == [{"num_words": 51, "relation": "less than"}]
     # "exactly 3" becomes "at least 3" and "less than 4".
-    assert out[2]["ground_truth"]["kwargs"] == [{"letter": "z", "let_frequency": 3, "let_relation": "at least"},
-                                                {"letter": "z", "let_frequency": 4, "let_relation": "less than"}]
+    assert out[2]["ground_truth"]["kwargs"] == [
+        {"letter": "z", "let_frequency": 3, "let_relation": "at least"},
+        {"letter": "z", "let_frequency": 4, "let_relation": "less than"},
+    ]
     assert out[0]["ground_truth"]["prompt"] == "Do validate_lowercase."
     assert skipped == {"unmapped_if:validate_word_constraint:around": 1, "unmapped_if:validate_choice": 1}
     try:
@@ -254,10 +388,14 @@ def test_rlvr_ifeval(tmp_path):
     except ImportError:
         return
     resp = "z z z then " + "word " * 10
-    assert registry.check_all(out[2]["ground_truth"]["instruction_ids"], out[2]["ground_truth"]["kwargs"], resp,
-                              prompt="") == [True, True]
-    assert not all(registry.check_all(out[2]["ground_truth"]["instruction_ids"], out[2]["ground_truth"]["kwargs"],
-                                      resp + " z", prompt=""))
+    assert registry.check_all(
+        out[2]["ground_truth"]["instruction_ids"], out[2]["ground_truth"]["kwargs"], resp, prompt=""
+    ) == [True, True]
+    assert not all(
+        registry.check_all(
+            out[2]["ground_truth"]["instruction_ids"], out[2]["ground_truth"]["kwargs"], resp + " z", prompt=""
+        )
+    )
 
 
 def test_bad_rows_name_input_field(tmp_path):

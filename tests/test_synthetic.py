@@ -1,5 +1,6 @@
 """Built-in tasks: deterministic, disjoint splits, valid records, short references that the real
 verifiers score 1 (and 0 once corrupted), and `rlvr-data export` feeding `rlvr-verify`."""
+
 import contextlib
 import hashlib
 import io
@@ -26,9 +27,11 @@ def digest(records) -> str:
 
 def test_deterministic_across_processes():
     here = digest([synthetic.builtin_records(d, s, 30) for d in synthetic.DOMAINS for s in synthetic.SPLITS])
-    code = ("import hashlib, json; from rlvr_jax.data import synthetic as s; "
-            "print(hashlib.sha256(json.dumps([s.builtin_records(d, p, 30) for d in s.DOMAINS for p in s.SPLITS], "
-            "sort_keys=True).encode()).hexdigest())")
+    code = (
+        "import hashlib, json; from rlvr_jax.data import synthetic as s; "
+        "print(hashlib.sha256(json.dumps([s.builtin_records(d, p, 30) for d in s.DOMAINS for p in s.SPLITS], "
+        "sort_keys=True).encode()).hexdigest())"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == here
@@ -174,8 +177,24 @@ def test_references_score_one_and_corruptions_zero(domain):
 def test_export_feeds_rlvr_verify(tmp_path, capsys):
     verify = pytest.importorskip("rlvr_jax.verifiers.cli")
     path, scored = tmp_path / "eval.jsonl", tmp_path / "scores.jsonl"
-    assert cli.main(["export", "--builtin", "--domain", "all", "--split", "eval", "--n", "3",
-                     "--with-reference", "--output", str(path)]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--builtin",
+                "--domain",
+                "all",
+                "--split",
+                "eval",
+                "--n",
+                "3",
+                "--with-reference",
+                "--output",
+                str(path),
+            ]
+        )
+        == 0
+    )
     records, _ = load_records(str(path))
     assert len(records) == 12 and all(r["response"] == r["metadata"]["reference"] for r in records)
     assert verify.main(["--input", str(path), "--output", str(scored), "--thinking", "--workers", "0"]) == 0

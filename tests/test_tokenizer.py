@@ -1,54 +1,72 @@
 """Tokenizer adapter: round trips, special ids, chat templates against transformers, save/load, and
 the shipped built-in sentencepiece model being exactly what tools/build_tokenizer.py makes."""
+
 import importlib.util
 import json
 import os
 
 import pytest
 
-from rlvr_jax.model import tokenizer as T
 from rlvr_jax.data import synthetic
+from rlvr_jax.model import tokenizer as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The canonical ChatML template (transformers' chat-templating docs) and Llama 3.0's own template,
 # written out here so our renderer is checked against templates we did not generate.
-CHATML_DOC = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-              "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-LLAMA3_OFFICIAL = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-                   "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
-                   "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-                   "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-                   "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+CHATML_DOC = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3_OFFICIAL = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hi there \n"}],
-    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>\nx\n</think>\n\nb"},
-     {"role": "user", "content": "Again, with\ttabs."}],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "<think>\nx\n</think>\n\nb"},
+        {"role": "user", "content": "Again, with\ttabs."},
+    ],
 ]
-TRICKY = ["", " ", "  two  spaces ", "\n\nnewlines\n", "tab\there", "digits 12345 and 3.14", "émoji 🙂 中文",
-          "```python\ndef f(x):\n    return x * 2\n```", "<|im_start|>user\nhi<|im_end|>\n<think>\nok\n</think>"]
+TRICKY = [
+    "",
+    " ",
+    "  two  spaces ",
+    "\n\nnewlines\n",
+    "tab\there",
+    "digits 12345 and 3.14",
+    "émoji 🙂 中文",
+    "```python\ndef f(x):\n    return x * 2\n```",
+    "<|im_start|>user\nhi<|im_end|>\n<think>\nok\n</think>",
+]
 
 
 def _make_hf_dir(path, style: str, *, with_pad: bool = True, gen_eos=None):
     """A tiny byte-level BPE tokenizer.json with the style's special tokens, plus its config."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    specials = {"chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                           "<|eot_id|>"]}[style]
+    specials = {
+        "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    }[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["hello world what is two plus three", "be brief hi there again with tabs"] * 20, trainer)
     tok.add_tokens(["<think>", "</think>"])
     os.makedirs(path, exist_ok=True)
     tok.save(os.path.join(path, "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast"}
     if style == "chatml":
-        config.update(eos_token="<|im_end|>", pad_token="<|endoftext|>" if with_pad else None,
-                      chat_template=CHATML_DOC)
+        config.update(eos_token="<|im_end|>", pad_token="<|endoftext|>" if with_pad else None, chat_template=CHATML_DOC)
     else:
         config.update(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", chat_template=LLAMA3_OFFICIAL)
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
@@ -185,8 +203,9 @@ def test_builtin_save_loads_in_transformers(tmp_path, builtin):
         assert theirs.decode(ids) == text
     conv = CONVERSATIONS[2]
     for thinking in (False, True):
-        assert theirs.apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
-                                          enable_thinking=thinking) == builtin.apply_chat_template(conv, thinking=thinking)
+        assert theirs.apply_chat_template(
+            conv, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        ) == builtin.apply_chat_template(conv, thinking=thinking)
     assert (reloaded.eos_ids[0], reloaded.pad_id, reloaded.chat_style) == (builtin.eos_ids[0], 0, "chatml")
     assert theirs.eos_token == "<|im_end|>" and theirs.pad_token_id == 0
     # A directory with only the .model loads through sentencepiece.

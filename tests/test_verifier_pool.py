@@ -1,5 +1,6 @@
 """VerifierPool: order, parity with in-process scoring, async futures, deadlines, crash recovery,
 counters, clean shutdown, IF routing."""
+
 import os
 import signal
 import time
@@ -83,8 +84,10 @@ def test_killed_worker_is_replaced():
         fut = pool.submit([_math("1"), _math("2")], [SLOW, r"\boxed{2}"])
         # Kill the worker that holds the slow item (the other one may finish, or not have started).
         deadline = time.monotonic() + 30
-        while not (victims := [w for w in pool._workers if any(it.response == SLOW for it in w.inflight)]) \
-                and time.monotonic() < deadline:
+        while (
+            not (victims := [w for w in pool._workers if any(it.response == SLOW for it in w.inflight)])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert victims
         os.kill(victims[0].proc.pid, signal.SIGKILL)
@@ -122,8 +125,14 @@ def test_close_stops_workers_and_fails_pending():
 
 def test_if_domain_routes_to_registry(pool):
     pytest.importorskip("rlvr_jax.instructions.registry")
-    rec = {"domain": "if", "ground_truth": {"instruction_ids": ["punctuation:no_comma"], "kwargs": [{}],
-                                            "prompt": "Write without commas."}}
+    rec = {
+        "domain": "if",
+        "ground_truth": {
+            "instruction_ids": ["punctuation:no_comma"],
+            "kwargs": [{}],
+            "prompt": "Write without commas.",
+        },
+    }
     got = pool.submit([rec, rec], ["hello world", "hello, world"]).result(timeout=30)
     assert [s.reward for s in got] == [1.0, 0.0]
     assert got[1].details["failed"] == ["punctuation:no_comma"] and got[1].details["fraction"] == 0.0

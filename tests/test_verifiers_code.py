@@ -1,50 +1,59 @@
 """Code verifier: output comparison rules, extraction, stdin and function-call tests in the sandbox."""
+
 import shutil
 
 import pytest
 
-from rlvr_jax.verifiers import VerifierConfig, score
-from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers import VerifierConfig, sandbox, score
 from rlvr_jax.verifiers.code import stdout_matches, values_match
 
 requires_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None,
     reason="!!! bubblewrap (bwrap) is NOT installed: sandboxed code tests SKIPPED. "
-           "Install it with `apt-get install bubblewrap` or scripts/setup.sh !!!")
+    "Install it with `apt-get install bubblewrap` or scripts/setup.sh !!!",
+)
 
 
-@pytest.mark.parametrize("expected,got,tol,ok", [
-    ("3\n", "3", 0.0, True),
-    ("1 2\n3\n", "1 2  \r\n3\r\n\r\n", 0.0, True),      # trailing spaces, CRLF, blank tail
-    ("1 2", " 1 2", 0.0, False),                        # leading whitespace matters
-    ("3", "3.0", 0.0, False),                           # numbers exact by default
-    ("3", "3.0", 1e-6, True),
-    ("0.3333333", "0.33333334", 1e-6, True),
-    ("0.3333", "0.3334", 1e-6, False),
-    ("yes", "YES", 0.0, False),
-    ("a\nb", "a", 0.0, False),
-    ("", "", 0.0, True),
-])
+@pytest.mark.parametrize(
+    "expected,got,tol,ok",
+    [
+        ("3\n", "3", 0.0, True),
+        ("1 2\n3\n", "1 2  \r\n3\r\n\r\n", 0.0, True),  # trailing spaces, CRLF, blank tail
+        ("1 2", " 1 2", 0.0, False),  # leading whitespace matters
+        ("3", "3.0", 0.0, False),  # numbers exact by default
+        ("3", "3.0", 1e-6, True),
+        ("0.3333333", "0.33333334", 1e-6, True),
+        ("0.3333", "0.3334", 1e-6, False),
+        ("yes", "YES", 0.0, False),
+        ("a\nb", "a", 0.0, False),
+        ("", "", 0.0, True),
+    ],
+)
 def test_stdout_matches(expected, got, tol, ok):
     assert stdout_matches(expected, got, tol) is ok
 
 
-@pytest.mark.parametrize("expected,got,tol,ok", [
-    ([1, 2], [1, 2], 0.0, True),
-    ([1, 2], [2, 1], 0.0, False),
-    (1, True, 0.0, False),                 # bool is not a number
-    (0.1, 0.1000001, 1e-5, True),
-    (0.1, 0.1000001, 0.0, False),
-    ({"a": [1.0]}, {"a": [1]}, 0.0, True),
-    ("x", "x", 0.0, True),
-])
+@pytest.mark.parametrize(
+    "expected,got,tol,ok",
+    [
+        ([1, 2], [1, 2], 0.0, True),
+        ([1, 2], [2, 1], 0.0, False),
+        (1, True, 0.0, False),  # bool is not a number
+        (0.1, 0.1000001, 1e-5, True),
+        (0.1, 0.1000001, 0.0, False),
+        ({"a": [1.0]}, {"a": [1]}, 0.0, True),
+        ("x", "x", 0.0, True),
+    ],
+)
 def test_values_match(expected, got, tol, ok):
     assert values_match(expected, got, tol) is ok
 
 
 def _code(tests, response, fn_name=None, config=None, time_limit=2.0):
-    rec = {"domain": "code", "ground_truth": {"tests": tests, "fn_name": fn_name, "time_limit_s": time_limit,
-                                              "memory_limit_mb": 256}}
+    rec = {
+        "domain": "code",
+        "ground_truth": {"tests": tests, "fn_name": fn_name, "time_limit_s": time_limit, "memory_limit_mb": 256},
+    }
     return score(rec, response, config=config)
 
 
@@ -57,7 +66,11 @@ TABLE = [
     (BLOCK.format("a, b = map(int, input().split())\nprint(a - b)"), 0.0, "wrong_output"),
     (BLOCK.format("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)"), 0.0, "wrong_output"),
     (BLOCK.format("raise SystemExit(3)"), 0.0, "runtime_error"),
-    (BLOCK.format("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(1)"), 1.0, None),  # exit code ignored
+    (
+        BLOCK.format("import sys\na, b = map(int, input().split())\nprint(a + b)\nsys.exit(1)"),
+        1.0,
+        None,
+    ),  # exit code ignored
     ("```py\na, b = map(int, input().split())\nprint(a + b)\n```", 1.0, None),
     ("```python\nprint(1)\n```\nthen fixed:\n" + BLOCK.format("print(sum(map(int, input().split())))"), 1.0, None),
 ]
@@ -107,15 +120,21 @@ def test_language_config():
 FN_TESTS = [{"input": "[1, 2, 3]\n2", "output": "[2, 4, 6]"}, {"input": "[]\n5", "output": "[]"}]
 
 
-@pytest.mark.parametrize("program,reward", [
-    ("class Solution:\n    def scale(self, xs: List[int], k: int) -> List[int]:\n"
-     "        print('debug output must not count')\n        return [x * k for x in xs]", 1.0),
-    ("def scale(xs, k):\n    return tuple(x * k for x in xs)", 1.0),       # tuple -> JSON list
-    ("def scale(xs, k):\n    return [x * k for x in xs][:1]", 0.0),
-    ("def scale(xs, k):\n    import os\n    os._exit(0)", 0.0),              # exits before returning
-    ("def other(xs, k):\n    return xs", 0.0),                               # wrong function name
-    ("import sys\nsys.stdout.write('[2, 4, 6]')\ndef scale(xs, k):\n    return None", 0.0),  # prints a guess
-])
+@pytest.mark.parametrize(
+    "program,reward",
+    [
+        (
+            "class Solution:\n    def scale(self, xs: List[int], k: int) -> List[int]:\n"
+            "        print('debug output must not count')\n        return [x * k for x in xs]",
+            1.0,
+        ),
+        ("def scale(xs, k):\n    return tuple(x * k for x in xs)", 1.0),  # tuple -> JSON list
+        ("def scale(xs, k):\n    return [x * k for x in xs][:1]", 0.0),
+        ("def scale(xs, k):\n    import os\n    os._exit(0)", 0.0),  # exits before returning
+        ("def other(xs, k):\n    return xs", 0.0),  # wrong function name
+        ("import sys\nsys.stdout.write('[2, 4, 6]')\ndef scale(xs, k):\n    return None", 0.0),  # prints a guess
+    ],
+)
 @requires_bwrap
 def test_function_call_tests(program, reward):
     s = _code(FN_TESTS, BLOCK.format(program), fn_name="scale")
@@ -139,8 +158,9 @@ def test_unsandboxed_opt_in_is_loud(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
     monkeypatch.setattr(sandbox, "_WARNED", False)
     with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
-        s = _code(ADD, BLOCK.format("print(sum(map(int, input().split())))"),
-                  config=VerifierConfig(allow_unsandboxed=True))
+        s = _code(
+            ADD, BLOCK.format("print(sum(map(int, input().split())))"), config=VerifierConfig(allow_unsandboxed=True)
+        )
     assert s.reward == 1.0
     assert "WITHOUT a sandbox" in capsys.readouterr().err
 
@@ -157,9 +177,11 @@ def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, rea
         result = real(proc, stdin, t0, limits, sandboxed)
         calls["n"] += 1
         if calls["n"] <= failures:
-            return sandbox.RunResult(b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n",
-                                     1, "exited", result.wall_s)
+            return sandbox.RunResult(
+                b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n", 1, "exited", result.wall_s
+            )
         return result
+
     monkeypatch.setattr(sandbox, "_communicate", flaky)
     monkeypatch.setattr(sandbox.time, "sleep", lambda s: None)
     s = _code([{"input": "2 3\n", "output": "5\n"}], "```python\na, b = map(int, input().split())\nprint(a + b)\n```")

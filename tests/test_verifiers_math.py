@@ -1,4 +1,5 @@
 """Math verifier correctness table (in-process, main thread), incl. math-verify's false positives."""
+
 import pytest
 
 from rlvr_jax.verifiers import Score, VerifierConfig, score
@@ -15,25 +16,25 @@ TABLE = [
     (["42"], r"so the total is \boxed{42}.", 1.0, "ok"),
     (["42"], r"\boxed{41}", 0.0, "wrong"),
     (["\\frac{1}{2}"], r"\boxed{0.5}", 1.0, "ok"),
-    (["$\\frac{1}{2}$"], r"\boxed{\dfrac12}", 1.0, "ok"),                 # gold in $…$
+    (["$\\frac{1}{2}$"], r"\boxed{\dfrac12}", 1.0, "ok"),  # gold in $…$
     (["\\boxed{\\sqrt{2}/2}"], r"\boxed{\frac{\sqrt{2}}{2}}", 1.0, "ok"),  # gold already boxed
     (["1000"], r"\boxed{1,000}", 1.0, "ok"),
-    (["5", "five"], r"\boxed{5.0}", 1.0, "ok"),                            # several gold answers
+    (["5", "five"], r"\boxed{5.0}", 1.0, "ok"),  # several gold answers
     (["7", "8"], r"\boxed{8}", 1.0, "ok"),
     (["\\{1,2\\}"], r"\boxed{\{2, 1\}}", 1.0, "ok"),
     (["x=2"], r"\boxed{2}", 1.0, "ok"),
-    (["2"], r"\boxed{x = 2}", 1.0, "ok"),                                   # assignment to one symbol
-    (["2x+3y=6"], r"\boxed{4x+6y=12}", 1.0, "ok"),                          # same line, scaled
+    (["2"], r"\boxed{x = 2}", 1.0, "ok"),  # assignment to one symbol
+    (["2x+3y=6"], r"\boxed{4x+6y=12}", 1.0, "ok"),  # same line, scaled
     (["\\frac{3}{4}"], r"first \boxed{1} then corrected: \boxed{\frac{3}{4}}", 1.0, "ok"),  # last box wins
     (["\\frac{3}{4}"], r"\boxed{\frac{3}{4}} no wait \boxed{1}", 0.0, "wrong"),
     (["\\pi"], r"\boxed{3.14159}", 0.0, "wrong"),
     # known false positives of plain math-verify, guarded here
-    (["5"], r"\boxed{x^2+1=5}", 0.0, "wrong"),                              # value vs an equation
+    (["5"], r"\boxed{x^2+1=5}", 0.0, "wrong"),  # value vs an equation
     (["9"], r"\boxed{x^2 = 9}", 0.0, "wrong"),
-    (["y=2x+1"], r"\boxed{x=2y+1}", 0.0, "wrong"),                          # a different equation
+    (["y=2x+1"], r"\boxed{x=2y+1}", 0.0, "wrong"),  # a different equation
     (["a=1"], r"\boxed{b=1}", 0.0, "wrong"),
     (["7"], "I counted 7 apples but I am not sure what the answer is", 0.0, "no_answer"),  # stray number
-    (["2"], r"\boxed{2, 3}", 0.0, "wrong"),                                 # hedged list
+    (["2"], r"\boxed{2, 3}", 0.0, "wrong"),  # hedged list
     (["7"], r"\boxed{7} or \boxed{8}", 0.0, "wrong"),
     # Answer-line fallback
     (["12"], "The work...\nAnswer: 12", 1.0, "ok"),
@@ -55,13 +56,16 @@ def test_answer_line_fallback_is_configurable():
     assert _math(["12"], "Answer: 12", config=cfg).reason == "no_answer"
 
 
-@pytest.mark.parametrize("thinking,response,reward,reason", [
-    (True, r"<think>maybe \boxed{3}</think> so \boxed{4}", 1.0, "ok"),
-    (True, r"<think>so \boxed{4}</think> I give up", 0.0, "no_answer"),   # boxed only inside thoughts
-    (True, r"<think>long thoughts \boxed{4} never closed", 0.0, "format"),
-    (True, r"<think>a</think>x</think> \boxed{4}", 1.0, "ok"),              # after the LAST </think>
-    (False, r"<think>long thoughts \boxed{4} never closed", 1.0, "ok"),      # gate off: whole response
-])
+@pytest.mark.parametrize(
+    "thinking,response,reward,reason",
+    [
+        (True, r"<think>maybe \boxed{3}</think> so \boxed{4}", 1.0, "ok"),
+        (True, r"<think>so \boxed{4}</think> I give up", 0.0, "no_answer"),  # boxed only inside thoughts
+        (True, r"<think>long thoughts \boxed{4} never closed", 0.0, "format"),
+        (True, r"<think>a</think>x</think> \boxed{4}", 1.0, "ok"),  # after the LAST </think>
+        (False, r"<think>long thoughts \boxed{4} never closed", 1.0, "ok"),  # gate off: whole response
+    ],
+)
 def test_thinking_gate(thinking, response, reward, reason):
     s = _math(["4"], response, thinking=thinking)
     assert (s.reward, s.reason) == (reward, reason), s
@@ -77,7 +81,7 @@ def test_overlong_answer_is_not_parsed():
 def test_helpers():
     assert last_boxed(r"\boxed{\frac{1}{2}} and \boxed{\{1,2\}}") == r"\{1,2\}"
     assert last_boxed(r"\boxed 5 done") == "5"
-    assert last_boxed(r"\boxed{2} then \boxed{3") == "2"          # an unclosed box is not an answer
+    assert last_boxed(r"\boxed{2} then \boxed{3") == "2"  # an unclosed box is not an answer
     assert last_boxed("no box") is None
     assert last_answer_line("x\nFinal answer: $7$.\n") == "7"
     assert gate("a</think>b</think>c", True) == "c" and gate("abc", True) is None and gate("abc", False) == "abc"

@@ -1,4 +1,5 @@
 """rlvr-verify: scores a records+response JSONL, summary on stderr, file:line:field on bad input."""
+
 import json
 import shutil
 import subprocess
@@ -23,9 +24,19 @@ def _rows(with_code):
         _rec(3, "science", {"answer": "B", "choices": ["A", "B", "C", "D"]}, "<think>hmm</think>Answer: C"),
     ]
     if with_code:
-        rows.append(_rec(4, "code", {"tests": [{"input": "3\n", "output": "9"}], "fn_name": None,
-                                     "time_limit_s": 2, "memory_limit_mb": 256},
-                         "<think>square</think>```python\nprint(int(input()) ** 2)\n```"))
+        rows.append(
+            _rec(
+                4,
+                "code",
+                {
+                    "tests": [{"input": "3\n", "output": "9"}],
+                    "fn_name": None,
+                    "time_limit_s": 2,
+                    "memory_limit_mb": 256,
+                },
+                "<think>square</think>```python\nprint(int(input()) ** 2)\n```",
+            )
+        )
     return rows
 
 
@@ -57,11 +68,14 @@ def test_thinking_is_off_by_default(tmp_path, capsys):
     assert [g["reward"] for g in got] == [1.0, 1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("mutate,where", [
-    (lambda r: r.pop("response"), "field 'response'"),
-    (lambda r: r.update(domain="poetry"), "field 'domain'"),
-    (lambda r: r["ground_truth"].pop("answers"), "field 'ground_truth.answers'"),
-])
+@pytest.mark.parametrize(
+    "mutate,where",
+    [
+        (lambda r: r.pop("response"), "field 'response'"),
+        (lambda r: r.update(domain="poetry"), "field 'domain'"),
+        (lambda r: r["ground_truth"].pop("answers"), "field 'ground_truth.answers'"),
+    ],
+)
 def test_malformed_input_names_file_line_field(tmp_path, capsys, mutate, where):
     rows = _rows(False)
     mutate(rows[2] if "answers" not in where else rows[1])
@@ -82,7 +96,11 @@ def test_invalid_json_line(tmp_path, capsys):
 
 def test_module_entry_point(tmp_path):
     inp = _write(tmp_path / "in.jsonl", _rows(False)[:1])
-    res = subprocess.run([sys.executable, "-m", "rlvr_jax.verifiers.cli", "--input", inp, "--workers", "0"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "rlvr_jax.verifiers.cli", "--input", inp, "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["reward"] == 1.0

@@ -7,6 +7,7 @@ each beside a straightforward per-tensor numpy merge of the same tensors. Ours c
 inputs as `rlvr-merge` does (fresh copies made untimed before each run). No disk I/O is timed.
 `run(quick)` returns rows for tools/bench.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,11 +35,19 @@ def model_shapes(quick: bool) -> dict[str, tuple]:
     s = {"embed/embedding": (V, E), "final_norm/scale": (E,), "lm_head/kernel": (E, V)}
     for i in range(L):
         p = f"layers/{i}/"
-        s.update({p + "attn/q_proj/kernel": (E, H, Dh), p + "attn/k_proj/kernel": (E, KV, Dh),
-                  p + "attn/v_proj/kernel": (E, KV, Dh), p + "attn/o_proj/kernel": (H, Dh, E),
-                  p + "mlp/gate_proj/kernel": (E, F), p + "mlp/up_proj/kernel": (E, F),
-                  p + "mlp/down_proj/kernel": (F, E), p + "input_norm/scale": (E,),
-                  p + "post_attn_norm/scale": (E,)})
+        s.update(
+            {
+                p + "attn/q_proj/kernel": (E, H, Dh),
+                p + "attn/k_proj/kernel": (E, KV, Dh),
+                p + "attn/v_proj/kernel": (E, KV, Dh),
+                p + "attn/o_proj/kernel": (H, Dh, E),
+                p + "mlp/gate_proj/kernel": (E, F),
+                p + "mlp/up_proj/kernel": (E, F),
+                p + "mlp/down_proj/kernel": (F, E),
+                p + "input_norm/scale": (E,),
+                p + "post_attn_norm/scale": (E,),
+            }
+        )
     return s
 
 
@@ -96,6 +105,7 @@ def _timed(fn):
 
 # ---------------------------------------------------------------- the numpy peer (per tensor, fp32)
 
+
 def np_task_arithmetic(a_np, x_np, scale=1.0):
     out = {}
     for p, a in a_np.items():
@@ -115,8 +125,9 @@ def np_ties(a_np, x_np, density=DENSITY, scope="global"):
     if scope == "global":  # one expert at a time: |tau| of the whole model, then an exact k-th largest
         thr = []
         for x in x_np:
-            v = np.concatenate([np.abs(x[p].astype(np.float32) - a.astype(np.float32)).ravel()
-                                for p, a in a_np.items()])
+            v = np.concatenate(
+                [np.abs(x[p].astype(np.float32) - a.astype(np.float32)).ravel() for p, a in a_np.items()]
+            )
             thr.append(_np_kth_largest(v, merge.keep_count(density, v.size)))
             del v
     out = {}
@@ -136,6 +147,7 @@ def np_ties(a_np, x_np, density=DENSITY, scope="global"):
 
 # ---------------------------------------------------------------- rows
 
+
 def _median_and_peak(fn, repeats: int, make_inputs=tuple):
     """Median wall time of `repeats` runs of fn(*make_inputs()) (inputs made untimed before each run;
     the first run, under the peak-RSS watcher, counts too). One run alone swung 0.21-1.01 s for the
@@ -144,7 +156,7 @@ def _median_and_peak(fn, repeats: int, make_inputs=tuple):
     for i in range(repeats):
         args = make_inputs()
         with peak if i == 0 else contextlib.nullcontext():
-            times.append(_timed(lambda: fn(*args))[0])
+            times.append(_timed(lambda: fn(*args))[0])  # noqa: F821 (args is bound above; del only ends its life)
         del args
     return statistics.median(times), peak
 
@@ -166,12 +178,18 @@ def run(quick: bool = False) -> list[dict]:
     moved = (K + 2) * n * 2  # bf16: read anchor + K experts, write one model
     # Ours as rlvr-merge runs it (consuming its inputs); the peer allocates its outputs.
     cases = {
-        "task_arithmetic": (lambda a, x: merge.task_arithmetic(a, x, consume=True),
-                            lambda: np_task_arithmetic(a_np, x_np)),
-        "ties_global": (lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="global", consume=True),
-                        lambda: np_ties(a_np, x_np, scope="global")),
-        "ties_tensor": (lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="tensor", consume=True),
-                        lambda: np_ties(a_np, x_np, scope="tensor")),
+        "task_arithmetic": (
+            lambda a, x: merge.task_arithmetic(a, x, consume=True),
+            lambda: np_task_arithmetic(a_np, x_np),
+        ),
+        "ties_global": (
+            lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="global", consume=True),
+            lambda: np_ties(a_np, x_np, scope="global"),
+        ),
+        "ties_tensor": (
+            lambda a, x: merge.ties(a, x, density=DENSITY, trim_scope="tensor", consume=True),
+            lambda: np_ties(a_np, x_np, scope="tensor"),
+        ),
     }
     inputs = lambda: fresh_copies(a_j, x_j)
     bws, rows = [copy_bandwidth()], []
@@ -184,21 +202,44 @@ def run(quick: bool = False) -> list[dict]:
         floor = moved / (bw * 1e9)
         t_peer, m_peer = _median_and_peak(peer_fn, repeats)
         rows += [
-            {"name": f"merge/{name}/wall", "ours": round(t_ours, 3), "peer": round(t_peer, 3),
-             "ratio": round(t_ours / t_peer, 3), "unit": "s",
-             "note": f"{size}; ours consumes its inputs as rlvr-merge does (output in the anchor's buffers); "
-                     f"peer: per-tensor numpy; median of {repeats} runs each"},
-            {"name": f"merge/{name}/throughput", "ours": round(moved / t_ours / 1e9, 2),
-             "peer": round(moved / t_peer / 1e9, 2), "ratio": round(t_ours / floor, 2), "unit": "GB/s",
-             "note": f"one-pass bytes {moved / 1e9:.2f} GB / wall; one-pass floor {floor:.3f} s at {bw:.1f} GB/s"
-                     + ("; exact global threshold = 2 extra histogram passes" if name == "ties_global" else "")},
-            {"name": f"merge/{name}/peak_rss_extra", "ours": round(m_ours.extra_gb, 3),
-             "peer": round(m_peer.extra_gb, 3), "ratio": round(m_ours.extra_gb / max(m_peer.extra_gb, 1e-9), 3),
-             "unit": "GB", "note": f"peak RSS above the loaded inputs; one model is {n * 2 / 1e9:.2f} GB"},
+            {
+                "name": f"merge/{name}/wall",
+                "ours": round(t_ours, 3),
+                "peer": round(t_peer, 3),
+                "ratio": round(t_ours / t_peer, 3),
+                "unit": "s",
+                "note": f"{size}; ours consumes its inputs as rlvr-merge does (output in the anchor's buffers); "
+                f"peer: per-tensor numpy; median of {repeats} runs each",
+            },
+            {
+                "name": f"merge/{name}/throughput",
+                "ours": round(moved / t_ours / 1e9, 2),
+                "peer": round(moved / t_peer / 1e9, 2),
+                "ratio": round(t_ours / floor, 2),
+                "unit": "GB/s",
+                "note": f"one-pass bytes {moved / 1e9:.2f} GB / wall; one-pass floor {floor:.3f} s at {bw:.1f} GB/s"
+                + ("; exact global threshold = 2 extra histogram passes" if name == "ties_global" else ""),
+            },
+            {
+                "name": f"merge/{name}/peak_rss_extra",
+                "ours": round(m_ours.extra_gb, 3),
+                "peer": round(m_peer.extra_gb, 3),
+                "ratio": round(m_ours.extra_gb / max(m_peer.extra_gb, 1e-9), 3),
+                "unit": "GB",
+                "note": f"peak RSS above the loaded inputs; one model is {n * 2 / 1e9:.2f} GB",
+            },
         ]
-    rows.insert(0, {"name": "merge/copy_bandwidth", "ours": round(max(bws), 2), "peer": None, "ratio": None,
-                    "unit": "GB/s", "note": f"np.copyto, read + write bytes, best of {len(bws)} rounds "
-                                            f"(min {min(bws):.1f}); sets the floors"})
+    rows.insert(
+        0,
+        {
+            "name": "merge/copy_bandwidth",
+            "ours": round(max(bws), 2),
+            "peer": None,
+            "ratio": None,
+            "unit": "GB/s",
+            "note": f"np.copyto, read + write bytes, best of {len(bws)} rounds (min {min(bws):.1f}); sets the floors",
+        },
+    )
     return rows
 
 

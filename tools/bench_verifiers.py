@@ -1,6 +1,7 @@
 """Verifier throughput: verifications/s per domain through the pool (1 and 2 workers) against
 sequential in-process `score()` on the same samples, and the sandbox's cost per execution
 against a bare interpreter start. `run(quick)` returns rows for tools/bench.py."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,14 +29,25 @@ def _samples(domain: str, n: int) -> tuple[list[dict], list[str]]:
             resps.append(f"<think>option {i}</think> **Answer:** {gold if right else 'ABCD'[(i + 1) % 4]}")
         elif domain == "code":
             tests = [{"input": f"{i} {j}\n", "output": f"{i + j}\n"} for j in range(3)]
-            recs.append({"domain": "code", "ground_truth": {"tests": tests, "fn_name": None,
-                                                            "time_limit_s": 2, "memory_limit_mb": 256}})
+            recs.append(
+                {
+                    "domain": "code",
+                    "ground_truth": {"tests": tests, "fn_name": None, "time_limit_s": 2, "memory_limit_mb": 256},
+                }
+            )
             op = "+" if right else "-"
             resps.append(f"<think>add</think>```python\na, b = map(int, input().split())\nprint(a {op} b)\n```")
         else:  # if
-            recs.append({"domain": "if", "ground_truth": {
-                "instruction_ids": ["punctuation:no_comma", "change_case:english_lowercase"],
-                "kwargs": [{}, {}], "prompt": "Write lowercase without commas."}})
+            recs.append(
+                {
+                    "domain": "if",
+                    "ground_truth": {
+                        "instruction_ids": ["punctuation:no_comma", "change_case:english_lowercase"],
+                        "kwargs": [{}, {}],
+                        "prompt": "Write lowercase without commas.",
+                    },
+                }
+            )
             body = f"all lowercase words number {i} and no commas here"
             resps.append("<think>ok</think>" + (body if right else body.replace("no commas", "no, commas")))
     return recs, resps
@@ -65,6 +77,7 @@ def _pool_rate(pool, recs, resps) -> float:
 
 def _sandbox_rows(reps: int) -> list[dict]:
     from rlvr_jax.verifiers import sandbox
+
     lim = sandbox.Limits(time_s=5, wall_s=10, memory_mb=512, output_bytes=1 << 16)
     py = sandbox.sandbox_python()
     sandbox.run({"main.py": b"print(1)"}, "main.py", b"", lim)  # warm the page cache
@@ -76,17 +89,27 @@ def _sandbox_rows(reps: int) -> list[dict]:
     for _ in range(reps):
         subprocess.run([py, "-I", "-S", "-c", "print(1)"], capture_output=True, check=True)
     peer = (time.perf_counter() - t0) / reps * 1e3
-    return [{"name": "verify/sandbox_exec_ms", "ours": round(ours, 2), "peer": round(peer, 2),
-             "ratio": round(ours / peer, 2), "unit": "ms/exec",
-             "note": f"bwrap+rlimits+uid vs bare `python -I -S`; overhead {ours - peer:.1f} ms per test run"}]
+    return [
+        {
+            "name": "verify/sandbox_exec_ms",
+            "ours": round(ours, 2),
+            "peer": round(peer, 2),
+            "ratio": round(ours / peer, 2),
+            "unit": "ms/exec",
+            "note": f"bwrap+rlimits+uid vs bare `python -I -S`; overhead {ours - peer:.1f} ms per test run",
+        }
+    ]
 
 
 def run(quick: bool = False) -> list[dict]:
     from rlvr_jax.verifiers.pool import VerifierPool
 
     config = VerifierConfig(thinking=True)
-    sizes = {"math": 40, "science": 400, "code": 8, "if": 200} if quick else \
-            {"math": 200, "science": 4000, "code": 40, "if": 2000}
+    sizes = (
+        {"math": 40, "science": 400, "code": 8, "if": 200}
+        if quick
+        else {"math": 200, "science": 4000, "code": 40, "if": 2000}
+    )
     domains = _domains()
     data = {d: _samples(d, sizes[d]) for d in domains}
     for d in domains:  # warm imports and caches in this process before timing the peer
@@ -96,12 +119,19 @@ def run(quick: bool = False) -> list[dict]:
     for workers in (1, 2):
         with VerifierPool(workers, deadline_s=30.0, config=config) as pool:
             for d in domains:  # workers started and every domain's first-call costs paid
-                pool.submit(*[x[:4 * workers] for x in _samples(d, 4 * workers)]).result()
+                pool.submit(*[x[: 4 * workers] for x in _samples(d, 4 * workers)]).result()
             for d in domains:
                 ours = _pool_rate(pool, *data[d])
-                rows.append({"name": f"verify/{d}/pool{workers}", "ours": round(ours, 1), "peer": round(peer[d], 1),
-                             "ratio": round(ours / peer[d], 2), "unit": "verif/s",
-                             "note": f"{len(data[d][0])} samples, {workers} worker(s) vs sequential in-process"})
+                rows.append(
+                    {
+                        "name": f"verify/{d}/pool{workers}",
+                        "ours": round(ours, 1),
+                        "peer": round(peer[d], 1),
+                        "ratio": round(ours / peer[d], 2),
+                        "unit": "verif/s",
+                        "note": f"{len(data[d][0])} samples, {workers} worker(s) vs sequential in-process",
+                    }
+                )
     if shutil.which("bwrap"):
         rows += _sandbox_rows(10 if quick else 50)
     return rows

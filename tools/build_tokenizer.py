@@ -6,6 +6,7 @@
 Ids: pad 0, unk 1, bos 2, eos 3 (`</s>`), then the user-defined `<|im_start|>`, `<|im_end|>`,
 `<think>`, `</think>`. `<|im_end|>` ends a chat turn, so the adapter lists it first in `eos_ids`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rlvr_jax.data import synthetic  # noqa: E402
 
-OUTPUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "rlvr_jax", "data", "assets", "builtin_sp.model")
+OUTPUT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rlvr_jax", "data", "assets", "builtin_sp.model"
+)
 VOCAB_SIZE = 1536
 USER_DEFINED = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -40,14 +42,29 @@ def train(lines: list[str], vocab_size: int = VOCAB_SIZE) -> bytes:
 
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size,
-        model_type="bpe", character_coverage=1.0, byte_fallback=True, split_digits=True,
-        user_defined_symbols=USER_DEFINED, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        sentence_iterator=iter(lines),
+        model_writer=out,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        split_digits=True,
+        user_defined_symbols=USER_DEFINED,
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
         # Identity normalisation and no dummy prefix: decode(encode(x)) == x for any text, and
         # prompt + completion tokens concatenate like the concatenated strings.
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, num_threads=1, input_sentence_size=0,
-        shuffle_input_sentence=False, max_sentence_length=1 << 14, minloglevel=2,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        num_threads=1,
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        max_sentence_length=1 << 14,
+        minloglevel=2,
     )
     return out.getvalue()
 

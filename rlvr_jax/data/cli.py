@@ -1,10 +1,11 @@
 """`rlvr-data convert|validate|stats|export`: source files to records, checks, length stats, built-ins.
 
-    rlvr-data convert --format gsm8k --input train.parquet --output gsm8k.jsonl
-    rlvr-data validate data/*.jsonl
-    rlvr-data stats data/*.jsonl [--tokenizer DIR] [--json]
-    rlvr-data export --builtin --domain all --split eval --with-reference --output eval.jsonl
+rlvr-data convert --format gsm8k --input train.parquet --output gsm8k.jsonl
+rlvr-data validate data/*.jsonl
+rlvr-data stats data/*.jsonl [--tokenizer DIR] [--json]
+rlvr-data export --builtin --domain all --split eval --with-reference --output eval.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,20 @@ import numpy as np
 
 from rlvr_jax.data import records as rec
 from rlvr_jax.data import sources, synthetic
+from rlvr_jax.data.prompts import PromptConfig, render_prompt
 from rlvr_jax.model.tokenizer import builtin_tokenizer, load_tokenizer
-from rlvr_jax.data.prompts import render_prompt
-from rlvr_jax.data.prompts import PromptConfig
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def _convert(args) -> int:
-    out, skipped = sources.convert_file(args.format, args.input, seed=args.seed,
-                                        include_generated_tests=args.include_generated_tests,
-                                        skip_invalid=args.skip_invalid)
+    out, skipped = sources.convert_file(
+        args.format,
+        args.input,
+        seed=args.seed,
+        include_generated_tests=args.include_generated_tests,
+        skip_invalid=args.skip_invalid,
+    )
     rec.write_jsonl(out, args.output)
     per_domain = Counter(r["domain"] for r in out)
     print(f"{args.input} -> {args.output}: {len(out)} records {dict(sorted(per_domain.items()))}", file=sys.stderr)
@@ -66,27 +70,38 @@ def length_stats(records, tokenizer, config) -> dict:
         edges = np.searchsorted(BUCKETS, a)  # index of the first bucket >= length
         hist = {f"<={b}": int((edges == i).sum()) for i, b in enumerate(BUCKETS)}
         hist[f">{BUCKETS[-1]}"] = int((edges == len(BUCKETS)).sum())
-        out[domain] = {"count": len(ls), "min": int(a.min()), "p50": float(np.percentile(a, 50)),
-                       "p90": float(np.percentile(a, 90)), "max": int(a.max()),
-                       f"over_{config.max_prompt_tokens}": int((a > config.max_prompt_tokens).sum()),
-                       "histogram": {k: v for k, v in hist.items() if v}}
+        out[domain] = {
+            "count": len(ls),
+            "min": int(a.min()),
+            "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)),
+            "max": int(a.max()),
+            f"over_{config.max_prompt_tokens}": int((a > config.max_prompt_tokens).sum()),
+            "histogram": {k: v for k, v in hist.items() if v},
+        }
     return out
 
 
 def _stats(args) -> int:
 
     records, _ = rec.load_records(args.files)
-    stats = length_stats(records, _tokenizer(args.tokenizer),
-                         PromptConfig(thinking=args.thinking, max_prompt_tokens=args.max_prompt_tokens))
+    stats = length_stats(
+        records,
+        _tokenizer(args.tokenizer),
+        PromptConfig(thinking=args.thinking, max_prompt_tokens=args.max_prompt_tokens),
+    )
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"{'domain':<8} {'count':>7} {'min':>5} {'p50':>7} {'p90':>7} {'max':>6} {'over':>6}  "
-          "histogram (prompt tokens)")
+    print(
+        f"{'domain':<8} {'count':>7} {'min':>5} {'p50':>7} {'p90':>7} {'max':>6} {'over':>6}  histogram (prompt tokens)"
+    )
     for d, s in stats.items():
         hist = " ".join(f"{k}:{v}" for k, v in s["histogram"].items())
-        print(f"{d:<8} {s['count']:>7} {s['min']:>5} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['max']:>6} "
-              f"{s[f'over_{args.max_prompt_tokens}']:>6}  {hist}")
+        print(
+            f"{d:<8} {s['count']:>7} {s['min']:>5} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['max']:>6} "
+            f"{s[f'over_{args.max_prompt_tokens}']:>6}  {hist}"
+        )
     return 0
 
 
@@ -110,10 +125,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     where = "\n".join(f"  {k:<14} {v}" for k, v in sources.WHERE.items())
-    c = sub.add_parser("convert", help="convert one source file (JSONL or parquet) to records",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="formats and where to get them (download locally, then point --input at "
-                              "a file):\n" + where)
+    c = sub.add_parser(
+        "convert",
+        help="convert one source file (JSONL or parquet) to records",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="formats and where to get them (download locally, then point --input at a file):\n" + where,
+    )
     c.add_argument("--format", required=True, choices=sorted(sources.CONVERTERS))
     c.add_argument("--input", required=True)
     c.add_argument("--output", required=True)

@@ -1,6 +1,7 @@
 """Domain mixtures on grain: one source per domain, pooled or weighted, reshuffled every epoch,
 sharded per host, batched; the position is one integer, so resuming is exact on any host count.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +9,7 @@ import json
 from typing import Mapping, Sequence
 
 import grain
+
 from rlvr_jax.data.prompts import build_prompts
 
 STATE_VERSION = 1
@@ -26,14 +28,22 @@ class PromptMixture:
     iterator, so the state is just that integer.
     """
 
-    def __init__(self, sources: Mapping[str, Sequence], *, batch_size: int, seed: int = 0,
-                 weights: Mapping[str, float] | None = None, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(
+        self,
+        sources: Mapping[str, Sequence],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        weights: Mapping[str, float] | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
         if batch_size < 1 or batch_size % process_count:
-            raise ValueError(f"global batch_size {batch_size} must be a positive multiple of "
-                             f"process_count {process_count}")
+            raise ValueError(
+                f"global batch_size {batch_size} must be a positive multiple of process_count {process_count}"
+            )
         domains = sorted(d for d, items in sources.items() if len(items))
         if weights is not None:
             unknown = sorted(set(weights) - set(sources))
@@ -61,18 +71,23 @@ class PromptMixture:
         else:
             stream = grain.MapDataset.mix(
                 [ds.shuffle(seed=_grain_seed(seed, d)).repeat() for d, ds in zip(domains, per_domain)],
-                [weights[d] for d in domains])
+                [weights[d] for d in domains],
+            )
         # Items are plain dicts of varying length: a batch is a list, not a stacked array.
         per_host = batch_size // process_count
         lo = process_index * per_host
-        self._batches = stream.batch(batch_size, batch_fn=list).map(lambda b: b[lo:lo + per_host])
+        self._batches = stream.batch(batch_size, batch_fn=list).map(lambda b: b[lo : lo + per_host])
         self._step = 0
 
     def _make_fingerprint(self, sources, weights) -> str:
         # What decides the global stream; restoring into a different one is an error.
-        desc = {"seed": self.seed, "batch_size": self.batch_size, "weights": dict(weights) if weights else None,
-                "sizes": self.sizes,
-                "first_last": {d: [_key(sources[d][0]), _key(sources[d][-1])] for d in self.domains}}
+        desc = {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "weights": dict(weights) if weights else None,
+            "sizes": self.sizes,
+            "first_last": {d: [_key(sources[d][0]), _key(sources[d][-1])] for d in self.domains},
+        }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
     def __iter__(self):
@@ -94,18 +109,25 @@ class PromptMixture:
 
     def get_state(self) -> dict:
         """JSON-able position for the trainer's checkpoint."""
-        return {"version": STATE_VERSION, "step": self._step, "batch_size": self.batch_size,
-                "fingerprint": self._fingerprint}
+        return {
+            "version": STATE_VERSION,
+            "step": self._step,
+            "batch_size": self.batch_size,
+            "fingerprint": self._fingerprint,
+        }
 
     def set_state(self, state: Mapping) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"data iterator state version {state.get('version')!r}, expected {STATE_VERSION}")
         if state["batch_size"] != self.batch_size:
-            raise ValueError(f"checkpoint was taken with global batch_size {state['batch_size']}, "
-                             f"this mixture has {self.batch_size}")
+            raise ValueError(
+                f"checkpoint was taken with global batch_size {state['batch_size']}, this mixture has {self.batch_size}"
+            )
         if state["fingerprint"] != self._fingerprint:
-            raise ValueError("checkpoint's data mixture differs from this one (sources, sizes, weights "
-                             "or seed changed): refusing to resume at a position in another stream")
+            raise ValueError(
+                "checkpoint's data mixture differs from this one (sources, sizes, weights "
+                "or seed changed): refusing to resume at a position in another stream"
+            )
         self._step = int(state["step"])
 
 
@@ -120,12 +142,26 @@ def _key(item) -> str:
     return str(record.get("id")) if isinstance(record, dict) else repr(record)[:200]
 
 
-def build_mixture(records, tokenizer, prompt_config, *, batch_size: int, seed: int = 0,
-                  weights: Mapping[str, float] | None = None, process_index: int = 0,
-                  process_count: int = 1) -> tuple[PromptMixture, dict[str, int]]:
+def build_mixture(
+    records,
+    tokenizer,
+    prompt_config,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    weights: Mapping[str, float] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[PromptMixture, dict[str, int]]:
     """Records -> prompts (template, length limit) -> mixture; also the kept/dropped counts."""
 
     by_domain, counts = build_prompts(records, tokenizer, prompt_config)
-    mixture = PromptMixture(by_domain, batch_size=batch_size, seed=seed, weights=weights,
-                            process_index=process_index, process_count=process_count)
+    mixture = PromptMixture(
+        by_domain,
+        batch_size=batch_size,
+        seed=seed,
+        weights=weights,
+        process_index=process_index,
+        process_count=process_count,
+    )
     return mixture, counts

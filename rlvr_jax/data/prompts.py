@@ -1,6 +1,7 @@
 """Records to prompts: chat template, optional system prompt and domain prefixes, thinking on or
 off, and the prompt-length limit in tokens (dropped prompts are counted per domain, never hidden).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,28 +15,30 @@ from rlvr_jax.model.tokenizer import Tokenizer, completion_for
 DOMAIN_PREFIXES = {
     "math": "Solve the following problem step by step. Put the final answer in \\boxed{}.\n\n",
     "code": "Solve the following problem in Python. The program reads standard input and writes "
-            "standard output. Put the whole program in one ```python block.\n\n",
+    "standard output. Put the whole program in one ```python block.\n\n",
     "science": "Answer the following multiple-choice question. End with a line 'Answer: X' where X "
-               "is the letter of the correct option.\n\n",
+    "is the letter of the correct option.\n\n",
     "if": "",
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
-    thinking: bool = True                 # generation prompt opens `<think>\n` (tokenizer.py)
-    system_prompt: str = ""               # "" = none; replaces a record's own system message
-    domain_prefixes: bool = False         # prepend DOMAIN_PREFIXES (or `prefixes`) to the last user turn
+    thinking: bool = True  # generation prompt opens `<think>\n` (tokenizer.py)
+    system_prompt: str = ""  # "" = none; replaces a record's own system message
+    domain_prefixes: bool = False  # prepend DOMAIN_PREFIXES (or `prefixes`) to the last user turn
     prefixes: Mapping[str, str] | None = None  # per-domain override of DOMAIN_PREFIXES
-    max_prompt_tokens: int = 2048         # longer prompts are dropped (the study's 2,048)
+    max_prompt_tokens: int = 2048  # longer prompts are dropped (the study's 2,048)
 
 
 def prompt_messages(record: dict, config: PromptConfig) -> list[dict]:
     """The record's messages with the configured system prompt and domain prefix applied."""
     messages = [dict(m) for m in record["messages"]]
     if config.system_prompt:
-        messages = [{"role": "system", "content": config.system_prompt},
-                    *(m for m in messages if m["role"] != "system")]
+        messages = [
+            {"role": "system", "content": config.system_prompt},
+            *(m for m in messages if m["role"] != "system"),
+        ]
     if config.domain_prefixes:
         prefix = (config.prefixes or DOMAIN_PREFIXES).get(record["domain"], "")
         last = messages[-1]
@@ -44,8 +47,9 @@ def prompt_messages(record: dict, config: PromptConfig) -> list[dict]:
 
 
 def render_prompt(record: dict, tokenizer: Tokenizer, config: PromptConfig) -> str:
-    return tokenizer.apply_chat_template(prompt_messages(record, config), add_generation_prompt=True,
-                                         thinking=config.thinking)
+    return tokenizer.apply_chat_template(
+        prompt_messages(record, config), add_generation_prompt=True, thinking=config.thinking
+    )
 
 
 def sft_example(record: dict, tokenizer: Tokenizer, config: PromptConfig) -> tuple[list[int], list[int]]:
@@ -55,8 +59,9 @@ def sft_example(record: dict, tokenizer: Tokenizer, config: PromptConfig) -> tup
     return tokenizer.encode(prompt), tokenizer.encode(target)
 
 
-def build_prompts(records: Iterable[dict], tokenizer: Tokenizer,
-                  config: PromptConfig) -> tuple[dict[str, list[dict]], dict[str, int]]:
+def build_prompts(
+    records: Iterable[dict], tokenizer: Tokenizer, config: PromptConfig
+) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Per-domain lists of `{"record", "prompt", "prompt_ids"}` in input order, and counts
     `prompts/kept/<domain>`, `prompts/dropped/<domain>` (over max_prompt_tokens)."""
     by_domain: dict[str, list[dict]] = {}

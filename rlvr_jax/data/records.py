@@ -2,12 +2,15 @@
 With `fn_name`, a code test's `input` holds one JSON value per line (one per argument) and `output`
 the JSON return value (the code verifier's layout); without it both are stdin/stdout text.
 """
+
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 from typing import Any, Iterator
+
 from rlvr_jax.instructions.registry import validate_kwargs
 
 DOMAINS = ("math", "code", "science", "if")
@@ -91,7 +94,6 @@ def _if(gt: dict) -> None:
             raise _Bad(f"ground_truth.{field}[{i}]", str(e).strip("'\"")) from None
 
 
-
 def _code(gt: dict) -> None:
     fn_name = gt.get("fn_name")
     if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
@@ -103,7 +105,7 @@ def _code(gt: dict) -> None:
             value = _str(t, key, where, empty_ok=True)
             if fn_name is not None:
                 # Function-call tests: one JSON value per input line (one per argument), JSON output.
-                for text in (value.splitlines() if key == "input" else [value]):
+                for text in value.splitlines() if key == "input" else [value]:
                     if key == "input" and not text.strip():
                         continue
                     try:
@@ -148,8 +150,9 @@ def _check(obj: Any, extra_fields: tuple[str, ...]) -> dict:
     return {**rec, "source": source, "metadata": metadata}
 
 
-def validate_record(obj: Any, *, file: str = "<record>", line: int | str = 0,
-                    extra_fields: tuple[str, ...] = ("response",)) -> dict:
+def validate_record(
+    obj: Any, *, file: str = "<record>", line: int | str = 0, extra_fields: tuple[str, ...] = ("response",)
+) -> dict:
     """The record with `source`/`metadata` defaults filled, or RecordError naming file:line:field."""
     try:
         return _check(obj, extra_fields)
@@ -164,14 +167,12 @@ def iter_rows(path: str) -> Iterator[tuple[int, Any, RecordError | None]]:
     does, the header being row 1.
     """
     if path.endswith(".csv"):
-        import csv
-
         with open(path, encoding="utf-8", newline="") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 yield n, row, None
         return
     if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # local: heavy, and only parquet inputs need it
 
         n = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
@@ -197,8 +198,9 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
         yield n, row
 
 
-def load_records(paths: str | list[str], *, skip_invalid: bool = False,
-                 extra_fields: tuple[str, ...] = ("response",)) -> tuple[list[dict], list[RecordError]]:
+def load_records(
+    paths: str | list[str], *, skip_invalid: bool = False, extra_fields: tuple[str, ...] = ("response",)
+) -> tuple[list[dict], list[RecordError]]:
     """Validated records of JSONL/parquet files; with skip_invalid, bad ones come back as errors."""
     records, skipped = [], []
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:

@@ -2,6 +2,7 @@
 `CONVERTERS[name](row, ctx)` gives one row's records (none for a counted skip); `convert_file`
 reads JSONL, parquet or CSV and validates every record against the input's file:line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,14 @@ def _user(text: str) -> list[dict]:
 
 
 def _record(ctx: Context, domain: str, rid: str, messages: list, gt: dict, source: str, **meta) -> dict:
-    return {"id": str(rid), "domain": domain, "messages": messages, "ground_truth": gt, "source": source,
-            "metadata": {k: v for k, v in meta.items() if v is not None}}
+    return {
+        "id": str(rid),
+        "domain": domain,
+        "messages": messages,
+        "ground_truth": gt,
+        "source": source,
+        "metadata": {k: v for k, v in meta.items() if v is not None},
+    }
 
 
 def _messages(value: Any, field: str) -> list[dict]:
@@ -99,7 +106,7 @@ def last_boxed(text: str) -> str | None:
     while i < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         i += 1
-    return text[starts[-1]:i - 1].strip() if depth == 0 else None
+    return text[starts[-1] : i - 1].strip() if depth == 0 else None
 
 
 def _math(ctx, rid, messages, answer, source, **meta):
@@ -123,8 +130,15 @@ def math_(row, ctx):
         answer = last_boxed(_get(row, "solution"))
         if answer is None:
             raise RowError("solution", "no answer field and no \\boxed{} in the solution")
-    return _math(ctx, row.get("unique_id") or ctx.default_id("math"), _user(_get(row, "problem")), answer,
-                 "math", level=row.get("level"), type=row.get("type"))
+    return _math(
+        ctx,
+        row.get("unique_id") or ctx.default_id("math"),
+        _user(_get(row, "problem")),
+        answer,
+        "math",
+        level=row.get("level"),
+        type=row.get("type"),
+    )
 
 
 def deepscaler(row, ctx):
@@ -140,8 +154,13 @@ def dapo(row, ctx):
         return []
     ctx.seen.add(key)
     index = (row.get("extra_info") or {}).get("index")
-    return _math(ctx, f"dapo17k/{index}" if index is not None else ctx.default_id("dapo17k"), messages, gold,
-                 row.get("data_source") or "dapo17k")
+    return _math(
+        ctx,
+        f"dapo17k/{index}" if index is not None else ctx.default_id("dapo17k"),
+        messages,
+        gold,
+        row.get("data_source") or "dapo17k",
+    )
 
 
 # ------------------------------------------------------------------------------------- code
@@ -149,9 +168,12 @@ def _code(ctx, rid, messages, tests, source, *, fn_name=None, time_limit_s=None,
     if not tests:
         ctx.skipped["no_tests"] += 1
         return []
-    gt = {"tests": tests, "fn_name": fn_name or None,
-          "time_limit_s": float(time_limit_s or DEFAULT_TIME_LIMIT_S),
-          "memory_limit_mb": int(memory_mb or DEFAULT_MEMORY_MB)}
+    gt = {
+        "tests": tests,
+        "fn_name": fn_name or None,
+        "time_limit_s": float(time_limit_s or DEFAULT_TIME_LIMIT_S),
+        "memory_limit_mb": int(memory_mb or DEFAULT_MEMORY_MB),
+    }
     return [_record(ctx, "code", rid, messages, gt, source, **meta)]
 
 
@@ -185,9 +207,13 @@ def taco(row, ctx):
     fn_name = io.get("fn_name")
     if fn_name:
         # APPS/TACO wrap a call's result in a one-element list; their checker accepts either.
-        tests = [{"input": _call_input(i if isinstance(i, list) else [i]),
-                  "output": json.dumps(o[0] if isinstance(o, list) and len(o) == 1 else o)}
-                 for i, o in zip(io["inputs"], io["outputs"])]
+        tests = [
+            {
+                "input": _call_input(i if isinstance(i, list) else [i]),
+                "output": json.dumps(o[0] if isinstance(o, list) and len(o) == 1 else o),
+            }
+            for i, o in zip(io["inputs"], io["outputs"])
+        ]
     else:
         tests = [{"input": _text(i), "output": _text(o)} for i, o in zip(io["inputs"], io["outputs"])]
     question = _get(row, "question")
@@ -196,9 +222,18 @@ def taco(row, ctx):
     time_limit = _number(row.get("time_limit"), "s")
     memory = _number(row.get("memory_limit"), "m")
     rid = row.get("id") or row.get("problem_id")
-    return _code(ctx, rid if rid is not None else ctx.default_id("taco"), _user(prompt), tests,
-                 str(row.get("source") or "taco"), fn_name=fn_name, time_limit_s=time_limit,
-                 memory_mb=memory, difficulty=row.get("difficulty"), starter_code=starter or None)
+    return _code(
+        ctx,
+        rid if rid is not None else ctx.default_id("taco"),
+        _user(prompt),
+        tests,
+        str(row.get("source") or "taco"),
+        fn_name=fn_name,
+        time_limit_s=time_limit,
+        memory_mb=memory,
+        difficulty=row.get("difficulty"),
+        starter_code=starter or None,
+    )
 
 
 def code_contests(row, ctx):
@@ -213,9 +248,16 @@ def code_contests(row, ctx):
     tl = row.get("time_limit") or {}
     seconds = (tl.get("seconds") or 0) + (tl.get("nanos") or 0) / 1e9 if isinstance(tl, dict) else None
     mem = row.get("memory_limit_bytes")
-    return _code(ctx, row.get("name") or ctx.default_id("code_contests"), _user(_get(row, "description")), tests,
-                 "code_contests", time_limit_s=seconds or None, memory_mb=int(mem) // 2**20 if mem else None,
-                 difficulty=row.get("difficulty"))
+    return _code(
+        ctx,
+        row.get("name") or ctx.default_id("code_contests"),
+        _user(_get(row, "description")),
+        tests,
+        "code_contests",
+        time_limit_s=seconds or None,
+        memory_mb=int(mem) // 2**20 if mem else None,
+        difficulty=row.get("difficulty"),
+    )
 
 
 def livecodebench(row, ctx):
@@ -230,9 +272,16 @@ def livecodebench(row, ctx):
                 value = json.loads(value)
             except ValueError:
                 looks_encoded = re.fullmatch(r"[A-Za-z0-9+/=\s]+", value[:4096]) is not None
-                raise RowError(key, "not JSON" + (
-                    " (looks like upstream base64+zlib+pickle: decode it offline once into JSON; "
-                    "this loader never unpickles)" if looks_encoded else "")) from None
+                raise RowError(
+                    key,
+                    "not JSON"
+                    + (
+                        " (looks like upstream base64+zlib+pickle: decode it offline once into JSON; "
+                        "this loader never unpickles)"
+                        if looks_encoded
+                        else ""
+                    ),
+                ) from None
         if not isinstance(value, list):
             raise RowError(key, "expected a list of {input, output, testtype}")
         cases += value
@@ -244,8 +293,7 @@ def livecodebench(row, ctx):
         if kind == "functional":
             if not fn_name:
                 raise RowError("metadata", "functional tests need metadata.func_name")
-            tests.append({"input": "\n".join(ln for ln in c["input"].split("\n") if ln.strip()),
-                          "output": c["output"]})
+            tests.append({"input": "\n".join(ln for ln in c["input"].split("\n") if ln.strip()), "output": c["output"]})
         elif kind == "stdin":
             tests.append({"input": c["input"], "output": c["output"]})
         else:
@@ -257,9 +305,17 @@ def livecodebench(row, ctx):
     starter = row.get("starter_code") or ""
     prompt = content + (f"\n\n{starter}" if starter.strip() else "")
     rid = row.get("question_id") or row.get("question_title") or ctx.default_id("livecodebench")
-    return _code(ctx, f"livecodebench/{rid}", _user(prompt), tests, f"livecodebench/{row.get('platform', '')}",
-                 fn_name=fn_name if functional else None, contest_date=row.get("contest_date"),
-                 difficulty=row.get("difficulty"), starter_code=starter or None)
+    return _code(
+        ctx,
+        f"livecodebench/{rid}",
+        _user(prompt),
+        tests,
+        f"livecodebench/{row.get('platform', '')}",
+        fn_name=fn_name if functional else None,
+        contest_date=row.get("contest_date"),
+        difficulty=row.get("difficulty"),
+        starter_code=starter or None,
+    )
 
 
 # ------------------------------------------------------------------------------------- science
@@ -272,9 +328,20 @@ def gpqa(row, ctx):
     random.Random(f"{ctx.seed}/{rid}").shuffle(order)  # order[j] = original option shown as letter j
     lines = "\n".join(f"{GPQA_LETTERS[j]}) {options[k]}" for j, k in enumerate(order))
     gt = {"answer": GPQA_LETTERS[order.index(0)], "choices": list(GPQA_LETTERS)}
-    return [_record(ctx, "science", f"gpqa/{rid}", _user(f"{question}\n\n{lines}"), gt, "gpqa",
-                    shuffle_seed=ctx.seed, permutation=order, subdomain=row.get("Subdomain"),
-                    domain_name=row.get("High-level domain"))]
+    return [
+        _record(
+            ctx,
+            "science",
+            f"gpqa/{rid}",
+            _user(f"{question}\n\n{lines}"),
+            gt,
+            "gpqa",
+            shuffle_seed=ctx.seed,
+            permutation=order,
+            subdomain=row.get("Subdomain"),
+            domain_name=row.get("High-level domain"),
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------- if
@@ -301,8 +368,9 @@ def _if_kwargs_list(value, n: int, field: str) -> list[dict]:
 
 
 def _if_record(ctx, rid, messages, ids, kwargs, prompt, source, **meta):
-    return [_record(ctx, "if", rid, messages, {"instruction_ids": ids, "kwargs": kwargs, "prompt": prompt},
-                    source, **meta)]
+    return [
+        _record(ctx, "if", rid, messages, {"instruction_ids": ids, "kwargs": kwargs, "prompt": prompt}, source, **meta)
+    ]
 
 
 def ifeval(row, ctx):
@@ -312,26 +380,37 @@ def ifeval(row, ctx):
         raise RowError("instruction_id_list", "expected a list")
     prompt = _get(row, "prompt")
     key = row.get("key")
-    return _if_record(ctx, f"ifeval/{key}" if key is not None else ctx.default_id("ifeval"), _user(prompt),
-                      ids, _if_kwargs(row.get("kwargs"), len(ids), "kwargs"), prompt, "ifeval")
+    return _if_record(
+        ctx,
+        f"ifeval/{key}" if key is not None else ctx.default_id("ifeval"),
+        _user(prompt),
+        ids,
+        _if_kwargs(row.get("kwargs"), len(ids), "kwargs"),
+        prompt,
+        "ifeval",
+    )
 
 
 def _relation(q: str, n: int) -> list[tuple[str, int]] | None:
     """IFEval relations for an RLVR-IFEval quantifier: 'at most n' is 'less than n+1'."""
-    return {"at least": [("at least", n)], "less than": [("less than", n)],
-            "at most": [("less than", n + 1)]}.get(str(q).strip().lower())
+    return {"at least": [("at least", n)], "less than": [("less than", n)], "at most": [("less than", n + 1)]}.get(
+        str(q).strip().lower()
+    )
 
 
 def _exactly(id_: str, count_key: str, rel_key: str, n: int, **extra) -> list:
     # "exactly n" is "at least n" and "less than n+1": two instructions, both must hold.
-    return [(id_, {**extra, count_key: n, rel_key: "at least"}),
-            (id_, {**extra, count_key: n + 1, rel_key: "less than"})]
+    return [
+        (id_, {**extra, count_key: n, rel_key: "at least"}),
+        (id_, {**extra, count_key: n + 1, rel_key: "less than"}),
+    ]
 
 
 def _rel(id_: str, count_key: str, rel_key: str):
     def make(a):
         rel = _relation(a.get("quantifier"), int(a["N"]))
         return None if rel is None else [(id_, {count_key: n, rel_key: r}) for r, n in rel]
+
     return make
 
 
@@ -339,31 +418,40 @@ def _rel(id_: str, count_key: str, rel_key: str):
 LEGACY_IF: dict[str, Callable[[dict], list | None]] = {
     "verify_keywords": lambda a: [("keywords:existence", {"keywords": a["keyword_list"]})],
     "validate_forbidden_words": lambda a: [("keywords:forbidden_words", {"forbidden_words": a["forbidden_words"]})],
-    "verify_letter_frequency": lambda a: _exactly("keywords:letter_frequency", "let_frequency", "let_relation",
-                                                  int(a["N"]), letter=a["letter"]),
-    "verify_keyword_frequency": lambda a: _exactly("keywords:frequency", "frequency", "relation", int(a["N"]),
-                                                   keyword=a["word"]),
+    "verify_letter_frequency": lambda a: _exactly(
+        "keywords:letter_frequency", "let_frequency", "let_relation", int(a["N"]), letter=a["letter"]
+    ),
+    "verify_keyword_frequency": lambda a: _exactly(
+        "keywords:frequency", "frequency", "relation", int(a["N"]), keyword=a["word"]
+    ),
     "validate_response_language": lambda a: [("language:response_language", {"language": a["language"]})],
     "verify_paragraph_count": lambda a: [("length_constraints:number_paragraphs", {"num_paragraphs": int(a["N"])})],
     "validate_word_constraint": _rel("length_constraints:number_words", "num_words", "relation"),
     "verify_sentence_constraint": _rel("length_constraints:number_sentences", "num_sentences", "relation"),
-    "validate_paragraphs": lambda a: [("length_constraints:nth_paragraph_first_word", {
-        "num_paragraphs": int(a["N"]), "nth_paragraph": int(a["i"]), "first_word": a["first_word"]})],
+    "validate_paragraphs": lambda a: [
+        (
+            "length_constraints:nth_paragraph_first_word",
+            {"num_paragraphs": int(a["N"]), "nth_paragraph": int(a["i"]), "first_word": a["first_word"]},
+        )
+    ],
     "verify_postscript": lambda a: [("detectable_content:postscript", {"postscript_marker": a["postscript_marker"]})],
     "validate_placeholders": lambda a: [("detectable_content:number_placeholders", {"num_placeholders": int(a["N"])})],
     "verify_bullet_points": lambda a: [("detectable_format:number_bullet_lists", {"num_bullets": int(a["N"])})],
     "validate_title": lambda a: [("detectable_format:title", {})],
-    "validate_highlighted_sections": lambda a: [("detectable_format:number_highlighted_sections",
-                                                 {"num_highlights": int(a["N"])})],
-    "validate_sections": lambda a: [("detectable_format:multiple_sections",
-                                     {"section_spliter": a["section_splitter"], "num_sections": int(a["N"])})],
+    "validate_highlighted_sections": lambda a: [
+        ("detectable_format:number_highlighted_sections", {"num_highlights": int(a["N"])})
+    ],
+    "validate_sections": lambda a: [
+        ("detectable_format:multiple_sections", {"section_spliter": a["section_splitter"], "num_sections": int(a["N"])})
+    ],
     "validate_json_format": lambda a: [("detectable_format:json_format", {})],
     "validate_repeat_prompt": lambda a: [("combination:repeat_prompt", {"prompt_to_repeat": a["original_prompt"]})],
     "validate_two_responses": lambda a: [("combination:two_responses", {})],
     "validate_uppercase": lambda a: [("change_case:english_capital", {})],
     "validate_lowercase": lambda a: [("change_case:english_lowercase", {})],
-    "validate_frequency_capital_words": _rel("change_case:capital_word_frequency", "capital_frequency",
-                                             "capital_relation"),
+    "validate_frequency_capital_words": _rel(
+        "change_case:capital_word_frequency", "capital_frequency", "capital_relation"
+    ),
     "validate_end": lambda a: [("startend:end_checker", {"end_phrase": a["end_phrase"]})],
     "validate_quotation": lambda a: [("startend:quotation", {})],
     "validate_no_commas": lambda a: [("punctuation:no_comma", {})],
@@ -392,14 +480,28 @@ def rlvr_ifeval(row, ctx):
         ctx.skipped[f"unmapped_if:{func}:{args.get('quantifier')}"] += 1
         return []
     prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return _if_record(ctx, ctx.default_id("rlvr_ifeval"), messages, [i for i, _ in mapped], [k for _, k in mapped],
-                      prompt, "rlvr_ifeval", constraint_type=row.get("constraint_type"), legacy_func=func)
+    return _if_record(
+        ctx,
+        ctx.default_id("rlvr_ifeval"),
+        messages,
+        [i for i, _ in mapped],
+        [k for _, k in mapped],
+        prompt,
+        "rlvr_ifeval",
+        constraint_type=row.get("constraint_type"),
+        legacy_func=func,
+    )
 
 
 # ------------------------------------------------------------------------------------- nemotron
 # Sub-corpus name (suffix of `dataset`) -> domain; anything else is out of scope, counted.
-NEMOTRON_ROUTES = {"_dapo17k": "math", "_skywork_no_omni": "math", "_stem_mcqa": "science",
-                   "_instruction_following": "if", "_comp_coding_50tests": "code"}
+NEMOTRON_ROUTES = {
+    "_dapo17k": "math",
+    "_skywork_no_omni": "math",
+    "_stem_mcqa": "science",
+    "_instruction_following": "if",
+    "_comp_coding_50tests": "code",
+}
 
 
 def nemotron(row, ctx):
@@ -445,24 +547,43 @@ def nemotron(row, ctx):
 # Where users get each format (Hugging Face dataset repos, downloaded by them, e.g. with
 # `huggingface-cli download REPO --repo-type dataset --local-dir DIR`); shown by `convert --help`.
 WHERE = {
-    "gsm8k": "openai/gsm8k", "math": "EleutherAI/hendrycks_math", "math500": "HuggingFaceH4/MATH-500",
-    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset", "dapo17k": "BytedTsinghua-SIA/DAPO-Math-17k",
-    "nemotron": "NVIDIA's Nemotron-3-Nano RL training blend", "taco": "BAAI/TACO", "apps": "codeparrot/apps",
-    "code_contests": "deepmind/code_contests", "livecodebench": "livecodebench/code_generation_lite (decode the "
-    "private tests to JSON offline first)", "gpqa": "Idavidrein/gpqa (gated)", "ifeval": "google/IFEval",
-    "ifbench": "allenai/IFBench_test", "rlvr_ifeval": "allenai/RLVR-IFeval",
+    "gsm8k": "openai/gsm8k",
+    "math": "EleutherAI/hendrycks_math",
+    "math500": "HuggingFaceH4/MATH-500",
+    "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
+    "dapo17k": "BytedTsinghua-SIA/DAPO-Math-17k",
+    "nemotron": "NVIDIA's Nemotron-3-Nano RL training blend",
+    "taco": "BAAI/TACO",
+    "apps": "codeparrot/apps",
+    "code_contests": "deepmind/code_contests",
+    "livecodebench": "livecodebench/code_generation_lite (decode the private tests to JSON offline first)",
+    "gpqa": "Idavidrein/gpqa (gated)",
+    "ifeval": "google/IFEval",
+    "ifbench": "allenai/IFBench_test",
+    "rlvr_ifeval": "allenai/RLVR-IFeval",
 }
 
 CONVERTERS: dict[str, Callable[[dict, Context], list[dict]]] = {
-    "gsm8k": gsm8k, "math": math_, "math500": math_, "deepscaler": deepscaler, "dapo17k": dapo,
-    "nemotron": nemotron, "taco": taco, "apps": taco, "code_contests": code_contests,
-    "livecodebench": livecodebench, "gpqa": gpqa, "ifeval": ifeval, "ifbench": ifeval,
+    "gsm8k": gsm8k,
+    "math": math_,
+    "math500": math_,
+    "deepscaler": deepscaler,
+    "dapo17k": dapo,
+    "nemotron": nemotron,
+    "taco": taco,
+    "apps": taco,
+    "code_contests": code_contests,
+    "livecodebench": livecodebench,
+    "gpqa": gpqa,
+    "ifeval": ifeval,
+    "ifbench": ifeval,
     "rlvr_ifeval": rlvr_ifeval,
 }
 
 
-def convert_file(fmt: str, path: str, *, seed: int = 0, include_generated_tests: bool = False,
-                 skip_invalid: bool = False) -> tuple[list[dict], Counter]:
+def convert_file(
+    fmt: str, path: str, *, seed: int = 0, include_generated_tests: bool = False, skip_invalid: bool = False
+) -> tuple[list[dict], Counter]:
     """Records of one source file and the counts of skipped rows by reason.
 
     A malformed row or an invalid converted record raises RecordError at the input's file:line;

@@ -1,6 +1,7 @@
 """Built-in tasks: deterministic generators for the four domains, sized for a tiny model, with
 train/eval splits disjoint by prompt and a short reference response per record (thinking format).
 """
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,10 @@ import random
 import re
 from typing import Callable
 
-from rlvr_jax.model.tokenizer import THINK_CLOSE, THINK_OPEN
+import numpy as np
+
 from rlvr_jax.instructions import registry
+from rlvr_jax.model.tokenizer import THINK_CLOSE, THINK_OPEN
 
 DOMAINS = ("math", "code", "science", "if")
 SPLITS = ("train", "eval")
@@ -26,7 +29,6 @@ SIZES = {
 EVAL_FRACTION = 0.1  # share of the prompt space hashed into the held-out split
 MAX_MISSES = 20_000  # consecutive duplicate/other-split draws that mean the space is exhausted
 SEED = 1234
-
 
 
 def reference(reasoning: str, answer: str) -> str:
@@ -58,30 +60,44 @@ def _math_task(rng: random.Random) -> tuple[str, str, int]:
     kind = rng.choice(["add", "sub", "mul", "div", "add_sub", "mul_add"])
     if kind == "add":
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        return (f"{name} has {a} {item}. {name} gets {b} more. How many {item} does {name} have now?",
-                f"{a} + {b} = {a + b}", a + b)
+        return (
+            f"{name} has {a} {item}. {name} gets {b} more. How many {item} does {name} have now?",
+            f"{a} + {b} = {a + b}",
+            a + b,
+        )
     if kind == "sub":
         b, c = rng.randint(1, 9), rng.randint(1, 9)
         a = b + c
-        return (f"{name} has {a} {item} and gives away {b}. How many {item} are left?",
-                f"{a} - {b} = {c}", c)
+        return (f"{name} has {a} {item} and gives away {b}. How many {item} are left?", f"{a} - {b} = {c}", c)
     if kind == "mul":
         a, b = rng.randint(2, 9), rng.randint(2, 9)
-        return (f"There are {a} boxes with {b} {item} in each box. How many {item} are there?",
-                f"{a} * {b} = {a * b}", a * b)
+        return (
+            f"There are {a} boxes with {b} {item} in each box. How many {item} are there?",
+            f"{a} * {b} = {a * b}",
+            a * b,
+        )
     if kind == "div":
         b, q = rng.randint(2, 9), rng.randint(2, 9)
         a = b * q
-        return (f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
-                f"{a} / {b} = {q}", q)
+        return (
+            f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
+            f"{a} / {b} = {q}",
+            q,
+        )
     if kind == "add_sub":
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         c = rng.randint(1, min(9, a + b - 1))
-        return (f"{name} has {a} {item}, finds {b} more, then loses {c}. How many {item} does {name} have?",
-                f"{a} + {b} = {a + b}, {a + b} - {c} = {a + b - c}", a + b - c)
+        return (
+            f"{name} has {a} {item}, finds {b} more, then loses {c}. How many {item} does {name} have?",
+            f"{a} + {b} = {a + b}, {a + b} - {c} = {a + b - c}",
+            a + b - c,
+        )
     a, b, c = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
-    return (f"{name} buys {a} bags of {b} {item} and already had {c}. How many {item} does {name} have?",
-            f"{a} * {b} = {a * b}, {a * b} + {c} = {a * b + c}", a * b + c)
+    return (
+        f"{name} buys {a} bags of {b} {item} and already had {c}. How many {item} does {name} have?",
+        f"{a} * {b} = {a * b}, {a * b} + {c} = {a * b + c}",
+        a * b + c,
+    )
 
 
 def _math(rng: random.Random) -> dict:
@@ -102,8 +118,9 @@ def _code_task(rng: random.Random) -> tuple[str, str, str, Callable[[random.Rand
     Families carry constants in the statement, so held-out prompts ask for programs whose
     constants the model never saw: it must copy them from the prompt into the code.
     """
-    fam = rng.choice(["affine", "shift_scale", "pair", "divmod", "replace", "count", "slice",
-                      "repeat", "list", "string"])
+    fam = rng.choice(
+        ["affine", "shift_scale", "pair", "divmod", "replace", "count", "slice", "repeat", "list", "string"]
+    )
     if fam == "affine":
         k, c = rng.randint(2, 12), rng.choice([i for i in range(-50, 51) if i])
         expr = f"n * {k} + {c}" if c > 0 else f"n * {k} - {-c}"
@@ -114,15 +131,24 @@ def _code_task(rng: random.Random) -> tuple[str, str, str, Callable[[random.Rand
         return fam, f"Read an integer n and print {expr}.", f"n = int(input())\nprint({expr})", _ints(1, expr)
     if fam == "pair":
         p, q = rng.randint(1, 12), rng.randint(1, 12)
-        expr = rng.choice(["a + b", "a * b", "max(a, b)", "min(a, b)", "a - b",
-                           f"a * {p} + b * {q}", f"a * {p} - b * {q}"])
-        return (fam, f"Read two integers a and b on one line and print {expr}.",
-                f"a, b = map(int, input().split())\nprint({expr})", _ints(2, expr))
+        expr = rng.choice(
+            ["a + b", "a * b", "max(a, b)", "min(a, b)", "a - b", f"a * {p} + b * {q}", f"a * {p} - b * {q}"]
+        )
+        return (
+            fam,
+            f"Read two integers a and b on one line and print {expr}.",
+            f"a, b = map(int, input().split())\nprint({expr})",
+            _ints(2, expr),
+        )
     if fam == "divmod":
         m = rng.randint(2, 20)
         expr = rng.choice([f"n // {m}", f"n % {m}"])
-        return (fam, f"Read a non-negative integer n and print {expr}.", f"n = int(input())\nprint({expr})",
-                _ints(1, expr, lo=0))
+        return (
+            fam,
+            f"Read a non-negative integer n and print {expr}.",
+            f"n = int(input())\nprint({expr})",
+            _ints(1, expr, lo=0),
+        )
     if fam == "replace":
         x, y = rng.sample(ALPHABET, 2)
         expr = f"s.replace('{x}', '{y}')"
@@ -142,17 +168,30 @@ def _code_task(rng: random.Random) -> tuple[str, str, str, Callable[[random.Rand
         return fam, f"Read a string s and print it {k} times joined by '{sep}'.", _str_prog(expr), _strs(expr)
     if fam == "list":
         t = rng.randint(-10, 10)
-        expr, what = rng.choice([("sum(xs)", "their sum"), ("max(xs)", "the largest"), ("min(xs)", "the smallest"),
-                                 ("len(xs)", "how many there are"),
-                                 (f"sum(x for x in xs if x > {t})", f"the sum of those greater than {t}")])
+        expr, what = rng.choice(
+            [
+                ("sum(xs)", "their sum"),
+                ("max(xs)", "the largest"),
+                ("min(xs)", "the smallest"),
+                ("len(xs)", "how many there are"),
+                (f"sum(x for x in xs if x > {t})", f"the sum of those greater than {t}"),
+            ]
+        )
         prog = f"xs = list(map(int, input().split()))\nprint({expr})"
 
         def make(r):
             xs = [r.randint(-20, 20) for _ in range(r.randint(1, 8))]
             return " ".join(map(str, xs)) + "\n", f"{eval(expr, {'xs': xs})}\n"
+
         return fam, f"Read integers on one line and print {what}.", prog, make
-    expr, what = rng.choice([("s[::-1]", "it reversed"), ("s.upper()", "it in upper case"),
-                             ("len(s)", "its length"), ("s[0] + s[-1]", "its first and last characters")])
+    expr, what = rng.choice(
+        [
+            ("s[::-1]", "it reversed"),
+            ("s.upper()", "it in upper case"),
+            ("len(s)", "its length"),
+            ("s[0] + s[-1]", "its first and last characters"),
+        ]
+    )
     return fam, f"Read a string s and print {what}.", _str_prog(expr), _strs(expr)
 
 
@@ -161,10 +200,12 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 def _ints(arity: int, expr: str, lo: int = -50):
     """Test maker for integer inputs: `arity` ints on one line, expected `expr` evaluated."""
+
     def make(r):
         vals = [r.randint(lo, 50) for _ in range(arity)]
         env = dict(zip("ab", vals)) if arity == 2 else {"n": vals[0]}
         return " ".join(map(str, vals)) + "\n", f"{eval(expr, env)}\n"
+
     return make
 
 
@@ -178,9 +219,11 @@ def _strs(expr: str):
     named = "".join(re.findall(r"'([a-z])'", expr))
 
     def make(r):
-        s = "".join(r.choice(named) if named and r.random() < 0.3 else r.choice(ALPHABET)
-                    for _ in range(r.randint(1, 12)))
+        s = "".join(
+            r.choice(named) if named and r.random() < 0.3 else r.choice(ALPHABET) for _ in range(r.randint(1, 12))
+        )
         return f"{s}\n", f"{eval(expr, {'s': s})}\n"
+
     return make
 
 
@@ -199,6 +242,7 @@ def _code(rng: random.Random) -> dict:
             if len(tests) == 5:
                 break
         return {"tests": tests, "fn_name": None, "time_limit_s": 2.0, "memory_limit_mb": 256}
+
     return {
         "domain": "code",
         "prompt": prompt,
@@ -212,43 +256,159 @@ def _code(rng: random.Random) -> dict:
 # ---------------------------------------------------------------------------------- science
 # (question, answer, category); distractors are drawn from the answers of the same category.
 FACTS: list[tuple[str, str, str]] = [
-    *[(f"What is the chemical symbol of {el}?", sym, "symbol") for el, sym in [
-        ("hydrogen", "H"), ("helium", "He"), ("lithium", "Li"), ("carbon", "C"), ("nitrogen", "N"),
-        ("oxygen", "O"), ("fluorine", "F"), ("neon", "Ne"), ("sodium", "Na"), ("magnesium", "Mg"),
-        ("aluminium", "Al"), ("silicon", "Si"), ("phosphorus", "P"), ("sulfur", "S"), ("chlorine", "Cl"),
-        ("potassium", "K"), ("calcium", "Ca"), ("iron", "Fe"), ("copper", "Cu"), ("zinc", "Zn"),
-        ("silver", "Ag"), ("gold", "Au"), ("lead", "Pb"), ("mercury", "Hg"), ("tin", "Sn")]],
-    *[(f"What is the atomic number of {el}?", str(z), "atomic_number") for z, el in enumerate([
-        "hydrogen", "helium", "lithium", "beryllium", "boron", "carbon", "nitrogen", "oxygen",
-        "fluorine", "neon", "sodium", "magnesium", "aluminium", "silicon", "phosphorus", "sulfur",
-        "chlorine", "argon", "potassium", "calcium"], start=1)],
-    *[(f"What is the SI unit of {q}?", u, "unit") for q, u in [
-        ("force", "newton"), ("energy", "joule"), ("power", "watt"), ("pressure", "pascal"),
-        ("electric charge", "coulomb"), ("electric current", "ampere"), ("voltage", "volt"),
-        ("resistance", "ohm"), ("frequency", "hertz"), ("mass", "kilogram"), ("time", "second"),
-        ("temperature", "kelvin"), ("length", "metre")]],
-    *[(f"Which class of animals does the {a} belong to?", c, "animal_class") for a, c in [
-        ("whale", "mammal"), ("bat", "mammal"), ("dolphin", "mammal"), ("eagle", "bird"),
-        ("penguin", "bird"), ("owl", "bird"), ("frog", "amphibian"), ("salamander", "amphibian"),
-        ("shark", "fish"), ("salmon", "fish"), ("snake", "reptile"), ("turtle", "reptile"),
-        ("crocodile", "reptile"), ("bee", "insect"), ("ant", "insect"), ("spider", "arachnid"),
-        ("scorpion", "arachnid")]],
-    *[(f"Which planet is {d} from the Sun?", p, "planet") for d, p in [
-        ("first", "Mercury"), ("second", "Venus"), ("third", "Earth"), ("fourth", "Mars"),
-        ("fifth", "Jupiter"), ("sixth", "Saturn"), ("seventh", "Uranus"), ("eighth", "Neptune")]],
-    *[(f"Which organ {f}?", o, "organ") for f, o in [
-        ("pumps blood", "heart"), ("exchanges oxygen and carbon dioxide", "lungs"),
-        ("filters blood to make urine", "kidneys"), ("makes bile", "liver"),
-        ("controls the nervous system", "brain"), ("digests food with acid", "stomach")]],
-    *[(f"What is the state of {s} at room temperature?", st, "state") for s, st in [
-        ("water", "liquid"), ("iron", "solid"), ("oxygen", "gas"), ("mercury", "liquid"),
-        ("salt", "solid"), ("nitrogen", "gas"), ("gold", "solid"), ("helium", "gas")]],
-    *[(f"Which particle {d}?", p, "particle") for d, p in [
-        ("has a negative charge", "electron"), ("has a positive charge", "proton"),
-        ("has no charge", "neutron"), ("carries light", "photon")]],
-    *[(f"Which gas {d}?", g, "gas") for d, g in [
-        ("do plants take in for photosynthesis", "carbon dioxide"), ("do animals need to breathe", "oxygen"),
-        ("makes up most of the air", "nitrogen"), ("is the lightest", "hydrogen")]],
+    *[
+        (f"What is the chemical symbol of {el}?", sym, "symbol")
+        for el, sym in [
+            ("hydrogen", "H"),
+            ("helium", "He"),
+            ("lithium", "Li"),
+            ("carbon", "C"),
+            ("nitrogen", "N"),
+            ("oxygen", "O"),
+            ("fluorine", "F"),
+            ("neon", "Ne"),
+            ("sodium", "Na"),
+            ("magnesium", "Mg"),
+            ("aluminium", "Al"),
+            ("silicon", "Si"),
+            ("phosphorus", "P"),
+            ("sulfur", "S"),
+            ("chlorine", "Cl"),
+            ("potassium", "K"),
+            ("calcium", "Ca"),
+            ("iron", "Fe"),
+            ("copper", "Cu"),
+            ("zinc", "Zn"),
+            ("silver", "Ag"),
+            ("gold", "Au"),
+            ("lead", "Pb"),
+            ("mercury", "Hg"),
+            ("tin", "Sn"),
+        ]
+    ],
+    *[
+        (f"What is the atomic number of {el}?", str(z), "atomic_number")
+        for z, el in enumerate(
+            [
+                "hydrogen",
+                "helium",
+                "lithium",
+                "beryllium",
+                "boron",
+                "carbon",
+                "nitrogen",
+                "oxygen",
+                "fluorine",
+                "neon",
+                "sodium",
+                "magnesium",
+                "aluminium",
+                "silicon",
+                "phosphorus",
+                "sulfur",
+                "chlorine",
+                "argon",
+                "potassium",
+                "calcium",
+            ],
+            start=1,
+        )
+    ],
+    *[
+        (f"What is the SI unit of {q}?", u, "unit")
+        for q, u in [
+            ("force", "newton"),
+            ("energy", "joule"),
+            ("power", "watt"),
+            ("pressure", "pascal"),
+            ("electric charge", "coulomb"),
+            ("electric current", "ampere"),
+            ("voltage", "volt"),
+            ("resistance", "ohm"),
+            ("frequency", "hertz"),
+            ("mass", "kilogram"),
+            ("time", "second"),
+            ("temperature", "kelvin"),
+            ("length", "metre"),
+        ]
+    ],
+    *[
+        (f"Which class of animals does the {a} belong to?", c, "animal_class")
+        for a, c in [
+            ("whale", "mammal"),
+            ("bat", "mammal"),
+            ("dolphin", "mammal"),
+            ("eagle", "bird"),
+            ("penguin", "bird"),
+            ("owl", "bird"),
+            ("frog", "amphibian"),
+            ("salamander", "amphibian"),
+            ("shark", "fish"),
+            ("salmon", "fish"),
+            ("snake", "reptile"),
+            ("turtle", "reptile"),
+            ("crocodile", "reptile"),
+            ("bee", "insect"),
+            ("ant", "insect"),
+            ("spider", "arachnid"),
+            ("scorpion", "arachnid"),
+        ]
+    ],
+    *[
+        (f"Which planet is {d} from the Sun?", p, "planet")
+        for d, p in [
+            ("first", "Mercury"),
+            ("second", "Venus"),
+            ("third", "Earth"),
+            ("fourth", "Mars"),
+            ("fifth", "Jupiter"),
+            ("sixth", "Saturn"),
+            ("seventh", "Uranus"),
+            ("eighth", "Neptune"),
+        ]
+    ],
+    *[
+        (f"Which organ {f}?", o, "organ")
+        for f, o in [
+            ("pumps blood", "heart"),
+            ("exchanges oxygen and carbon dioxide", "lungs"),
+            ("filters blood to make urine", "kidneys"),
+            ("makes bile", "liver"),
+            ("controls the nervous system", "brain"),
+            ("digests food with acid", "stomach"),
+        ]
+    ],
+    *[
+        (f"What is the state of {s} at room temperature?", st, "state")
+        for s, st in [
+            ("water", "liquid"),
+            ("iron", "solid"),
+            ("oxygen", "gas"),
+            ("mercury", "liquid"),
+            ("salt", "solid"),
+            ("nitrogen", "gas"),
+            ("gold", "solid"),
+            ("helium", "gas"),
+        ]
+    ],
+    *[
+        (f"Which particle {d}?", p, "particle")
+        for d, p in [
+            ("has a negative charge", "electron"),
+            ("has a positive charge", "proton"),
+            ("has no charge", "neutron"),
+            ("carries light", "photon"),
+        ]
+    ],
+    *[
+        (f"Which gas {d}?", g, "gas")
+        for d, g in [
+            ("do plants take in for photosynthesis", "carbon dioxide"),
+            ("do animals need to breathe", "oxygen"),
+            ("makes up most of the air", "nitrogen"),
+            ("is the lightest", "hydrogen"),
+        ]
+    ],
 ]
 # Categories with fewer than four distinct answers get extra (always wrong) options.
 EXTRA_OPTIONS = {"state": ["plasma"]}
@@ -273,17 +433,34 @@ def _science(rng: random.Random) -> dict:
 
 # ---------------------------------------------------------------------------------- if
 # No topic word may be a keyword or forbidden word of the registry's built-in kwargs.
-IF_TOPICS = ["the sea", "a cat", "rain", "the moon", "a park", "a song", "a train", "the snow",
-             "bread", "a lake", "a friend", "the sun", "a forest", "a city", "a dog", "tea",
-             "a walk", "a book", "the stars", "a picnic"]
+IF_TOPICS = [
+    "the sea",
+    "a cat",
+    "rain",
+    "the moon",
+    "a park",
+    "a song",
+    "a train",
+    "the snow",
+    "bread",
+    "a lake",
+    "a friend",
+    "the sun",
+    "a forest",
+    "a city",
+    "a dog",
+    "tea",
+    "a walk",
+    "a book",
+    "the stars",
+    "a picnic",
+]
 IF_ASKS = ["Write a short note about {}.", "Describe {} in a few words.", "Tell me about {}."]
 
 
 def _if(rng: random.Random) -> dict:
     # Imported lazily: the registry lives with the verifiers and owns the constraint wording, the
     # kwargs of its built-in ids and a response proven to satisfy them.
-    import numpy as np
-
 
     nprng = np.random.default_rng(rng.getrandbits(64))
     topic = rng.choice(IF_TOPICS)
@@ -299,6 +476,7 @@ def _if(rng: random.Random) -> dict:
         except ValueError:  # the language check misreads some short upper-case texts: longer body
             text = registry.reference_response(ids, kwargs, r, prompt=prompt)
         return reference(f"A note about {topic}.", text)
+
     return {
         "domain": "if",
         "prompt": prompt,
@@ -325,8 +503,9 @@ def sft_records(domain: str, n: int | None = None, *, train_size: int | None = N
     return records
 
 
-def builtin_records(domain: str, split: str, n: int | None = None, *, seed: int = SEED,
-                    up_to: bool = False) -> list[dict]:
+def builtin_records(
+    domain: str, split: str, n: int | None = None, *, seed: int = SEED, up_to: bool = False
+) -> list[dict]:
     """The first `n` (default SIZES) records of one domain and split, in a fixed order. With
     `up_to`, fewer when the split holds fewer distinct prompts (held-out code has about 230);
     without it that is an error."""
@@ -343,8 +522,10 @@ def builtin_records(domain: str, split: str, n: int | None = None, *, seed: int 
         if len(_CACHE[key]) < n:
             _EXHAUSTED.add(key)
     if len(_CACHE[key]) < n and not up_to:
-        raise ValueError(f"built-in {domain}/{split}: the generator ran out of distinct prompts "
-                         f"after {len(_CACHE[key])} (asked for {n})")
+        raise ValueError(
+            f"built-in {domain}/{split}: the generator ran out of distinct prompts "
+            f"after {len(_CACHE[key])} (asked for {n})"
+        )
     return copy.deepcopy(list(_CACHE[key][:n]))
 
 
@@ -368,15 +549,20 @@ def _generate(domain: str, split: str, n: int, seed: int) -> tuple[dict, ...]:
             continue
         misses = 0
         seen.add(prompt)
-        out.append({
-            "id": f"builtin-{domain}-{split}-{len(out):05d}",
-            "domain": domain,
-            "messages": [{"role": "user", "content": prompt}],
-            "ground_truth": gt() if callable(gt := item["ground_truth"]) else gt,
-            "source": "builtin",
-            "metadata": {"split": split, "task": item["task"],
-                         "reference": ref() if callable(ref := item["reference"]) else ref},
-        })
+        out.append(
+            {
+                "id": f"builtin-{domain}-{split}-{len(out):05d}",
+                "domain": domain,
+                "messages": [{"role": "user", "content": prompt}],
+                "ground_truth": gt() if callable(gt := item["ground_truth"]) else gt,
+                "source": "builtin",
+                "metadata": {
+                    "split": split,
+                    "task": item["task"],
+                    "reference": ref() if callable(ref := item["reference"]) else ref,
+                },
+            }
+        )
     return tuple(out)
 
 

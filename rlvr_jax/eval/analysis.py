@@ -5,6 +5,7 @@ Everything runs tensor by tensor under jit on sharded params; only counts and 25
 the host. The policy KL neighbourhood needs the sampler and is not here (`policy_kl` belongs with
 evaluation). Legend: M models, D projection dimensions.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,12 @@ def footprint(anchor, model, rel_tol=REL_TOL) -> dict:
     """Changed entries of `model` w.r.t. the anchor: count, total, density, and density per layer."""
     per = _counts(anchor, [model], rel_tol)
     tot, c = per["all"]
-    return {"changed": int(c[0]), "total": int(tot), "density": float(c[0] / tot),
-            "per_layer": {k: float(v[1][0] / v[0]) for k, v in sorted(per.items(), key=_layer_key) if k != "all"}}
+    return {
+        "changed": int(c[0]),
+        "total": int(tot),
+        "density": float(c[0] / tot),
+        "per_layer": {k: float(v[1][0] / v[0]) for k, v in sorted(per.items(), key=_layer_key) if k != "all"},
+    }
 
 
 def random_jaccard(p_a: float, p_b: float) -> float:
@@ -79,8 +84,14 @@ def overlap(anchor, model_a, model_b, rel_tol=REL_TOL) -> dict:
     per = _counts(anchor, [model_a, model_b], rel_tol)
     tot, (ca, cb, inter, union) = per["all"]
     pa, pb = ca / tot, cb / tot
-    return {"jaccard": float(inter / union) if union else 0.0, "random_baseline": random_jaccard(pa, pb),
-            "density_a": float(pa), "density_b": float(pb), "intersection": int(inter), "union": int(union)}
+    return {
+        "jaccard": float(inter / union) if union else 0.0,
+        "random_baseline": random_jaccard(pa, pb),
+        "density_a": float(pa),
+        "density_b": float(pb),
+        "intersection": int(inter),
+        "union": int(union),
+    }
 
 
 def _k_project(a, ms, h, seed, *, dim, chunk):
@@ -139,8 +150,9 @@ def gain_consistency(anchor_scores, model_scores, expert_scores) -> float:
     m = np.asarray(model_scores, np.float64)
     xs = [np.asarray(x, np.float64) for x in expert_scores]
     if any(x.shape != a.shape for x in [m, *xs]):
-        raise ValueError(f"score vectors differ in length: anchor {a.shape}, model {m.shape}, "
-                         f"experts {[x.shape for x in xs]}")
+        raise ValueError(
+            f"score vectors differ in length: anchor {a.shape}, model {m.shape}, experts {[x.shape for x in xs]}"
+        )
     g = np.clip(m - a, 0, None)
     e = np.max([np.clip(x - a, 0, None) for x in xs], axis=0)
     d = np.linalg.norm(g) * np.linalg.norm(e)

@@ -4,6 +4,7 @@ and per layer) and gain consistency for checkpoints around an anchor; writes JSO
 Gains file (optional, JSON): {"anchor": {item: score}, "experts": {name: {item: score}},
 "models": {name: {item: score}}}; scores are per-item correctness (e.g. Avg@K) in [0, 1].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import sys
 
 import numpy as np
 
+from rlvr_jax import sharding
 from rlvr_jax.eval import analysis
 from rlvr_jax.model import params_io
-from rlvr_jax import sharding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +45,17 @@ def weight_space(anchor, models: dict, *, dim, seed, rel_tol) -> dict:
             jac[i, j] = jac[j, i] = o["jaccard"]
             base[i, j] = base[j, i] = o["random_baseline"]
     cos = analysis.task_vector_cosines(anchor, [models[n] for n in names], dim=dim, seed=seed)
-    return {"names": names, "footprint": fp,
-            "overlap": {"jaccard": jac.tolist(), "random_baseline": base.tolist()},
-            "cosine": {"dim": dim, "seed": seed, "whole": cos["whole"].tolist(),
-                       "per_layer": {k: v.tolist() for k, v in cos["per_layer"].items()}}}
+    return {
+        "names": names,
+        "footprint": fp,
+        "overlap": {"jaccard": jac.tolist(), "random_baseline": base.tolist()},
+        "cosine": {
+            "dim": dim,
+            "seed": seed,
+            "whole": cos["whole"].tolist(),
+            "per_layer": {k: v.tolist() for k, v in cos["per_layer"].items()},
+        },
+    }
 
 
 def gains_report(gains: dict) -> dict:
@@ -59,6 +67,7 @@ def gains_report(gains: dict) -> dict:
         if missing:
             raise ValueError(f"gains: {who} has no score for item {missing[0]!r}")
         return [float(scores[i]) for i in items]
+
     anchor = vec(gains["anchor"], "anchor")
     experts = [vec(s, f"expert {n}") for n, s in gains["experts"].items()]
     out = {}
@@ -71,9 +80,11 @@ def gains_report(gains: dict) -> dict:
 
 def heatmap(mat, xlabels, ylabels, title, path, fmt="{:.2f}", extra=None):
     """One annotated heatmap PNG (extra: a second matrix shown in brackets, e.g. the random baseline)."""
-    import matplotlib
+    import matplotlib  # local: heavy; only the figures need it
+
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: after matplotlib.use('Agg')
+
     mat = np.asarray(mat, float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(xlabels), 1.0 + 0.6 * len(ylabels)))
     im = ax.imshow(mat, cmap="viridis", vmin=min(0.0, np.nanmin(mat)), vmax=1.0)
@@ -98,16 +109,32 @@ def write(report: dict, out: str) -> None:
     if "names" not in report:
         return
     names = report["names"]
-    heatmap(report["overlap"]["jaccard"], names, names, "changed-entry Jaccard (random baseline)",
-            os.path.join(out, "overlap.png"), extra=report["overlap"]["random_baseline"])
-    heatmap(report["cosine"]["whole"], names, names, f"task-vector cosine ({report['cosine']['dim']}-d projection)",
-            os.path.join(out, "cosine.png"))
+    heatmap(
+        report["overlap"]["jaccard"],
+        names,
+        names,
+        "changed-entry Jaccard (random baseline)",
+        os.path.join(out, "overlap.png"),
+        extra=report["overlap"]["random_baseline"],
+    )
+    heatmap(
+        report["cosine"]["whole"],
+        names,
+        names,
+        f"task-vector cosine ({report['cosine']['dim']}-d projection)",
+        os.path.join(out, "cosine.png"),
+    )
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
     if pairs:
         layers = list(report["cosine"]["per_layer"])
         mat = [[report["cosine"]["per_layer"][k][i][j] for k in layers] for i, j in pairs]
-        heatmap(mat, layers, [f"{names[i]}-{names[j]}" for i, j in pairs], "task-vector cosine per layer",
-                os.path.join(out, "cosine_per_layer.png"))
+        heatmap(
+            mat,
+            layers,
+            [f"{names[i]}-{names[j]}" for i, j in pairs],
+            "task-vector cosine per layer",
+            os.path.join(out, "cosine_per_layer.png"),
+        )
 
 
 def main(argv=None) -> int:
@@ -123,8 +150,10 @@ def main(argv=None) -> int:
             for spec in args.models.split(","):
                 name, _, path = spec.rpartition("=")
                 models[name or os.path.basename(os.path.normpath(path))] = params_io.load_params_any(path, mesh)[2]
-            report = {"anchor": args.anchor, **weight_space(anchor, models, dim=args.dim, seed=args.seed,
-                                                             rel_tol=args.rel_tol)}
+            report = {
+                "anchor": args.anchor,
+                **weight_space(anchor, models, dim=args.dim, seed=args.seed, rel_tol=args.rel_tol),
+            }
         if args.gains:
             with open(args.gains) as f:
                 report["gain_consistency"] = gains_report(json.load(f))

@@ -1,5 +1,6 @@
 """Avg@K and unbiased pass@K per domain for one model, with per-item correctness kept for the gain
 analyses. `rlvr-eval --checkpoint DIR --data builtin --samples 4 --output results.json`."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,155 +14,193 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlvr_jax.data.prompts import PromptConfig, render_prompt
-from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 from rlvr_jax import sharding
-from rlvr_jax.model import build
 from rlvr_jax.data import loading
+from rlvr_jax.data.prompts import PromptConfig, render_prompt
+from rlvr_jax.model import build
+from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-  """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
-  if n - c < k:
-    return 1.0
-  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def decode_completion(tokenizer, tokens, valid) -> str:
-  ids = [int(t) for t, v in zip(tokens, valid) if v and int(t) not in tokenizer.eos_ids]
-  return tokenizer.decode(ids)
+    ids = [int(t) for t, v in zip(tokens, valid) if v and int(t) not in tokenizer.eos_ids]
+    return tokenizer.decode(ids)
 
 
-def evaluate(sampler: Sampler, params, tokenizer, records: list[dict], pool, *, prompt_config: PromptConfig,
-             samples: int = 1, temperature: float = 0.0, max_new_tokens: int = 64, seed: int = 0,
-             batch_prompts: int = 64, progress: bool = True) -> dict:
-  """Sample `samples` completions per record, score them with `pool`, and summarise per domain."""
-  sp = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, n=samples,
-                      stop_token_ids=tuple(tokenizer.eos_ids), seed=seed)
-  items = []
-  bar = tqdm(total=len(records), desc="eval", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+def evaluate(
+    sampler: Sampler,
+    params,
+    tokenizer,
+    records: list[dict],
+    pool,
+    *,
+    prompt_config: PromptConfig,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_prompts: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Sample `samples` completions per record, score them with `pool`, and summarise per domain."""
+    sp = SamplingParams(
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        n=samples,
+        stop_token_ids=tuple(tokenizer.eos_ids),
+        seed=seed,
+    )
+    items = []
+    bar = tqdm(total=len(records), desc="eval", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
-  def collect(chunk, scoring):
-    scores = scoring.result()
-    for i, r in enumerate(chunk):
-      rewards = [scores[i * samples + j].reward for j in range(samples)]
-      items.append({"id": r["id"], "domain": r["domain"], "correct": [float(x >= 1.0) for x in rewards]})
-    bar.update(len(chunk))
+    def collect(chunk, scoring):
+        scores = scoring.result()
+        for i, r in enumerate(chunk):
+            rewards = [scores[i * samples + j].reward for j in range(samples)]
+            items.append({"id": r["id"], "domain": r["domain"], "correct": [float(x >= 1.0) for x in rewards]})
+        bar.update(len(chunk))
 
-  in_flight = None  # the previous chunk, scored by the pool's workers while this one generates
-  for start in range(0, len(records), batch_prompts):
-    chunk = records[start:start + batch_prompts]
-    prompts = [tokenizer.encode(render_prompt(r, tokenizer, prompt_config)) for r in chunk]
-    key = jax.random.fold_in(jax.random.key(seed), start)
-    out = sampler.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
-    toks, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
+    in_flight = None  # the previous chunk, scored by the pool's workers while this one generates
+    for start in range(0, len(records), batch_prompts):
+        chunk = records[start : start + batch_prompts]
+        prompts = [tokenizer.encode(render_prompt(r, tokenizer, prompt_config)) for r in chunk]
+        key = jax.random.fold_in(jax.random.key(seed), start)
+        out = sampler.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
+        toks, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
+        if in_flight is not None:
+            collect(*in_flight)
+        texts = [decode_completion(tokenizer, t, v) for t, v in zip(toks, valid)]
+        row_records = [chunk[i] for i in np.asarray(out.prompt_index)]
+        in_flight = (chunk, pool.submit(row_records, texts, thinking=prompt_config.thinking))
     if in_flight is not None:
-      collect(*in_flight)
-    texts = [decode_completion(tokenizer, t, v) for t, v in zip(toks, valid)]
-    row_records = [chunk[i] for i in np.asarray(out.prompt_index)]
-    in_flight = (chunk, pool.submit(row_records, texts, thinking=prompt_config.thinking))
-  if in_flight is not None:
-    collect(*in_flight)
-  bar.close()
-  return summarize(items, samples)
+        collect(*in_flight)
+    bar.close()
+    return summarize(items, samples)
 
 
 def first_per_domain(records: list[dict], n: int) -> list[dict]:
-  """The first `n` records of each domain, in their order."""
-  seen = defaultdict(int)
-  out = []
-  for r in records:
-    seen[r["domain"]] += 1
-    if seen[r["domain"]] <= n:
-      out.append(r)
-  return out
+    """The first `n` records of each domain, in their order."""
+    seen = defaultdict(int)
+    out = []
+    for r in records:
+        seen[r["domain"]] += 1
+        if seen[r["domain"]] <= n:
+            out.append(r)
+    return out
 
 
 def summarize(items: list[dict], samples: int) -> dict:
-  by_domain = defaultdict(list)
-  for it in items:
-    by_domain[it["domain"]].append(it["correct"])
-  per_domain = {}
-  for d, rows in sorted(by_domain.items()):
-    arr = np.asarray(rows, np.float64)
-    per_item = arr.mean(1)
-    per_domain[d] = {
-        "n_items": len(rows), f"avg@{samples}": float(per_item.mean()),
-        f"pass@{samples}": float(np.mean([pass_at_k(samples, int(c.sum()), samples) for c in arr])),
-        # standard error of Avg@K over items: the noise band for comparing two models
-        "stderr": float(per_item.std(ddof=1) / math.sqrt(len(rows))) if len(rows) > 1 else 0.0,
-    }
-  return {"samples": samples, "per_domain": per_domain, "items": items}
+    by_domain = defaultdict(list)
+    for it in items:
+        by_domain[it["domain"]].append(it["correct"])
+    per_domain = {}
+    for d, rows in sorted(by_domain.items()):
+        arr = np.asarray(rows, np.float64)
+        per_item = arr.mean(1)
+        per_domain[d] = {
+            "n_items": len(rows),
+            f"avg@{samples}": float(per_item.mean()),
+            f"pass@{samples}": float(np.mean([pass_at_k(samples, int(c.sum()), samples) for c in arr])),
+            # standard error of Avg@K over items: the noise band for comparing two models
+            "stderr": float(per_item.std(ddof=1) / math.sqrt(len(rows))) if len(rows) > 1 else 0.0,
+        }
+    return {"samples": samples, "per_domain": per_domain, "items": items}
 
 
 def paired_gain(before: dict, after: dict) -> dict:
-  """Gain of Avg@K per domain, with its standard error from per-item differences (both evaluations
-  cover the same items; an item's own difficulty cancels), and the mean over domains, whose error
-  adds the domains' in quadrature. Needs both evaluations' `items`."""
-  per_item = {d: {} for d in before["per_domain"]}
-  for tag, res in (("before", before), ("after", after)):
-    for it in res["items"]:
-      per_item[it["domain"]].setdefault(it["id"], {})[tag] = float(np.mean(it["correct"]))
-  out = {}
-  for d, pairs in per_item.items():
-    diffs = np.asarray([p["after"] - p["before"] for p in pairs.values() if len(p) == 2])
-    if len(diffs) != len(pairs):
-      raise ValueError(f"domain {d}: the two evaluations do not cover the same items")
-    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-    out[d] = {"gain": float(diffs.mean()), "stderr": se}
-  gains = [v["gain"] for v in out.values()]
-  out["mean"] = {"gain": float(np.mean(gains)),
-                 "stderr": float(math.sqrt(sum(v["stderr"] ** 2 for v in out.values())) / len(out))}
-  return out
+    """Gain of Avg@K per domain, with its standard error from per-item differences (both evaluations
+    cover the same items; an item's own difficulty cancels), and the mean over domains, whose error
+    adds the domains' in quadrature. Needs both evaluations' `items`."""
+    per_item = {d: {} for d in before["per_domain"]}
+    for tag, res in (("before", before), ("after", after)):
+        for it in res["items"]:
+            per_item[it["domain"]].setdefault(it["id"], {})[tag] = float(np.mean(it["correct"]))
+    out = {}
+    for d, pairs in per_item.items():
+        diffs = np.asarray([p["after"] - p["before"] for p in pairs.values() if len(p) == 2])
+        if len(diffs) != len(pairs):
+            raise ValueError(f"domain {d}: the two evaluations do not cover the same items")
+        se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+        out[d] = {"gain": float(diffs.mean()), "stderr": se}
+    gains = [v["gain"] for v in out.values()]
+    out["mean"] = {
+        "gain": float(np.mean(gains)),
+        "stderr": float(math.sqrt(sum(v["stderr"] ** 2 for v in out.values())) / len(out)),
+    }
+    return out
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="rlvr-eval", description="Evaluate a checkpoint per domain: Avg@K and "
-                              "unbiased pass@K, per-item correctness saved for gain analyses.")
-  p.add_argument("--checkpoint", required=True, help="HF directory or rlvr_jax Orbax checkpoint")
-  p.add_argument("--tokenizer", default="", help="tokenizer dir or 'builtin' (default: the checkpoint's)")
-  p.add_argument("--data", default="builtin", help="'builtin' (held-out split) or comma-separated JSONL files")
-  p.add_argument("--domains", default="math,code,science,if")
-  p.add_argument("--items-per-domain", type=int, default=0, help="0 = all (built-in data: its default 200; "
-                 "more are generated on request, up to all a domain has)")
-  p.add_argument("--samples", type=int, default=1, help="K samples per item")
-  p.add_argument("--temperature", type=float, default=0.0)
-  p.add_argument("--max-new-tokens", type=int, default=96)
-  p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--workers", type=int, default=0)
-  p.add_argument("--output", default="", help="write the JSON results here (default: stdout)")
-  args = p.parse_args(argv)
-  mesh = sharding.make_mesh(sharding.MeshShape())
-  try:
-    cfg, graphdef, params, _ = build.load_model(args.checkpoint, mesh, "float32", False)
-    tokenizer = build.load_tokenizer(args.tokenizer, args.checkpoint)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"rlvr-eval: error: {e}", file=sys.stderr)
-    return 2
-  domains = tuple(args.domains.split(","))
-  records = loading.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
-  if args.items_per_domain:
-    records = first_per_domain(records, args.items_per_domain)
-  sampler = Sampler(graphdef, cfg, mesh, pad_id=tokenizer.pad_id)
-  with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
-    res = evaluate(sampler, params, tokenizer, records, pool, prompt_config=PromptConfig(thinking=args.thinking),
-                   samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                   seed=args.seed)
-  res["checkpoint"] = args.checkpoint
-  text = json.dumps(res, indent=1)
-  if args.output:
-    with open(args.output, "w") as f:
-      f.write(text)
-  else:
-    print(text)
-  for d, m in res["per_domain"].items():
-    print(f"{d:8s} avg@{args.samples}={m[f'avg@{args.samples}']:.3f} ± {m['stderr']:.3f} (n={m['n_items']})",
-          file=sys.stderr)
-  return 0
+    p = argparse.ArgumentParser(
+        prog="rlvr-eval",
+        description="Evaluate a checkpoint per domain: Avg@K and "
+        "unbiased pass@K, per-item correctness saved for gain analyses.",
+    )
+    p.add_argument("--checkpoint", required=True, help="HF directory or rlvr_jax Orbax checkpoint")
+    p.add_argument("--tokenizer", default="", help="tokenizer dir or 'builtin' (default: the checkpoint's)")
+    p.add_argument("--data", default="builtin", help="'builtin' (held-out split) or comma-separated JSONL files")
+    p.add_argument("--domains", default="math,code,science,if")
+    p.add_argument(
+        "--items-per-domain",
+        type=int,
+        default=0,
+        help="0 = all (built-in data: its default 200; more are generated on request, up to all a domain has)",
+    )
+    p.add_argument("--samples", type=int, default=1, help="K samples per item")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--output", default="", help="write the JSON results here (default: stdout)")
+    args = p.parse_args(argv)
+    mesh = sharding.make_mesh(sharding.MeshShape())
+    try:
+        cfg, graphdef, params, _ = build.load_model(args.checkpoint, mesh, "float32", False)
+        tokenizer = build.load_tokenizer(args.tokenizer, args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"rlvr-eval: error: {e}", file=sys.stderr)
+        return 2
+    domains = tuple(args.domains.split(","))
+    records = loading.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
+    if args.items_per_domain:
+        records = first_per_domain(records, args.items_per_domain)
+    sampler = Sampler(graphdef, cfg, mesh, pad_id=tokenizer.pad_id)
+    with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
+        res = evaluate(
+            sampler,
+            params,
+            tokenizer,
+            records,
+            pool,
+            prompt_config=PromptConfig(thinking=args.thinking),
+            samples=args.samples,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        )
+    res["checkpoint"] = args.checkpoint
+    text = json.dumps(res, indent=1)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        print(text)
+    for d, m in res["per_domain"].items():
+        print(
+            f"{d:8s} avg@{args.samples}={m[f'avg@{args.samples}']:.3f} ± {m['stderr']:.3f} (n={m['n_items']})",
+            file=sys.stderr,
+        )
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

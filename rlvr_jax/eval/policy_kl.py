@@ -5,6 +5,7 @@ The estimate is the Monte-Carlo one on the expert's own samples: per token log p
 log p_other(y_t); summed over a completion it is an unbiased estimate of the sequence-level KL.
 Legend: B rows (prompts x samples), P prompt bucket, N completion slots.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,49 +19,65 @@ from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 
 
 def kl_stats(expert_logp_BxN, other_logp_BxN, valid_BxN) -> dict:
-  """Per-sequence (mean over sequences of the summed token KL) and per-token (total / tokens) KL."""
-  valid = np.asarray(valid_BxN, bool)
-  diff = np.where(valid, np.asarray(expert_logp_BxN, np.float64) - np.asarray(other_logp_BxN, np.float64), 0.0)
-  per_seq_B = diff.sum(1)
-  n_tokens = int(valid.sum())
-  n = len(per_seq_B)
-  return {"per_sequence": float(per_seq_B.mean()) if n else float("nan"),
-          "per_sequence_stderr": float(per_seq_B.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-          "per_token": float(diff.sum() / n_tokens) if n_tokens else float("nan"),
-          "n_sequences": n, "n_tokens": n_tokens}
+    """Per-sequence (mean over sequences of the summed token KL) and per-token (total / tokens) KL."""
+    valid = np.asarray(valid_BxN, bool)
+    diff = np.where(valid, np.asarray(expert_logp_BxN, np.float64) - np.asarray(other_logp_BxN, np.float64), 0.0)
+    per_seq_B = diff.sum(1)
+    n_tokens = int(valid.sum())
+    n = len(per_seq_B)
+    return {
+        "per_sequence": float(per_seq_B.mean()) if n else float("nan"),
+        "per_sequence_stderr": float(per_seq_B.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        "per_token": float(diff.sum() / n_tokens) if n_tokens else float("nan"),
+        "n_sequences": n,
+        "n_tokens": n_tokens,
+    }
 
 
 def _pad_rows(x, multiple: int, fill):
-  x = np.asarray(x)
-  extra = -len(x) % multiple
-  if not extra:
-    return x
-  return np.concatenate([x, np.full((extra,) + x.shape[1:], fill, x.dtype)])
+    x = np.asarray(x)
+    extra = -len(x) % multiple
+    if not extra:
+        return x
+    return np.concatenate([x, np.full((extra,) + x.shape[1:], fill, x.dtype)])
 
 
-def policy_kl(sampler: Sampler, logprob_fn, expert_params, others: Mapping[str, object],
-              prompts: Sequence[Sequence[int]], sp: SamplingParams, *, batch_prompts: int = 64) -> dict:
-  """{name: kl_stats} of KL(expert || others[name]) on `prompts` (token ids), sampled with `sp` from
-  the expert. `logprob_fn(params, batch)` is rl_step.make_logprob_fn at sp's temperature."""
-  mesh = sampler.mesh
-  shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)  # rows must split over the batch axes
-  sh = sharding.batch_sharding(mesh, 2)
-  parts = {name: [] for name in others}
-  for start in range(0, len(prompts), batch_prompts):
-    chunk = prompts[start:start + batch_prompts]
-    key = jax.random.fold_in(jax.random.key(sp.seed), start)
-    ro = sampler.generate(expert_params, chunk, sp, key=key)
-    valid = np.asarray(ro.completion_valid)
-    rows = len(valid)
-    # Padding rows are all-invalid: they add nothing to either sum.
-    batch = {"prompt_tokens": _pad_rows(ro.prompt_tokens, shards, 0),
-             "prompt_valid": _pad_rows(ro.prompt_valid, shards, True),
-             "completion_tokens": _pad_rows(ro.completion_tokens, shards, 0),
-             "loss_mask": _pad_rows(valid, shards, False)}
-    batch = {k: jax.device_put(v, sh) for k, v in batch.items()}
-    expert_logp = np.asarray(logprob_fn(expert_params, batch))[:rows]
-    for name, params in others.items():
-      parts[name].append((expert_logp, np.asarray(logprob_fn(params, batch))[:rows], valid))
-  return {name: kl_stats(np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]),
-                         np.concatenate([p[2] for p in ps]))
-          for name, ps in parts.items()}
+def policy_kl(
+    sampler: Sampler,
+    logprob_fn,
+    expert_params,
+    others: Mapping[str, object],
+    prompts: Sequence[Sequence[int]],
+    sp: SamplingParams,
+    *,
+    batch_prompts: int = 64,
+) -> dict:
+    """{name: kl_stats} of KL(expert || others[name]) on `prompts` (token ids), sampled with `sp` from
+    the expert. `logprob_fn(params, batch)` is rl_step.make_logprob_fn at sp's temperature."""
+    mesh = sampler.mesh
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)  # rows must split over the batch axes
+    sh = sharding.batch_sharding(mesh, 2)
+    parts = {name: [] for name in others}
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start : start + batch_prompts]
+        key = jax.random.fold_in(jax.random.key(sp.seed), start)
+        ro = sampler.generate(expert_params, chunk, sp, key=key)
+        valid = np.asarray(ro.completion_valid)
+        rows = len(valid)
+        # Padding rows are all-invalid: they add nothing to either sum.
+        batch = {
+            "prompt_tokens": _pad_rows(ro.prompt_tokens, shards, 0),
+            "prompt_valid": _pad_rows(ro.prompt_valid, shards, True),
+            "completion_tokens": _pad_rows(ro.completion_tokens, shards, 0),
+            "loss_mask": _pad_rows(valid, shards, False),
+        }
+        batch = {k: jax.device_put(v, sh) for k, v in batch.items()}
+        expert_logp = np.asarray(logprob_fn(expert_params, batch))[:rows]
+        for name, params in others.items():
+            parts[name].append((expert_logp, np.asarray(logprob_fn(params, batch))[:rows], valid))
+    return {
+        name: kl_stats(
+            np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]), np.concatenate([p[2] for p in ps])
+        )
+        for name, ps in parts.items()
+    }

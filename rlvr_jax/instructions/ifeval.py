@@ -5,6 +5,7 @@ a response with no letters fails a language check (IFEval passes it, an easy rew
 all-caps text is language-checked lowercased, and
 `nth_paragraph_first_word` indexes non-empty paragraphs (IFEval indexes the raw split).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,41 @@ from rlvr_jax.instructions.spec import Kwarg, Spec, relation
 
 CONSTRAINED_RESPONSES = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
 LANGUAGE_NAMES = {
-    "en": "English", "es": "Spanish", "pt": "Portuguese", "ar": "Arabic", "hi": "Hindi",
-    "fr": "French", "ru": "Russian", "de": "German", "ja": "Japanese", "it": "Italian",
-    "bn": "Bengali", "uk": "Ukrainian", "th": "Thai", "ur": "Urdu", "ta": "Tamil", "te": "Telugu",
-    "bg": "Bulgarian", "ko": "Korean", "pl": "Polish", "he": "Hebrew", "fa": "Persian",
-    "vi": "Vietnamese", "ne": "Nepali", "sw": "Swahili", "kn": "Kannada", "mr": "Marathi",
-    "gu": "Gujarati", "pa": "Punjabi", "ml": "Malayalam", "fi": "Finnish", "nl": "Dutch",
-    "sv": "Swedish", "tr": "Turkish", "zh-cn": "Simplified Chinese", "zh-tw": "Traditional Chinese",
+    "en": "English",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "ar": "Arabic",
+    "hi": "Hindi",
+    "fr": "French",
+    "ru": "Russian",
+    "de": "German",
+    "ja": "Japanese",
+    "it": "Italian",
+    "bn": "Bengali",
+    "uk": "Ukrainian",
+    "th": "Thai",
+    "ur": "Urdu",
+    "ta": "Tamil",
+    "te": "Telugu",
+    "bg": "Bulgarian",
+    "ko": "Korean",
+    "pl": "Polish",
+    "he": "Hebrew",
+    "fa": "Persian",
+    "vi": "Vietnamese",
+    "ne": "Nepali",
+    "sw": "Swahili",
+    "kn": "Kannada",
+    "mr": "Marathi",
+    "gu": "Gujarati",
+    "pa": "Punjabi",
+    "ml": "Malayalam",
+    "fi": "Finnish",
+    "nl": "Dutch",
+    "sv": "Swedish",
+    "tr": "Turkish",
+    "zh-cn": "Simplified Chinese",
+    "zh-tw": "Traditional Chinese",
 }
 
 
@@ -49,7 +78,7 @@ def strip_json_fence(response: str) -> str:
     body = response.strip()
     for fence in ("```json", "```Json", "```JSON", "```"):
         if body.startswith(fence):
-            body = body[len(fence):]
+            body = body[len(fence) :]
             break
     if body.endswith("```"):
         body = body[:-3]
@@ -167,8 +196,7 @@ def _keywords_exist(response, kw, prompt):
 
 def _forbidden(response, kw, prompt):
     return not any(
-        re.search(r"\b" + re.escape(w.strip()) + r"\b", response, flags=re.IGNORECASE)
-        for w in kw["forbidden_words"]
+        re.search(r"\b" + re.escape(w.strip()) + r"\b", response, flags=re.IGNORECASE) for w in kw["forbidden_words"]
     )
 
 
@@ -197,8 +225,10 @@ _LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 SPECS: dict[str, Spec] = {
     "change_case:capital_word_frequency": Spec(
         _capital_words,
-        lambda k: f"In your response, words with all capital letters should appear "
-        f"{k['capital_relation']} {k['capital_frequency']} times.",
+        lambda k: (
+            f"In your response, words with all capital letters should appear "
+            f"{k['capital_relation']} {k['capital_frequency']} times."
+        ),
         {"capital_frequency": Kwarg(int), "capital_relation": relation()},
     ),
     "change_case:english_capital": Spec(
@@ -207,65 +237,76 @@ SPECS: dict[str, Spec] = {
     ),
     "change_case:english_lowercase": Spec(
         _english_lowercase,
-        lambda k: "Your entire response should be in English, and in all lowercase letters. "
-        "No capital letters are allowed.",
+        lambda k: (
+            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed."
+        ),
     ),
     "combination:repeat_prompt": Spec(
         lambda r, k, p: r.strip().lower().startswith(k["prompt_to_repeat"].strip().lower()),
-        lambda k: "First repeat the request word for word without change, then give your answer "
-        "(do not say anything before repeating the request; the request you need to repeat "
-        "does not include this sentence).",
+        lambda k: (
+            "First repeat the request word for word without change, then give your answer "
+            "(do not say anything before repeating the request; the request you need to repeat "
+            "does not include this sentence)."
+        ),
         {"prompt_to_repeat": Kwarg(str)},
     ),
     "combination:two_responses": Spec(
         _two_responses,
-        lambda k: "Give two different responses. Responses and only responses should be "
-        "separated by 6 asterisk symbols: ******.",
+        lambda k: (
+            "Give two different responses. Responses and only responses should be "
+            "separated by 6 asterisk symbols: ******."
+        ),
     ),
     "detectable_content:number_placeholders": Spec(
         lambda r, k, p: count_placeholders(r) >= k["num_placeholders"],
-        lambda k: f"The response must contain at least {k['num_placeholders']} placeholders "
-        "represented by square brackets, such as [address].",
+        lambda k: (
+            f"The response must contain at least {k['num_placeholders']} placeholders "
+            "represented by square brackets, such as [address]."
+        ),
         {"num_placeholders": Kwarg(int)},
     ),
     "detectable_content:postscript": Spec(
         _postscript,
-        lambda k: "At the end of your response, please explicitly add a postscript starting "
-        f"with {k['postscript_marker']}",
+        lambda k: (
+            f"At the end of your response, please explicitly add a postscript starting with {k['postscript_marker']}"
+        ),
         {"postscript_marker": Kwarg(str)},
     ),
     "detectable_format:constrained_response": Spec(
         lambda r, k, p: any(c in r for c in CONSTRAINED_RESPONSES),
-        lambda k: "Answer with one of the following options: "
-        + " / ".join(f'"{c}"' for c in CONSTRAINED_RESPONSES),
+        lambda k: "Answer with one of the following options: " + " / ".join(f'"{c}"' for c in CONSTRAINED_RESPONSES),
     ),
     "detectable_format:json_format": Spec(
         _json_format,
-        lambda k: "Entire output should be wrapped in JSON format. You can use markdown ticks "
-        "such as ```.",
+        lambda k: "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```.",
     ),
     "detectable_format:multiple_sections": Spec(
         _sections,
-        lambda k: f"Your response must have {k['num_sections']} sections. Mark the beginning of "
-        f"each section with {k['section_spliter']} X, such as: {k['section_spliter']} 1",
+        lambda k: (
+            f"Your response must have {k['num_sections']} sections. Mark the beginning of "
+            f"each section with {k['section_spliter']} X, such as: {k['section_spliter']} 1"
+        ),
         {"section_spliter": Kwarg(str), "num_sections": Kwarg(int, minimum=1)},
     ),
     "detectable_format:number_bullet_lists": Spec(
         lambda r, k, p: count_bullets(r) == k["num_bullets"],
-        lambda k: f"Your answer must contain exactly {k['num_bullets']} bullet points. Use the "
-        "markdown bullet points such as:\n* This is point 1.\n* This is point 2",
+        lambda k: (
+            f"Your answer must contain exactly {k['num_bullets']} bullet points. Use the "
+            "markdown bullet points such as:\n* This is point 1.\n* This is point 2"
+        ),
         {"num_bullets": Kwarg(int)},
     ),
     "detectable_format:number_highlighted_sections": Spec(
         lambda r, k, p: count_highlights(r) >= k["num_highlights"],
-        lambda k: f"Highlight at least {k['num_highlights']} sections in your answer with "
-        "markdown, i.e. *highlighted section*.",
+        lambda k: (
+            f"Highlight at least {k['num_highlights']} sections in your answer with "
+            "markdown, i.e. *highlighted section*."
+        ),
         {"num_highlights": Kwarg(int)},
     ),
     "detectable_format:title": Spec(
         _title,
-        lambda k: "Your answer must contain a title, wrapped in double angular brackets, such as "
-        "<<poem of joy>>.",
+        lambda k: "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>.",
     ),
     "keywords:existence": Spec(
         _keywords_exist,
@@ -279,31 +320,35 @@ SPECS: dict[str, Spec] = {
     ),
     "keywords:frequency": Spec(
         _keyword_frequency,
-        lambda k: f"In your response, the word {k['keyword']} should appear {k['relation']} "
-        f"{k['frequency']} times.",
+        lambda k: f"In your response, the word {k['keyword']} should appear {k['relation']} {k['frequency']} times.",
         {"keyword": Kwarg(str), "frequency": Kwarg(int), "relation": relation()},
     ),
     "keywords:letter_frequency": Spec(
         _letter_frequency,
-        lambda k: f"In your response, the letter {k['letter']} should appear {k['let_relation']} "
-        f"{k['let_frequency']} times.",
+        lambda k: (
+            f"In your response, the letter {k['letter']} should appear {k['let_relation']} {k['let_frequency']} times."
+        ),
         {
-            "letter": Kwarg(str, choices=_LETTERS + tuple(l.upper() for l in _LETTERS)),
+            "letter": Kwarg(str, choices=_LETTERS + tuple(c.upper() for c in _LETTERS)),
             "let_frequency": Kwarg(int),
             "let_relation": relation(),
         },
     ),
     "language:response_language": Spec(
         _language,
-        lambda k: f"Your ENTIRE response should be in "
-        f"{LANGUAGE_NAMES.get(k['language'], k['language'])} language, no other language is allowed.",
+        lambda k: (
+            f"Your ENTIRE response should be in "
+            f"{LANGUAGE_NAMES.get(k['language'], k['language'])} language, no other language is allowed."
+        ),
         {"language": Kwarg(str, choices=language.LANGUAGES)},
     ),
     "length_constraints:nth_paragraph_first_word": Spec(
         _nth_paragraph_first_word,
-        lambda k: f"There should be {k['num_paragraphs']} paragraphs. Paragraphs and only "
-        "paragraphs are separated with each other by two new lines as if it was '\\n\\n' in "
-        f"python. Paragraph {k['nth_paragraph']} must start with word {k['first_word']}.",
+        lambda k: (
+            f"There should be {k['num_paragraphs']} paragraphs. Paragraphs and only "
+            "paragraphs are separated with each other by two new lines as if it was '\\n\\n' in "
+            f"python. Paragraph {k['nth_paragraph']} must start with word {k['first_word']}."
+        ),
         {
             "num_paragraphs": Kwarg(int, minimum=1),
             "nth_paragraph": Kwarg(int, minimum=1),
@@ -312,8 +357,9 @@ SPECS: dict[str, Spec] = {
     ),
     "length_constraints:number_paragraphs": Spec(
         _number_paragraphs,
-        lambda k: f"There should be {k['num_paragraphs']} paragraphs. Paragraphs are separated "
-        "with the markdown divider: ***",
+        lambda k: (
+            f"There should be {k['num_paragraphs']} paragraphs. Paragraphs are separated with the markdown divider: ***"
+        ),
         {"num_paragraphs": Kwarg(int, minimum=1)},
     ),
     "length_constraints:number_sentences": Spec(
@@ -332,8 +378,10 @@ SPECS: dict[str, Spec] = {
     ),
     "startend:end_checker": Spec(
         lambda r, k, p: r.strip().lower().endswith(k["end_phrase"].strip().lower()),
-        lambda k: f"Finish your response with this exact phrase: {_sentence(k['end_phrase'])} "
-        "No other words should follow this phrase.",
+        lambda k: (
+            f"Finish your response with this exact phrase: {_sentence(k['end_phrase'])} "
+            "No other words should follow this phrase."
+        ),
         {"end_phrase": Kwarg(str)},
     ),
     "startend:quotation": Spec(

@@ -4,6 +4,7 @@ Ids and kwargs follow the public training data. Where the reference checker cont
 instruction text we grade the text: words are `\\w+` runs (not NLTK tokens that count a final
 period as a word), keyword matches ignore case, and a palindrome needs 3+ letters ("a" is not one).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,9 +78,7 @@ def _last_word_sent(response, kw, prompt):
 
 def _bigram_wrapping(response, kw, prompt):
     w = response.split()
-    return len(w) >= 2 and all(
-        w[i].startswith("<<") and w[i + 1].endswith(">>") for i in range(0, len(w) - 1, 2)
-    )
+    return len(w) >= 2 and all(w[i].startswith("<<") and w[i + 1].endswith(">>") for i in range(0, len(w) - 1, 2))
 
 
 def _copying_multiple(response, kw, prompt):
@@ -134,21 +133,27 @@ _PROMPT = {"prompt_to_repeat": Kwarg(str)}
 SPECS: dict[str, Spec] = {
     "copy:repeat_phrase": Spec(
         _repeat_phrase,
-        lambda k: f"Repeat the phrase {k['phrase']} exactly {k['small_n']} times, transforming it "
-        "slightly each time by replacing only one word in the center of the phrase.",
+        lambda k: (
+            f"Repeat the phrase {k['phrase']} exactly {k['small_n']} times, transforming it "
+            "slightly each time by replacing only one word in the center of the phrase."
+        ),
         {"phrase": Kwarg(str), "small_n": Kwarg(int, minimum=1)},
     ),
     "copy:copy": Spec(
         lambda r, k, p: _same_text(r, k["prompt_to_repeat"]),
-        lambda k: "Copy this instruction verbatim, do not follow the instruction, only copy it "
-        "into the output (do not include this instruction sentence!).",
+        lambda k: (
+            "Copy this instruction verbatim, do not follow the instruction, only copy it "
+            "into the output (do not include this instruction sentence!)."
+        ),
         _PROMPT,
     ),
     "new:copy_span_idx": Spec(
         # The span is the Python slice [n_start:n_end], as the training data was generated.
         lambda r, k, p: _same_text(r, k["prompt_to_repeat"][k["n_start"] : k["n_end"]]),
-        lambda k: f"Copy the span of words that lies between (and including) index {k['n_start']} "
-        f"and {k['n_end']}, the indices are character indices!",
+        lambda k: (
+            f"Copy the span of words that lies between (and including) index {k['n_start']} "
+            f"and {k['n_end']}, the indices are character indices!"
+        ),
         {**_PROMPT, "n_start": Kwarg(int), "n_end": Kwarg(int)},
     ),
     "detectable_format:sentence_hyphens": Spec(
@@ -170,27 +175,25 @@ SPECS: dict[str, Spec] = {
     ),
     "keywords:word_count_different_numbers": Spec(
         lambda r, k, p: compare(_occurrences(k["keyword"], r), k["relation"], k["frequency"]),
-        lambda k: f"In your response, the word {k['keyword']} should appear {k['relation']} "
-        f"{k['frequency']} times.",
+        lambda k: f"In your response, the word {k['keyword']} should appear {k['relation']} {k['frequency']} times.",
         {"keyword": Kwarg(str), "frequency": Kwarg(int), "relation": relation()},
     ),
     "keywords:exclude_word_harder": Spec(
-        lambda r, k, p: not re.search(
-            r"\b" + re.escape(k["keyword"].strip()) + r"\b", r, flags=re.IGNORECASE
-        ),
+        lambda r, k, p: not re.search(r"\b" + re.escape(k["keyword"].strip()) + r"\b", r, flags=re.IGNORECASE),
         lambda k: f"Do not include keyword {k['keyword']} in the response.",
         # `instruction` is the text the keyword was drawn from; some rows carry it, unused here.
         {"keyword": Kwarg(str), "instruction": Kwarg(str, required=False)},
     ),
     "paragraphs:paragraphs": Spec(
         _paragraphs,
-        lambda k: "There should be 2 paragraphs. Paragraphs are separated with the markdown "
-        "divider: ***",
+        lambda k: "There should be 2 paragraphs. Paragraphs are separated with the markdown divider: ***",
     ),
     "paragraphs:paragraphs2": Spec(
         _paragraphs2,
-        lambda k: "There should be 2 paragraphs. Paragraphs and only paragraphs are separated "
-        "with each other by two line breaks.",
+        lambda k: (
+            "There should be 2 paragraphs. Paragraphs and only paragraphs are separated "
+            "with each other by two line breaks."
+        ),
     ),
     "first_word:first_word_sent": Spec(
         _first_word_sent,
@@ -204,8 +207,7 @@ SPECS: dict[str, Spec] = {
     ),
     "last_word:last_word_sent": Spec(
         _last_word_sent,
-        lambda k: f"The last word of each sentence, before punctuation, should be the word "
-        f"{k['last_word']}.",
+        lambda k: f"The last word of each sentence, before punctuation, should be the word {k['last_word']}.",
         {"last_word": Kwarg(str)},
     ),
     "last_word:last_word_answer": Spec(
@@ -215,32 +217,37 @@ SPECS: dict[str, Spec] = {
     ),
     "detectable_format:bigram_wrapping": Spec(
         _bigram_wrapping,
-        lambda k: "Wrap every word bigram in double angular brackets, such as <<I am>> <<at home>> "
-        "<<with my>> <<cute dog>>.",
+        lambda k: (
+            "Wrap every word bigram in double angular brackets, such as <<I am>> <<at home>> <<with my>> <<cute dog>>."
+        ),
     ),
     "copy:copying_simple": Spec(
         lambda r, k, p: _same_text(r, k["prompt_to_repeat"]),
-        lambda k: "Repeat the request without change (do not say anything before repeating the "
-        "request; the request you need to repeat does not include this sentence) and do not "
-        "answer the actual request!",
+        lambda k: (
+            "Repeat the request without change (do not say anything before repeating the "
+            "request; the request you need to repeat does not include this sentence) and do not "
+            "answer the actual request!"
+        ),
         _PROMPT,
     ),
     "copy:copying_multiple": Spec(
         _copying_multiple,
-        lambda k: f"Repeat the request without change {k['N']} times, separated by 6 asterisk "
-        "symbols (do not say anything before repeating the request; the request you need to "
-        "repeat does not include this sentence) and do not answer the actual request!",
+        lambda k: (
+            f"Repeat the request without change {k['N']} times, separated by 6 asterisk "
+            "symbols (do not say anything before repeating the request; the request you need to "
+            "repeat does not include this sentence) and do not answer the actual request!"
+        ),
         {**_PROMPT, "N": Kwarg(int, minimum=1)},
     ),
     "punctuation:punctuation_dot": Spec(
         lambda r, k, p: "." not in r,
-        lambda k: "In your entire response, refrain from the use of . (i.e. dots) as punctuation "
-        "and in general.",
+        lambda k: "In your entire response, refrain from the use of . (i.e. dots) as punctuation and in general.",
     ),
     "punctuation:punctuation_exclamation": Spec(
         lambda r, k, p: "!" not in r,
-        lambda k: "In your entire response, refrain from the use of ! (i.e. exclamation marks) "
-        "as punctuation and in general.",
+        lambda k: (
+            "In your entire response, refrain from the use of ! (i.e. exclamation marks) as punctuation and in general."
+        ),
     ),
     "count:lowercase_counting": Spec(
         # As the training data's checker: the total number of all-lowercase words is at most N.
@@ -255,8 +262,10 @@ SPECS: dict[str, Spec] = {
     ),
     "count:counting_composition": Spec(
         _counting_composition,
-        lambda k: "Write 3 paragraphs, delimited by the markdown divider: * * *, with exactly "
-        f"{k['n_sent']} sentences each, with exactly {k['n_words']} words in each sentence.",
+        lambda k: (
+            "Write 3 paragraphs, delimited by the markdown divider: * * *, with exactly "
+            f"{k['n_sent']} sentences each, with exactly {k['n_words']} words in each sentence."
+        ),
         {"n_sent": Kwarg(int, minimum=1), "n_words": Kwarg(int, minimum=1)},
     ),
     "count:count_unique": Spec(
@@ -265,8 +274,9 @@ SPECS: dict[str, Spec] = {
     ),
     "count:count_increment_word": Spec(
         lambda r, k, p: _occurrences(k["keyword1"], r) == 1 and _occurrences(k["keyword2"], r) == 2,
-        lambda k: f"Include keyword {k['keyword1']} once in your response, keyword "
-        f"{k['keyword2']} twice in your response.",
+        lambda k: (
+            f"Include keyword {k['keyword1']} once in your response, keyword {k['keyword2']} twice in your response."
+        ),
         {"keyword1": Kwarg(str), "keyword2": Kwarg(str)},
     ),
     "keywords:palindrome": Spec(
@@ -275,14 +285,17 @@ SPECS: dict[str, Spec] = {
     ),
     "keywords:keyword_specific_position": Spec(
         _keyword_position,
-        lambda k: f"Include keyword {k['keyword']} in the {k['n']}-th sentence, as the "
-        f"{k['m']}-th word of that sentence.",
+        lambda k: (
+            f"Include keyword {k['keyword']} in the {k['n']}-th sentence, as the {k['m']}-th word of that sentence."
+        ),
         {"keyword": Kwarg(str), "n": Kwarg(int, minimum=1), "m": Kwarg(int, minimum=1)},
     ),
     "keywords:start_end": Spec(
         _start_end,
-        lambda k: "Start and end your response with the same word (do not write anything after "
-        "the last word, not even punctuation).",
+        lambda k: (
+            "Start and end your response with the same word (do not write anything after "
+            "the last word, not even punctuation)."
+        ),
     ),
 }
 # IFEval's letter_frequency under another name, same kwargs.

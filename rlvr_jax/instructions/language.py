@@ -4,6 +4,7 @@ langdetect samples n-grams at random; its module-level detector is seeded only i
 a global. We build a private factory, load the shipped profiles in sorted order, and seed it, so
 the same text gets the same language in every worker process and every run.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,10 @@ LANGUAGES = tuple(
 
 @functools.cache
 def _factory():
-    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+    from langdetect.detector_factory import (  # local: profiles load on first use (slow)
+        PROFILES_DIRECTORY,
+        DetectorFactory,
+    )
 
     factory = DetectorFactory()
     names = sorted(n for n in os.listdir(PROFILES_DIRECTORY) if not n.startswith("."))
@@ -39,7 +43,7 @@ def supported_languages() -> frozenset[str]:
 
 def detect(text: str) -> str | None:
     """The most likely language code of `text`, or None if it has no letters to judge."""
-    from langdetect.lang_detect_exception import LangDetectException
+    from langdetect.lang_detect_exception import LangDetectException  # local: with the detector, on first use
 
     detector = _factory().create()
     detector.append(text)

@@ -3,6 +3,7 @@
 Built-in helpers serve the synthetic IF domain: ids a tiny model can satisfy, seeded kwargs,
 conflict-free instruction sets, and reference responses proven compliant by `check_all`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -43,18 +44,17 @@ def check(instruction_id: str, kwargs, response: str, *, prompt: str, strict: bo
 
 
 def check_all(
-    instruction_ids: Sequence[str], kwargs_list: Sequence[Mapping | None], response: str, *,
-    prompt: str, strict: bool = True,
+    instruction_ids: Sequence[str],
+    kwargs_list: Sequence[Mapping | None],
+    response: str,
+    *,
+    prompt: str,
+    strict: bool = True,
 ) -> list[bool]:
     """One boolean per instruction, in order."""
     if len(instruction_ids) != len(kwargs_list):
-        raise ValueError(
-            f"{len(instruction_ids)} instruction ids but {len(kwargs_list)} kwargs dicts"
-        )
-    return [
-        check(i, kw, response, prompt=prompt, strict=strict)
-        for i, kw in zip(instruction_ids, kwargs_list)
-    ]
+        raise ValueError(f"{len(instruction_ids)} instruction ids but {len(kwargs_list)} kwargs dicts")
+    return [check(i, kw, response, prompt=prompt, strict=strict) for i, kw in zip(instruction_ids, kwargs_list)]
 
 
 def describe(instruction_id: str, kwargs: Mapping[str, Any] | None) -> str:
@@ -69,8 +69,11 @@ def describe(instruction_id: str, kwargs: Mapping[str, Any] | None) -> str:
 _KEYWORDS = ("river", "garden", "lantern", "bridge", "candle", "meadow", "pebble", "harbor")
 _FORBIDDEN = ("banana", "winter", "happy", "computer", "ocean", "yellow", "music", "doctor")
 _END_PHRASES = (
-    "Is there anything else I can help with?", "Any other questions?", "That is all.",
-    "Thank you for reading.", "Let me know if you have more questions.",
+    "Is there anything else I can help with?",
+    "Any other questions?",
+    "That is all.",
+    "Thank you for reading.",
+    "Let me know if you have more questions.",
 )
 _BODIES = (
     "This short note describes a quiet morning in the small town.",
@@ -124,22 +127,22 @@ def sample_kwargs(instruction_id: str, rng: np.random.Generator) -> dict:
     samplers = {
         "startend:end_checker": lambda: {"end_phrase": _pick(rng, _END_PHRASES)},
         # Only upper bounds: a tiny model's challenge is to stop, not to ramble.
-        "length_constraints:number_words": lambda: {
-            "num_words": int(rng.integers(30, 81)), "relation": "less than"},
+        "length_constraints:number_words": lambda: {"num_words": int(rng.integers(30, 81)), "relation": "less than"},
         "length_constraints:number_sentences": lambda: {
-            "num_sentences": int(rng.integers(5, 9)), "relation": "less than"},
+            "num_sentences": int(rng.integers(5, 9)),
+            "relation": "less than",
+        },
         "keywords:existence": lambda: {"keywords": _pick(rng, _KEYWORDS, int(rng.integers(1, 3)))},
-        "keywords:forbidden_words": lambda: {
-            "forbidden_words": _pick(rng, _FORBIDDEN, int(rng.integers(1, 3)))},
+        "keywords:forbidden_words": lambda: {"forbidden_words": _pick(rng, _FORBIDDEN, int(rng.integers(1, 3)))},
         "keywords:frequency": lambda: {
-            "keyword": _pick(rng, _KEYWORDS), "frequency": int(rng.integers(2, 4)),
-            "relation": "at least"},
+            "keyword": _pick(rng, _KEYWORDS),
+            "frequency": int(rng.integers(2, 4)),
+            "relation": "at least",
+        },
         "detectable_format:number_bullet_lists": lambda: {"num_bullets": int(rng.integers(2, 4))},
-        "detectable_format:number_highlighted_sections": lambda: {
-            "num_highlights": int(rng.integers(1, 3))},
+        "detectable_format:number_highlighted_sections": lambda: {"num_highlights": int(rng.integers(1, 3))},
         "detectable_content:postscript": lambda: {"postscript_marker": _pick(rng, ("P.S.", "P.P.S"))},
-        "detectable_content:number_placeholders": lambda: {
-            "num_placeholders": int(rng.integers(1, 3))},
+        "detectable_content:number_placeholders": lambda: {"num_placeholders": int(rng.integers(1, 3))},
     }
     if instruction_id not in BUILTIN_TASK_IDS:
         raise ValueError(f"instruction id {instruction_id!r} is not a built-in task id")
@@ -162,8 +165,12 @@ def sample_instruction_set(rng: np.random.Generator, max_instructions: int = 3):
 
 
 def reference_response(
-    instruction_ids: Sequence[str], kwargs_list: Sequence[Mapping | None],
-    rng: np.random.Generator, *, body: str | None = None, prompt: str = "",
+    instruction_ids: Sequence[str],
+    kwargs_list: Sequence[Mapping | None],
+    rng: np.random.Generator,
+    *,
+    body: str | None = None,
+    prompt: str = "",
 ) -> str:
     """A response that follows every given built-in instruction (checked before returning).
 

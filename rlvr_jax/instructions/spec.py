@@ -1,4 +1,5 @@
 """What a registry entry is: typed kwargs plus a checker and a describer, and kwargs validation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,7 @@ def normalize(instruction_id: str, spec: Spec, kwargs: Mapping[str, Any] | None)
     unknown = sorted(set(given) - set(spec.kwargs))
     if unknown:
         raise ValueError(
-            f"instruction {instruction_id!r}: unknown kwarg {unknown[0]!r} "
-            f"(accepted: {sorted(spec.kwargs) or 'none'})"
+            f"instruction {instruction_id!r}: unknown kwarg {unknown[0]!r} (accepted: {sorted(spec.kwargs) or 'none'})"
         )
     out = {}
     for name, arg in spec.kwargs.items():

@@ -3,6 +3,7 @@
 Hand-written rather than NLTK because NLTK's tokenizers need data files downloaded at run time
 (punkt), which our workers must never do, and because rewards must not drift with a data version.
 """
+
 from __future__ import annotations
 
 import re

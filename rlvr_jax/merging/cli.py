@@ -4,6 +4,7 @@ Checkpoints are restored straight into their shardings on the local mesh, merged
 under jit (inputs freed as they are consumed) and written sharded. A recipe file
 (`--config configs/merge.py:ties`) carries per-expert weights; explicit flags override it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,20 @@ import time
 
 import jax
 
+from rlvr_jax import checkpoint, sharding
 from rlvr_jax.merging import methods as merge
 from rlvr_jax.model import params_io
-from rlvr_jax import checkpoint, sharding
 
 # flag -> method keyword; flags left unset are not passed, so each method keeps its own default
-_OPTION_FLAGS = {"scale": "scale", "density": "density", "trim_scope": "trim_scope", "drop_rate": "drop_rate",
-                 "seed": "seed", "t": "t", "gamma": "gamma"}
+_OPTION_FLAGS = {
+    "scale": "scale",
+    "density": "density",
+    "trim_scope": "trim_scope",
+    "drop_rate": "drop_rate",
+    "seed": "seed",
+    "t": "t",
+    "gamma": "gamma",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlvr-merge",
         description="Merge single-domain RL experts around their anchor (task vectors in fp32).",
         epilog="example: rlvr-merge --anchor ckpt/sft --experts ckpt/rl-math,ckpt/rl-code "
-               "--method ties --density 0.2 --out ckpt/ties")
+        "--method ties --density 0.2 --out ckpt/ties",
+    )
     p.add_argument("--config", default=None, help="recipe file FILE.py[:ARG] with get_config(arg)")
     p.add_argument("--anchor", help="anchor checkpoint (HF directory or Orbax)")
     p.add_argument("--experts", help="comma-separated expert checkpoints, each PATH or NAME=PATH")
@@ -39,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated per-expert weights")
     p.add_argument("--scale", type=float, help="lambda: multiplier of the merged task vector")
     p.add_argument("--density", type=float, help="fraction of entries kept (ties, breadcrumbs, sce)")
-    p.add_argument("--trim-scope", dest="trim_scope", choices=["global", "tensor"],
-                   help="TIES/breadcrumbs threshold over the whole model (study) or per tensor (mergekit)")
+    p.add_argument(
+        "--trim-scope",
+        dest="trim_scope",
+        choices=["global", "tensor"],
+        help="TIES/breadcrumbs threshold over the whole model (study) or per tensor (mergekit)",
+    )
     p.add_argument("--drop-rate", dest="drop_rate", type=float, help="DARE drop probability")
     p.add_argument("--seed", type=int, help="DARE seed")
     p.add_argument("--t", type=float, help="SLERP interpolation factor (0 = first model)")
@@ -60,7 +73,7 @@ def load_config(spec: str, overrides: list[str]):
     mod_spec.loader.exec_module(mod)
     cfg = mod.get_config(arg) if arg else mod.get_config()
     for o in overrides:
-        key, eq, value = o[len("--config."):].partition("=")
+        key, eq, value = o[len("--config.") :].partition("=")
         if not eq:
             raise SystemExit(f"rlvr-merge: error: override {o!r} needs =VALUE")
         try:
@@ -79,12 +92,28 @@ def load_config(spec: str, overrides: list[str]):
 
 def resolve(args, overrides) -> dict:
     """One recipe dict from the config file (if any) and the flags (which win)."""
-    r = {"anchor": None, "experts": [], "method": None, "options": {}, "weights": None, "out": None,
-         "format": "orbax", "dtype": None, "mesh": "1,-1,1"}
+    r = {
+        "anchor": None,
+        "experts": [],
+        "method": None,
+        "options": {},
+        "weights": None,
+        "out": None,
+        "format": "orbax",
+        "dtype": None,
+        "mesh": "1,-1,1",
+    }
     if args.config:
         c = load_config(args.config, overrides)
-        r.update(anchor=c.anchor or None, method=c.method, options=dict(c.get("options", {})), out=c.get("out") or None,
-                 format=c.get("format", "orbax"), dtype=c.get("dtype") or None, mesh=c.get("mesh", "1,-1,1"))
+        r.update(
+            anchor=c.anchor or None,
+            method=c.method,
+            options=dict(c.get("options", {})),
+            out=c.get("out") or None,
+            format=c.get("format", "orbax"),
+            dtype=c.get("dtype") or None,
+            mesh=c.get("mesh", "1,-1,1"),
+        )
         experts = [(n, e["path"], float(e.get("weight", 1.0))) for n, e in c.experts.items()]
         r["experts"] = [(n, p) for n, p, _ in experts]
         if any(w != 1.0 for *_, w in experts):
@@ -92,8 +121,10 @@ def resolve(args, overrides) -> dict:
     elif overrides:
         raise SystemExit(f"rlvr-merge: error: {overrides[0]} without --config")
     if args.experts:
-        r["experts"] = [tuple(e.split("=", 1)) if "=" in e else (os.path.basename(os.path.normpath(e)), e)
-                        for e in args.experts.split(",")]
+        r["experts"] = [
+            tuple(e.split("=", 1)) if "=" in e else (os.path.basename(os.path.normpath(e)), e)
+            for e in args.experts.split(",")
+        ]
     if args.weights:
         r["weights"] = [float(w) for w in args.weights.split(",")]
     for flag in ("anchor", "method", "out", "format", "dtype", "mesh"):
@@ -116,8 +147,10 @@ def check_recipe(r: dict) -> None:
     allowed = merge.method_options(r["method"])
     for k in list(r["options"]) + (["weights"] if r["weights"] is not None else []):
         if k not in allowed:
-            raise ValueError(f"option {k!r} does not apply to method {r['method']!r} "
-                             f"(it takes {sorted(allowed - {'out_dtype', 'consume', 'names'})})")
+            raise ValueError(
+                f"option {k!r} does not apply to method {r['method']!r} "
+                f"(it takes {sorted(allowed - {'out_dtype', 'consume', 'names'})})"
+            )
     if r["weights"] is not None and len(r["weights"]) != len(r["experts"]):
         raise ValueError(f"{len(r['weights'])} weights for {len(r['experts'])} experts")
 
@@ -147,22 +180,30 @@ def run(r: dict, *, log=print) -> dict:
     kw = dict(r["options"])
     if r["weights"] is not None:
         kw["weights"] = r["weights"]
-    merged = merge.MERGE_METHODS[r["method"]](anchor, experts, out_dtype=r["dtype"], consume=True,
-                                              names=[n for n, _ in r["experts"]], **kw)
+    merged = merge.MERGE_METHODS[r["method"]](
+        anchor, experts, out_dtype=r["dtype"], consume=True, names=[n for n, _ in r["experts"]], **kw
+    )
     jax.block_until_ready(merged)
     t2 = time.perf_counter()
     out_cfg = dataclasses.replace(cfg, param_dtype=r["dtype"]) if r["dtype"] else cfg
     recipe = {k: r[k] for k in ("anchor", "experts", "method", "options", "weights", "dtype")}
-    params_io.save_params_any(merged, out_cfg, r["out"], r["format"],
-                               source_dir=checkpoint.tokenizer_dir_of(r["anchor"]),
-                               **({"extra_meta": {"merge": recipe}} if r["format"] == "orbax" else {}))
+    params_io.save_params_any(
+        merged,
+        out_cfg,
+        r["out"],
+        r["format"],
+        source_dir=checkpoint.tokenizer_dir_of(r["anchor"]),
+        **({"extra_meta": {"merge": recipe}} if r["format"] == "orbax" else {}),
+    )
     if jax.process_index() == 0:
         with open(os.path.join(r["out"], "merge_recipe.json"), "w") as f:
             json.dump(recipe, f, indent=2)
     t3 = time.perf_counter()
     times = {"load_s": t1 - t0, "merge_s": t2 - t1, "save_s": t3 - t2}
-    log(f"merged {len(experts)} experts with {r['method']} into {r['out']} ({r['format']}): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in times.items()))
+    log(
+        f"merged {len(experts)} experts with {r['method']} into {r['out']} ({r['format']}): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+    )
     return {"times": times, "recipe": recipe}
 
 

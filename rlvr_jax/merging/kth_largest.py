@@ -8,6 +8,7 @@ histograms (not the data) reach the host. Hand-written: no library selects over 
 
 Legend: S value streams (one per expert, or one), R ranks per stream, B histogram bins.
 """
+
 from __future__ import annotations
 
 import jax
@@ -45,9 +46,14 @@ def _hist_lo(acc_SxRxB, a, xs, h, seed, bins_SxR, *, value_fn, drop_rate):
     for s, v in enumerate(vs):
         bits = jax.lax.bitcast_convert_type(v, jnp.int32)
         hi, lo = bits >> _LO_BITS, bits & (_LO_BINS - 1)
-        out.append(jnp.stack([  # entries outside the query's high bin go out of range and drop
-            _add_counts(acc_SxRxB[s, r], jnp.where(hi == bins_SxR[s, r], lo, _LO_BINS), v)
-            for r in range(acc_SxRxB.shape[1])]))
+        out.append(
+            jnp.stack(
+                [  # entries outside the query's high bin go out of range and drop
+                    _add_counts(acc_SxRxB[s, r], jnp.where(hi == bins_SxR[s, r], lo, _LO_BINS), v)
+                    for r in range(acc_SxRxB.shape[1])
+                ]
+            )
+        )
     return jnp.stack(out)
 
 
@@ -92,8 +98,7 @@ def kth_largest(value_fn, items, ranks_SxR, *, drop_rate=0.0) -> np.ndarray:
                 raise ValueError(f"rank {ranks[s, r]} > {n} entries")
             if ranks[s, r] > 0:
                 bins[s, r], rest[s, r] = _locate(hist_hi[s], int(ranks[s, r]))
-    hist_lo = _histogram(_hist_lo, statics, np.zeros((S, R, _LO_BINS), np.int32), items,
-                         (jnp.asarray(bins),))
+    hist_lo = _histogram(_hist_lo, statics, np.zeros((S, R, _LO_BINS), np.int32), items, (jnp.asarray(bins),))
     out = np.full((S, R), np.inf, np.float32)
     for s in range(S):
         for r in range(R):

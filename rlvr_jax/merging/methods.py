@@ -8,6 +8,7 @@ by two histogram passes over the bits of |tau| (rlvr_jax/merging/kth_largest.py)
 
 Legend: K experts; S value streams (one per expert, or one) and R ranks per stream in selection.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,6 +29,7 @@ class MergeError(ValueError):
 
 
 # ---------------------------------------------------------------- pytree plumbing
+
 
 def path_str(path) -> str:
     """`layers/3/attn/q_proj/kernel` for a jax key path."""
@@ -74,11 +76,14 @@ def validate(anchor, experts, names=None) -> None:
             if p not in a_map:
                 raise MergeError(f"{name}: tensor '{p}' is not in the anchor")
         if e_def != a_def:  # same names but e.g. a list where the anchor has a dict
-            raise MergeError(f"{name}: tree structure differs from the anchor at or after "
-                             f"'{a_paths[0] if a_paths else ''}': {e_def} vs {a_def}")
+            raise MergeError(
+                f"{name}: tree structure differs from the anchor at or after "
+                f"'{a_paths[0] if a_paths else ''}': {e_def} vs {a_def}"
+            )
 
 
 # ---------------------------------------------------------------- per-tensor math (inside jit)
+
 
 def dare_keep_mask(shape, drop_rate, seed, path_or_hash, expert_index):
     """DARE keep mask of one expert's tensor: Bernoulli(1 - drop_rate) from fold_in(seed, path, k)."""
@@ -187,6 +192,7 @@ SLERP_COLINEAR = 0.9995
 
 # ---------------------------------------------------------------- values whose k-th largest trims
 
+
 def _v_abs_tau(a, xs, h, seed, *, drop_rate):
     _, taus = _deltas(a, xs, h, seed, drop_rate)
     return [jnp.abs(t) for t in taus]
@@ -204,6 +210,7 @@ def keep_count(fraction: float, n: int) -> int:
 
 # ---------------------------------------------------------------- driver
 
+
 def _prepare(anchor, experts, names, weights, seed):
     validate(anchor, experts, names)
     if not experts:
@@ -214,8 +221,10 @@ def _prepare(anchor, experts, names, weights, seed):
     if w.shape != (len(experts),) or not np.all(np.isfinite(w)):
         raise MergeError(f"weights {weights} do not match {len(experts)} experts")
     seed = np.uint32(seed)
-    items = [(a, tuple(x[i] for x in x_leaves), np.uint32(path_hash(p)), seed)
-             for i, (p, a) in enumerate(zip(paths, a_leaves))]
+    items = [
+        (a, tuple(x[i] for x in x_leaves), np.uint32(path_hash(p)), seed)
+        for i, (p, a) in enumerate(zip(paths, a_leaves))
+    ]
     return treedef, items, w
 
 
@@ -236,8 +245,10 @@ def _apply(kernel, statics, treedef, items, per_item_args, out_dtype, consume):
 
 def _thresholds(value_fn, items, fractions, trim_scope, drop_rate):
     """Per item, fp32 thresholds (S, R): rank round(f*n) largest for each cumulative fraction f."""
+
     def ranks(n, S):
         return np.array([[0 if f == 0 else (n if f >= 1 else keep_count(f, n)) for f in fractions]] * S)
+
     S = len(items[0][1]) if value_fn is _v_abs_tau else 1
     if trim_scope == "global":
         n = sum(a.size for a, *_ in items)
@@ -262,18 +273,30 @@ def average(anchor, experts, *, weights=None, out_dtype=None, consume=False, nam
     return _apply(_k_linear, (("drop_rate", 0.0),), treedef, items, lambda i: (coef,), out_dtype, consume)
 
 
-def task_arithmetic(anchor, experts, *, weights=None, scale=1.0, drop_rate=0.0, seed=0,
-                    out_dtype=None, consume=False, names=None):
+def task_arithmetic(
+    anchor, experts, *, weights=None, scale=1.0, drop_rate=0.0, seed=0, out_dtype=None, consume=False, names=None
+):
     """anchor + scale * sum_k w_k tau_k; drop_rate > 0 applies DARE to each tau_k first."""
     _check_fraction("drop_rate", drop_rate, lo_open=False)
     treedef, items, w = _prepare(anchor, experts, names, weights, seed)
     coef = jnp.asarray(np.float32(scale) * w)
-    return _apply(_k_linear, (("drop_rate", float(drop_rate)),), treedef, items,
-                  lambda i: (coef,), out_dtype, consume)
+    return _apply(_k_linear, (("drop_rate", float(drop_rate)),), treedef, items, lambda i: (coef,), out_dtype, consume)
 
 
-def ties(anchor, experts, *, weights=None, scale=1.0, density=0.2, trim_scope="global",
-         drop_rate=0.0, seed=0, out_dtype=None, consume=False, names=None):
+def ties(
+    anchor,
+    experts,
+    *,
+    weights=None,
+    scale=1.0,
+    density=0.2,
+    trim_scope="global",
+    drop_rate=0.0,
+    seed=0,
+    out_dtype=None,
+    consume=False,
+    names=None,
+):
     """TIES: keep |tau_k| >= its round(density*n)-th largest (over the model or per tensor; ties at
     the threshold all kept), elect sign(sum w_k tau_k), w-weighted mean of agreeing entries."""
     _check_fraction("density", density)
@@ -284,27 +307,78 @@ def ties(anchor, experts, *, weights=None, scale=1.0, density=0.2, trim_scope="g
     else:
         thr = _thresholds(_v_abs_tau, items, [density], trim_scope, drop_rate)
     wj, sj = jnp.asarray(w), jnp.float32(scale)
-    return _apply(_k_ties, (("drop_rate", float(drop_rate)),), treedef, items,
-                  lambda i: (wj, sj, jnp.asarray(thr[i][:, 0])), out_dtype, consume)
+    return _apply(
+        _k_ties,
+        (("drop_rate", float(drop_rate)),),
+        treedef,
+        items,
+        lambda i: (wj, sj, jnp.asarray(thr[i][:, 0])),
+        out_dtype,
+        consume,
+    )
 
 
-def dare_task_arithmetic(anchor, experts, *, drop_rate=0.2, weights=None, scale=1.0, seed=0,
-                         out_dtype=None, consume=False, names=None):
+def dare_task_arithmetic(
+    anchor, experts, *, drop_rate=0.2, weights=None, scale=1.0, seed=0, out_dtype=None, consume=False, names=None
+):
     """DARE (drop w.p. drop_rate, rescale by 1/(1-drop_rate), seeded per tensor) then task arithmetic."""
     _check_fraction("drop_rate", drop_rate, lo_open=False)
-    return task_arithmetic(anchor, experts, weights=weights, scale=scale, drop_rate=drop_rate,
-                           seed=seed, out_dtype=out_dtype, consume=consume, names=names)
+    return task_arithmetic(
+        anchor,
+        experts,
+        weights=weights,
+        scale=scale,
+        drop_rate=drop_rate,
+        seed=seed,
+        out_dtype=out_dtype,
+        consume=consume,
+        names=names,
+    )
 
 
-def dare_ties(anchor, experts, *, drop_rate=0.2, weights=None, scale=1.0, density=0.2,
-              trim_scope="global", seed=0, out_dtype=None, consume=False, names=None):
+def dare_ties(
+    anchor,
+    experts,
+    *,
+    drop_rate=0.2,
+    weights=None,
+    scale=1.0,
+    density=0.2,
+    trim_scope="global",
+    seed=0,
+    out_dtype=None,
+    consume=False,
+    names=None,
+):
     """DARE then TIES (the trim sees the dropped, rescaled task vectors)."""
-    return ties(anchor, experts, weights=weights, scale=scale, density=density, trim_scope=trim_scope,
-                drop_rate=drop_rate, seed=seed, out_dtype=out_dtype, consume=consume, names=names)
+    return ties(
+        anchor,
+        experts,
+        weights=weights,
+        scale=scale,
+        density=density,
+        trim_scope=trim_scope,
+        drop_rate=drop_rate,
+        seed=seed,
+        out_dtype=out_dtype,
+        consume=consume,
+        names=names,
+    )
 
 
-def breadcrumbs(anchor, experts, *, weights=None, scale=1.0, density=0.9, gamma=0.01,
-                trim_scope="tensor", out_dtype=None, consume=False, names=None):
+def breadcrumbs(
+    anchor,
+    experts,
+    *,
+    weights=None,
+    scale=1.0,
+    density=0.9,
+    gamma=0.01,
+    trim_scope="tensor",
+    out_dtype=None,
+    consume=False,
+    names=None,
+):
     """Model breadcrumbs: per expert drop the top round(gamma*n) |tau| (outliers) and keep the next
     keep_count(density, n); then task arithmetic. Thresholds are exact rank values: entries tied
     with the last outlier are dropped with it, entries tied with the last kept one are kept."""
@@ -315,6 +389,7 @@ def breadcrumbs(anchor, experts, *, weights=None, scale=1.0, density=0.9, gamma=
     def fr(n):  # cumulative ranks with the same rounding as keep_count
         top = round(gamma * n)
         return top, min(n, top + keep_count(density, n))
+
     thr = []
     if trim_scope == "global":
         n = sum(a.size for a, *_ in items)
@@ -328,8 +403,15 @@ def breadcrumbs(anchor, experts, *, weights=None, scale=1.0, density=0.9, gamma=
     else:
         raise ValueError(f"trim_scope must be 'global' or 'tensor', got {trim_scope!r}")
     wj, sj = jnp.asarray(w), jnp.float32(scale)
-    return _apply(_k_breadcrumbs, (("drop_rate", 0.0),), treedef, items,
-                  lambda i: (wj, sj, jnp.asarray(thr[i])), out_dtype, consume)
+    return _apply(
+        _k_breadcrumbs,
+        (("drop_rate", 0.0),),
+        treedef,
+        items,
+        lambda i: (wj, sj, jnp.asarray(thr[i])),
+        out_dtype,
+        consume,
+    )
 
 
 def sce(anchor, experts, *, scale=1.0, density=1.0, out_dtype=None, consume=False, names=None):
@@ -338,11 +420,13 @@ def sce(anchor, experts, *, scale=1.0, density=1.0, out_dtype=None, consume=Fals
     _check_fraction("density", density)
     treedef, items, _ = _prepare(anchor, experts, names, None, 0)
     select = density < 1
-    thr = (_thresholds(_v_var, items, [density], "tensor", 0.0) if select
-           else [np.zeros((1, 1), np.float32)] * len(items))
+    thr = (
+        _thresholds(_v_var, items, [density], "tensor", 0.0) if select else [np.zeros((1, 1), np.float32)] * len(items)
+    )
     sj = jnp.float32(scale)
-    return _apply(_k_sce, (("select", select),), treedef, items,
-                  lambda i: (sj, jnp.float32(thr[i][0, 0])), out_dtype, consume)
+    return _apply(
+        _k_sce, (("select", select),), treedef, items, lambda i: (sj, jnp.float32(thr[i][0, 0])), out_dtype, consume
+    )
 
 
 def slerp(anchor, experts, *, t=0.5, out_dtype=None, consume=False, names=None):
@@ -380,4 +464,3 @@ MERGE_METHODS = {
 def method_options(name: str) -> set[str]:
     """Keyword options a method accepts (the CLI refuses flags a method would ignore)."""
     return set(inspect.signature(MERGE_METHODS[name]).parameters) - {"anchor", "experts"}
-

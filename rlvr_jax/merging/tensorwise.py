@@ -1,6 +1,7 @@
 """Per-tensor jitted work over sharded pytrees: one compiled kernel per (kernel, static options,
 output sharding), replicated shardings for small reductions, and reading those back on any host.
 Shared by merging, the k-th largest selection and the weight-space analyses."""
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,7 @@ def replicated(sharding):
 def jitted(kernel, statics: tuple, out_sharding, donate: bool):
     """One jit per (kernel, static options, output sharding); jax caches compiles per shape."""
     kw = {} if out_sharding is None else {"out_shardings": out_sharding}
-    return jax.jit(functools.partial(kernel, **dict(statics)),
-                   donate_argnums=(0,) if donate else (), **kw)
+    return jax.jit(functools.partial(kernel, **dict(statics)), donate_argnums=(0,) if donate else (), **kw)
 
 
 def host(x) -> np.ndarray:

@@ -2,6 +2,7 @@
 encode/decode without implicit BOS/EOS, special ids, the EOS set, and chat templates in the
 `chatml` (Qwen) and `llama3` styles, or `hf` (the directory's own jinja template) with thinking.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def completion_for(reference: str, thinking: bool) -> str:
     if thinking:
         if not reference.startswith(THINK_PROMPT):
             raise ValueError(f"a thinking reference must start with {THINK_PROMPT!r}: {reference[:40]!r}")
-        return reference[len(THINK_PROMPT):]
+        return reference[len(THINK_PROMPT) :]
     # Without thinking the model answers directly: drop the reasoning block if there is one.
     if THINK_CLOSE in reference:
         return reference.rsplit(THINK_CLOSE, 1)[1].lstrip()
@@ -60,19 +61,22 @@ class _SentencePiece:
     """Backend over a sentencepiece model (bytes); user-defined pieces are matched in raw text."""
 
     def __init__(self, model_bytes: bytes):
-        import sentencepiece as spm
-        from sentencepiece import sentencepiece_model_pb2
+        import sentencepiece as spm  # local: one tokenizer format's library, loaded for that format
+        from sentencepiece import sentencepiece_model_pb2 as spm_pb2  # local: with sentencepiece
 
         self.model_bytes = model_bytes
         self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         self.vocab_size = self.sp.get_piece_size()
         self.vocab = {self.sp.id_to_piece(i): i for i in range(self.vocab_size)}
-        proto = sentencepiece_model_pb2.ModelProto()
+        proto = spm_pb2.ModelProto()
         proto.ParseFromString(model_bytes)
         # Control and unknown pieces, and user-defined chat markers (`<|...|>`) are special;
         # `<think>` tags are text the verifier must see.
-        self.special_ids = {i for i, p in enumerate(proto.pieces) if p.type in (2, 3)
-                            or (p.type == 4 and p.piece.startswith("<|") and p.piece.endswith("|>"))}
+        self.special_ids = {
+            i
+            for i, p in enumerate(proto.pieces)
+            if p.type in (2, 3) or (p.type == 4 and p.piece.startswith("<|") and p.piece.endswith("|>"))
+        }
         self.bos = self.sp.id_to_piece(self.sp.bos_id()) if self.sp.bos_id() >= 0 else None
         self.eos = self.sp.id_to_piece(self.sp.eos_id()) if self.sp.eos_id() >= 0 else None
         self.pad = self.sp.id_to_piece(self.sp.pad_id()) if self.sp.pad_id() >= 0 else None
@@ -89,7 +93,7 @@ class _HuggingFace:
     """Backend over tokenizer.json plus tokenizer_config.json / generation_config.json if present."""
 
     def __init__(self, directory: str):
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as HFTokenizer  # local: one tokenizer format's library, loaded for that format
 
         self.directory = directory
         self.tok = HFTokenizer.from_file(os.path.join(directory, "tokenizer.json"))
@@ -186,8 +190,9 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._b.sp.id_to_piece(i) if self.kind == "sentencepiece" else self._b.tok.id_to_token(i)
 
-    def apply_chat_template(self, messages: Sequence[dict], *, add_generation_prompt: bool = True,
-                            thinking: bool = False) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True, thinking: bool = False
+    ) -> str:
         """The prompt string for `messages`; with thinking, the generation prompt opens `<think>\\n`."""
         for i, m in enumerate(messages):
             if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
@@ -197,8 +202,9 @@ class Tokenizer:
             gen = "<|im_start|>assistant\n"
         elif self.chat_style == "llama3":
             bos = self._b.bos if self._b.bos and self._b.bos in self._b.vocab else ""
-            text = bos + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
-                                 for m in messages)
+            text = bos + "".join(
+                f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>" for m in messages
+            )
             gen = "<|start_header_id|>assistant<|end_header_id|>\n\n"
         elif self.chat_style == "hf":
             return self._hf_template(messages, add_generation_prompt, thinking)
@@ -210,21 +216,22 @@ class Tokenizer:
 
     def _hf_template(self, messages, add_generation_prompt, thinking) -> str:
         # The model's own template decides what thinking means (Qwen3: `enable_thinking`).
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # local: transformers is heavy (seconds to import)
 
         if not hasattr(self, "_hf_tok"):
             self._hf_tok = AutoTokenizer.from_pretrained(self._b.directory)
-        return self._hf_tok.apply_chat_template(list(messages), tokenize=False,
-                                                add_generation_prompt=add_generation_prompt,
-                                                enable_thinking=thinking)
+        return self._hf_tok.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=thinking
+        )
 
     def save(self, directory: str) -> None:
         """Write files `transformers.AutoTokenizer` (and vLLM) load, next to an exported model."""
         os.makedirs(directory, exist_ok=True)
         if self.kind == "hf":
             for name in sorted(os.listdir(self._b.directory)):
-                if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens",
-                                     "chat_template")):
+                if name.startswith(
+                    ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")
+                ):
                     shutil.copy(os.path.join(self._b.directory, name), os.path.join(directory, name))
             return
         with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
@@ -234,7 +241,9 @@ class Tokenizer:
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": 1 << 30,
-            "bos_token": self._b.bos, "eos_token": self.end_of_turn, "pad_token": self._b.pad,
+            "bos_token": self._b.bos,
+            "eos_token": self.end_of_turn,
+            "pad_token": self._b.pad,
             "unk_token": self.id_to_piece(self._b.sp.unk_id()),
             "added_tokens_decoder": added,
             "chat_template": {"chatml": CHATML_JINJA, "llama3": LLAMA3_JINJA}.get(self.chat_style),
@@ -245,9 +254,9 @@ class Tokenizer:
 
 def _spm_to_tokenizers(model_bytes: bytes, special_ids):
     """A `tokenizers` object that encodes like the sentencepiece model, via transformers' converter."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import SpmConverter
+    from sentencepiece import sentencepiece_model_pb2  # local: one tokenizer format's library, loaded for that format
+    from tokenizers import AddedToken  # local: only the Hugging Face export needs it
+    from transformers.convert_slow_tokenizer import SpmConverter  # local: transformers is heavy; export only
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
@@ -259,8 +268,14 @@ def _spm_to_tokenizers(model_bytes: bytes, special_ids):
         if p.type in (2, 3, 4):  # UNKNOWN, CONTROL, USER_DEFINED
             special = i in special_ids
             added.append(AddedToken(p.piece, special=special, normalized=False))
-            decoder[str(i)] = {"content": p.piece, "lstrip": False, "rstrip": False, "normalized": False,
-                               "single_word": False, "special": special}
+            decoder[str(i)] = {
+                "content": p.piece,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "single_word": False,
+                "special": special,
+            }
     tok.add_tokens(added)
     return tok, decoder
 

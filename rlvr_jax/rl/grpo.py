@@ -3,6 +3,7 @@
 Pure jnp on static shapes (masks, never boolean indexing); no config objects, only typed arguments.
 Legend: B sequences = N groups x G samples (a group's samples adjacent), T completion tokens, V vocab.
 """
+
 import math
 
 import jax
@@ -160,19 +161,19 @@ RATIO_LEVELS = {"token": _token_log_ratio, "sequence": _sequence_log_ratio}
 
 def importance_ratio(logp_BxT, old_logp_BxT, mask_BxT, *, level: str = "token"):
     """pi_theta / pi_old per token ("token", PPO) or per sequence broadcast to tokens ("sequence", GSPO)."""
-    log_r = _pick(RATIO_LEVELS, level, "ratio level")(
-        logp_BxT.astype(f32), old_logp_BxT.astype(f32), mask_BxT)
+    log_r = _pick(RATIO_LEVELS, level, "ratio level")(logp_BxT.astype(f32), old_logp_BxT.astype(f32), mask_BxT)
     return jnp.exp(jnp.clip(log_r, -MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
-def clipped_surrogate(ratio_BxT, adv_BxT, *, eps_low: float, eps_high: float,
-                      dual_clip_c: float | None = None):
+def clipped_surrogate(ratio_BxT, adv_BxT, *, eps_low: float, eps_high: float, dual_clip_c: float | None = None):
     """Per-token PPO loss max(-rA, -clip(r, 1-eps_low, 1+eps_high)A), optionally dual-clipped at -cA
     for A < 0. Returns (loss_BxT, flags) with boolean flags where each clip is active."""
     unclipped = -adv_BxT * ratio_BxT
     loss = jnp.maximum(unclipped, -adv_BxT * jnp.clip(ratio_BxT, 1.0 - eps_low, 1.0 + eps_high))
-    flags = {"clip_frac/low": (adv_BxT < 0) & (ratio_BxT < 1.0 - eps_low),
-             "clip_frac/high": (adv_BxT > 0) & (ratio_BxT > 1.0 + eps_high)}
+    flags = {
+        "clip_frac/low": (adv_BxT < 0) & (ratio_BxT < 1.0 - eps_low),
+        "clip_frac/high": (adv_BxT > 0) & (ratio_BxT > 1.0 + eps_high),
+    }
     if dual_clip_c is not None:
         if dual_clip_c <= 1.0:
             raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
@@ -186,8 +187,16 @@ TIS_LEVELS = ("token", "sequence")
 TIS_MODES = ("truncate", "mask")
 
 
-def tis_weights(old_logp_BxT, sampler_logp_BxT, mask_BxT, *, level: str = "token",
-                mode: str = "truncate", cap: float = 2.0, low: float | None = None):
+def tis_weights(
+    old_logp_BxT,
+    sampler_logp_BxT,
+    mask_BxT,
+    *,
+    level: str = "token",
+    mode: str = "truncate",
+    cap: float = 2.0,
+    low: float | None = None,
+):
     """Rollout/trainer mismatch weights w = pi_old / pi_sampler, per token or per sequence (product),
     "truncate": min(w, cap); "mask": w where low <= w <= cap, else 0. No gradient; 0 on padding."""
     if level not in TIS_LEVELS or mode not in TIS_MODES:
@@ -232,8 +241,7 @@ def kl_estimate(logp_BxT, ref_logp_BxT, mask_BxT, *, estimator: str = "k3"):
     return _masked(fn(log_r), mask_BxT)
 
 
-def kl_penalized_rewards(rewards_B, logp_BxT, ref_logp_BxT, mask_BxT, *, kl_coef: float,
-                         estimator: str = "k1"):
+def kl_penalized_rewards(rewards_B, logp_BxT, ref_logp_BxT, mask_BxT, *, kl_coef: float, estimator: str = "k1"):
     """KL in the reward: r_i - kl_coef * sum_t kl_t, from the sampling-time logps; no gradient."""
     kl_B = kl_estimate(logp_BxT, ref_logp_BxT, mask_BxT, estimator=estimator).sum(-1)
     return sg(rewards_B.astype(f32) - kl_coef * kl_B)
@@ -286,8 +294,9 @@ LOSS_AGGREGATIONS = {
 }
 
 
-def aggregate_loss(loss_BxT, mask_BxT, mode: str, *, global_num_tokens=None, global_num_seqs=None,
-                   norm_len: int | None = None):
+def aggregate_loss(
+    loss_BxT, mask_BxT, mode: str, *, global_num_tokens=None, global_num_seqs=None, norm_len: int | None = None
+):
     """Scalar loss from per-token losses; the normaliser comes from the global counts (see above)."""
     fn = _pick(LOSS_AGGREGATIONS, mode, "loss aggregation")
     mask = _mask(mask_BxT)
@@ -297,39 +306,60 @@ def aggregate_loss(loss_BxT, mask_BxT, mode: str, *, global_num_tokens=None, glo
 # ---------------------------------------------------------------- the policy loss
 
 
-def policy_loss(logp_BxT, old_logp_BxT, adv_BxT, mask_BxT, *, global_num_tokens, global_num_seqs,
-                loss_agg: str = "seq-mean-token-mean", norm_len: int | None = None,
-                ratio_level: str = "token", eps_low: float = 0.2, eps_high: float = 0.28,
-                dual_clip_c: float | None = None,
-                sampler_logp_BxT=None, tis_level: str = "token", tis_mode: str = "truncate",
-                tis_cap: float = 2.0, tis_low: float | None = None,
-                ref_logp_BxT=None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-                entropy_BxT=None, logits_BxTxV=None, entropy_coef: float = 0.0, metric_mask_BxT=None,
-                metric_num_tokens=None):
+def policy_loss(
+    logp_BxT,
+    old_logp_BxT,
+    adv_BxT,
+    mask_BxT,
+    *,
+    global_num_tokens,
+    global_num_seqs,
+    loss_agg: str = "seq-mean-token-mean",
+    norm_len: int | None = None,
+    ratio_level: str = "token",
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip_c: float | None = None,
+    sampler_logp_BxT=None,
+    tis_level: str = "token",
+    tis_mode: str = "truncate",
+    tis_cap: float = 2.0,
+    tis_low: float | None = None,
+    ref_logp_BxT=None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    entropy_BxT=None,
+    logits_BxTxV=None,
+    entropy_coef: float = 0.0,
+    metric_mask_BxT=None,
+    metric_num_tokens=None,
+):
     """Clipped surrogate (x TIS weights when sampler logps are given) + kl_coef * KL - entropy_coef * H,
     each aggregated by loss_agg over the global counts. Defaults are the study's. Returns (loss, metrics);
     every metric but loss/policy is a token mean over metric_mask_BxT (default: mask_BxT) normalised by
     metric_num_tokens (default: global_num_tokens), so micro-batch metrics also sum to batch values."""
     mask = _mask(mask_BxT)
     logp = _masked(logp_BxT.astype(f32), mask)
-    agg = lambda x: aggregate_loss(x, mask, loss_agg, global_num_tokens=global_num_tokens,
-                                   global_num_seqs=global_num_seqs, norm_len=norm_len)
+    agg = lambda x: aggregate_loss(
+        x, mask, loss_agg, global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs, norm_len=norm_len
+    )
     metric_mask = mask if metric_mask_BxT is None else _mask(metric_mask_BxT)
     metric_tokens = global_num_tokens if metric_num_tokens is None else metric_num_tokens
     tok_mean = lambda x: sg(jnp.sum(_masked(x, metric_mask)) / jnp.maximum(jnp.asarray(metric_tokens, f32), 1.0))
 
     ratio = importance_ratio(logp, old_logp_BxT, mask, level=ratio_level)
-    pg_BxT, flags = clipped_surrogate(ratio, adv_BxT.astype(f32), eps_low=eps_low, eps_high=eps_high,
-                                      dual_clip_c=dual_clip_c)
+    pg_BxT, flags = clipped_surrogate(
+        ratio, adv_BxT.astype(f32), eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
+    )
     metrics = {k: tok_mean(v.astype(f32)) for k, v in flags.items()}
     metrics["ratio/mean"] = tok_mean(ratio)
     if sampler_logp_BxT is not None:
-        w = tis_weights(old_logp_BxT, sampler_logp_BxT, mask, level=tis_level, mode=tis_mode,
-                        cap=tis_cap, low=tis_low)
+        w = tis_weights(old_logp_BxT, sampler_logp_BxT, mask, level=tis_level, mode=tis_mode, cap=tis_cap, low=tis_low)
         pg_BxT = pg_BxT * w
         metrics["tis/weight_mean"] = tok_mean(w)
         metrics["sampler_trainer/logp_diff_abs_mean"] = tok_mean(
-            jnp.abs(old_logp_BxT.astype(f32) - sampler_logp_BxT.astype(f32)))
+            jnp.abs(old_logp_BxT.astype(f32) - sampler_logp_BxT.astype(f32))
+        )
     else:
         metrics["tis/weight_mean"] = tok_mean(jnp.ones_like(mask))
     loss = agg(pg_BxT)

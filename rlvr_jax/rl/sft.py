@@ -1,6 +1,7 @@
 """Supervised warm start (the study's first stage): assistant-only token cross-entropy on records'
 reference responses, with the trainer's model, optimizer, checkpoint and metrics code.
 `rlvr-sft --config configs/sft.py:tiny --workdir DIR` writes an Orbax checkpoint the trainer starts from."""
+
 from __future__ import annotations
 
 import logging
@@ -12,159 +13,197 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from tqdm import tqdm
 
-from rlvr_jax import sharding
-from rlvr_jax.model import params_io
-from rlvr_jax.rl import optim
+from rlvr_jax import cli, sharding
+from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import PromptConfig, sft_example
 from rlvr_jax.metrics import MetricsWriter
-from rlvr_jax.model import build
-from rlvr_jax.data import loading
-from rlvr_jax import cli
+from rlvr_jax.model import build, params_io
+from rlvr_jax.rl import optim
 
 log = logging.getLogger(__name__)
 
 
 def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int, *, seed: int = 0):
-  """Examples packed into rows of max_len tokens (first fit, in a seeded shuffled order, among the
-  most recent rows): `tokens`, `segments` (1, 2, ... per example of a row; 0 = padding),
-  `positions` (restarting at 0 per example) and `loss_mask` (target tokens only), each [rows, L].
-  Over-long examples are dropped with a warning. The built-in records fit ~1.7 per 128-token row."""
-  examples, dropped = [], 0
-  for r in records:
-    prompt, target = sft_example(r, tokenizer, prompt_config)
-    if len(prompt) + len(target) > max_len:
-      dropped += 1
-      continue
-    examples.append((prompt + target, [0] * len(prompt) + [1] * len(target)))
-  if dropped:
-    log.warning("SFT: dropped %d examples longer than %d tokens", dropped, max_len)
-  if not examples:
-    raise ValueError("SFT: no example fits max_len; raise sft.max_len")
-  rows, free = [], []  # example indices per row, free slots per row
-  for i in np.random.default_rng(seed).permutation(len(examples)):
-    n = len(examples[i][0])
-    row = next((j for j in range(max(0, len(rows) - _RECENT_ROWS), len(rows)) if free[j] >= n), None)
-    if row is None:
-      row = len(rows)
-      rows.append([])
-      free.append(max_len)
-    rows[row].append(i)
-    free[row] -= n
-  L = max_len - min(free)  # the fullest row
-  out = {k: np.zeros((len(rows), L), np.int32) for k in ("tokens", "segments", "positions")}
-  out["tokens"][:] = tokenizer.pad_id
-  out["loss_mask"] = np.zeros((len(rows), L), bool)
-  for j, members in enumerate(rows):
-    at = 0
-    for seg, i in enumerate(members, start=1):
-      ids, mask = examples[i]
-      span = slice(at, at + len(ids))
-      out["tokens"][j, span], out["segments"][j, span] = ids, seg
-      out["positions"][j, span], out["loss_mask"][j, span] = np.arange(len(ids)), mask
-      at += len(ids)
-  log.info("SFT: %d examples packed into %d rows of %d tokens", len(examples), len(rows), L)
-  return out
+    """Examples packed into rows of max_len tokens (first fit, in a seeded shuffled order, among the
+    most recent rows): `tokens`, `segments` (1, 2, ... per example of a row; 0 = padding),
+    `positions` (restarting at 0 per example) and `loss_mask` (target tokens only), each [rows, L].
+    Over-long examples are dropped with a warning. The built-in records fit ~1.7 per 128-token row."""
+    examples, dropped = [], 0
+    for r in records:
+        prompt, target = sft_example(r, tokenizer, prompt_config)
+        if len(prompt) + len(target) > max_len:
+            dropped += 1
+            continue
+        examples.append((prompt + target, [0] * len(prompt) + [1] * len(target)))
+    if dropped:
+        log.warning("SFT: dropped %d examples longer than %d tokens", dropped, max_len)
+    if not examples:
+        raise ValueError("SFT: no example fits max_len; raise sft.max_len")
+    rows, free = [], []  # example indices per row, free slots per row
+    for i in np.random.default_rng(seed).permutation(len(examples)):
+        n = len(examples[i][0])
+        row = next((j for j in range(max(0, len(rows) - _RECENT_ROWS), len(rows)) if free[j] >= n), None)
+        if row is None:
+            row = len(rows)
+            rows.append([])
+            free.append(max_len)
+        rows[row].append(i)
+        free[row] -= n
+    L = max_len - min(free)  # the fullest row
+    out = {k: np.zeros((len(rows), L), np.int32) for k in ("tokens", "segments", "positions")}
+    out["tokens"][:] = tokenizer.pad_id
+    out["loss_mask"] = np.zeros((len(rows), L), bool)
+    for j, members in enumerate(rows):
+        at = 0
+        for seg, i in enumerate(members, start=1):
+            ids, mask = examples[i]
+            span = slice(at, at + len(ids))
+            out["tokens"][j, span], out["segments"][j, span] = ids, seg
+            out["positions"][j, span], out["loss_mask"][j, span] = np.arange(len(ids)), mask
+            at += len(ids)
+    log.info("SFT: %d examples packed into %d rows of %d tokens", len(examples), len(rows), L)
+    return out
 
 
 _RECENT_ROWS = 64  # the rows a new example may still go into (bounds the first-fit search)
 
 
 def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
-  from flax import nnx
 
-  def loss_fn(params, tokens, segments, positions, loss_mask):
-    model = nnx.merge(graphdef, params)
-    logits, _ = model(tokens, positions, segments > 0, segments_BxT=segments)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    tgt = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    m = loss_mask[:, 1:].astype(jnp.float32)
-    loss = -(tgt * m).sum() / jnp.maximum(m.sum(), 1.0)
-    # The target counts as the top token when its logprob reaches the row's max (a tie counts too);
-    # XLA:CPU's argmax, a variadic reduce, cost 8 ms of a 154-ms step.
-    top = tgt >= jnp.max(logp, axis=-1)
-    acc = (top * m).sum() / jnp.maximum(m.sum(), 1.0)
-    return loss, {"sft/loss": loss, "sft/token_accuracy": acc}
+    def loss_fn(params, tokens, segments, positions, loss_mask):
+        model = nnx.merge(graphdef, params)
+        logits, _ = model(tokens, positions, segments > 0, segments_BxT=segments)
+        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+        tgt = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        m = loss_mask[:, 1:].astype(jnp.float32)
+        loss = -(tgt * m).sum() / jnp.maximum(m.sum(), 1.0)
+        # The target counts as the top token when its logprob reaches the row's max (a tie counts too);
+        # XLA:CPU's argmax, a variadic reduce, cost 8 ms of a 154-ms step.
+        top = tgt >= jnp.max(logp, axis=-1)
+        acc = (top * m).sum() / jnp.maximum(m.sum(), 1.0)
+        return loss, {"sft/loss": loss, "sft/token_accuracy": acc}
 
-  def step(params, opt_state, tokens, segments, positions, loss_mask):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, segments, positions,
-                                                                       loss_mask)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, dict(metrics, **{"grad/global_norm": optax.tree.norm(grads)})
+    def step(params, opt_state, tokens, segments, positions, loss_mask):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, tokens, segments, positions, loss_mask
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, dict(metrics, **{"grad/global_norm": optax.tree.norm(grads)})
 
-  with sharding.activate(mesh):
-    return sharding.ActivatedJit(jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None)),
-                         mesh)
+    with sharding.activate(mesh):
+        return sharding.ActivatedJit(
+            jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None)), mesh
+        )
 
 
-def run_sft(graphdef, params, param_shardings, mesh, tokenizer, records, *, prompt_config: PromptConfig,
-            steps: int, batch_size: int, max_len: int, learning_rate: float, warmup_steps: int, seed: int,
-            workdir: str, log_every: int = 10, weight_decay: float = 0.0):
-  """Train `steps` steps of SFT and return the new params. Epochs are reshuffled with `seed`."""
-  packed = pack_examples(records, tokenizer, prompt_config, max_len, seed=seed)
-  arrays = [packed[k] for k in ("tokens", "segments", "positions", "loss_mask")]
-  n = len(arrays[0])
-  if batch_size > n:
-    raise ValueError(f"SFT: batch_size {batch_size} rows > the {n} packed rows of the data")
-  optimizer = optim.make_optimizer(learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
-                                   total_steps=steps, weight_decay=weight_decay, b1=0.9, b2=0.98, eps=1e-8,
-                                   grad_clip_norm=1.0)
-  opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
-  step_fn = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
-  batch_sh = sharding.batch_sharding(mesh, 2)
-  writer = MetricsWriter(workdir, "sft")
-  rng = np.random.default_rng(seed)
-  order, cursor = rng.permutation(n), 0
-  bar = tqdm(range(steps), desc="SFT warm start", file=sys.stderr, dynamic_ncols=True)
-  pending = None
-  t0 = time.perf_counter()
-  for step in bar:
-    if cursor + batch_size > n:
-      order, cursor = rng.permutation(n), 0
-    idx = order[cursor:cursor + batch_size]
-    cursor += batch_size
-    params, opt_state, metrics = step_fn(params, opt_state, *(jax.device_put(a[idx], batch_sh) for a in arrays))
-    if pending is not None and (pending[0] % log_every == 0 or pending[0] == steps - 1):
-      m = {k: float(v) for k, v in pending[1].items()}
-      if not np.isfinite(m["sft/loss"]):
-        raise FloatingPointError(f"SFT loss is not finite at step {pending[0]}")
-      writer.write(pending[0], m)
-      bar.set_postfix(loss=f"{m['sft/loss']:.3f}", tok_acc=f"{m['sft/token_accuracy']:.2f}")
-    pending = (step, metrics)
-  m = {k: float(v) for k, v in pending[1].items()}
-  writer.write(pending[0], m)
-  writer.close()
-  log.info("SFT: %d steps in %.1fs, final loss %.3f", steps, time.perf_counter() - t0, m["sft/loss"])
-  return params, m
+def run_sft(
+    graphdef,
+    params,
+    param_shardings,
+    mesh,
+    tokenizer,
+    records,
+    *,
+    prompt_config: PromptConfig,
+    steps: int,
+    batch_size: int,
+    max_len: int,
+    learning_rate: float,
+    warmup_steps: int,
+    seed: int,
+    workdir: str,
+    log_every: int = 10,
+    weight_decay: float = 0.0,
+):
+    """Train `steps` steps of SFT and return the new params. Epochs are reshuffled with `seed`."""
+    packed = pack_examples(records, tokenizer, prompt_config, max_len, seed=seed)
+    arrays = [packed[k] for k in ("tokens", "segments", "positions", "loss_mask")]
+    n = len(arrays[0])
+    if batch_size > n:
+        raise ValueError(f"SFT: batch_size {batch_size} rows > the {n} packed rows of the data")
+    optimizer = optim.make_optimizer(
+        learning_rate=learning_rate,
+        schedule="cosine",
+        warmup_steps=warmup_steps,
+        total_steps=steps,
+        weight_decay=weight_decay,
+        b1=0.9,
+        b2=0.98,
+        eps=1e-8,
+        grad_clip_norm=1.0,
+    )
+    opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
+    step_fn = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
+    batch_sh = sharding.batch_sharding(mesh, 2)
+    writer = MetricsWriter(workdir, "sft")
+    rng = np.random.default_rng(seed)
+    order, cursor = rng.permutation(n), 0
+    bar = tqdm(range(steps), desc="SFT warm start", file=sys.stderr, dynamic_ncols=True)
+    pending = None
+    t0 = time.perf_counter()
+    for step in bar:
+        if cursor + batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        params, opt_state, metrics = step_fn(params, opt_state, *(jax.device_put(a[idx], batch_sh) for a in arrays))
+        if pending is not None and (pending[0] % log_every == 0 or pending[0] == steps - 1):
+            m = {k: float(v) for k, v in pending[1].items()}
+            if not np.isfinite(m["sft/loss"]):
+                raise FloatingPointError(f"SFT loss is not finite at step {pending[0]}")
+            writer.write(pending[0], m)
+            bar.set_postfix(loss=f"{m['sft/loss']:.3f}", tok_acc=f"{m['sft/token_accuracy']:.2f}")
+        pending = (step, metrics)
+    m = {k: float(v) for k, v in pending[1].items()}
+    writer.write(pending[0], m)
+    writer.close()
+    log.info("SFT: %d steps in %.1fs, final loss %.3f", steps, time.perf_counter() - t0, m["sft/loss"])
+    return params, m
 
 
 def run(config, workdir: str) -> str:
-  """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
-  data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
-  m, s = config.model, config.sft
-  mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-  tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
-  domains = tuple(x for x in config.data.domains.split(",") if x)
-  cfg, graphdef, params, param_shardings = build.build_model(m, mesh, vocab_size=tokenizer.vocab_size,
-                                                                   seed=config.seed)
-  records = loading.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
-  prompt_config = loading.prompt_config(config.data)
-  params, _ = run_sft(graphdef, params, param_shardings, mesh, tokenizer, records, prompt_config=prompt_config,
-                      steps=s.steps, batch_size=s.batch_size, max_len=s.max_len, learning_rate=s.learning_rate,
-                      warmup_steps=s.warmup_steps, seed=config.seed, workdir=workdir)
-  out = os.path.join(workdir, "anchor")
-  params_io.save_params_any(params, cfg, out, "orbax")
-  tok_dir = os.path.join(out, "tokenizer")
-  tokenizer.save(tok_dir)
-  log.info("SFT anchor written to %s", out)
-  return out
+    """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
+    data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
+    m, s = config.model, config.sft
+    mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+    tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
+    domains = tuple(x for x in config.data.domains.split(",") if x)
+    cfg, graphdef, params, param_shardings = build.build_model(
+        m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
+    )
+    records = loading.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
+    prompt_config = loading.prompt_config(config.data)
+    params, _ = run_sft(
+        graphdef,
+        params,
+        param_shardings,
+        mesh,
+        tokenizer,
+        records,
+        prompt_config=prompt_config,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        max_len=s.max_len,
+        learning_rate=s.learning_rate,
+        warmup_steps=s.warmup_steps,
+        seed=config.seed,
+        workdir=workdir,
+    )
+    out = os.path.join(workdir, "anchor")
+    params_io.save_params_any(params, cfg, out, "orbax")
+    tok_dir = os.path.join(out, "tokenizer")
+    tokenizer.save(tok_dir)
+    log.info("SFT anchor written to %s", out)
+    return out
 
 
 def main(argv=None) -> int:
-  return cli.run_entry(argv, prog="rlvr-sft", description=__doc__, run=run)
+    return cli.run_entry(argv, prog="rlvr-sft", description=__doc__, run=run)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

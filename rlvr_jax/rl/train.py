@@ -2,6 +2,7 @@
 warm start, evaluates, then loops sample -> score -> advantages -> update -> metrics / checkpoint,
 and evaluates again. No math here: see grpo.py (losses), rl_step.py (the jitted update).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,204 +13,270 @@ import sys
 import jax
 import numpy as np
 
-from rlvr_jax import checkpoint, sharding
-from rlvr_jax.rl import grpo
-from rlvr_jax.rl import optim
-from rlvr_jax.rl import loop as rl_loop
-from rlvr_jax.model import build
+from rlvr_jax import checkpoint, cli, sharding
 from rlvr_jax.data import loading
-from rlvr_jax import cli
-from rlvr_jax.rl.loop import ConfigError
 from rlvr_jax.data.mixture import PromptMixture
 from rlvr_jax.data.prompts import build_prompts
 from rlvr_jax.eval.evaluate import evaluate, first_per_domain, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
+from rlvr_jax.model import build
+from rlvr_jax.rl import grpo, optim
+from rlvr_jax.rl import loop as rl_loop
+from rlvr_jax.rl.loop import ConfigError
+from rlvr_jax.rl.sft import run_sft
 from rlvr_jax.rollout.sampling import Sampler, next_pow2
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
-from rlvr_jax.rl.sft import run_sft
 
 log = logging.getLogger(__name__)
 
 
-
-
 def validate(config, num_devices: int) -> dict:
-  """Check the config against the devices before anything compiles; returns derived sizes."""
-  mesh_sizes = sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor).resolve(num_devices)
-  batch_shards = mesh_sizes[0] * mesh_sizes[1]
-  ro, g = config.rollout, config.grpo
-  rows = ro.prompts_per_step * ro.samples_per_prompt
-  micro = g.micro_batch_size or rows
-  problems = []
-  if ro.samples_per_prompt < 2:
-    problems.append(f"rollout.samples_per_prompt={ro.samples_per_prompt}: GRPO needs groups of at least 2")
-  if rows % micro:
-    problems.append(f"grpo.micro_batch_size={micro} does not divide the {rows} rollout rows")
-  if micro % batch_shards:
-    problems.append(f"micro-batch of {micro} rows is not divisible by data*fsdp={batch_shards}")
-  if ro.prompts_per_step % jax.process_count():
-    problems.append(f"rollout.prompts_per_step={ro.prompts_per_step} is not divisible by "
-                    f"{jax.process_count()} processes")
-  if g.loss_agg not in grpo.LOSS_AGGREGATIONS:
-    problems.append(f"grpo.loss_agg={g.loss_agg!r}: choose one of {sorted(grpo.LOSS_AGGREGATIONS)}")
-  if not (isinstance(g.dynamic_sampling_draws, int) and g.dynamic_sampling_draws >= 1):
-    problems.append(f"grpo.dynamic_sampling_draws={g.dynamic_sampling_draws!r}: expected an integer >= 1")
-  elif g.dynamic_sampling_draws > 1 and not g.dynamic_sampling:
-    problems.append("grpo.dynamic_sampling_draws > 1 needs grpo.dynamic_sampling=True")
-  if g.advantage not in grpo.ADVANTAGE_ESTIMATORS:
-    problems.append(f"grpo.advantage={g.advantage!r}: choose one of {sorted(grpo.ADVANTAGE_ESTIMATORS)}")
-  if config.train.steps < 1:
-    problems.append(f"train.steps={config.train.steps} must be >= 1")
-  if problems:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-  return {"rows": rows, "num_micro": rows // micro, "mesh": mesh_sizes}
+    """Check the config against the devices before anything compiles; returns derived sizes."""
+    mesh_sizes = sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor).resolve(num_devices)
+    batch_shards = mesh_sizes[0] * mesh_sizes[1]
+    ro, g = config.rollout, config.grpo
+    rows = ro.prompts_per_step * ro.samples_per_prompt
+    micro = g.micro_batch_size or rows
+    problems = []
+    if ro.samples_per_prompt < 2:
+        problems.append(f"rollout.samples_per_prompt={ro.samples_per_prompt}: GRPO needs groups of at least 2")
+    if rows % micro:
+        problems.append(f"grpo.micro_batch_size={micro} does not divide the {rows} rollout rows")
+    if micro % batch_shards:
+        problems.append(f"micro-batch of {micro} rows is not divisible by data*fsdp={batch_shards}")
+    if ro.prompts_per_step % jax.process_count():
+        problems.append(
+            f"rollout.prompts_per_step={ro.prompts_per_step} is not divisible by {jax.process_count()} processes"
+        )
+    if g.loss_agg not in grpo.LOSS_AGGREGATIONS:
+        problems.append(f"grpo.loss_agg={g.loss_agg!r}: choose one of {sorted(grpo.LOSS_AGGREGATIONS)}")
+    if not (isinstance(g.dynamic_sampling_draws, int) and g.dynamic_sampling_draws >= 1):
+        problems.append(f"grpo.dynamic_sampling_draws={g.dynamic_sampling_draws!r}: expected an integer >= 1")
+    elif g.dynamic_sampling_draws > 1 and not g.dynamic_sampling:
+        problems.append("grpo.dynamic_sampling_draws > 1 needs grpo.dynamic_sampling=True")
+    if g.advantage not in grpo.ADVANTAGE_ESTIMATORS:
+        problems.append(f"grpo.advantage={g.advantage!r}: choose one of {sorted(grpo.ADVANTAGE_ESTIMATORS)}")
+    if config.train.steps < 1:
+        problems.append(f"train.steps={config.train.steps} must be >= 1")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return {"rows": rows, "num_micro": rows // micro, "mesh": mesh_sizes}
 
 
 def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag):
-  e = config.eval
-  if e.items_per_domain <= 0:
-    return None
-  if jax.process_count() > 1:
-    log.warning("in-run evaluation is single-process only; skipped (run rlvr-eval on a checkpoint)")
-    return None
-  # Built-in held-out sets: as many items as asked for, or all a domain has (code: ~230).
-  records = loading.load_records(config.data.eval, "eval", domains, builtin_size=e.items_per_domain,
-                                 builtin_up_to=True)
-  chosen = first_per_domain(records, e.items_per_domain)  # JSONL data may hold more
-  res = evaluate(sampler, params, tokenizer, chosen, pool, prompt_config=prompt_config, samples=e.samples,
-                 temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=config.seed)
-  log.info("eval (%s): %s", tag, {d: round(m[f"avg@{e.samples}"], 3) for d, m in res["per_domain"].items()})
-  return res
+    e = config.eval
+    if e.items_per_domain <= 0:
+        return None
+    if jax.process_count() > 1:
+        log.warning("in-run evaluation is single-process only; skipped (run rlvr-eval on a checkpoint)")
+        return None
+    # Built-in held-out sets: as many items as asked for, or all a domain has (code: ~230).
+    records = loading.load_records(
+        config.data.eval, "eval", domains, builtin_size=e.items_per_domain, builtin_up_to=True
+    )
+    chosen = first_per_domain(records, e.items_per_domain)  # JSONL data may hold more
+    res = evaluate(
+        sampler,
+        params,
+        tokenizer,
+        chosen,
+        pool,
+        prompt_config=prompt_config,
+        samples=e.samples,
+        temperature=e.temperature,
+        max_new_tokens=e.max_new_tokens,
+        seed=config.seed,
+    )
+    log.info("eval (%s): %s", tag, {d: round(m[f"avg@{e.samples}"], 3) for d, m in res["per_domain"].items()})
+    return res
 
 
 def _gain(before, after) -> dict | None:
-  """Paired gain statistics, or None when the before-RL evaluation came from a checkpoint written
-  before per-item results were kept (the table then shows the gains without their error)."""
-  return paired_gain(before, after) if "items" in before and "items" in after else None
+    """Paired gain statistics, or None when the before-RL evaluation came from a checkpoint written
+    before per-item results were kept (the table then shows the gains without their error)."""
+    return paired_gain(before, after) if "items" in before and "items" in after else None
 
 
 def _table(before, after, samples) -> str:
-  """Before/after Avg@K per domain; the gain's standard error is paired over items
-  (evaluate.paired_gain), and z = gain / stderr says how far it stands above that noise."""
-  key = f"avg@{samples}"
-  gain = _gain(before, after)
-  lines = ["| domain | before RL | after RL | gain | ±stderr | z |", "|---|---|---|---|---|---|"]
+    """Before/after Avg@K per domain; the gain's standard error is paired over items
+    (evaluate.paired_gain), and z = gain / stderr says how far it stands above that noise."""
+    key = f"avg@{samples}"
+    gain = _gain(before, after)
+    lines = ["| domain | before RL | after RL | gain | ±stderr | z |", "|---|---|---|---|---|---|"]
 
-  def row(name, b, a, g):
-    if g is None:
-      return f"| {name} | {b:.3f} | {a:.3f} | {a - b:+.3f} | - | - |"
-    z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
-    return f"| {name} | {b:.3f} | {a:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |"
+    def row(name, b, a, g):
+        if g is None:
+            return f"| {name} | {b:.3f} | {a:.3f} | {a - b:+.3f} | - | - |"
+        z = g["gain"] / g["stderr"] if g["stderr"] else float("nan")
+        return f"| {name} | {b:.3f} | {a:.3f} | {g['gain']:+.3f} | {g['stderr']:.3f} | {z:+.1f} |"
 
-  for d in before["per_domain"]:
-    lines.append(row(d, before["per_domain"][d][key], after["per_domain"][d][key], gain and gain[d]))
-  mb = np.mean([m[key] for m in before["per_domain"].values()])
-  ma = np.mean([m[key] for m in after["per_domain"].values()])
-  lines.append(row("**mean**", mb, ma, gain and gain["mean"]))
-  return "\n".join(lines)
+    for d in before["per_domain"]:
+        lines.append(row(d, before["per_domain"][d][key], after["per_domain"][d][key], gain and gain[d]))
+    mb = np.mean([m[key] for m in before["per_domain"].values()])
+    ma = np.mean([m[key] for m in after["per_domain"].values()])
+    lines.append(row("**mean**", mb, ma, gain and gain["mean"]))
+    return "\n".join(lines)
 
 
 def run(config, workdir: str) -> dict:
-  """Train as configured; returns a summary (also written to workdir/summary.json)."""
-  d = config.distributed
-  cli.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
-  sizes = validate(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-  m, ro, o, t = config.model, config.rollout, config.optim, config.train
-  tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
-  domains = tuple(x for x in config.data.domains.split(",") if x)
-  prompt_config = loading.prompt_config(config.data)
+    """Train as configured; returns a summary (also written to workdir/summary.json)."""
+    d = config.distributed
+    cli.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
+    sizes = validate(config, jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+    m, ro, o, t = config.model, config.rollout, config.optim, config.train
+    tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
+    domains = tuple(x for x in config.data.domains.split(",") if x)
+    prompt_config = loading.prompt_config(config.data)
 
-  cfg, graphdef, params, param_shardings = build.build_model(m, mesh, vocab_size=tokenizer.vocab_size,
-                                                                   seed=config.seed)
-  optimizer = optim.make_optimizer(learning_rate=o.learning_rate, schedule=o.schedule, warmup_steps=o.warmup_steps,
-                                   total_steps=t.steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                                   grad_clip_norm=o.grad_clip_norm)
-  opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
+    cfg, graphdef, params, param_shardings = build.build_model(
+        m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
+    )
+    optimizer = optim.make_optimizer(
+        learning_rate=o.learning_rate,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_steps,
+        total_steps=t.steps,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        grad_clip_norm=o.grad_clip_norm,
+    )
+    opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
 
-  train_records = loading.load_records(config.data.train, "train", domains, config.data.builtin_train_size)
-  weights = None
-  if config.data.weights:
-    weights = {k: float(v) for k, v in (kv.split("=") for kv in config.data.weights.split(","))}
-  by_domain, prompt_counts = build_prompts(train_records, tokenizer, prompt_config)
-  mixture = PromptMixture(by_domain, batch_size=ro.prompts_per_step, seed=config.seed, weights=weights,
-                          process_index=jax.process_index(), process_count=jax.process_count())
-  longest = max(len(it["prompt_ids"]) for items in by_domain.values() for it in items)
-  # One prompt bucket for the whole run: the sampler and the update each compile exactly once.
-  prompt_bucket = next_pow2(longest, 16)
-  sampler = Sampler(graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id,
-                    min_prompt_bucket=prompt_bucket)
-  eval_sampler = Sampler(graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id)
+    train_records = loading.load_records(config.data.train, "train", domains, config.data.builtin_train_size)
+    weights = None
+    if config.data.weights:
+        weights = {k: float(v) for k, v in (kv.split("=") for kv in config.data.weights.split(","))}
+    by_domain, prompt_counts = build_prompts(train_records, tokenizer, prompt_config)
+    mixture = PromptMixture(
+        by_domain,
+        batch_size=ro.prompts_per_step,
+        seed=config.seed,
+        weights=weights,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    longest = max(len(it["prompt_ids"]) for items in by_domain.values() for it in items)
+    # One prompt bucket for the whole run: the sampler and the update each compile exactly once.
+    prompt_bucket = next_pow2(longest, 16)
+    sampler = Sampler(
+        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, min_prompt_bucket=prompt_bucket
+    )
+    eval_sampler = Sampler(graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id)
 
-  pool = VerifierPool(config.verifier.workers or None, deadline_s=config.verifier.deadline_s,
-                      config=VerifierConfig(thinking=config.data.thinking,
-                                            allow_unsandboxed=config.verifier.allow_unsandboxed))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every, keep=t.keep)
-  if jax.process_index() == 0:  # beside the steps, so rlvr-generate / rlvr-eval / rlvr-convert find it
-    tokenizer.save(os.path.join(workdir, "checkpoints", "tokenizer"))
-  writer = MetricsWriter(workdir, "train")
-  writer.hparams(flatten_config(config))
-  base_key = jax.random.key(config.seed)
-  start = ckpt.latest_step()
-  try:
-    if start is None:
-      if config.sft.steps > 0:
-        s = config.sft
-        sft_records = loading.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
-        params, _ = run_sft(graphdef, params, param_shardings, mesh, tokenizer, sft_records,
-                            prompt_config=prompt_config, steps=s.steps, batch_size=s.batch_size, max_len=s.max_len,
-                            learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, seed=config.seed,
-                            workdir=workdir)
-      eval_before = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "before RL")
-      start = 0
-      ckpt.save(0, rl_loop.arrays(params, opt_state, 0, base_key), rl_loop.meta(config, cfg, mixture, eval_before),
-                force=True)
-    else:
-      abstract = {
-          "params": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: params), param_shardings),
-          "opt_state": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: opt_state), opt_shardings),
-          "train": {"step": np.zeros((), np.int32), "rng": np.zeros((2,), np.uint32)}}
-      start, restored, meta = ckpt.restore(abstract)
-      params, opt_state = restored["params"], restored["opt_state"]
-      mixture.set_state(meta["data_state"])
-      eval_before = meta.get("eval_before")
-      log.info("resumed from step %d in %s", start, ckpt.directory)
-    summary = rl_loop.loop(config, sizes, start, graphdef, params, opt_state, param_shardings, opt_shardings, optimizer,
-                    mesh, sampler, pool, tokenizer, mixture, ckpt, writer, base_key, cfg, prompt_counts,
-                    eval_before=eval_before)
-    params = summary.pop("params")
-    ckpt.wait()
-    eval_after = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "after RL")
-  finally:
-    pool.close()
-    writer.close()
-    ckpt.close()
-  summary.update(eval_before=eval_before, eval_after=eval_after,
-                 compilations={"sampler": sampler.num_compilations})
-  if eval_before and eval_after:
-    summary["table"] = _table(eval_before, eval_after, config.eval.samples)
-    summary["gain"] = _gain(eval_before, eval_after)
-    items = ", ".join(f"{d} {m['n_items']}" for d, m in eval_after["per_domain"].items())
-    print("\nHeld-out accuracy per domain (Avg@%d, temperature %g; items: %s):\n%s\n" % (
-        config.eval.samples, config.eval.temperature, items, summary["table"]), file=sys.stderr)
-  if jax.process_index() == 0:
-    slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
-    slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
-    slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(slim, f, indent=1)
-    for tag, res in (("before", eval_before), ("after", eval_after)):
-      if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
-        with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
-          json.dump(res, f)
-  return summary
+    pool = VerifierPool(
+        config.verifier.workers or None,
+        deadline_s=config.verifier.deadline_s,
+        config=VerifierConfig(thinking=config.data.thinking, allow_unsandboxed=config.verifier.allow_unsandboxed),
+    )
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every, keep=t.keep)
+    if jax.process_index() == 0:  # beside the steps, so rlvr-generate / rlvr-eval / rlvr-convert find it
+        tokenizer.save(os.path.join(workdir, "checkpoints", "tokenizer"))
+    writer = MetricsWriter(workdir, "train")
+    writer.hparams(flatten_config(config))
+    base_key = jax.random.key(config.seed)
+    start = ckpt.latest_step()
+    try:
+        if start is None:
+            if config.sft.steps > 0:
+                s = config.sft
+                sft_records = loading.load_records(
+                    s.data or config.data.train, "train", domains, config.data.builtin_train_size
+                )
+                params, _ = run_sft(
+                    graphdef,
+                    params,
+                    param_shardings,
+                    mesh,
+                    tokenizer,
+                    sft_records,
+                    prompt_config=prompt_config,
+                    steps=s.steps,
+                    batch_size=s.batch_size,
+                    max_len=s.max_len,
+                    learning_rate=s.learning_rate,
+                    warmup_steps=s.warmup_steps,
+                    seed=config.seed,
+                    workdir=workdir,
+                )
+            eval_before = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "before RL")
+            start = 0
+            ckpt.save(
+                0,
+                rl_loop.arrays(params, opt_state, 0, base_key),
+                rl_loop.meta(config, cfg, mixture, eval_before),
+                force=True,
+            )
+        else:
+            abstract = {
+                "params": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: params), param_shardings),
+                "opt_state": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: opt_state), opt_shardings),
+                "train": {"step": np.zeros((), np.int32), "rng": np.zeros((2,), np.uint32)},
+            }
+            start, restored, meta = ckpt.restore(abstract)
+            params, opt_state = restored["params"], restored["opt_state"]
+            mixture.set_state(meta["data_state"])
+            eval_before = meta.get("eval_before")
+            log.info("resumed from step %d in %s", start, ckpt.directory)
+        summary = rl_loop.loop(
+            config,
+            sizes,
+            start,
+            graphdef,
+            params,
+            opt_state,
+            param_shardings,
+            opt_shardings,
+            optimizer,
+            mesh,
+            sampler,
+            pool,
+            tokenizer,
+            mixture,
+            ckpt,
+            writer,
+            base_key,
+            cfg,
+            prompt_counts,
+            eval_before=eval_before,
+        )
+        params = summary.pop("params")
+        ckpt.wait()
+        eval_after = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "after RL")
+    finally:
+        pool.close()
+        writer.close()
+        ckpt.close()
+    summary.update(eval_before=eval_before, eval_after=eval_after, compilations={"sampler": sampler.num_compilations})
+    if eval_before and eval_after:
+        summary["table"] = _table(eval_before, eval_after, config.eval.samples)
+        summary["gain"] = _gain(eval_before, eval_after)
+        items = ", ".join(f"{d} {m['n_items']}" for d, m in eval_after["per_domain"].items())
+        print(
+            "\nHeld-out accuracy per domain (Avg@%d, temperature %g; items: %s):\n%s\n"
+            % (config.eval.samples, config.eval.temperature, items, summary["table"]),
+            file=sys.stderr,
+        )
+    if jax.process_index() == 0:
+        slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
+        slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
+        slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(slim, f, indent=1)
+        for tag, res in (("before", eval_before), ("after", eval_after)):
+            if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
+                with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
+                    json.dump(res, f)
+    return summary
 
 
 def main(argv=None) -> int:
-  return cli.run_entry(argv, prog="rlvr-train", description=__doc__, run=run)
+    return cli.run_entry(argv, prog="rlvr-train", description=__doc__, run=run)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -12,6 +12,7 @@ Batch legend: B rows, P prompt bucket, N completion slots.
   prompt_tokens/prompt_valid [B,P], completion_tokens [B,N], loss_mask [B,N], adv [B,N],
   sampler_logp [B,N], optional old_logp [B,N] and ref_logp [B,N].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,112 +28,171 @@ from rlvr_jax.rollout.sampling import completion_logprobs
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """Plain, hashable hyper-parameters of the policy loss (destructured from config.grpo)."""
-  loss_agg: str = "seq-mean-token-mean"
-  ratio_level: str = "token"  # "sequence" = GSPO
-  eps_low: float = 0.2
-  eps_high: float = 0.28
-  dual_clip_c: float | None = None
-  tis_level: str = "token"
-  tis_mode: str = "truncate"
-  tis_cap: float = 2.0
-  use_tis: bool = True
-  kl_coef: float = 0.0
-  kl_estimator: str = "k3"
-  entropy_coef: float = 0.0
-  temperature: float = 1.0
-  norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
+    """Plain, hashable hyper-parameters of the policy loss (destructured from config.grpo)."""
 
-  @property
-  def gradient_scales_with_advantage(self) -> bool:
-    """True when no loss term (KL to the reference, entropy) acts on a row with zero advantage."""
-    return self.kl_coef == 0 and self.entropy_coef == 0
+    loss_agg: str = "seq-mean-token-mean"
+    ratio_level: str = "token"  # "sequence" = GSPO
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip_c: float | None = None
+    tis_level: str = "token"
+    tis_mode: str = "truncate"
+    tis_cap: float = 2.0
+    use_tis: bool = True
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
+
+    @property
+    def gradient_scales_with_advantage(self) -> bool:
+        """True when no loss term (KL to the reference, entropy) acts on a row with zero advantage."""
+        return self.kl_coef == 0 and self.entropy_coef == 0
 
 
 def _split_micro(x, num_micro: int):
-  B = x.shape[0]
-  x = x.reshape(num_micro, B // num_micro, *x.shape[1:])
-  return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+    B = x.shape[0]
+    x = x.reshape(num_micro, B // num_micro, *x.shape[1:])
+    return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
 
 
 def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
-  want_entropy = s.entropy_coef != 0  # negative: an entropy penalty
-  out = completion_logprobs(graphdef, params, mb["prompt_tokens"], mb["prompt_valid"], mb["completion_tokens"],
-                            mb["loss_mask"], s.temperature, return_entropy=want_entropy)
-  logp, entropy = out if want_entropy else (out, None)
-  # One update per rollout: the old policy *is* the current one, so old logprobs need no forward pass.
-  old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
-  metric_mask = None
-  if "metric_tokens" in counts:  # skipping: metrics over the rows with a gradient, in any layout
-    metric_mask = mb["loss_mask"] & rows_with_gradient(mb["adv"], mb["loss_mask"])[:, None]
-  return grpo.policy_loss(
-      logp, old, mb["adv"], mb["loss_mask"], global_num_tokens=counts["tokens"], global_num_seqs=counts["seqs"],
-      loss_agg=s.loss_agg, norm_len=s.norm_len, ratio_level=s.ratio_level, eps_low=s.eps_low,
-      eps_high=s.eps_high, dual_clip_c=s.dual_clip_c,
-      sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None, tis_level=s.tis_level, tis_mode=s.tis_mode,
-      tis_cap=s.tis_cap, ref_logp_BxT=mb.get("ref_logp"), kl_coef=s.kl_coef, kl_estimator=s.kl_estimator,
-      entropy_BxT=entropy, entropy_coef=s.entropy_coef, metric_mask_BxT=metric_mask,
-      metric_num_tokens=counts.get("metric_tokens"))
+    want_entropy = s.entropy_coef != 0  # negative: an entropy penalty
+    out = completion_logprobs(
+        graphdef,
+        params,
+        mb["prompt_tokens"],
+        mb["prompt_valid"],
+        mb["completion_tokens"],
+        mb["loss_mask"],
+        s.temperature,
+        return_entropy=want_entropy,
+    )
+    logp, entropy = out if want_entropy else (out, None)
+    # One update per rollout: the old policy *is* the current one, so old logprobs need no forward pass.
+    old = mb["old_logp"] if "old_logp" in mb else jax.lax.stop_gradient(logp)
+    metric_mask = None
+    if "metric_tokens" in counts:  # skipping: metrics over the rows with a gradient, in any layout
+        metric_mask = mb["loss_mask"] & rows_with_gradient(mb["adv"], mb["loss_mask"])[:, None]
+    return grpo.policy_loss(
+        logp,
+        old,
+        mb["adv"],
+        mb["loss_mask"],
+        global_num_tokens=counts["tokens"],
+        global_num_seqs=counts["seqs"],
+        loss_agg=s.loss_agg,
+        norm_len=s.norm_len,
+        ratio_level=s.ratio_level,
+        eps_low=s.eps_low,
+        eps_high=s.eps_high,
+        dual_clip_c=s.dual_clip_c,
+        sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None,
+        tis_level=s.tis_level,
+        tis_mode=s.tis_mode,
+        tis_cap=s.tis_cap,
+        ref_logp_BxT=mb.get("ref_logp"),
+        kl_coef=s.kl_coef,
+        kl_estimator=s.kl_estimator,
+        entropy_BxT=entropy,
+        entropy_coef=s.entropy_coef,
+        metric_mask_BxT=metric_mask,
+        metric_num_tokens=counts.get("metric_tokens"),
+    )
 
 
 def rows_with_gradient(adv_BxN, loss_mask_BxN):
-  """[B] bool: rows whose policy gradient can be non-zero (some unmasked token has an advantage)."""
-  return jnp.any((adv_BxN != 0) & loss_mask_BxN, axis=-1)
+    """[B] bool: rows whose policy gradient can be non-zero (some unmasked token has an advantage)."""
+    return jnp.any((adv_BxN != 0) & loss_mask_BxN, axis=-1)
 
 
-def make_update_step(graphdef, optimizer: optax.GradientTransformation, settings: LossSettings, *,
-                     num_micro: int, param_shardings, opt_shardings, mesh, skip_zero_advantage: bool = False):
-  """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated.
-  With `skip_zero_advantage` (effective only when settings.gradient_scales_with_advantage), micro-batches
-  without any non-zero advantage are not computed; metrics["update/computed_frac"] is the fraction that was."""
-  skip = skip_zero_advantage and settings.gradient_scales_with_advantage
+def make_update_step(
+    graphdef,
+    optimizer: optax.GradientTransformation,
+    settings: LossSettings,
+    *,
+    num_micro: int,
+    param_shardings,
+    opt_shardings,
+    mesh,
+    skip_zero_advantage: bool = False,
+):
+    """jitted (params, opt_state, batch) -> (params, opt_state, metrics); params/opt_state donated.
+    With `skip_zero_advantage` (effective only when settings.gradient_scales_with_advantage), micro-batches
+    without any non-zero advantage are not computed; metrics["update/computed_frac"] is the fraction that was."""
+    skip = skip_zero_advantage and settings.gradient_scales_with_advantage
 
-  def step(params, opt_state, batch):
-    mask = batch["loss_mask"]
-    counts = {"tokens": mask.sum().astype(jnp.float32),
-              "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
-    micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
-    computed_M = jnp.ones((num_micro,), bool)
-    if skip:
-      computed_M = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
-      counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(jnp.float32)
-    grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
-    first = jax.tree_util.tree_map(lambda x: x[0], micro)
-    zero_metrics = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-        lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1]))
-    zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    def step(params, opt_state, batch):
+        mask = batch["loss_mask"]
+        counts = {"tokens": mask.sum().astype(jnp.float32), "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
+        micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
+        computed_M = jnp.ones((num_micro,), bool)
+        if skip:
+            computed_M = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
+            counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(
+                jnp.float32
+            )
+        grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
+        first = jax.tree_util.tree_map(lambda x: x[0], micro)
+        zero_metrics = jax.tree_util.tree_map(
+            jnp.zeros_like, jax.eval_shape(lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1])
+        )
+        zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
-    def micro_step(mb):
-      (l, m), g = grad_fn(params, mb)
-      return g, l, m
+        def micro_step(mb):
+            (loss_mb, m), g = grad_fn(params, mb)
+            return g, loss_mb, m
 
-    def accumulate(carry, xs):
-      grads, loss, metrics = carry
-      mb, computed = xs
-      if skip:  # a skipped micro-batch's gradient, loss and metric sums are exactly zero
-        g, l, m = jax.lax.cond(computed, micro_step, lambda _: (zero_grads, jnp.float32(0), zero_metrics), mb)
-      else:
-        g, l, m = micro_step(mb)
-      return (jax.tree_util.tree_map(jnp.add, grads, g), loss + l,
-              jax.tree_util.tree_map(jnp.add, metrics, m)), None
+        def accumulate(carry, xs):
+            grads, loss, metrics = carry
+            mb, computed = xs
+            if skip:  # a skipped micro-batch's gradient, loss and metric sums are exactly zero
+                g, loss_mb, m = jax.lax.cond(
+                    computed, micro_step, lambda _: (zero_grads, jnp.float32(0), zero_metrics), mb
+                )
+            else:
+                g, loss_mb, m = micro_step(mb)
+            return (
+                jax.tree_util.tree_map(jnp.add, grads, g),
+                loss + loss_mb,
+                jax.tree_util.tree_map(jnp.add, metrics, m),
+            ), None
 
-    (grads, loss, metrics), _ = jax.lax.scan(accumulate, (zero_grads, jnp.float32(0), zero_metrics),
-                                             (micro, computed_M))
-    grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, **{"loss/total": loss, "grad/global_norm": optax.tree.norm(grads),
-                               "update/computed_frac": computed_M.mean(dtype=jnp.float32)})
-    return params, opt_state, metrics
+        (grads, loss, metrics), _ = jax.lax.scan(
+            accumulate, (zero_grads, jnp.float32(0), zero_metrics), (micro, computed_M)
+        )
+        grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(
+            metrics,
+            **{
+                "loss/total": loss,
+                "grad/global_norm": optax.tree.norm(grads),
+                "update/computed_frac": computed_M.mean(dtype=jnp.float32),
+            },
+        )
+        return params, opt_state, metrics
 
-  with sharding.activate(mesh):
-    return sharding.ActivatedJit(jax.jit(step, donate_argnums=(0, 1),
-                                 out_shardings=(param_shardings, opt_shardings, None)), mesh)
+    with sharding.activate(mesh):
+        return sharding.ActivatedJit(
+            jax.jit(step, donate_argnums=(0, 1), out_shardings=(param_shardings, opt_shardings, None)), mesh
+        )
 
 
 def make_logprob_fn(graphdef, mesh, temperature: float):
-  """jitted teacher-forced logprobs (old policy or reference), no gradient."""
-  def fn(params, batch):
-    return completion_logprobs(graphdef, params, batch["prompt_tokens"], batch["prompt_valid"],
-                               batch["completion_tokens"], batch["loss_mask"], temperature)
-  return sharding.ActivatedJit(jax.jit(fn), mesh)
+    """jitted teacher-forced logprobs (old policy or reference), no gradient."""
+
+    def fn(params, batch):
+        return completion_logprobs(
+            graphdef,
+            params,
+            batch["prompt_tokens"],
+            batch["prompt_valid"],
+            batch["completion_tokens"],
+            batch["loss_mask"],
+            temperature,
+        )
+
+    return sharding.ActivatedJit(jax.jit(fn), mesh)

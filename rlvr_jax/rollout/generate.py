@@ -1,5 +1,6 @@
 """`rlvr-generate`: sample completions from a checkpoint (Hugging Face directory or ours) with the
 rollout engine, printed as text or as JSON with tokens, logprobs, finish reasons and timing."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,178 +13,223 @@ import jax
 import numpy as np
 
 from rlvr_jax import checkpoint, sharding
-from rlvr_jax.model import params_io
-from rlvr_jax.model import hf
-from rlvr_jax.rollout import sampling
+from rlvr_jax.model import hf, params_io
 from rlvr_jax.model.tokenizer import Tokenizer, load_tokenizer
+from rlvr_jax.rollout import sampling
 
 
 class UsageError(Exception):
-  """A problem with the command line or its inputs: reported in one line, exit status 2."""
+    """A problem with the command line or its inputs: reported in one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="rlvr-generate",
-      description="Generate completions with the jitted rollout engine. Stops at the tokenizer's EOS "
-                  "tokens. With --json, prints one JSON object: every sample's tokens, logprobs (of the "
-                  "distribution sampled from), text and finish reason, and a timing object.",
-      epilog="example: rlvr-generate --checkpoint ~/models/Qwen3-0.6B --chat --prompt 'What is 2+2?' --n 2")
-  p.add_argument("--checkpoint", required=True, help="Hugging Face directory or rlvr_jax Orbax checkpoint")
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-  src.add_argument("--prompts", metavar="FILE.jsonl",
-                   help="one JSON object a line with a 'prompt' string or a 'messages' list (records work); "
-                        "'messages' are always rendered with the chat template")
-  p.add_argument("--chat", action="store_true", help="render --prompt / 'prompt' as a user turn of the chat template")
-  p.add_argument("--thinking", action="store_true",
-                 help="with the chat template, open the assistant turn with '<think>\\n', as the trainer does "
-                      "with data.thinking (the built-in default's models expect it)")
-  p.add_argument("--max-new-tokens", type=int, default=256)
-  p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-  p.add_argument("--top-p", type=float, default=1.0)
-  p.add_argument("--top-k", type=int, default=0, help="0 = off")
-  p.add_argument("--n", type=int, default=1, help="samples per prompt")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--json", action="store_true", help="print JSON (samples + timing) instead of text")
-  p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes of the local mesh (-1 = the rest)")
-  p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV cache dtype")
-  return p
+    p = argparse.ArgumentParser(
+        prog="rlvr-generate",
+        description="Generate completions with the jitted rollout engine. Stops at the tokenizer's EOS "
+        "tokens. With --json, prints one JSON object: every sample's tokens, logprobs (of the "
+        "distribution sampled from), text and finish reason, and a timing object.",
+        epilog="example: rlvr-generate --checkpoint ~/models/Qwen3-0.6B --chat --prompt 'What is 2+2?' --n 2",
+    )
+    p.add_argument("--checkpoint", required=True, help="Hugging Face directory or rlvr_jax Orbax checkpoint")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    src.add_argument(
+        "--prompts",
+        metavar="FILE.jsonl",
+        help="one JSON object a line with a 'prompt' string or a 'messages' list (records work); "
+        "'messages' are always rendered with the chat template",
+    )
+    p.add_argument("--chat", action="store_true", help="render --prompt / 'prompt' as a user turn of the chat template")
+    p.add_argument(
+        "--thinking",
+        action="store_true",
+        help="with the chat template, open the assistant turn with '<think>\\n', as the trainer does "
+        "with data.thinking (the built-in default's models expect it)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON (samples + timing) instead of text")
+    p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes of the local mesh (-1 = the rest)")
+    p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV cache dtype")
+    return p
 
 
 def read_prompts(args, tokenizer: Tokenizer) -> list[str]:
-  """Prompt texts, chat template applied where asked for (and always to 'messages')."""
-  def render(text=None, messages=None, where=""):
-    if messages is None and not args.chat:
-      return text
-    messages = messages if messages is not None else [{"role": "user", "content": text}]
-    try:
-      return tokenizer.apply_chat_template(messages, add_generation_prompt=True, thinking=args.thinking)
-    except ValueError as e:
-      raise UsageError(f"{where}chat template: {e}") from None
+    """Prompt texts, chat template applied where asked for (and always to 'messages')."""
 
-  if args.prompt:
-    return [render(text=t) for t in args.prompt]
-  if not os.path.isfile(args.prompts):
-    raise UsageError(f"{args.prompts}: no such prompts file")
-  prompts = []
-  with open(args.prompts, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{args.prompts}:{n}: "
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise UsageError(f"{where}invalid JSON: {e}") from None
-      if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
-        prompts.append(render(text=obj["prompt"], where=where))
-      elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-        prompts.append(render(messages=obj["messages"], where=where))
-      else:
-        raise UsageError(f"{where}expected an object with a 'prompt' string or a 'messages' list")
-  if not prompts:
-    raise UsageError(f"{args.prompts}: no prompts")
-  return prompts
+    def render(text=None, messages=None, where=""):
+        if messages is None and not args.chat:
+            return text
+        messages = messages if messages is not None else [{"role": "user", "content": text}]
+        try:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, thinking=args.thinking)
+        except ValueError as e:
+            raise UsageError(f"{where}chat template: {e}") from None
+
+    if args.prompt:
+        return [render(text=t) for t in args.prompt]
+    if not os.path.isfile(args.prompts):
+        raise UsageError(f"{args.prompts}: no such prompts file")
+    prompts = []
+    with open(args.prompts, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{args.prompts}:{n}: "
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise UsageError(f"{where}invalid JSON: {e}") from None
+            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                prompts.append(render(text=obj["prompt"], where=where))
+            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                prompts.append(render(messages=obj["messages"], where=where))
+            else:
+                raise UsageError(f"{where}expected an object with a 'prompt' string or a 'messages' list")
+    if not prompts:
+        raise UsageError(f"{args.prompts}: no prompts")
+    return prompts
 
 
 def load(args):
-  """(tokenizer, cfg, graphdef, params, mesh), or UsageError for a missing checkpoint or tokenizer."""
-  if not os.path.isdir(args.checkpoint):
-    raise UsageError(f"{args.checkpoint}: no such checkpoint directory")
-  tok_dir = checkpoint.tokenizer_dir_of(args.checkpoint)
-  if tok_dir is None:
-    raise UsageError(f"{args.checkpoint}: no tokenizer (tokenizer.json or tokenizer.model) in the checkpoint "
-                     f"directory or its tokenizer/ subdirectory")
-  try:
-    tokenizer = load_tokenizer(tok_dir)
-  except (OSError, ValueError) as e:
-    raise UsageError(f"{tok_dir}: cannot load the tokenizer: {e}") from None
-  try:
-    mesh = sharding.make_mesh(sharding.MeshShape(*[int(x) for x in args.mesh.split(",")]))
-  except (TypeError, ValueError) as e:
-    raise UsageError(f"--mesh {args.mesh}: {e}") from None
-  try:
-    cfg, graphdef, params = params_io.load_params_any(args.checkpoint, mesh)
-  except (hf.HFFormatError, FileNotFoundError, RuntimeError) as e:
-    raise UsageError(str(e)) from None
-  return tokenizer, cfg, graphdef, params, mesh
+    """(tokenizer, cfg, graphdef, params, mesh), or UsageError for a missing checkpoint or tokenizer."""
+    if not os.path.isdir(args.checkpoint):
+        raise UsageError(f"{args.checkpoint}: no such checkpoint directory")
+    tok_dir = checkpoint.tokenizer_dir_of(args.checkpoint)
+    if tok_dir is None:
+        raise UsageError(
+            f"{args.checkpoint}: no tokenizer (tokenizer.json or tokenizer.model) in the checkpoint "
+            f"directory or its tokenizer/ subdirectory"
+        )
+    try:
+        tokenizer = load_tokenizer(tok_dir)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{tok_dir}: cannot load the tokenizer: {e}") from None
+    try:
+        mesh = sharding.make_mesh(sharding.MeshShape(*[int(x) for x in args.mesh.split(",")]))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--mesh {args.mesh}: {e}") from None
+    try:
+        cfg, graphdef, params = params_io.load_params_any(args.checkpoint, mesh)
+    except (hf.HFFormatError, FileNotFoundError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
+    return tokenizer, cfg, graphdef, params, mesh
 
 
 def run(args, timed: bool = True) -> dict:
-  """Generate. With `timed`, a second run of the compiled program gives the generation time; without,
-  it is the first run's wall time less compilation (one run instead of two)."""
-  tokenizer, cfg, graphdef, params, mesh = load(args)
-  texts = read_prompts(args, tokenizer)
-  prompt_ids = [tokenizer.encode(t) for t in texts]
-  for i, ids in enumerate(prompt_ids):
-    if not ids:
-      raise UsageError(f"prompt {i} encodes to no tokens")
-    if max(ids) >= cfg.vocab_size:
-      raise UsageError(f"prompt {i} has token id {max(ids)} but the model's vocabulary has {cfg.vocab_size}: "
-                       f"tokenizer and checkpoint do not match")
-  try:
-    sp = sampling.SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                 max_new_tokens=args.max_new_tokens, n=args.n,
-                                 stop_token_ids=tuple(tokenizer.eos_ids), seed=args.seed)
-  except ValueError as e:
-    raise UsageError(str(e)) from None
-  sampler = sampling.Sampler(graphdef, cfg, mesh, cache_dtype=args.cache_dtype, pad_id=tokenizer.pad_id)
-  t0 = time.perf_counter()
-  try:
-    rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
-  except MemoryError as e:
-    raise UsageError(str(e)) from None
-  compile_s = sampler.last_compile_seconds
-  generation_s = time.perf_counter() - t0 - compile_s
-  if timed:  # same seed, same samples: only the clock differs
+    """Generate. With `timed`, a second run of the compiled program gives the generation time; without,
+    it is the first run's wall time less compilation (one run instead of two)."""
+    tokenizer, cfg, graphdef, params, mesh = load(args)
+    texts = read_prompts(args, tokenizer)
+    prompt_ids = [tokenizer.encode(t) for t in texts]
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            raise UsageError(f"prompt {i} encodes to no tokens")
+        if max(ids) >= cfg.vocab_size:
+            raise UsageError(
+                f"prompt {i} has token id {max(ids)} but the model's vocabulary has {cfg.vocab_size}: "
+                f"tokenizer and checkpoint do not match"
+            )
+    try:
+        sp = sampling.SamplingParams(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens,
+            n=args.n,
+            stop_token_ids=tuple(tokenizer.eos_ids),
+            seed=args.seed,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sampler = sampling.Sampler(graphdef, cfg, mesh, cache_dtype=args.cache_dtype, pad_id=tokenizer.pad_id)
     t0 = time.perf_counter()
-    rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
-    generation_s = time.perf_counter() - t0
+    try:
+        rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
+    except MemoryError as e:
+        raise UsageError(str(e)) from None
+    compile_s = sampler.last_compile_seconds
+    generation_s = time.perf_counter() - t0 - compile_s
+    if timed:  # same seed, same samples: only the clock differs
+        t0 = time.perf_counter()
+        rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
+        generation_s = time.perf_counter() - t0
 
-  tokens, lengths = np.asarray(rollout.completion_tokens), np.asarray(rollout.lengths)
-  logprobs, stopped = np.asarray(rollout.logprobs), np.asarray(rollout.stopped)
-  index = np.asarray(rollout.prompt_index)
-  samples = []
-  for r in range(tokens.shape[0]):
-    ids = tokens[r, :lengths[r]].tolist()
-    text_ids = ids[:-1] if stopped[r] else ids  # the stop token ends the text; it stays in `tokens`
-    samples.append({"prompt_index": int(index[r]), "sample_index": r % args.n, "prompt": texts[index[r]],
-                    "tokens": ids, "logprobs": [float(x) for x in logprobs[r, :lengths[r]]],
-                    "text": tokenizer.decode(text_ids), "finish_reason": "stop" if stopped[r] else "length"})
-  generated = int(lengths.sum())
-  timing = {"compile_s": compile_s, "generation_s": generation_s, "generated_tokens": generated,
-            "tokens_per_s": generated / generation_s if generation_s > 0 else float("nan"), "timed_run": timed}
-  return {"checkpoint": args.checkpoint, "devices": int(mesh.devices.size),
-          "sampling": {"temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k,
-                       "max_new_tokens": sp.max_new_tokens, "n": sp.n, "seed": sp.seed,
-                       "stop_token_ids": list(sp.stop_token_ids)},
-          "samples": samples, "timing": timing}
+    tokens, lengths = np.asarray(rollout.completion_tokens), np.asarray(rollout.lengths)
+    logprobs, stopped = np.asarray(rollout.logprobs), np.asarray(rollout.stopped)
+    index = np.asarray(rollout.prompt_index)
+    samples = []
+    for r in range(tokens.shape[0]):
+        ids = tokens[r, : lengths[r]].tolist()
+        text_ids = ids[:-1] if stopped[r] else ids  # the stop token ends the text; it stays in `tokens`
+        samples.append(
+            {
+                "prompt_index": int(index[r]),
+                "sample_index": r % args.n,
+                "prompt": texts[index[r]],
+                "tokens": ids,
+                "logprobs": [float(x) for x in logprobs[r, : lengths[r]]],
+                "text": tokenizer.decode(text_ids),
+                "finish_reason": "stop" if stopped[r] else "length",
+            }
+        )
+    generated = int(lengths.sum())
+    timing = {
+        "compile_s": compile_s,
+        "generation_s": generation_s,
+        "generated_tokens": generated,
+        "tokens_per_s": generated / generation_s if generation_s > 0 else float("nan"),
+        "timed_run": timed,
+    }
+    return {
+        "checkpoint": args.checkpoint,
+        "devices": int(mesh.devices.size),
+        "sampling": {
+            "temperature": sp.temperature,
+            "top_p": sp.top_p,
+            "top_k": sp.top_k,
+            "max_new_tokens": sp.max_new_tokens,
+            "n": sp.n,
+            "seed": sp.seed,
+            "stop_token_ids": list(sp.stop_token_ids),
+        },
+        "samples": samples,
+        "timing": timing,
+    }
 
 
 def print_text(result: dict) -> None:
-  for s in result["samples"]:
-    print(f"=== prompt {s['prompt_index']} sample {s['sample_index']} ({s['finish_reason']}, "
-          f"{len(s['tokens'])} tokens)")
-    print(s["text"])
-  t = result["timing"]
-  print(f"compile {t['compile_s']:.2f} s, generation {t['generation_s']:.2f} s, "
-        f"{t['tokens_per_s']:.1f} generated tokens/s", file=sys.stderr)
+    for s in result["samples"]:
+        print(
+            f"=== prompt {s['prompt_index']} sample {s['sample_index']} ({s['finish_reason']}, "
+            f"{len(s['tokens'])} tokens)"
+        )
+        print(s["text"])
+    t = result["timing"]
+    print(
+        f"compile {t['compile_s']:.2f} s, generation {t['generation_s']:.2f} s, "
+        f"{t['tokens_per_s']:.1f} generated tokens/s",
+        file=sys.stderr,
+    )
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  try:
-    result = run(args, timed=args.json)
-  except UsageError as e:
-    print(f"rlvr-generate: error: {e}", file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps(result))
-  else:
-    print_text(result)
-  return 0
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args, timed=args.json)
+    except UsageError as e:
+        print(f"rlvr-generate: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_text(result)
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -1,12 +1,14 @@
 """The mix-vs-merge report: results.json (every measured number), report.md (the study's tables: main
 results, merge methods, pass@K, cost in device-seconds, weight space, gain consistency, policy KL) and
 PNG plots, built only from what the experiment's stages wrote into the workdir."""
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import shutil
+import subprocess
 
 import jax
 import numpy as np
@@ -17,365 +19,515 @@ STUDY_MULTI_PCT = 33.2  # REFERENCE.md: the multi-task run cost 33.2% of the fou
 
 
 def provenance() -> dict:
-  """The code the numbers came from: commit and whether the work tree had changes (None outside git)."""
-  import subprocess
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                            capture_output=True, text=True, check=True)
-  except (OSError, subprocess.CalledProcessError):
-    return {"git_commit": None, "dirty": None}
-  return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    """The code the numbers came from: commit and whether the work tree had changes (None outside git)."""
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "dirty": None}
+    return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def machine_info(note: str) -> dict:
-  cpu = ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-  except OSError:
-    pass
-  return {"cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-          "jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-          "device_count": jax.device_count(), "note": note}
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "note": note,
+    }
 
 
 def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
-  """domain -> [[step, reward/<domain>/mean], ...] from a run's metrics (the last row of a step wins:
-  a resumed run logs its replayed steps again)."""
-  path = os.path.join(workdir, stage, "metrics_train.jsonl")
-  if not os.path.exists(path):
-    return {}
-  rows = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        r = json.loads(line)
-        rows[r["step"]] = r
-  out = {}
-  for step in sorted(rows):
-    for k, v in rows[step].items():
-      if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2:
-        out.setdefault(k.split("/")[1], []).append([step, v])
-  return out
+    """domain -> [[step, reward/<domain>/mean], ...] from a run's metrics (the last row of a step wins:
+    a resumed run logs its replayed steps again)."""
+    path = os.path.join(workdir, stage, "metrics_train.jsonl")
+    if not os.path.exists(path):
+        return {}
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows[r["step"]] = r
+    out = {}
+    for step in sorted(rows):
+        for k, v in rows[step].items():
+            if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2:
+                out.setdefault(k.split("/")[1], []).append([step, v])
+    return out
 
 
 def _step_times(workdir: str, stage: str) -> dict:
-  """From a run's metrics: step 1's time/total (it includes compiling the sampler and the update)
-  and the sum and mean over the later steps."""
-  rows = {}
-  with open(os.path.join(workdir, stage, "metrics_train.jsonl")) as f:
-    for line in f:
-      if line.strip():
-        r = json.loads(line)
-        rows[r["step"]] = r["time/total"]
-  later = [v for k, v in rows.items() if k > 1]
-  return {"steps": len(rows), "first_step_s": rows.get(1), "later_steps_s": sum(later),
-          "later_step_mean_s": sum(later) / len(later) if later else None}
+    """From a run's metrics: step 1's time/total (it includes compiling the sampler and the update)
+    and the sum and mean over the later steps."""
+    rows = {}
+    with open(os.path.join(workdir, stage, "metrics_train.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows[r["step"]] = r["time/total"]
+    later = [v for k, v in rows.items() if k > 1]
+    return {
+        "steps": len(rows),
+        "first_step_s": rows.get(1),
+        "later_steps_s": sum(later),
+        "later_step_mean_s": sum(later) / len(later) if later else None,
+    }
 
 
 def build_results(config, workdir: str) -> dict:
-  """Everything the report shows, gathered from the stage outputs."""
-  models = model_table(config, workdir)
-  K = config.eval.samples
-  root = os.path.abspath(workdir)
-  shown = {n: dict(m, path=os.path.relpath(os.path.abspath(m["path"]), root)
-                   if os.path.abspath(m["path"]).startswith(root + os.sep) else m["path"])
-           for n, m in models.items()}  # paths inside the workdir are kept relative to it
-  evals = load_eval(workdir, models)
-  per_model = {n: evals[n]["per_domain"] for n in models}
-  domains = domains_of(config)
-  mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
-  stages = {}
-  for name in os.listdir(workdir):
-    done = stage_done(workdir, name)
-    if done:
-      stages[name] = {k: done[k] for k in ("wall_s", "device_count", "device_seconds", "device_kind",
-                                            "finished_at")}
-      loads = [x for a in done["attempts"] for x in (a["loadavg_start"][0], a["loadavg_end"][0])]
-      stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
-  single = {d: stages[f"rl_{d}"]["device_seconds"] for d in domains}
-  single_total = sum(single.values())
-  cost = {"single_device_s": single, "single_total_device_s": single_total,
-          "multi_device_s": stages["multi"]["device_seconds"],
-          "multi_pct_of_single": 100.0 * stages["multi"]["device_seconds"] / single_total,
-          "opd_device_s": stages["opd"]["device_seconds"],
-          "merge_device_s": {n[len("merge_"):]: stages[n]["device_seconds"] for n in models if n.startswith("merge_")},
-          # the report stage is still running while this is computed: every stage before it
-          "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
-          "step_times": {s: _step_times(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]}}
-  later = cost["step_times"]
-  single_later = sum(later[f"rl_{d}"]["later_steps_s"] for d in domains)
-  # None when the single-domain runs had no step after the first (compile-bearing) one
-  cost["multi_pct_of_single_later_steps"] = (100.0 * later["multi"]["later_steps_s"] / single_later
-                                             if single_later > 0 else None)
-  with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
-    analysis = json.load(f)
-  return {
-      "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
-      "machine": machine_info(config.report.machine),
-      "provenance": provenance(),
-      "config": json.loads(config.to_json_best_effort()),
-      "models": shown,
-      "eval": {"samples": K, "temperature": config.eval.temperature, "data": config.eval.data,
-               "items_per_domain": {d: per_model["sft"][d]["n_items"] for d in domains},
-               "per_model": per_model, "mean_avg": mean_avg,
-               "per_item_files": {n: f"eval/{n}.json" for n in models}},
-      "stages": stages, "cost": cost,
-      "weight_space": {k: analysis[k] for k in ("names", "footprint", "overlap", "cosine")},
-      "gain_consistency": analysis["gain_consistency"],
-      "policy_kl": analysis["policy_kl"],
-      "curves": {s: _curves(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]},
-  }
+    """Everything the report shows, gathered from the stage outputs."""
+    models = model_table(config, workdir)
+    K = config.eval.samples
+    root = os.path.abspath(workdir)
+    shown = {
+        n: dict(
+            m,
+            path=os.path.relpath(os.path.abspath(m["path"]), root)
+            if os.path.abspath(m["path"]).startswith(root + os.sep)
+            else m["path"],
+        )
+        for n, m in models.items()
+    }  # paths inside the workdir are kept relative to it
+    evals = load_eval(workdir, models)
+    per_model = {n: evals[n]["per_domain"] for n in models}
+    domains = domains_of(config)
+    mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
+    stages = {}
+    for name in os.listdir(workdir):
+        done = stage_done(workdir, name)
+        if done:
+            stages[name] = {
+                k: done[k] for k in ("wall_s", "device_count", "device_seconds", "device_kind", "finished_at")
+            }
+            loads = [x for a in done["attempts"] for x in (a["loadavg_start"][0], a["loadavg_end"][0])]
+            stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
+    single = {d: stages[f"rl_{d}"]["device_seconds"] for d in domains}
+    single_total = sum(single.values())
+    cost = {
+        "single_device_s": single,
+        "single_total_device_s": single_total,
+        "multi_device_s": stages["multi"]["device_seconds"],
+        "multi_pct_of_single": 100.0 * stages["multi"]["device_seconds"] / single_total,
+        "opd_device_s": stages["opd"]["device_seconds"],
+        "merge_device_s": {n[len("merge_") :]: stages[n]["device_seconds"] for n in models if n.startswith("merge_")},
+        # the report stage is still running while this is computed: every stage before it
+        "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
+        "step_times": {s: _step_times(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]},
+    }
+    later = cost["step_times"]
+    single_later = sum(later[f"rl_{d}"]["later_steps_s"] for d in domains)
+    # None when the single-domain runs had no step after the first (compile-bearing) one
+    cost["multi_pct_of_single_later_steps"] = (
+        100.0 * later["multi"]["later_steps_s"] / single_later if single_later > 0 else None
+    )
+    with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
+        analysis = json.load(f)
+    return {
+        "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
+        "machine": machine_info(config.report.machine),
+        "provenance": provenance(),
+        "config": json.loads(config.to_json_best_effort()),
+        "models": shown,
+        "eval": {
+            "samples": K,
+            "temperature": config.eval.temperature,
+            "data": config.eval.data,
+            "items_per_domain": {d: per_model["sft"][d]["n_items"] for d in domains},
+            "per_model": per_model,
+            "mean_avg": mean_avg,
+            "per_item_files": {n: f"eval/{n}.json" for n in models},
+        },
+        "stages": stages,
+        "cost": cost,
+        "weight_space": {k: analysis[k] for k in ("names", "footprint", "overlap", "cosine")},
+        "gain_consistency": analysis["gain_consistency"],
+        "policy_kl": analysis["policy_kl"],
+        "curves": {s: _curves(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]},
+    }
 
 
 # ------------------------------------------------------------------ markdown
 
+
 def pct(x: float) -> str:
-  """Accuracies are shown as percentages with two decimals, like REFERENCE.md."""
-  return f"{100.0 * x:.2f}"
+    """Accuracies are shown as percentages with two decimals, like REFERENCE.md."""
+    return f"{100.0 * x:.2f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(r) + " |" for r in rows]
-  return "\n".join(lines)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def main_table_models(results: dict) -> list[str]:
-  """SFT, the experts, the main merge, MT-OPD and RL-Multi: the columns of the study's results table."""
-  main = f"merge_{results['config']['merge']['main']}"
-  return [n for n, m in results["models"].items() if m["kind"] in ("anchor", "expert")] + [main, "opd", "multi"]
+    """SFT, the experts, the main merge, MT-OPD and RL-Multi: the columns of the study's results table."""
+    main = f"merge_{results['config']['merge']['main']}"
+    return [n for n, m in results["models"].items() if m["kind"] in ("anchor", "expert")] + [main, "opd", "multi"]
 
 
 def render(results: dict) -> str:
-  K = results["eval"]["samples"]
-  models, pm = results["models"], results["eval"]["per_model"]
-  domains = list(results["eval"]["items_per_domain"])
-  avg = f"avg@{K}"
-  mc = results["machine"]
-  out = [f"# Mix or merge? The experiment on `{results['config']['base']['model']['preset']}`"
-         f"{' from ' + results['config']['anchor'] if results['config']['anchor'] else ''}", ""]
-  loads = [x for s in results["stages"].values() for x in s["loadavg_1min_range"]]
-  cfg = results["config"]
-  b, ro = cfg["base"], cfg["base"]["rollout"]
-  anchor = cfg["anchor"] or f"SFT of the base model on all domains, {b['sft']['steps']} steps"
-  out += [f"Setup: anchor = {anchor}; "
-          f"GRPO with {ro['prompts_per_step']} prompts x {ro['samples_per_prompt']} samples per step, "
-          f"lr {b['optim']['learning_rate']:g}, up to {ro['max_new_tokens']} response tokens; "
-          f"{cfg['single_steps']} steps per single-domain run, {cfg['multi_steps']} for the multi-task run "
-          f"({cfg['multi_step_ratio']}x); MT-OPD {cfg['opd']['steps']} steps of {cfg['opd']['prompts_per_step']} x "
-          f"{cfg['opd']['samples_per_prompt']}, lr {cfg['opd']['learning_rate']:g}. All settings: results.json "
-          "(`config`).", ""]
-  out += [f"Measured on: {mc['cpu']}, {mc['cpu_count']} cores, {mc['device_count']} JAX {mc['backend']} "
-          f"device(s) ({mc['device_kind']}), JAX {mc['jax']}"
-          + (f"; {mc['note']}" if mc["note"] else "") + f". 1-minute load average during the stages: "
-          f"{min(loads):.1f} to {max(loads):.1f}. Wall time of all stages before the report: "
-          f"{results['cost']['experiment_wall_s'] / 60:.1f} min. Code: commit "
-          f"{str(results['provenance']['git_commit'])[:10]}{' with local changes' if results['provenance']['dirty'] else ''}.",
-          "",
-          f"Evaluation: built-in held-out items ({', '.join(f'{d} {n}' for d, n in results['eval']['items_per_domain'].items())}), "
-          f"K = {K} samples per item at temperature {results['eval']['temperature']}; Avg@{K} in %. "
-          f"Standard errors over items are in results.json (`eval.per_model.*.*.stderr`); the largest is "
-          f"{100 * max(pm[n][d]['stderr'] for n in models for d in domains):.2f} points.", ""]
+    K = results["eval"]["samples"]
+    models, pm = results["models"], results["eval"]["per_model"]
+    domains = list(results["eval"]["items_per_domain"])
+    avg = f"avg@{K}"
+    mc = results["machine"]
+    out = [
+        f"# Mix or merge? The experiment on `{results['config']['base']['model']['preset']}`"
+        f"{' from ' + results['config']['anchor'] if results['config']['anchor'] else ''}",
+        "",
+    ]
+    loads = [x for s in results["stages"].values() for x in s["loadavg_1min_range"]]
+    cfg = results["config"]
+    b, ro = cfg["base"], cfg["base"]["rollout"]
+    anchor = cfg["anchor"] or f"SFT of the base model on all domains, {b['sft']['steps']} steps"
+    out += [
+        f"Setup: anchor = {anchor}; "
+        f"GRPO with {ro['prompts_per_step']} prompts x {ro['samples_per_prompt']} samples per step, "
+        f"lr {b['optim']['learning_rate']:g}, up to {ro['max_new_tokens']} response tokens; "
+        f"{cfg['single_steps']} steps per single-domain run, {cfg['multi_steps']} for the multi-task run "
+        f"({cfg['multi_step_ratio']}x); MT-OPD {cfg['opd']['steps']} steps of {cfg['opd']['prompts_per_step']} x "
+        f"{cfg['opd']['samples_per_prompt']}, lr {cfg['opd']['learning_rate']:g}. All settings: results.json "
+        "(`config`).",
+        "",
+    ]
+    out += [
+        f"Measured on: {mc['cpu']}, {mc['cpu_count']} cores, {mc['device_count']} JAX {mc['backend']} "
+        f"device(s) ({mc['device_kind']}), JAX {mc['jax']}"
+        + (f"; {mc['note']}" if mc["note"] else "")
+        + f". 1-minute load average during the stages: "
+        f"{min(loads):.1f} to {max(loads):.1f}. Wall time of all stages before the report: "
+        f"{results['cost']['experiment_wall_s'] / 60:.1f} min. Code: commit "
+        f"{str(results['provenance']['git_commit'])[:10]}{' with local changes' if results['provenance']['dirty'] else ''}.",
+        "",
+        f"Evaluation: built-in held-out items ({', '.join(f'{d} {n}' for d, n in results['eval']['items_per_domain'].items())}), "
+        f"K = {K} samples per item at temperature {results['eval']['temperature']}; Avg@{K} in %. "
+        f"Standard errors over items are in results.json (`eval.per_model.*.*.stderr`); the largest is "
+        f"{100 * max(pm[n][d]['stderr'] for n in models for d in domains):.2f} points.",
+        "",
+    ]
 
-  cols = main_table_models(results)
-  rows = [[DOMAIN_LABELS.get(d, d)] + [pct(pm[n][d][avg]) for n in cols] for d in domains]
-  rows.append(["**Mean**"] + [pct(results["eval"]["mean_avg"][n]) for n in cols])
-  out += ["## Main results (Avg@%d, %%)" % K, "", _table(["benchmark"] + [models[n]["label"] for n in cols], rows), ""]
+    cols = main_table_models(results)
+    rows = [[DOMAIN_LABELS.get(d, d)] + [pct(pm[n][d][avg]) for n in cols] for d in domains]
+    rows.append(["**Mean**"] + [pct(results["eval"]["mean_avg"][n]) for n in cols])
+    out += [
+        "## Main results (Avg@%d, %%)" % K,
+        "",
+        _table(["benchmark"] + [models[n]["label"] for n in cols], rows),
+        "",
+    ]
 
-  merge_rows = [n for n, m in models.items() if m["kind"] in ("merge", "opd", "multi")]
-  rows = [[models[n]["label"]] + [pct(pm[n][d][avg]) for d in domains] + [pct(results["eval"]["mean_avg"][n])]
-          for n in merge_rows]
-  out += ["## Merge methods (Avg@%d, %%)" % K, "", "All merges are anchored on the SFT model, over all parameters, "
-          "in fp32; options per method are in results.json (`config.merge.options`).", "",
-          _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows), ""]
+    merge_rows = [n for n, m in models.items() if m["kind"] in ("merge", "opd", "multi")]
+    rows = [
+        [models[n]["label"]] + [pct(pm[n][d][avg]) for d in domains] + [pct(results["eval"]["mean_avg"][n])]
+        for n in merge_rows
+    ]
+    out += [
+        "## Merge methods (Avg@%d, %%)" % K,
+        "",
+        "All merges are anchored on the SFT model, over all parameters, "
+        "in fp32; options per method are in results.json (`config.merge.options`).",
+        "",
+        _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
+        "",
+    ]
 
-  pk = f"pass@{K}"
-  rows = [[models[n]["label"]] + [pct(pm[n][d][pk]) for d in domains] for n in models]
-  out += [f"## pass@{K} (unbiased, %)", "", _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
+    pk = f"pass@{K}"
+    rows = [[models[n]["label"]] + [pct(pm[n][d][pk]) for d in domains] for n in models]
+    out += [f"## pass@{K} (unbiased, %)", "", _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
 
-  out += _cost_section(results)
-  out += _weight_space_section(results)
-  out += _gains_section(results)
-  out += _kl_section(results)
-  out += ["## Plots", "", "![learning curves](learning_curves.png)", "", "![accuracy](accuracy_bars.png)", "",
-          "![overlap](overlap.png)", "", "![cosine](cosine.png)", "", "![cosine per layer](cosine_per_layer.png)", ""]
-  if results["policy_kl"]:
-    out += ["![policy KL](policy_kl.png)", ""]
-  out += ["Per-item correctness of every model: `eval/<model>.json` in the workdir; every number above: "
-          "`results.json`.", ""]
-  return "\n".join(out)
+    out += _cost_section(results)
+    out += _weight_space_section(results)
+    out += _gains_section(results)
+    out += _kl_section(results)
+    out += [
+        "## Plots",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "![accuracy](accuracy_bars.png)",
+        "",
+        "![overlap](overlap.png)",
+        "",
+        "![cosine](cosine.png)",
+        "",
+        "![cosine per layer](cosine_per_layer.png)",
+        "",
+    ]
+    if results["policy_kl"]:
+        out += ["![policy KL](policy_kl.png)", ""]
+    out += [
+        "Per-item correctness of every model: `eval/<model>.json` in the workdir; every number above: `results.json`.",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def _cost_section(results: dict) -> list[str]:
-  st, c, models = results["stages"], results["cost"], results["models"]
-  base = c["single_total_device_s"]
+    st, c, models = results["stages"], results["cost"], results["models"]
+    base = c["single_total_device_s"]
 
-  def row(label, name):
-    s = st[name]
-    return [label, f"{s['wall_s']:.1f}", str(s["device_count"]), f"{s['device_seconds']:.1f}",
-            f"{100 * s['device_seconds'] / base:.1f}"]
-  rows = [row("SFT anchor (shared by every model)", "sft")] if "sft" in st else []
-  rows += [row(f"{models[f'rl_{d}']['label']} (GRPO)", f"rl_{d}") for d in c["single_device_s"]]
-  rows.append(["**separate single-domain runs (sum)**", "", "", f"{base:.1f}", "100.0"])
-  rows += [row(f"{models[n]['label']} (merge step only)", n) for n in models if n.startswith("merge_")]
-  rows.append(row("MT-OPD (distillation only; needs the experts)", "opd"))
-  rows.append(row("**RL-Multi (GRPO, mixed)**", "multi"))
-  rows += [row(f"{n} (not part of training cost)", n) for n in ("eval", "analysis") if n in st]
-  out = ["## Cost (device-seconds = measured wall time x device count)", "",
-          _table(["stage", "wall s", "devices", "device-s", "% of separate runs"], rows), "",
-          f"The multi-task run cost **{c['multi_pct_of_single']:.1f}%** of the separate single-domain runs "
-          f"(the study: {STUDY_MULTI_PCT}% in GPU-hours, with {results['config']['multi_step_ratio']}x the steps "
-          f"of one run). Every merge or MT-OPD also needs all single-domain runs first.", ""]
-  t = c["step_times"]
-  rows = [[models[n]["label"], str(t[n]["steps"]), f"{t[n]['first_step_s']:.1f}", f"{t[n]['later_step_mean_s']:.2f}",
-           f"{t[n]['later_steps_s']:.1f}"] for n in t if t[n]["later_step_mean_s"] is not None]
-  out += ["Where the RL time goes (`time/total` per step in each run's metrics_train.jsonl; step 1 includes "
-          "compiling the sampler and the update, which every run pays once):", "",
-          _table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows), ""]
-  if c["multi_pct_of_single_later_steps"] is not None:
-    out += [f"Counting only the steps after the first, the multi-task run took "
-            f"{c['multi_pct_of_single_later_steps']:.1f}% of the single-domain runs' time.", ""]
-  return out
+    def row(label, name):
+        s = st[name]
+        return [
+            label,
+            f"{s['wall_s']:.1f}",
+            str(s["device_count"]),
+            f"{s['device_seconds']:.1f}",
+            f"{100 * s['device_seconds'] / base:.1f}",
+        ]
+
+    rows = [row("SFT anchor (shared by every model)", "sft")] if "sft" in st else []
+    rows += [row(f"{models[f'rl_{d}']['label']} (GRPO)", f"rl_{d}") for d in c["single_device_s"]]
+    rows.append(["**separate single-domain runs (sum)**", "", "", f"{base:.1f}", "100.0"])
+    rows += [row(f"{models[n]['label']} (merge step only)", n) for n in models if n.startswith("merge_")]
+    rows.append(row("MT-OPD (distillation only; needs the experts)", "opd"))
+    rows.append(row("**RL-Multi (GRPO, mixed)**", "multi"))
+    rows += [row(f"{n} (not part of training cost)", n) for n in ("eval", "analysis") if n in st]
+    out = [
+        "## Cost (device-seconds = measured wall time x device count)",
+        "",
+        _table(["stage", "wall s", "devices", "device-s", "% of separate runs"], rows),
+        "",
+        f"The multi-task run cost **{c['multi_pct_of_single']:.1f}%** of the separate single-domain runs "
+        f"(the study: {STUDY_MULTI_PCT}% in GPU-hours, with {results['config']['multi_step_ratio']}x the steps "
+        f"of one run). Every merge or MT-OPD also needs all single-domain runs first.",
+        "",
+    ]
+    t = c["step_times"]
+    rows = [
+        [
+            models[n]["label"],
+            str(t[n]["steps"]),
+            f"{t[n]['first_step_s']:.1f}",
+            f"{t[n]['later_step_mean_s']:.2f}",
+            f"{t[n]['later_steps_s']:.1f}",
+        ]
+        for n in t
+        if t[n]["later_step_mean_s"] is not None
+    ]
+    out += [
+        "Where the RL time goes (`time/total` per step in each run's metrics_train.jsonl; step 1 includes "
+        "compiling the sampler and the update, which every run pays once):",
+        "",
+        _table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows),
+        "",
+    ]
+    if c["multi_pct_of_single_later_steps"] is not None:
+        out += [
+            f"Counting only the steps after the first, the multi-task run took "
+            f"{c['multi_pct_of_single_later_steps']:.1f}% of the single-domain runs' time.",
+            "",
+        ]
+    return out
 
 
 def _weight_space_section(results: dict) -> list[str]:
-  ws, models = results["weight_space"], results["models"]
-  names = ws["names"]
-  rows = [[models[n]["label"], pct(ws["footprint"][n]["density"])] for n in names]
-  out = ["## Weight space", "", "Update footprint: an entry changed iff |w - w_anchor| > "
-         f"{results['config']['analysis']['rel_tol']} x max(|w|, |w_anchor|).", "",
-         _table(["model", "changed entries (%)"], rows), ""]
-  core = [n for n in names if models[n]["kind"] in ("expert", "multi")]
-  idx = {n: i for i, n in enumerate(names)}
-  rows = [[f"{models[a]['label']} / {models[b]['label']}", f"{ws['overlap']['jaccard'][idx[a]][idx[b]]:.3f}",
-           f"{ws['overlap']['random_baseline'][idx[a]][idx[b]]:.3f}"]
-          for i, a in enumerate(core) for b in core[i + 1:]]
-  out += ["Overlap of the changed entries (Jaccard) against independent random masks of the same densities:", "",
-          _table(["pair", "Jaccard", "random baseline"], rows), ""]
-  rows = [[models[a]["label"]] + [f"{ws['cosine']['whole'][idx[a]][idx[b]]:.3f}" for b in core] for a in core]
-  out += [f"Task-vector cosines after one shared seeded projection to {ws['cosine']['dim']} dimensions "
-          "(all models: cosine.png; per layer: cosine_per_layer.png):", "",
-          _table([""] + [models[b]["label"] for b in core], rows), ""]
-  return out
+    ws, models = results["weight_space"], results["models"]
+    names = ws["names"]
+    rows = [[models[n]["label"], pct(ws["footprint"][n]["density"])] for n in names]
+    out = [
+        "## Weight space",
+        "",
+        "Update footprint: an entry changed iff |w - w_anchor| > "
+        f"{results['config']['analysis']['rel_tol']} x max(|w|, |w_anchor|).",
+        "",
+        _table(["model", "changed entries (%)"], rows),
+        "",
+    ]
+    core = [n for n in names if models[n]["kind"] in ("expert", "multi")]
+    idx = {n: i for i, n in enumerate(names)}
+    rows = [
+        [
+            f"{models[a]['label']} / {models[b]['label']}",
+            f"{ws['overlap']['jaccard'][idx[a]][idx[b]]:.3f}",
+            f"{ws['overlap']['random_baseline'][idx[a]][idx[b]]:.3f}",
+        ]
+        for i, a in enumerate(core)
+        for b in core[i + 1 :]
+    ]
+    out += [
+        "Overlap of the changed entries (Jaccard) against independent random masks of the same densities:",
+        "",
+        _table(["pair", "Jaccard", "random baseline"], rows),
+        "",
+    ]
+    rows = [[models[a]["label"]] + [f"{ws['cosine']['whole'][idx[a]][idx[b]]:.3f}" for b in core] for a in core]
+    out += [
+        f"Task-vector cosines after one shared seeded projection to {ws['cosine']['dim']} dimensions "
+        "(all models: cosine.png; per layer: cosine_per_layer.png):",
+        "",
+        _table([""] + [models[b]["label"] for b in core], rows),
+        "",
+    ]
+    return out
 
 
 def _gains_section(results: dict) -> list[str]:
-  g, models = results["gain_consistency"], results["models"]
-  domains = list(results["eval"]["items_per_domain"])
+    g, models = results["gain_consistency"], results["models"]
+    domains = list(results["eval"]["items_per_domain"])
 
-  def f(x):
-    return "n/a" if x is None else f"{x:.3f}"
-  rows = [[models[n]["label"]] + [f(g[n]["all"])] + [f(g[n][d]) for d in domains] for n in g]
-  return ["## Gain consistency", "", "Cosine between a model's per-item gains over the anchor (clipped at 0) and "
-          "the item-wise maximum of the experts' gains; n/a where a gain vector is all zero.", "",
-          _table(["model", "all"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    rows = [[models[n]["label"]] + [f(g[n]["all"])] + [f(g[n][d]) for d in domains] for n in g]
+    return [
+        "## Gain consistency",
+        "",
+        "Cosine between a model's per-item gains over the anchor (clipped at 0) and "
+        "the item-wise maximum of the experts' gains; n/a where a gain vector is all zero.",
+        "",
+        _table(["model", "all"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows),
+        "",
+    ]
 
 
 def _kl_section(results: dict) -> list[str]:
-  kl, models = results["policy_kl"], results["models"]
-  if not kl:
-    return []
-  domains = list(results["eval"]["items_per_domain"])
-  out = ["## Policy neighbourhood", "", f"KL(expert || model) on each domain's held-out prompts "
-         f"({kl['prompts_per_domain']} prompts x {kl['samples']} completions sampled from the expert, teacher-forced "
-         "through both): nats per token (per sequence in brackets).", ""]
-  for o in kl["against"]:
-    rows = [[models[e]["label"]] + [f"{kl['kl'][o][e][d]['per_token']:.4f} ({kl['kl'][o][e][d]['per_sequence']:.2f})"
-                                    for d in domains] for e in kl["kl"][o]]
-    out += [f"Against {models[o]['label']}:", "", _table(["expert"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
-  return out
+    kl, models = results["policy_kl"], results["models"]
+    if not kl:
+        return []
+    domains = list(results["eval"]["items_per_domain"])
+    out = [
+        "## Policy neighbourhood",
+        "",
+        f"KL(expert || model) on each domain's held-out prompts "
+        f"({kl['prompts_per_domain']} prompts x {kl['samples']} completions sampled from the expert, teacher-forced "
+        "through both): nats per token (per sequence in brackets).",
+        "",
+    ]
+    for o in kl["against"]:
+        rows = [
+            [models[e]["label"]]
+            + [f"{kl['kl'][o][e][d]['per_token']:.4f} ({kl['kl'][o][e][d]['per_sequence']:.2f})" for d in domains]
+            for e in kl["kl"][o]
+        ]
+        out += [
+            f"Against {models[o]['label']}:",
+            "",
+            _table(["expert"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows),
+            "",
+        ]
+    return out
 
 
 # ------------------------------------------------------------------ plots
 
+
 def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+    import matplotlib  # local: heavy; only the figures need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # local: after matplotlib.use('Agg')
+
+    return plt
 
 
 def plot_curves(results: dict, path: str) -> None:
-  """Per domain: training reward of its expert, of RL-Multi and of MT-OPD against the step."""
-  plt = _plt()
-  domains = list(results["eval"]["items_per_domain"])
-  w = max(1, int(results["config"]["report"]["curve_smoothing"]))
-  fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
-  for ax, d in zip(axes[0], domains):
-    for stage, label in ((f"rl_{d}", results["models"][f"rl_{d}"]["label"]), ("multi", "RL-Multi"), ("opd", "MT-OPD")):
-      pts = results["curves"].get(stage, {}).get(d)
-      if not pts:
-        continue
-      x, y = np.asarray(pts).T
-      k = min(w, len(y))
-      ax.plot(x[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), label=label)
-    ax.set_ylim(-0.02, 1.02)  # binary rewards
-    ax.set_title(f"{d}: training reward (mean of {w} steps)")
-    ax.set_xlabel("step")
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    """Per domain: training reward of its expert, of RL-Multi and of MT-OPD against the step."""
+    plt = _plt()
+    domains = list(results["eval"]["items_per_domain"])
+    w = max(1, int(results["config"]["report"]["curve_smoothing"]))
+    fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
+    for ax, d in zip(axes[0], domains):
+        for stage, label in (
+            (f"rl_{d}", results["models"][f"rl_{d}"]["label"]),
+            ("multi", "RL-Multi"),
+            ("opd", "MT-OPD"),
+        ):
+            pts = results["curves"].get(stage, {}).get(d)
+            if not pts:
+                continue
+            x, y = np.asarray(pts).T
+            k = min(w, len(y))
+            ax.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), label=label)
+        ax.set_ylim(-0.02, 1.02)  # binary rewards
+        ax.set_title(f"{d}: training reward (mean of {w} steps)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_accuracy(results: dict, path: str) -> None:
-  plt = _plt()
-  K = results["eval"]["samples"]
-  domains = list(results["eval"]["items_per_domain"])
-  names = list(results["models"])
-  groups = domains + ["mean"]
-  fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(groups) * len(names) / 4), 4))
-  width = 0.8 / len(names)
-  cmap = plt.get_cmap("tab20")
-  for i, n in enumerate(names):
-    vals = [results["eval"]["per_model"][n][d][f"avg@{K}"] for d in domains] + [results["eval"]["mean_avg"][n]]
-    ax.bar(np.arange(len(groups)) + (i - len(names) / 2 + 0.5) * width, 100 * np.asarray(vals), width,
-           label=results["models"][n]["label"], color=cmap(i % 20))
-  ax.set_xticks(range(len(groups)), groups)
-  ax.set_ylabel(f"Avg@{K} (%)")
-  ax.set_ylim(0, 100)
-  ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    plt = _plt()
+    K = results["eval"]["samples"]
+    domains = list(results["eval"]["items_per_domain"])
+    names = list(results["models"])
+    groups = domains + ["mean"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(groups) * len(names) / 4), 4))
+    width = 0.8 / len(names)
+    cmap = plt.get_cmap("tab20")
+    for i, n in enumerate(names):
+        vals = [results["eval"]["per_model"][n][d][f"avg@{K}"] for d in domains] + [results["eval"]["mean_avg"][n]]
+        ax.bar(
+            np.arange(len(groups)) + (i - len(names) / 2 + 0.5) * width,
+            100 * np.asarray(vals),
+            width,
+            label=results["models"][n]["label"],
+            color=cmap(i % 20),
+        )
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(f"Avg@{K} (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_kl(results: dict, path: str) -> None:
-  plt = _plt()
-  kl, models = results["policy_kl"], results["models"]
-  domains = list(results["eval"]["items_per_domain"])
-  fig, axes = plt.subplots(1, len(kl["against"]), figsize=(4.5 * len(kl["against"]), 3.5), squeeze=False)
-  for ax, o in zip(axes[0], kl["against"]):
-    experts = list(kl["kl"][o])
-    mat = np.asarray([[kl["kl"][o][e][d]["per_token"] for d in domains] for e in experts])
-    im = ax.imshow(mat, cmap="magma")
-    ax.set_xticks(range(len(domains)), domains)
-    ax.set_yticks(range(len(experts)), [models[e]["label"] for e in experts])
-    for i in range(mat.shape[0]):
-      for j in range(mat.shape[1]):
-        ax.text(j, i, f"{mat[i, j]:.3f}", ha="center", va="center", color="c", fontsize=7)
-    ax.set_title(f"KL(expert || {models[o]['label']}) per token", fontsize=9)
-    fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    plt = _plt()
+    kl, models = results["policy_kl"], results["models"]
+    domains = list(results["eval"]["items_per_domain"])
+    fig, axes = plt.subplots(1, len(kl["against"]), figsize=(4.5 * len(kl["against"]), 3.5), squeeze=False)
+    for ax, o in zip(axes[0], kl["against"]):
+        experts = list(kl["kl"][o])
+        mat = np.asarray([[kl["kl"][o][e][d]["per_token"] for d in domains] for e in experts])
+        im = ax.imshow(mat, cmap="magma")
+        ax.set_xticks(range(len(domains)), domains)
+        ax.set_yticks(range(len(experts)), [models[e]["label"] for e in experts])
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                ax.text(j, i, f"{mat[i, j]:.3f}", ha="center", va="center", color="c", fontsize=7)
+        ax.set_title(f"KL(expert || {models[o]['label']}) per token", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write(results: dict, out_dir: str, workdir: str) -> None:
-  """results.json, report.md and the PNGs (the weight-space heatmaps copied from the analysis stage)."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  plot_curves(results, os.path.join(out_dir, "learning_curves.png"))
-  plot_accuracy(results, os.path.join(out_dir, "accuracy_bars.png"))
-  if results["policy_kl"]:
-    plot_kl(results, os.path.join(out_dir, "policy_kl.png"))
-  src = os.path.join(workdir, "analysis")
-  for name in ("overlap.png", "cosine.png", "cosine_per_layer.png"):
-    if os.path.exists(os.path.join(src, name)):
-      shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(render(results))
+    """results.json, report.md and the PNGs (the weight-space heatmaps copied from the analysis stage)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot_curves(results, os.path.join(out_dir, "learning_curves.png"))
+    plot_accuracy(results, os.path.join(out_dir, "accuracy_bars.png"))
+    if results["policy_kl"]:
+        plot_kl(results, os.path.join(out_dir, "policy_kl.png"))
+    src = os.path.join(workdir, "analysis")
+    for name in ("overlap.png", "cosine.png", "cosine_per_layer.png"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(render(results))

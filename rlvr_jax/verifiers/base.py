@@ -1,5 +1,6 @@
 """The types every verifier shares: a `Score` (reward, reason, details), the `VerifierConfig`, and the
 four domains."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,28 +15,28 @@ class Score:
 
 @dataclasses.dataclass(frozen=True)
 class VerifierConfig:
-    thinking: bool = False               # grade only the text after the last </think>; none -> 0
+    thinking: bool = False  # grade only the text after the last </think>; none -> 0
     # math
-    math_answer_fallback: bool = True    # no \boxed{}: use the last "Answer:" line
-    math_timeout_s: int = 5              # math-verify's own alarm (main thread only), seconds
-    math_max_answer_chars: int = 1000    # longer answers are not parsed (no_answer)
+    math_answer_fallback: bool = True  # no \boxed{}: use the last "Answer:" line
+    math_timeout_s: int = 5  # math-verify's own alarm (main thread only), seconds
+    math_max_answer_chars: int = 1000  # longer answers are not parsed (no_answer)
     # code
     code_block_language: str = "python"  # fence tag of the program block ("" = any fence)
-    numeric_tolerance: float = 0.0       # 0: outputs compared exactly; >0: numbers within abs/rel tol
-    code_max_tests: int = 0              # 0: all tests; else a fixed seeded subset of this many
+    numeric_tolerance: float = 0.0  # 0: outputs compared exactly; >0: numbers within abs/rel tol
+    code_max_tests: int = 0  # 0: all tests; else a fixed seeded subset of this many
     code_stop_at_first_failure: bool = True
-    code_default_time_limit_s: float = 10.0   # when a record has none (the study's 10 s)
-    code_max_time_limit_s: float = 10.0       # records may ask for less, never more
-    code_max_memory_mb: int = 4096            # the study's 4 GB
-    code_startup_slack_s: float = 1.0         # wall time on top of the CPU limit for interpreter start
-    code_max_output_bytes: int = 1 << 20      # stdout read per test beyond 2x the expected output
-    sandbox_tmp_mb: int = 64                  # private /tmp (and /dev/shm) tmpfs size
-    sandbox_fsize_mb: int = 16                # largest file a program may write
-    sandbox_nproc: int = 32                   # processes+threads per sandbox uid
-    sandbox_nofile: int = 64                  # open files per process
-    sandbox_python: str = ""                  # interpreter inside the sandbox ("" = /usr/bin/python3)
-    sandbox_uid_base: int = 2_000_000_000     # first unprivileged uid used for worker slots (root only)
-    allow_unsandboxed: bool = False           # run programs WITHOUT bwrap: trusted data only, loudly warned
+    code_default_time_limit_s: float = 10.0  # when a record has none (the study's 10 s)
+    code_max_time_limit_s: float = 10.0  # records may ask for less, never more
+    code_max_memory_mb: int = 4096  # the study's 4 GB
+    code_startup_slack_s: float = 1.0  # wall time on top of the CPU limit for interpreter start
+    code_max_output_bytes: int = 1 << 20  # stdout read per test beyond 2x the expected output
+    sandbox_tmp_mb: int = 64  # private /tmp (and /dev/shm) tmpfs size
+    sandbox_fsize_mb: int = 16  # largest file a program may write
+    sandbox_nproc: int = 32  # processes+threads per sandbox uid
+    sandbox_nofile: int = 64  # open files per process
+    sandbox_python: str = ""  # interpreter inside the sandbox ("" = /usr/bin/python3)
+    sandbox_uid_base: int = 2_000_000_000  # first unprivileged uid used for worker slots (root only)
+    allow_unsandboxed: bool = False  # run programs WITHOUT bwrap: trusted data only, loudly warned
 
 
 DOMAINS = ("math", "code", "science", "if")

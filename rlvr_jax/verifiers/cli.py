@@ -3,6 +3,7 @@ input line (reward, domain, reason, details), a per-domain summary on stderr.
 
     python -m rlvr_jax.verifiers.cli --input samples.jsonl [--output scores.jsonl] [--thinking] [--workers N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,14 +12,15 @@ import json
 import os
 import sys
 
-from rlvr_jax.verifiers import VerifierConfig, score
+from tqdm import tqdm
+
 from rlvr_jax.data.records import validate_record
-from rlvr_jax.verifiers.sandbox import SandboxUnavailable
+from rlvr_jax.verifiers import VerifierConfig, score
 from rlvr_jax.verifiers.pool import VerifierPool
+from rlvr_jax.verifiers.sandbox import SandboxUnavailable
 
 _MAX_ERRORS_SHOWN = 20
 _CHUNK = 64  # samples per submitted batch: the progress bar moves per batch
-
 
 
 def read_input(path: str) -> tuple[list[dict], list[str]]:
@@ -36,8 +38,9 @@ def read_input(path: str) -> tuple[list[dict], list[str]]:
             try:
                 obj = validate_record(obj, file=path, line=n, extra_fields=("response",))
                 if not isinstance(obj.get("response"), str):
-                    raise ValueError(f"{path}:{n}: field 'response': expected a string, "
-                                     f"got {type(obj.get('response')).__name__}")
+                    raise ValueError(
+                        f"{path}:{n}: field 'response': expected a string, got {type(obj.get('response')).__name__}"
+                    )
             except ValueError as e:  # RecordError is a ValueError
                 errors.append(str(e))
                 continue
@@ -53,11 +56,14 @@ def _summary(rows: list[dict], scores: list, counters: dict) -> str:
     for d in sorted(by):
         ss = by[d]
         reasons = collections.Counter(s.reason for s in ss)
-        lines.append(f"{d:<8} {len(ss):>6} {sum(s.reward for s in ss) / len(ss):>7.3f}  "
-                     + ", ".join(f"{k}={v}" for k, v in reasons.most_common()))
+        lines.append(
+            f"{d:<8} {len(ss):>6} {sum(s.reward for s in ss) / len(ss):>7.3f}  "
+            + ", ".join(f"{k}={v}" for k, v in reasons.most_common())
+        )
     if counters:
-        lines.append("pool: " + ", ".join(f"{k.split('/', 1)[1]}={int(v)}" for k, v in counters.items()
-                                          if k.count("/") == 1))
+        lines.append(
+            "pool: " + ", ".join(f"{k.split('/', 1)[1]}={int(v)}" for k, v in counters.items() if k.count("/") == 1)
+        )
     return "\n".join(lines)
 
 
@@ -66,15 +72,15 @@ def main(argv=None) -> int:
     ap.add_argument("--input", required=True, help="JSONL: records (DESIGN.md schema) plus a `response` field")
     ap.add_argument("--output", default="-", help="where to write one JSON line per input (default stdout)")
     ap.add_argument("--thinking", action="store_true", help="grade only after the last </think>; none -> 0")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="verifier processes (0: score in this process, without deadlines)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="verifier processes (0: score in this process, without deadlines)",
+    )
     ap.add_argument("--deadline", type=float, default=10.0, help="seconds per non-code sample")
-    ap.add_argument("--allow-unsandboxed", action="store_true",
-                    help="run code WITHOUT bubblewrap (trusted data only)")
+    ap.add_argument("--allow-unsandboxed", action="store_true", help="run code WITHOUT bubblewrap (trusted data only)")
     args = ap.parse_args(argv)
-
-    from tqdm import tqdm
-
 
     rows, errors = read_input(args.input)
     if errors:
@@ -95,10 +101,11 @@ def main(argv=None) -> int:
                 scores.append(score(r, resp, config=config))
                 bar.update(1)
         else:
-
             with VerifierPool(args.workers, deadline_s=args.deadline, config=config) as pool:
-                futures = [(pool.submit(rows[i:i + _CHUNK], responses[i:i + _CHUNK]), min(_CHUNK, len(rows) - i))
-                           for i in range(0, len(rows), _CHUNK)]
+                futures = [
+                    (pool.submit(rows[i : i + _CHUNK], responses[i : i + _CHUNK]), min(_CHUNK, len(rows) - i))
+                    for i in range(0, len(rows), _CHUNK)
+                ]
                 scores = []
                 for fut, n in futures:
                     scores.extend(fut.result())
@@ -112,8 +119,19 @@ def main(argv=None) -> int:
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     try:
         for r, s in zip(rows, scores):
-            out.write(json.dumps({"id": r.get("id"), "domain": r["domain"], "reward": s.reward,
-                                  "reason": s.reason, "details": s.details}, ensure_ascii=False) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "id": r.get("id"),
+                        "domain": r["domain"],
+                        "reward": s.reward,
+                        "reason": s.reason,
+                        "details": s.details,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     finally:
         if out is not sys.stdout:
             out.close()

@@ -5,6 +5,7 @@ Function-call tests (`fn_name` set): `input` holds one JSON value per line, one 
 (LiveCodeBench's layout; loaders turn TACO/APPS argument lists into it), `output` is the JSON
 of the return value. The function is `Solution().<fn_name>` when the program defines
 `Solution`, else the top-level `<fn_name>`."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import random
 import signal
 import zlib
 
-from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers.format import last_code_block
 
 # Runs inside the sandbox as /sandbox/main.py next to /sandbox/solution.py. The result goes to a
@@ -101,22 +102,36 @@ def _select_tests(tests: list, k: int) -> list:
 def limits_for(gt: dict, config: VerifierConfig, expected_bytes: int) -> sandbox.Limits:
     time_s = min(float(gt.get("time_limit_s") or config.code_default_time_limit_s), config.code_max_time_limit_s)
     mem = min(int(gt.get("memory_limit_mb") or config.code_max_memory_mb), config.code_max_memory_mb)
-    return sandbox.Limits(time_s=time_s, wall_s=time_s + config.code_startup_slack_s,
-                          memory_mb=max(mem, 256),  # the interpreter alone needs ~100 MB of address space
-                          output_bytes=config.code_max_output_bytes + 2 * expected_bytes,
-                          tmp_mb=config.sandbox_tmp_mb, fsize_mb=config.sandbox_fsize_mb,
-                          nproc=config.sandbox_nproc, nofile=config.sandbox_nofile)
+    return sandbox.Limits(
+        time_s=time_s,
+        wall_s=time_s + config.code_startup_slack_s,
+        memory_mb=max(mem, 256),  # the interpreter alone needs ~100 MB of address space
+        output_bytes=config.code_max_output_bytes + 2 * expected_bytes,
+        tmp_mb=config.sandbox_tmp_mb,
+        fsize_mb=config.sandbox_fsize_mb,
+        nproc=config.sandbox_nproc,
+        nofile=config.sandbox_nofile,
+    )
 
 
 def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: VerifierConfig) -> tuple[bool, str, dict]:
     """(passed, failure kind, info) for one test."""
     expected = str(test["output"])
     lim = limits_for(gt, config, len(expected.encode()))
-    common = dict(python=config.sandbox_python, uid_base=config.sandbox_uid_base,
-                  unsandboxed=config.allow_unsandboxed and sandbox.bwrap_path() is None)
+    common = dict(
+        python=config.sandbox_python,
+        uid_base=config.sandbox_uid_base,
+        unsandboxed=config.allow_unsandboxed and sandbox.bwrap_path() is None,
+    )
     if fn_name:
-        res = sandbox.run({"main.py": _CALL_HARNESS.encode(), "solution.py": program.encode()}, "main.py",
-                          str(test["input"]).encode(), lim, args=(fn_name,), **common)
+        res = sandbox.run(
+            {"main.py": _CALL_HARNESS.encode(), "solution.py": program.encode()},
+            "main.py",
+            str(test["input"]).encode(),
+            lim,
+            args=(fn_name,),
+            **common,
+        )
     else:
         res = sandbox.run({"main.py": program.encode()}, "main.py", str(test["input"]).encode(), lim, **common)
     info = {"status": res.status, "exit": res.returncode, "wall_s": round(res.wall_s, 3)}

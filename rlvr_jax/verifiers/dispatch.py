@@ -1,5 +1,6 @@
 """`score(record, response)`: route one sample to its domain's verifier (math, code, science, if) in
 this process, behind the thinking-format gate. The pool (pool.py) runs the same front in workers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,12 +19,14 @@ def _score_if(gt: dict, text: str) -> Score:
     kwargs = [dict(k or {}) for k in gt.get("kwargs") or [{}] * len(ids)]
     held = [bool(x) for x in registry.check_all(ids, kwargs, text, prompt=gt.get("prompt", ""), strict=True)]
     ok = all(held)
-    return Score(float(ok), "ok" if ok else "wrong",
-                 {"fraction": sum(held) / max(len(held), 1), "failed": [i for i, h in zip(ids, held) if not h]})
+    return Score(
+        float(ok),
+        "ok" if ok else "wrong",
+        {"fraction": sum(held) / max(len(held), 1), "failed": [i for i, h in zip(ids, held) if not h]},
+    )
 
 
-def score(record: dict, response: str, *, thinking: bool | None = None,
-          config: VerifierConfig | None = None) -> Score:
+def score(record: dict, response: str, *, thinking: bool | None = None, config: VerifierConfig | None = None) -> Score:
     """Score one response against its record's ground truth, in this process. `thinking` defaults
     to config.thinking. Raises only SandboxUnavailable (code without bwrap and without opt-in);
     any other failure inside a verifier is a 0 with reason `error`."""

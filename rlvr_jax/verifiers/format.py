@@ -1,6 +1,7 @@
 """Response-format helpers shared by the domain verifiers: the thinking gate, the last `\\boxed{}`,
 the last "Answer:" line and the last fenced code block. Hand-written (a few regexes and a brace
 scanner) because each domain needs exactly "the last one", with nested braces, in linear time."""
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,7 @@ def gate(response: str, thinking: bool) -> str | None:
     cut = response.rfind(THINK_CLOSE)
     if cut < 0:
         return None
-    return response[cut + len(THINK_CLOSE):]
+    return response[cut + len(THINK_CLOSE) :]
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -41,7 +42,7 @@ def _braced(text: str, start: int) -> tuple[str, int] | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i], i + 1
+                return text[start + 1 : i], i + 1
         i += 1
     return None
 
@@ -80,7 +81,7 @@ def strip_dollars(s: str) -> str:
     s = s.strip()
     for lo, hi in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if len(s) >= len(lo) + len(hi) and s.startswith(lo) and s.endswith(hi):
-            return s[len(lo):len(s) - len(hi)].strip()
+            return s[len(lo) : len(s) - len(hi)].strip()
     return s
 
 

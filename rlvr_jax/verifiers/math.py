@@ -2,6 +2,7 @@
 normalised gold answers with `math-verify`, plus guards for its known false positives. Runs in
 pool workers, whose main thread lets math-verify's own alarm-based timeout work; the pool's
 deadline (kill the worker) is what bounds answers that hang inside C code."""
+
 from __future__ import annotations
 
 import threading
@@ -15,12 +16,11 @@ _MV = None  # math_verify and sympy pieces, imported on first use (a second or s
 def _mv():
     global _MV
     if _MV is None:
-        import math_verify
-        from sympy import Symbol
-        from sympy.core.relational import Relational
+        import math_verify  # local: math-verify and sympy take seconds to import: once per worker, on first use
+        from sympy import Symbol  # local: with math-verify
+        from sympy.core.relational import Relational  # local: with math-verify
 
-        configs = [math_verify.LatexExtractionConfig(boxed_match_priority=0),
-                   math_verify.ExprExtractionConfig()]
+        configs = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
         _MV = (math_verify, configs, Symbol, Relational)
     return _MV
 
@@ -42,8 +42,7 @@ def normalize_gold(answer: str) -> str:
 
 def _parse(latex: str, config: VerifierConfig):
     mv, configs, _, _ = _mv()
-    return mv.parse("\\boxed{" + latex + "}", extraction_config=configs,
-                    parsing_timeout=_timeout(config))
+    return mv.parse("\\boxed{" + latex + "}", extraction_config=configs, parsing_timeout=_timeout(config))
 
 
 def _equation_guard(gold, pred) -> bool:

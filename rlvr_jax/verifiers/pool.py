@@ -4,6 +4,7 @@ scores 0 (`timeout` / `error`). Hand-written rather than multiprocessing.Pool/co
 which can neither kill one stuck task nor say which sample killed a worker. Workers are fresh
 interpreters (`python -m rlvr_jax.verifiers.pool`), never forks of the trainer: a fork of a
 process running JAX threads is unsafe, and multiprocessing's spawn would re-import its __main__."""
+
 from __future__ import annotations
 
 import collections
@@ -23,15 +24,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 
 from rlvr_jax.instructions import registry as _if_registry  # noqa: F401  (warm imports)
-from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
-from rlvr_jax.verifiers.dispatch import score
-from rlvr_jax.verifiers import sandbox
 from rlvr_jax.verifiers import math as _m
+from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
 from rlvr_jax.verifiers.code import _select_tests, limits_for
+from rlvr_jax.verifiers.dispatch import score
 
-_MAX_CHUNK = 16        # samples per message for cheap domains (amortises the pipe round trip)
-_CRASH_LOOP = 5        # consecutive worker deaths with nothing scored before the pool gives up
-_STARTUP_S = 120.0     # a worker that has not imported its verifiers by then is replaced
+_MAX_CHUNK = 16  # samples per message for cheap domains (amortises the pipe round trip)
+_CRASH_LOOP = 5  # consecutive worker deaths with nothing scored before the pool gives up
+_STARTUP_S = 120.0  # a worker that has not imported its verifiers by then is replaced
 
 
 def _worker_main(fd: int, owner_pid: int, slot: int) -> None:
@@ -104,8 +105,10 @@ class _Worker:
 
 
 def _empty_counters() -> dict:
-    return {d: {"scored": 0, "timeouts": 0, "errors": 0, "latency_sum": 0.0, "latency_max": 0.0,
-                "restarts": 0} for d in DOMAINS + ("other",)}
+    return {
+        d: {"scored": 0, "timeouts": 0, "errors": 0, "latency_sum": 0.0, "latency_max": 0.0, "restarts": 0}
+        for d in DOMAINS + ("other",)
+    }
 
 
 class VerifierPool:
@@ -114,8 +117,7 @@ class VerifierPool:
     deadline_s bounds one math / science / if sample; a code sample gets deadline_s plus, per
     test it may run, its time limit and the interpreter start-up slack."""
 
-    def __init__(self, num_workers: int | None = None, deadline_s: float = 10.0,
-                 config: VerifierConfig | None = None):
+    def __init__(self, num_workers: int | None = None, deadline_s: float = 10.0, config: VerifierConfig | None = None):
         self.config = config or VerifierConfig()
         self.num_workers = int(num_workers or os.cpu_count() or 1)
         if not 1 <= self.num_workers <= sandbox.MAX_SLOTS:
@@ -168,8 +170,18 @@ class VerifierPool:
         batch = _Batch(inner, [None] * len(unique), len(unique))
         with self._lock:
             self._deduplicated += len(records) - len(unique)
-        items = [_Item(batch, i, r.get("domain") if r.get("domain") in DOMAINS else "other", r,
-                       resp, think, self._deadline_for(r)) for i, (r, resp) in enumerate(unique)]
+        items = [
+            _Item(
+                batch,
+                i,
+                r.get("domain") if r.get("domain") in DOMAINS else "other",
+                r,
+                resp,
+                think,
+                self._deadline_for(r),
+            )
+            for i, (r, resp) in enumerate(unique)
+        ]
         with self._lock:
             self._pending.extend(items)
         os.write(self._wake_w, b"x")
@@ -230,7 +242,10 @@ class VerifierPool:
         with sandbox.exec_fork_without_jax_warning():
             proc = subprocess.Popen(
                 [sys.executable, "-m", "rlvr_jax.verifiers.pool", str(theirs.fileno()), str(os.getpid()), str(slot)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         theirs.close()  # so a dead worker shows up as EOF on our end
         conn = Connection(ours.detach())
         conn.send(self.config)
@@ -311,8 +326,11 @@ class VerifierPool:
                 self._dispatch()
                 now = time.monotonic()
                 busy = [w for w in self._workers if w.inflight]
-                timeout = min([w.head_t0 + w.inflight[0].deadline_s - now for w in busy]
-                              + [w.started + _STARTUP_S - now for w in self._workers if not w.ready], default=None)
+                timeout = min(
+                    [w.head_t0 + w.inflight[0].deadline_s - now for w in busy]
+                    + [w.started + _STARTUP_S - now for w in self._workers if not w.ready],
+                    default=None,
+                )
                 waits = [self._wake_r] + [w.conn for w in self._workers]
                 ready = set(mp_wait(waits, None if timeout is None else max(timeout, 0.0)))
                 if self._wake_r in ready:

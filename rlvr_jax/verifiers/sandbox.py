@@ -1,6 +1,7 @@
 """Runs one untrusted Python program in a bubblewrap sandbox with rlimits, a wall deadline and capped
 output reading. Hand-written on `bwrap` + rlimits (no container daemon, no cgroup setup, no root
 inside) because that is what a TPU VM or laptop has; see `_bwrap_argv` for what the child sees."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,14 +38,14 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    time_s: float          # CPU seconds (RLIMIT_CPU, rounded up)
-    wall_s: float          # wall-clock deadline, after which the sandbox is killed
-    memory_mb: int         # address space (RLIMIT_AS)
-    output_bytes: int      # stdout bytes read before the run is killed
-    tmp_mb: int = 64       # size of the private tmpfs /tmp (and /dev/shm)
-    fsize_mb: int = 16     # largest file the program may write (RLIMIT_FSIZE)
-    nproc: int = 32        # processes+threads of the sandbox uid (RLIMIT_NPROC)
-    nofile: int = 64       # open files (RLIMIT_NOFILE)
+    time_s: float  # CPU seconds (RLIMIT_CPU, rounded up)
+    wall_s: float  # wall-clock deadline, after which the sandbox is killed
+    memory_mb: int  # address space (RLIMIT_AS)
+    output_bytes: int  # stdout bytes read before the run is killed
+    tmp_mb: int = 64  # size of the private tmpfs /tmp (and /dev/shm)
+    fsize_mb: int = 16  # largest file the program may write (RLIMIT_FSIZE)
+    nproc: int = 32  # processes+threads of the sandbox uid (RLIMIT_NPROC)
+    nofile: int = 64  # open files (RLIMIT_NOFILE)
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ class RunResult:
     stdout: bytes
     stderr_tail: bytes
     returncode: int | None
-    status: str            # "exited" | "timeout" | "output_limit" | "sandbox_error" (bwrap setup failed)
+    status: str  # "exited" | "timeout" | "output_limit" | "sandbox_error" (bwrap setup failed)
     wall_s: float
 
 
@@ -121,9 +122,16 @@ def reap_uid(uid: int | None) -> None:
     if uid is None or uid == 0 or uid == os.getuid() or uid < 65536:
         return
     # The shell's builtin kill(-1) signals every process of this uid except the shell itself.
-    subprocess.run(["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; true"],
-                   user=uid, group=uid, extra_groups=[], timeout=10, check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["/bin/sh", "-c", "kill -KILL -1 2>/dev/null; true"],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        timeout=10,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def bwrap_path() -> str | None:
@@ -145,8 +153,7 @@ def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files:
     prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent. The
     program itself is pid 1 of its namespace (--as-pid-1), so bwrap waits for it directly and
     never leaves a reaper process of its own behind; when it exits, everything it forked dies."""
-    argv = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr"]
+    argv = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
@@ -156,17 +163,49 @@ def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files:
     if not real.startswith("/usr/"):
         prefix = os.path.dirname(os.path.dirname(real))
         argv += ["--ro-bind", prefix, prefix]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(limits.tmp_mb << 20), "--tmpfs", "/dev/shm",
-             "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(limits.tmp_mb << 20),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        str(limits.tmp_mb << 20),
+        "--tmpfs",
+        "/tmp",
+    ]
     if uid is not None:
         argv += ["--uid", str(uid), "--gid", str(uid)]
     for name, fd in files.items():
         argv += ["--ro-bind-data", str(fd), f"/sandbox/{name}"]
-    argv += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-             "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-             "--setenv", "PYTHONIOENCODING", "utf-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-             python, "-I", "-S", f"/sandbox/{script}", *args]
+    argv += [
+        "--chdir",
+        "/tmp",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "PYTHONIOENCODING",
+        "utf-8",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        python,
+        "-I",
+        "-S",
+        f"/sandbox/{script}",
+        *args,
+    ]
     return argv
 
 
@@ -176,11 +215,16 @@ def _preexec(limits: Limits):
     nproc = limits.nproc if os.geteuid() == 0 else _own_task_count(limits.nproc) + limits.nproc
 
     def apply():  # runs in the forked child after the uid change, before exec (single-threaded worker)
-        for res, val in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
-                         (resource.RLIMIT_FSIZE, (limits.fsize_mb << 20,) * 2),
-                         (resource.RLIMIT_NOFILE, (limits.nofile,) * 2),
-                         (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_CORE, (0, 0))):
+        for res, val in (
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (mem, mem)),
+            (resource.RLIMIT_FSIZE, (limits.fsize_mb << 20,) * 2),
+            (resource.RLIMIT_NOFILE, (limits.nofile,) * 2),
+            (resource.RLIMIT_NPROC, (nproc, nproc)),
+            (resource.RLIMIT_CORE, (0, 0)),
+        ):
             resource.setrlimit(res, val)
+
     return apply
 
 
@@ -193,10 +237,16 @@ def _own_task_count(budget: int) -> int:
     global _TASKS
     if _TASKS is None:
         me = os.getuid()
-        _TASKS = sum(p.info["num_threads"] or 1 for p in psutil.process_iter(["uids", "num_threads"])
-                     if p.info["uids"] and p.info["uids"].real == me)
-        log.warning("sandbox runs as your own uid (not root): its process limit is %d on top of "
-                    "the %d tasks you already run", budget, _TASKS)
+        _TASKS = sum(
+            p.info["num_threads"] or 1
+            for p in psutil.process_iter(["uids", "num_threads"])
+            if p.info["uids"] and p.info["uids"].real == me
+        )
+        log.warning(
+            "sandbox runs as your own uid (not root): its process limit is %d on top of the %d tasks you already run",
+            budget,
+            _TASKS,
+        )
     return _TASKS
 
 
@@ -204,8 +254,10 @@ def _warn_unsandboxed():
     global _WARNED
     if not _WARNED:
         _WARNED = True
-        msg = ("!!! allow_unsandboxed=True: model-written programs run WITHOUT a sandbox, with full "
-               "access to this machine's files and network. Use only for trusted data. !!!")
+        msg = (
+            "!!! allow_unsandboxed=True: model-written programs run WITHOUT a sandbox, with full "
+            "access to this machine's files and network. Use only for trusted data. !!!"
+        )
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         print(msg, file=sys.stderr, flush=True)
@@ -240,12 +292,22 @@ def check_available(allow_unsandboxed: bool = False, python: str = "", uid_base:
             f"(status {res.status}, exit {res.returncode}): {res.stderr_tail.decode(errors='replace')}\n"
             "Check that unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone=1 "
             "or user.max_user_namespaces > 0) and that VerifierConfig.sandbox_python is readable by "
-            "every user (an interpreter under /root is not).")
+            "every user (an interpreter under /root is not)."
+        )
     _CHECKED.add(key)
 
 
-def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, args=(),
-        python: str = "", uid_base: int = 2_000_000_000, unsandboxed: bool = False) -> RunResult:
+def run(
+    files: dict[str, bytes],
+    script: str,
+    stdin: bytes,
+    limits: Limits,
+    *,
+    args=(),
+    python: str = "",
+    uid_base: int = 2_000_000_000,
+    unsandboxed: bool = False,
+) -> RunResult:
     """Run `python /sandbox/<script> *args` with `files` placed read-only in /sandbox, feeding stdin;
     never raises on anything the program does."""
     py = sandbox_python(python)
@@ -276,15 +338,23 @@ def run(files: dict[str, bytes], script: str, stdin: bytes, limits: Limits, *, a
                 os.lseek(fd, 0, os.SEEK_SET)
             t0 = time.monotonic()
             with exec_fork_without_jax_warning():
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        cwd=cwd, pass_fds=tuple(fds.values()), preexec_fn=_preexec(limits),
-                                        start_new_session=True, **ids)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=cwd,
+                    pass_fds=tuple(fds.values()),
+                    preexec_fn=_preexec(limits),
+                    start_new_session=True,
+                    **ids,
+                )
             result = _communicate(proc, stdin, t0, limits, sandboxed=not unsandboxed)
             if unsandboxed or not _setup_failed(result):
                 return result
             # bwrap could not build the sandbox (typically "Can't fork": the previous sandbox of this
             # uid is still being torn down and counts against RLIMIT_NPROC). Not the program's fault.
-            time.sleep(0.05 * 2 ** attempt)
+            time.sleep(0.05 * 2**attempt)
         result.status = "sandbox_error"
         return result
     finally:
@@ -390,5 +460,4 @@ def _communicate(proc: subprocess.Popen, stdin: bytes, t0: float, limits: Limits
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f and not f.closed:
                 f.close()
-    return RunResult(bytes(out[:limits.output_bytes]), bytes(err), proc.returncode, status,
-                     time.monotonic() - t0)
+    return RunResult(bytes(out[: limits.output_bytes]), bytes(err), proc.returncode, status, time.monotonic() - t0)

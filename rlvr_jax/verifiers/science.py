@@ -1,6 +1,7 @@
 """Multiple-choice rewards: the last answer letter from `\\boxed{X}`, "Answer: X" and markdown
 variants; hedges ("B or C") are no answer. Hand-written regexes: the rule set is small and must
 be exact about what counts as one committed letter."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,10 @@ _WRAP_OPEN = r"[\s*_(\[{$]*(?:\\text(?:bf)?\{|\\mathrm\{)?[\s*_(\[{]*"
 _LETTER = r"(?P<letter>[A-Za-z])"
 _WRAP_CLOSE = r"\}?[\s*_)\]}$]*"
 _END = r"(?=$|[\n.,:;!?)\]]|\s+[-–—(]|\s+(?:or|and|/)\b|/|\s*$)"
-_MARKER = (r"(?:final\s+answer|correct\s+(?:answer|option|choice)|answer)"
-           r"(?:\s+is)?(?:\s*\*\*)?\s*[:：]?")
+_MARKER = (
+    r"(?:final\s+answer|correct\s+(?:answer|option|choice)|answer)"
+    r"(?:\s+is)?(?:\s*\*\*)?\s*[:：]?"
+)
 _ANSWER_RE = re.compile(r"(?i)" + _MARKER + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + _END)
 _BOXED_RE = re.compile(r"\\boxed\s*\{" + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + r"(?P<rest>[^}]*)\}")
 _HEDGE_RE = re.compile(r"(?i)^\s*(?:or|and|/|,|&)\s*[*_(\[{$\\]*(?:text\{)?[A-Za-z]\b")
@@ -24,7 +27,7 @@ _HEDGE_RE = re.compile(r"(?i)^\s*(?:or|and|/|,|&)\s*[*_(\[{$\\]*(?:text\{)?[A-Za
 def _is_letter_token(text: str, m: re.Match) -> bool:
     letter = m.group("letter")
     if letter.islower():  # lower case only when nothing word-like follows
-        after = text[m.end("letter"):]
+        after = text[m.end("letter") :]
         return not re.match(r"\s+[A-Za-z]{2,}", after) or re.match(r"\s+(?:or|and)\b", after) is not None
     return True
 
@@ -34,7 +37,7 @@ def extract_choice(text: str) -> tuple[str | None, str]:
     cands = []
     for m in _ANSWER_RE.finditer(text):
         if _is_letter_token(text, m):
-            cands.append((m.start(), m.group("letter"), text[m.end("letter"):m.end("letter") + 40]))
+            cands.append((m.start(), m.group("letter"), text[m.end("letter") : m.end("letter") + 40]))
     for m in _BOXED_RE.finditer(text):
         cands.append((m.start(), m.group("letter"), m.group("rest")))
     if not cands:
