@@ -63,6 +63,8 @@ def test_defaults_and_extra_fields():
     out = validate_record(r)
     assert out["source"] == "" and out["metadata"] == {}
     assert validate_record(record(response="x"))["response"] == "x"  # rlvr-verify input
+    for fmt in ("thinking", "plain"):  # the layout `response` was written in (rlvr-data export)
+        assert validate_record(record(response="x", response_format=fmt))["response_format"] == fmt
     fn = with_gt("code", fn_name="add", tests=[{"input": "1\n[2, 3]", "output": "[3]"}])
     validate_record(fn)
 
@@ -82,6 +84,7 @@ BAD = [
     (record(ground_truth=[1]), "ground_truth", "expected an object"),
     (record(groundtruth={}), "groundtruth", "unknown field"),
     (record(metadata=[]), "metadata", "expected an object"),
+    (record(response="x", response_format="markdown"), "response_format", "not one of"),
     (with_gt("math", answers=[]), "ground_truth.answers", "empty list"),
     (with_gt("math", answers=["1", " "]), "ground_truth.answers[1]", "non-empty string"),
     (with_gt("science", answer="E"), "ground_truth.answer", "not one of the choices"),
@@ -167,3 +170,18 @@ def test_cli_validate(tmp_path, capsys):
     assert cli.main(["validate", str(ok), str(bad)]) == 1
     captured = capsys.readouterr()
     assert f"{bad}:2: field 'domain'" in captured.err and "1 invalid" in captured.out
+
+
+def test_cli_export_with_reference_declares_its_format(tmp_path):
+    out = tmp_path / "refs.jsonl"
+    assert (
+        cli.main(["export", "--builtin", "--split", "eval", "--n", "3", "--with-reference", "--output", str(out)]) == 0
+    )
+    got, _ = load_records(str(out))
+    assert len(got) == 12
+    for r in got:
+        assert r["response"] == r["metadata"]["reference"] and r["response"].startswith("<think>\n")
+        assert r["response_format"] == "thinking"
+    bare = tmp_path / "bare.jsonl"
+    assert cli.main(["export", "--builtin", "--split", "eval", "--n", "1", "--output", str(bare)]) == 0
+    assert not any("response_format" in r or "response" in r for r in load_records(str(bare))[0])

@@ -18,7 +18,7 @@ import numpy as np
 from rlvr_jax.data import records as rec
 from rlvr_jax.data import sources, synthetic
 from rlvr_jax.data.prompts import PromptConfig, render_prompt
-from rlvr_jax.model.tokenizer import builtin_tokenizer, load_tokenizer
+from rlvr_jax.model.tokenizer import THINK_CLOSE, builtin_tokenizer, load_tokenizer
 
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -114,6 +114,9 @@ def _export(args) -> int:
         for r in synthetic.builtin_records(d, args.split, args.n):
             if args.with_reference:
                 r["response"] = r["metadata"]["reference"]
+                # The reference is a full thinking turn (`<think>...</think>` then the answer): say
+                # so, or rlvr-verify would grade the reasoning as part of the answer.
+                r["response_format"] = "thinking" if THINK_CLOSE in r["response"] else "plain"
             out.append(r)
     rec.write_jsonl(out, args.output)
     print(f"wrote {len(out)} built-in {args.split} records ({', '.join(domains)}) to {args.output}", file=sys.stderr)
@@ -157,7 +160,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--domain", default="all", choices=["all", *synthetic.DOMAINS])
     e.add_argument("--split", default="train", choices=synthetic.SPLITS)
     e.add_argument("--n", type=int, default=None, help="records per domain (default: the built-in size)")
-    e.add_argument("--with-reference", action="store_true", help="put the reference in a `response` field")
+    e.add_argument(
+        "--with-reference",
+        action="store_true",
+        help="put the reference in a `response` field, its layout in `response_format`",
+    )
     e.add_argument("--output", required=True)
     e.set_defaults(fn=_export)
     return p

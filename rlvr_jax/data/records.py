@@ -16,6 +16,10 @@ from rlvr_jax.instructions.registry import validate_kwargs
 DOMAINS = ("math", "code", "science", "if")
 ROLES = ("system", "user", "assistant")
 TOP_LEVEL = ("id", "domain", "messages", "ground_truth", "source", "metadata")
+# Fields a record may carry beside its prompt: a `response` to score (rlvr-verify input) and the
+# `response_format` it was written in, so the verifier can apply the thinking gate to that record.
+EXTRA_FIELDS = ("response", "response_format")
+RESPONSE_FORMATS = ("thinking", "plain")
 
 
 class RecordError(ValueError):
@@ -147,11 +151,13 @@ def _check(obj: Any, extra_fields: tuple[str, ...]) -> dict:
     if not isinstance(source, str):
         raise _Bad("source", f"expected a string, got {type(source).__name__}")
     metadata = _dict(rec.get("metadata", {}), "metadata")
+    if "response_format" in rec and rec["response_format"] not in RESPONSE_FORMATS:
+        raise _Bad("response_format", f"{rec['response_format']!r} is not one of {RESPONSE_FORMATS}")
     return {**rec, "source": source, "metadata": metadata}
 
 
 def validate_record(
-    obj: Any, *, file: str = "<record>", line: int | str = 0, extra_fields: tuple[str, ...] = ("response",)
+    obj: Any, *, file: str = "<record>", line: int | str = 0, extra_fields: tuple[str, ...] = EXTRA_FIELDS
 ) -> dict:
     """The record with `source`/`metadata` defaults filled, or RecordError naming file:line:field."""
     try:
@@ -199,7 +205,7 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def load_records(
-    paths: str | list[str], *, skip_invalid: bool = False, extra_fields: tuple[str, ...] = ("response",)
+    paths: str | list[str], *, skip_invalid: bool = False, extra_fields: tuple[str, ...] = EXTRA_FIELDS
 ) -> tuple[list[dict], list[RecordError]]:
     """Validated records of JSONL/parquet files; with skip_invalid, bad ones come back as errors."""
     records, skipped = [], []

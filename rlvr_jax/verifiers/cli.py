@@ -1,7 +1,10 @@
 """rlvr-verify: score a JSONL of records + `response` with the verifier pool; one JSON line out per
 input line (reward, domain, reason, details), a per-domain summary on stderr.
 
-    python -m rlvr_jax.verifiers.cli --input samples.jsonl [--output scores.jsonl] [--thinking] [--workers N]
+    python -m rlvr_jax.verifiers.cli --input samples.jsonl [--output scores.jsonl] [--[no-]thinking] [--workers N]
+
+Without --thinking/--no-thinking each record's `response_format` picks the gate (`rlvr-data export
+--with-reference` writes "thinking"); a record without one is graded whole, as model output always was.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 
 from tqdm import tqdm
 
-from rlvr_jax.data.records import validate_record
+from rlvr_jax.data.records import EXTRA_FIELDS, validate_record
 from rlvr_jax.verifiers import VerifierConfig, score
 from rlvr_jax.verifiers.pool import VerifierPool
 from rlvr_jax.verifiers.sandbox import SandboxUnavailable
@@ -36,7 +39,7 @@ def read_input(path: str) -> tuple[list[dict], list[str]]:
                 errors.append(f"{path}:{n}: field '<line>': invalid JSON: {e}")
                 continue
             try:
-                obj = validate_record(obj, file=path, line=n, extra_fields=("response",))
+                obj = validate_record(obj, file=path, line=n, extra_fields=EXTRA_FIELDS)
                 if not isinstance(obj.get("response"), str):
                     raise ValueError(
                         f"{path}:{n}: field 'response': expected a string, got {type(obj.get('response')).__name__}"
@@ -46,6 +49,39 @@ def read_input(path: str) -> tuple[list[dict], list[str]]:
                 continue
             rows.append(obj)
     return rows, errors
+
+
+def gates(rows: list[dict], forced: bool | None) -> list[bool]:
+    """Per row, whether the thinking gate applies: `forced` when given, else the row's declared
+    `response_format`. Says on stderr what the declarations (or the override) did."""
+    declared = collections.Counter(r.get("response_format", "undeclared") for r in rows)
+    if forced is not None:
+        overridden = sum(n for f, n in declared.items() if f != "undeclared" and (f == "thinking") != forced)
+        if overridden:
+            print(
+                f"rlvr-verify: --{'' if forced else 'no-'}thinking overrides the `response_format` of "
+                f"{overridden} record(s)",
+                file=sys.stderr,
+            )
+        return [forced] * len(rows)
+    if declared["thinking"]:
+        print(
+            f"rlvr-verify: {declared['thinking']} of {len(rows)} record(s) declare `response_format: thinking` "
+            "and are graded under the thinking gate (only after the last </think>; none -> 0); "
+            "the rest are graded whole. --thinking / --no-thinking sets one gate for all.",
+            file=sys.stderr,
+        )
+    return [r.get("response_format") == "thinking" for r in rows]
+
+
+def _chunks(thinking: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) spans of at most _CHUNK rows that share one gate (the pool takes one per batch)."""
+    spans, a = [], 0
+    for b in range(1, len(thinking) + 1):
+        if b == len(thinking) or b - a == _CHUNK or thinking[b] != thinking[a]:
+            spans.append((a, b))
+            a = b
+    return spans
 
 
 def _summary(rows: list[dict], scores: list, counters: dict) -> str:
@@ -71,7 +107,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="rlvr-verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="JSONL: records (DESIGN.md schema) plus a `response` field")
     ap.add_argument("--output", default="-", help="where to write one JSON line per input (default stdout)")
-    ap.add_argument("--thinking", action="store_true", help="grade only after the last </think>; none -> 0")
+    ap.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="grade every response only after its last </think> (none -> 0); --no-thinking: every response whole; "
+        "neither: per record, by its `response_format` (absent: whole)",
+    )
     ap.add_argument(
         "--workers",
         type=int,
@@ -90,21 +132,21 @@ def main(argv=None) -> int:
             print(f"... and {len(errors) - _MAX_ERRORS_SHOWN} more malformed lines", file=sys.stderr)
         print(f"rlvr-verify: {len(errors)} malformed line(s) in {args.input}; nothing scored", file=sys.stderr)
         return 2
-    config = VerifierConfig(thinking=args.thinking, allow_unsandboxed=args.allow_unsandboxed)
+    config = VerifierConfig(thinking=bool(args.thinking), allow_unsandboxed=args.allow_unsandboxed)
     responses = [r["response"] for r in rows]
+    thinking = gates(rows, args.thinking)
     bar = tqdm(total=len(rows), unit="sample", file=sys.stderr, disable=None)
     counters = {}
     try:
         if args.workers <= 0:
             scores = []
-            for r, resp in zip(rows, responses):
-                scores.append(score(r, resp, config=config))
+            for r, resp, t in zip(rows, responses, thinking):
+                scores.append(score(r, resp, thinking=t, config=config))
                 bar.update(1)
         else:
             with VerifierPool(args.workers, deadline_s=args.deadline, config=config) as pool:
                 futures = [
-                    (pool.submit(rows[i : i + _CHUNK], responses[i : i + _CHUNK]), min(_CHUNK, len(rows) - i))
-                    for i in range(0, len(rows), _CHUNK)
+                    (pool.submit(rows[a:b], responses[a:b], thinking=thinking[a]), b - a) for a, b in _chunks(thinking)
                 ]
                 scores = []
                 for fut, n in futures:
