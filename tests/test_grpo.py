@@ -130,10 +130,9 @@ def test_dynamic_sampling_fallback_keeps_batch_and_loss_finite():
             jnp.zeros((B, T)),
             jnp.ones((B, T)),
             mask,
+            grpo.LossSettings(loss_agg=mode, norm_len=T),
             global_num_tokens=n_tok,
             global_num_seqs=n_seq,
-            loss_agg=mode,
-            norm_len=T,
         )
         assert float(loss) == 0.0 and all(np.isfinite(float(v)) for v in m.values())
 
@@ -200,11 +199,9 @@ def test_gspo_ratio_value_and_gradient():
             d["old"],
             grpo.broadcast_to_tokens(jnp.asarray(adv_B), mask),
             mask,
+            grpo.LossSettings(ratio_level="sequence", eps_low=10.0 - 0.001, eps_high=10.0),
             global_num_tokens=n_tok,
             global_num_seqs=n_seq,
-            ratio_level="sequence",
-            eps_low=10.0 - 1e-3,
-            eps_high=10.0,
         )
         return loss
 
@@ -228,11 +225,9 @@ def test_gspo_clips_whole_sequence():
             old,
             adv,
             mask,
+            grpo.LossSettings(ratio_level="sequence", eps_low=0.15, eps_high=0.15),
             global_num_tokens=B * T,
             global_num_seqs=B,
-            ratio_level="sequence",
-            eps_low=0.15,
-            eps_high=0.15,
         )[0]
     )(logp)
     assert float(jnp.abs(g[0]).sum()) == 0.0 and bool(jnp.all(g[1] < 0))
@@ -374,16 +369,12 @@ def test_policy_loss_matches_numpy(mode, tis_level):
         d["old"],
         d["adv"],
         d["mask"],
+        grpo.LossSettings(loss_agg=mode, norm_len=T, tis_level=tis_level, kl_coef=0.05, entropy_coef=0.01),
         global_num_tokens=n_tok,
         global_num_seqs=n_seq,
-        loss_agg=mode,
-        norm_len=T,
         sampler_logp_BxT=d["sampler"],
-        tis_level=tis_level,
         ref_logp_BxT=d["ref"],
-        kl_coef=0.05,
         entropy_BxT=ent,
-        entropy_coef=0.01,
     )
     want, want_m = _np_policy_loss(d, mode, tis_level=tis_level, kl_coef=0.05, ent=ent, ent_coef=0.01)
     assert float(loss) == pytest.approx(want, rel=1e-5)
@@ -414,13 +405,12 @@ def test_policy_loss_dual_clip_and_entropy_from_logits():
         d["old"],
         d["adv"],
         mask,
+        grpo.LossSettings(dual_clip_c=3.0, entropy_coef=0.02),
         global_num_tokens=n_tok,
         global_num_seqs=n_seq,
-        dual_clip_c=3.0,
         sampler_logp_BxT=d["sampler"],
         ref_logp_BxT=d["ref"],
         logits_BxTxV=logits,
-        entropy_coef=0.02,
     )
     want, _ = _np_policy_loss(
         d, "seq-mean-token-mean", tis_level="token", kl_coef=0.0, ent=ent, ent_coef=0.02, dual_c=3.0
@@ -438,9 +428,9 @@ def test_policy_loss_study_defaults_and_errors():
     assert "kl/ref" not in m  # no reference model in the study's runs: nothing is invented
     assert float(m["entropy"]) == pytest.approx(-(np.where(d["mask"] > 0, d["logp"], 0)).sum() / n_tok, rel=1e-5)
     with pytest.raises(ValueError, match="ref_logp"):
-        grpo.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], kl_coef=0.1, **kw)
+        grpo.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], grpo.LossSettings(kl_coef=0.1), **kw)
     with pytest.raises(ValueError, match="entropy"):
-        grpo.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], entropy_coef=0.1, **kw)
+        grpo.policy_loss(d["logp"], d["old"], d["adv"], d["mask"], grpo.LossSettings(entropy_coef=0.1), **kw)
 
 
 # ------------------------------------------------------------------ micro-batch invariance
@@ -462,14 +452,11 @@ def _split_grad(d, mode, n_micro, ratio_level, normalise_globally=True):
                 d["old"][sl],
                 d["adv"][sl],
                 d["mask"][sl],
+                grpo.LossSettings(loss_agg=mode, norm_len=T, ratio_level=ratio_level, kl_coef=0.1),
                 global_num_tokens=counts[0],
                 global_num_seqs=counts[1],
-                loss_agg=mode,
-                norm_len=T,
-                ratio_level=ratio_level,
                 sampler_logp_BxT=d["sampler"][sl],
                 ref_logp_BxT=d["ref"][sl],
-                kl_coef=0.1,
             )
             out, metrics = out + loss, metrics + [m]
         return out, jax.tree.map(lambda *x: sum(x), *metrics)

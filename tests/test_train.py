@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from rlvr_jax import sharding
+from rlvr_jax.config_args import load_config_file
 from rlvr_jax.metrics import read_jsonl
 from rlvr_jax.model import build, params_io
 from rlvr_jax.rl import grpo
 from rlvr_jax.rl import update as rl_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import grpo as grpo_configs  # noqa: E402
+grpo_configs = load_config_file(os.path.join(REPO, "configs", "grpo.py"))
 
 TINY_OVERRIDES = [
     "--config.model.overrides.hidden_size=64",
@@ -217,7 +217,7 @@ def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False):
     step = rl_step.make_update_step(
         graphdef,
         opt,
-        rl_step.LossSettings(loss_agg=loss_agg, norm_len=6),
+        grpo.LossSettings(loss_agg=loss_agg, norm_len=6),
         num_micro=num_micro,
         param_shardings=shardings,
         opt_shardings=opt_shardings,
@@ -301,7 +301,7 @@ def test_entropy_coefficient_of_either_sign_reaches_the_update(coef):
     step = rl_step.make_update_step(
         graphdef,
         opt,
-        rl_step.LossSettings(entropy_coef=coef),
+        grpo.LossSettings(entropy_coef=coef),
         num_micro=1,
         param_shardings=shardings,
         opt_shardings=opt_shardings,

@@ -58,7 +58,7 @@ def _update_rows(quick: bool) -> list[dict]:
     opt = optim.make_optimizer(learning_rate=1e-6)
     opt_state, opt_sh = sharding.init_optimizer_state(opt, params, shardings, mesh)
     step = rl_step.make_update_step(
-        graphdef, opt, rl_step.LossSettings(), num_micro=1, param_shardings=shardings, opt_shardings=opt_sh, mesh=mesh
+        graphdef, opt, grpo.LossSettings(), num_micro=1, param_shardings=shardings, opt_shardings=opt_sh, mesh=mesh
     )
     mask = np.ones((B, N), bool)
     adv = np.asarray(grpo.advantages(jnp.asarray(rng.integers(0, 2, B).astype(np.float32)), group_size=4))
@@ -117,10 +117,8 @@ def _phase_rows(quick: bool) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import default as default_config
-
     from rlvr_jax import sharding
+    from rlvr_jax.config_args import load_config_file
     from rlvr_jax.data import loading
     from rlvr_jax.data.mixture import PromptMixture
     from rlvr_jax.data.prompts import PromptConfig, build_prompts
@@ -132,7 +130,7 @@ def _phase_rows(quick: bool) -> list[dict]:
     from rlvr_jax.verifiers import VerifierConfig
     from rlvr_jax.verifiers.pool import VerifierPool
 
-    c = default_config.get_config("tiny")
+    c = load_config_file(os.path.join(ROOT, "configs", "default.py")).get_config("tiny")
     ro = c.rollout
     mesh = sharding.make_mesh(sharding.MeshShape())
     tok = build.load_tokenizer("builtin")
@@ -156,7 +154,7 @@ def _phase_rows(quick: bool) -> list[dict]:
     update = rl_step.make_update_step(
         graphdef,
         opt,
-        rl_step.LossSettings(),
+        grpo.LossSettings(),
         num_micro=sizes["num_micro"],
         param_shardings=shardings,
         opt_shardings=opt_sh,

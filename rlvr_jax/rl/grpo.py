@@ -4,6 +4,7 @@ Pure jnp on static shapes (masks, never boolean indexing); no config objects, on
 Legend: B sequences = N groups x G samples (a group's samples adjacent), T completion tokens, V vocab.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -306,55 +307,73 @@ def aggregate_loss(
 # ---------------------------------------------------------------- the policy loss
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """Plain, hashable hyper-parameters of the policy loss (destructured from config.grpo at the boundary).
+    Defaults are the study's."""
+
+    loss_agg: str = "seq-mean-token-mean"
+    ratio_level: str = "token"  # "sequence" = GSPO
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip_c: float | None = None
+    tis_level: str = "token"
+    tis_mode: str = "truncate"
+    tis_cap: float = 2.0
+    tis_low: float | None = None  # lower bound of the TIS weight (None: no lower bound)
+    use_tis: bool = True  # the update passes the sampler's logprobs (TIS); policy_loss applies TIS when given them
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0  # the sampler's: the update's teacher-forced logprobs divide logits by it
+    norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
+
+    @property
+    def gradient_scales_with_advantage(self) -> bool:
+        """True when no loss term (KL to the reference, entropy) acts on a row with zero advantage."""
+        return self.kl_coef == 0 and self.entropy_coef == 0
+
+
 def policy_loss(
     logp_BxT,
     old_logp_BxT,
     adv_BxT,
     mask_BxT,
+    settings: LossSettings = LossSettings(),
     *,
     global_num_tokens,
     global_num_seqs,
-    loss_agg: str = "seq-mean-token-mean",
-    norm_len: int | None = None,
-    ratio_level: str = "token",
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    dual_clip_c: float | None = None,
     sampler_logp_BxT=None,
-    tis_level: str = "token",
-    tis_mode: str = "truncate",
-    tis_cap: float = 2.0,
-    tis_low: float | None = None,
     ref_logp_BxT=None,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
     entropy_BxT=None,
     logits_BxTxV=None,
-    entropy_coef: float = 0.0,
     metric_mask_BxT=None,
     metric_num_tokens=None,
 ):
     """Clipped surrogate (x TIS weights when sampler logps are given) + kl_coef * KL - entropy_coef * H,
-    each aggregated by loss_agg over the global counts. Defaults are the study's. Returns (loss, metrics);
+    each aggregated by settings.loss_agg over the global counts. Returns (loss, metrics);
     every metric but loss/policy is a token mean over metric_mask_BxT (default: mask_BxT) normalised by
     metric_num_tokens (default: global_num_tokens), so micro-batch metrics also sum to batch values."""
+    st = settings
     mask = _mask(mask_BxT)
     logp = _masked(logp_BxT.astype(f32), mask)
     agg = lambda x: aggregate_loss(
-        x, mask, loss_agg, global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs, norm_len=norm_len
+        x, mask, st.loss_agg, global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs, norm_len=st.norm_len
     )
     metric_mask = mask if metric_mask_BxT is None else _mask(metric_mask_BxT)
     metric_tokens = global_num_tokens if metric_num_tokens is None else metric_num_tokens
     tok_mean = lambda x: sg(jnp.sum(_masked(x, metric_mask)) / jnp.maximum(jnp.asarray(metric_tokens, f32), 1.0))
 
-    ratio = importance_ratio(logp, old_logp_BxT, mask, level=ratio_level)
+    ratio = importance_ratio(logp, old_logp_BxT, mask, level=st.ratio_level)
     pg_BxT, flags = clipped_surrogate(
-        ratio, adv_BxT.astype(f32), eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
+        ratio, adv_BxT.astype(f32), eps_low=st.eps_low, eps_high=st.eps_high, dual_clip_c=st.dual_clip_c
     )
     metrics = {k: tok_mean(v.astype(f32)) for k, v in flags.items()}
     metrics["ratio/mean"] = tok_mean(ratio)
     if sampler_logp_BxT is not None:
-        w = tis_weights(old_logp_BxT, sampler_logp_BxT, mask, level=tis_level, mode=tis_mode, cap=tis_cap, low=tis_low)
+        w = tis_weights(
+            old_logp_BxT, sampler_logp_BxT, mask, level=st.tis_level, mode=st.tis_mode, cap=st.tis_cap, low=st.tis_low
+        )
         pg_BxT = pg_BxT * w
         metrics["tis/weight_mean"] = tok_mean(w)
         metrics["sampler_trainer/logp_diff_abs_mean"] = tok_mean(
@@ -366,21 +385,21 @@ def policy_loss(
     metrics["loss/policy"] = sg(loss)
 
     if ref_logp_BxT is not None:
-        kl_BxT = kl_estimate(logp, ref_logp_BxT, mask, estimator=kl_estimator)
+        kl_BxT = kl_estimate(logp, ref_logp_BxT, mask, estimator=st.kl_estimator)
         metrics["kl/ref"] = tok_mean(kl_BxT)
-        if kl_coef:
-            loss = loss + kl_coef * agg(kl_BxT)
-    elif kl_coef:
-        raise ValueError("kl_coef > 0 needs ref_logp_BxT")
+        if st.kl_coef:
+            loss = loss + st.kl_coef * agg(kl_BxT)
+    elif st.kl_coef:
+        raise ValueError("st.kl_coef > 0 needs ref_logp_BxT")
 
     if entropy_BxT is None and logits_BxTxV is not None:
         entropy_BxT = entropy_from_logits(logits_BxTxV)
     if entropy_BxT is not None:
         metrics["entropy"] = tok_mean(entropy_BxT.astype(f32))
-        if entropy_coef:
-            loss = loss - entropy_coef * agg(entropy_BxT.astype(f32))
-    elif entropy_coef:
-        raise ValueError("entropy_coef != 0 needs entropy_BxT or logits_BxTxV")
+        if st.entropy_coef:
+            loss = loss - st.entropy_coef * agg(entropy_BxT.astype(f32))
+    elif st.entropy_coef:
+        raise ValueError("st.entropy_coef != 0 needs entropy_BxT or logits_BxTxV")
     else:
         # Sampled tokens come from the policy, so -logp is a Monte-Carlo estimate of the entropy
         # (exact in expectation at temperature 1); cheaper than materialising B x T x V logits.

@@ -5,6 +5,7 @@ Each host reads, scores and shapes only its own rows; the update sees the global
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,25 +33,6 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     pass
-
-
-def _loss_settings(g, ro) -> rl_step.LossSettings:
-    return rl_step.LossSettings(
-        loss_agg=g.loss_agg,
-        ratio_level=g.ratio_level,
-        eps_low=g.eps_low,
-        eps_high=g.eps_high,
-        dual_clip_c=g.dual_clip_c or None,
-        tis_level=g.tis_level,
-        tis_mode=g.tis_mode,
-        tis_cap=g.tis_cap,
-        use_tis=g.tis_cap > 0,
-        kl_coef=0.0 if g.kl_in_reward else g.kl_coef,
-        kl_estimator=g.kl_estimator,
-        entropy_coef=g.entropy_coef,
-        temperature=ro.temperature if ro.temperature > 0 else 1.0,
-        norm_len=ro.max_new_tokens,
-    )
 
 
 class _Preemption:
@@ -80,208 +63,322 @@ def meta(config, cfg, mixture, eval_before):
     }
 
 
-def loop(
-    config,
-    sizes,
-    start,
-    graphdef,
-    params,
-    opt_state,
-    param_shardings,
-    opt_shardings,
-    optimizer,
-    mesh,
-    sampler,
-    pool,
-    tokenizer,
-    mixture,
-    ckpt,
-    writer,
-    base_key,
-    cfg,
-    prompt_counts,
-    eval_before=None,
-):
-    ro, g, t = config.rollout, config.grpo, config.train
-    settings = _loss_settings(g, ro)
-    skip = g.skip_zero_advantage and settings.gradient_scales_with_advantage
+def loss_settings(config) -> grpo.LossSettings:
+    """The policy loss's settings from a run config (its `grpo` and `rollout` blocks)."""
+    g, ro = config.grpo, config.rollout
+    return grpo.LossSettings(
+        loss_agg=g.loss_agg,
+        ratio_level=g.ratio_level,
+        eps_low=g.eps_low,
+        eps_high=g.eps_high,
+        dual_clip_c=g.dual_clip_c or None,
+        tis_level=g.tis_level,
+        tis_mode=g.tis_mode,
+        tis_cap=g.tis_cap,
+        use_tis=g.tis_cap > 0,
+        kl_coef=0.0 if g.kl_in_reward else g.kl_coef,
+        kl_estimator=g.kl_estimator,
+        entropy_coef=g.entropy_coef,
+        temperature=ro.temperature if ro.temperature > 0 else 1.0,
+        norm_len=ro.max_new_tokens,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """What a GRPO / MT-OPD step reads from the config, destructured once at the boundary."""
+
+    steps: int  # last step of the run
+    group_size: int  # samples per prompt
+    max_new_tokens: int
+    thinking: bool  # responses are graded after their </think>
+    draws: int  # prompt batches sampled per step (DAPO refill keeps the informative groups; 1 = none)
+    dynamic_sampling: bool
+    overlong_buffer: int  # soft overlong penalty's buffer in tokens (0 = off)
+    overlong_penalty: float
+    overlong_filter: bool  # truncated rows leave the loss
+    advantage: str  # grpo.ADVANTAGE_ESTIMATORS
+    kl_coef: float  # > 0: a reference model exists (in the loss or in the reward)
+    kl_in_reward: bool
+    kl_estimator: str
+    updates_per_rollout: int
+    skip_zero_advantage: bool  # effective: the loss has no term that acts on zero-advantage rows
+    num_micro: int
+    lr_at: Callable[[int], float]  # learning rate at an optimizer step, for the metrics
+
+    @classmethod
+    def from_config(cls, config, num_micro: int, loss: grpo.LossSettings) -> StepSettings:
+        ro, g, o = config.rollout, config.grpo, config.optim
+        return cls(
+            steps=config.train.steps,
+            group_size=ro.samples_per_prompt,
+            max_new_tokens=ro.max_new_tokens,
+            thinking=config.data.thinking,
+            draws=g.dynamic_sampling_draws if g.dynamic_sampling else 1,
+            dynamic_sampling=g.dynamic_sampling,
+            overlong_buffer=g.overlong_buffer,
+            overlong_penalty=g.overlong_penalty,
+            overlong_filter=g.overlong_filter,
+            advantage=g.advantage,
+            kl_coef=g.kl_coef,
+            kl_in_reward=g.kl_in_reward,
+            kl_estimator=g.kl_estimator,
+            updates_per_rollout=g.updates_per_rollout,
+            skip_zero_advantage=g.skip_zero_advantage and loss.gradient_scales_with_advantage,
+            num_micro=num_micro,
+            lr_at=functools.partial(
+                optim.lr_at,
+                learning_rate=o.learning_rate,
+                schedule=o.schedule,
+                warmup_steps=o.warmup_steps,
+                total_steps=config.train.steps,
+            ),
+        )
+
+    @property
+    def need_old_logp(self) -> bool:
+        return self.updates_per_rollout > 1
+
+
+@dataclasses.dataclass
+class Components:
+    """Everything a step uses besides the weights: built once by the entry point."""
+
+    sampler: Any  # rollout.sampling.Sampler
+    sampling: SamplingParams
+    pool: Any  # verifiers.VerifierPool
+    tokenizer: Any
+    mixture: Any  # data.mixture.PromptMixture
+    update: Callable  # jitted (params, opt_state, batch) -> (params, opt_state, device metrics)
+    logprob_fn: Callable | None  # jitted teacher-forced logprobs (old / reference / teacher), when needed
+    ref_params: Any  # the reference policy's params, when a KL term uses them
+    teachers: dict  # MT-OPD: domain -> teacher params
+    ckpt: Any  # checkpoint.Checkpointer
+    writer: Any  # metrics.MetricsWriter
+    checkpoint_meta: Callable[[], dict]  # JSON metadata saved with every step
+    prompt_counts: dict  # prompts per domain, logged at step 1
+
+
+def build_components(
+    config, *, sizes, graphdef, params, optimizer, param_shardings, opt_shardings, mesh, cfg, **parts
+) -> tuple[StepSettings, Components]:
+    """The step settings and the components of a run: the jitted update, the logprob pass and the
+    reference / teacher weights it needs. `parts`: sampler, pool, tokenizer, mixture, ckpt, writer,
+    checkpoint_meta, prompt_counts."""
+    loss = loss_settings(config)
+    s = StepSettings.from_config(config, sizes["num_micro"], loss)
     update = rl_step.make_update_step(
         graphdef,
         optimizer,
-        settings,
-        num_micro=sizes["num_micro"],
+        loss,
+        num_micro=s.num_micro,
         param_shardings=param_shardings,
         opt_shardings=opt_shardings,
         mesh=mesh,
-        skip_zero_advantage=skip,
+        skip_zero_advantage=s.skip_zero_advantage,
     )
-    need_old = g.updates_per_rollout > 1
-    # DAPO refill: each step samples `draws` batches of prompts and updates on the informative groups
-    draws = g.dynamic_sampling_draws if g.dynamic_sampling else 1
-    ref_params = None
-    if g.kl_coef > 0:  # the reference model exists only when some KL term uses it
-        ref_params = jax.tree_util.tree_map(jnp.copy, params)
+    # the reference model exists only when some KL term uses it
+    ref_params = jax.tree_util.tree_map(jnp.copy, params) if s.kl_coef > 0 else None
     teachers = _load_teachers(config.opd.teachers, mesh, cfg)
-    logprob_fn = (
-        rl_step.make_logprob_fn(graphdef, mesh, settings.temperature)
-        if (need_old or ref_params is not None or teachers)
-        else None
-    )
-    sp = SamplingParams(
+    need_logprobs = s.need_old_logp or ref_params is not None or teachers
+    logprob_fn = rl_step.make_logprob_fn(graphdef, mesh, loss.temperature) if need_logprobs else None
+    ro = config.rollout
+    sampling = SamplingParams(
         temperature=ro.temperature,
         top_p=ro.top_p,
         top_k=ro.top_k,
         max_new_tokens=ro.max_new_tokens,
         n=ro.samples_per_prompt,
-        stop_token_ids=tuple(tokenizer.eos_ids),
+        stop_token_ids=tuple(parts["tokenizer"].eos_ids),
         seed=config.seed,
     )
+    comps = Components(
+        sampling=sampling, update=update, logprob_fn=logprob_fn, ref_params=ref_params, teachers=teachers, **parts
+    )
+    return s, comps
+
+
+@dataclasses.dataclass
+class Scored:
+    """One step's rollout, this host's rows of it, and their rewards."""
+
+    rollout: Any  # rollout.sampling.Rollout (global arrays)
+    records: list[dict]  # this host's rows' records
+    completion_BxT: np.ndarray
+    valid_BxT: np.ndarray
+    stopped_B: np.ndarray
+    lengths_B: np.ndarray
+    scores: list  # verifiers.Score per row
+    rewards_B: np.ndarray
+
+
+def roll_out(c: Components, s: StepSettings, params, key):
+    """Dispatch the step's generation: `draws` prompt batches x group_size samples. Returns
+    (prompt items, rollout) without waiting for the device."""
+    items = [it for _ in range(s.draws) for it in next(c.mixture)]
+    return items, c.sampler.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key)
+
+
+def score(c: Components, s: StepSettings, items, rollout) -> Scored:
+    """Decode and score this host's rows in the verifier pool."""
+    local = c.sampler.local_rows  # each host reads, scores and shapes only its own rows
+    comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
+    records = [items[i]["record"] for i in rollout.prompt_index]
+    texts = [decode_completion(c.tokenizer, t, v) for t, v in zip(comp, valid)]
+    scores = c.pool.submit(records, texts, thinking=s.thinking).result()
+    rewards = np.asarray([x.reward for x in scores], np.float32)
+    return Scored(rollout, records, comp, valid, local(rollout.stopped), local(rollout.lengths), scores, rewards)
+
+
+@dataclasses.dataclass
+class UpdateBatch:
+    """The update's global batch and what the metrics need of how it was chosen."""
+
+    batch: dict  # global arrays: prompt_tokens, prompt_valid, completion_tokens, sampler_logp, loss_mask, adv, ...
+    keep_B: np.ndarray  # rows the loss uses (dynamic sampling, overlong filter)
+    informative_N: np.ndarray  # groups whose rewards are not all equal
+    valid_BxT: np.ndarray  # this host's generated tokens of the update's rows
+
+
+def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> UpdateBatch:
+    """Shape the rewards, choose the rows, compute advantages (GRPO groups or MT-OPD teachers) and the
+    logprob passes the loss needs (reference, old policy). Host arrays are this host's rows; the batch
+    is global."""
+    local, to_global = c.sampler.local_rows, c.sampler.to_global
+    shaped = sc.rewards_B.copy()
+    if s.overlong_buffer > 0:
+        shaped = shaped + np.asarray(
+            grpo.soft_overlong_penalty(
+                jnp.asarray(sc.lengths_B),
+                max_len=s.max_new_tokens,
+                buffer_len=s.overlong_buffer,
+                penalty=s.overlong_penalty,
+            )
+        )
+    informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=s.group_size))
+    r = sc.rollout
+    batch = {
+        "prompt_tokens": r.prompt_tokens,
+        "prompt_valid": r.prompt_valid,
+        "completion_tokens": r.completion_tokens,
+        "sampler_logp": r.policy_logprobs,
+    }
+    records, valid, stopped = sc.records, sc.valid_BxT, sc.stopped_B
+    keep = np.ones(len(records), bool)
+    if s.draws > 1:  # keep the informative groups of the oversampled rollout: the update's batch is fixed
+        pick, keep = grpo.refill_rows(informative_N, group_size=s.group_size, num_groups=len(informative_N) // s.draws)
+        batch = {k: to_global(local(v)[pick]) for k, v in batch.items()}
+        records, shaped, valid, stopped = [records[i] for i in pick], shaped[pick], valid[pick], stopped[pick]
+    elif s.dynamic_sampling:
+        keep_ds, _ = grpo.dynamic_sampling_keep(jnp.asarray(shaped), group_size=s.group_size)
+        keep &= np.asarray(keep_ds)
+    if s.overlong_filter:
+        keep &= stopped
+    loss_mask = valid & keep[:, None]
+    batch["loss_mask"] = to_global(loss_mask)
+    if c.ref_params is not None:
+        ref_logp = c.logprob_fn(c.ref_params, batch)
+        if s.kl_in_reward:
+            shaped = np.asarray(
+                grpo.kl_penalized_rewards(
+                    jnp.asarray(shaped),
+                    jnp.asarray(local(batch["sampler_logp"])),
+                    jnp.asarray(local(ref_logp)),
+                    jnp.asarray(loss_mask),
+                    kl_coef=s.kl_coef,
+                    estimator=s.kl_estimator,
+                )
+            )
+        else:
+            batch["ref_logp"] = ref_logp
+    if c.teachers:  # MT-OPD: per-token advantage = log p_teacher(domain) - log p_student, on the student's samples
+        domains_B = np.asarray([rec["domain"] for rec in records])
+        teacher_logp = np.zeros(loss_mask.shape, np.float32)
+        for dom, t_params in c.teachers.items():
+            if np.any(domains_B == dom):
+                teacher_logp = np.where((domains_B == dom)[:, None], local(c.logprob_fn(t_params, batch)), teacher_logp)
+        adv = grpo.opd_advantages(
+            jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(loss_mask)
+        )
+        batch["adv"] = to_global(np.asarray(adv).astype(np.float32))
+    else:
+        adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=s.group_size, estimator=s.advantage))
+        batch["adv"] = to_global((adv_B[:, None] * loss_mask).astype(np.float32))
+    if s.skip_zero_advantage and s.num_micro > 1:  # rows with a gradient first: the update skips whole micro-batches
+        batch = _rows_with_gradient_first(batch, local, to_global)
+    if s.need_old_logp:
+        batch["old_logp"] = c.logprob_fn(params, batch)
+        jax.block_until_ready(batch["old_logp"])
+    return UpdateBatch(batch, keep, informative_N, valid)
+
+
+def update_and_checkpoint(
+    c: Components, s: StepSettings, params, opt_state, ub: UpdateBatch, step: int, base_key, *, force_save: bool
+):
+    """Dispatch the update(s) and the step's checkpoint. Returns (params, opt_state, device metrics)."""
+    for _ in range(s.updates_per_rollout):
+        params, opt_state, dev_metrics = c.update(params, opt_state, ub.batch)
+    # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
+    c.ckpt.save(step, arrays(params, opt_state, step, base_key), c.checkpoint_meta(), force=force_save)
+    return params, opt_state, dev_metrics
+
+
+def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_key) -> dict:
+    """Steps start+1 .. s.steps: roll out -> score -> build the update batch -> update and checkpoint ->
+    metrics. Step n's device metrics are read only after step n+1's rollout is dispatched."""
     preempt = _Preemption()
     pending = None
     bar = tqdm(
-        range(start + 1, t.steps + 1), desc="GRPO", file=sys.stderr, dynamic_ncols=True, initial=start, total=t.steps
+        range(start + 1, s.steps + 1), desc="GRPO", file=sys.stderr, dynamic_ncols=True, initial=start, total=s.steps
     )
     last_step = start
     for step in bar:
         t0 = time.perf_counter()
-        items = [it for _ in range(draws) for it in next(mixture)]
-        key = jax.random.fold_in(base_key, step)
-        rollout = sampler.generate(params, [it["prompt_ids"] for it in items], sp, key=key)
-        if pending is not None:  # step n's device metrics are read only after step n+1 is dispatched
-            _flush(writer, pending, bar, ckpt)
+        items, rollout = roll_out(c, s, params, jax.random.fold_in(base_key, step))
+        if pending is not None:
+            _flush(c.writer, pending, bar, c.ckpt)
             pending = None
-        local = sampler.local_rows  # each host reads, scores and shapes only its own rows
-        comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
-        stopped, lengths = local(rollout.stopped), local(rollout.lengths)
-        t_rollout = time.perf_counter() - t0
-
+        times = {}
         t1 = time.perf_counter()
-        rows = [items[i]["record"] for i in rollout.prompt_index]
-        texts = [decode_completion(tokenizer, c, v) for c, v in zip(comp, valid)]
-        scores = pool.submit(rows, texts, thinking=config.data.thinking).result()
-        rewards = np.asarray([s.reward for s in scores], np.float32)
-        t_verify = time.perf_counter() - t1
-
-        shaped = rewards.copy()
-        if g.overlong_buffer > 0:
-            shaped = shaped + np.asarray(
-                grpo.soft_overlong_penalty(
-                    jnp.asarray(lengths),
-                    max_len=ro.max_new_tokens,
-                    buffer_len=g.overlong_buffer,
-                    penalty=g.overlong_penalty,
-                )
-            )
-        informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=ro.samples_per_prompt))
-        batch = {
-            "prompt_tokens": rollout.prompt_tokens,
-            "prompt_valid": rollout.prompt_valid,
-            "completion_tokens": rollout.completion_tokens,
-            "sampler_logp": rollout.policy_logprobs,
-        }
-        keep = np.ones(len(rows), bool)
-        sampled = dict(rows=rows, lengths=lengths, stopped=stopped)  # every scored row, for the metrics
-        if draws > 1:  # keep the informative groups of the oversampled rollout: the update's batch is fixed
-            pick, keep = grpo.refill_rows(
-                informative_N, group_size=ro.samples_per_prompt, num_groups=len(informative_N) // draws
-            )
-            batch = {k: sampler.to_global(local(v)[pick]) for k, v in batch.items()}
-            rows, shaped, comp, valid, stopped, lengths = (
-                [rows[i] for i in pick],
-                shaped[pick],
-                comp[pick],
-                valid[pick],
-                stopped[pick],
-                lengths[pick],
-            )
-        elif g.dynamic_sampling:
-            keep_ds, _ = grpo.dynamic_sampling_keep(jnp.asarray(shaped), group_size=ro.samples_per_prompt)
-            keep &= np.asarray(keep_ds)
-        if g.overlong_filter:
-            keep &= stopped
-        loss_mask = valid & keep[:, None]
-        batch["loss_mask"] = sampler.to_global(loss_mask)
+        sc = score(c, s, items, rollout)
+        times["time/rollout"] = t1 - t0  # score() waits for the tokens before it decodes them
         t2 = time.perf_counter()
-        if ref_params is not None:
-            ref_logp = logprob_fn(ref_params, batch)
-            if g.kl_in_reward:
-                shaped = np.asarray(
-                    grpo.kl_penalized_rewards(
-                        jnp.asarray(shaped),
-                        jnp.asarray(local(batch["sampler_logp"])),
-                        jnp.asarray(local(ref_logp)),
-                        jnp.asarray(loss_mask),
-                        kl_coef=g.kl_coef,
-                        estimator=g.kl_estimator,
-                    )
-                )
-            else:
-                batch["ref_logp"] = ref_logp
-        if teachers:  # MT-OPD: per-token advantage = log p_teacher(domain) - log p_student, on the student's samples
-            domains_B = np.asarray([r["domain"] for r in rows])
-            teacher_logp = np.zeros(loss_mask.shape, np.float32)
-            for dom, t_params in teachers.items():
-                if np.any(domains_B == dom):
-                    teacher_logp = np.where(
-                        (domains_B == dom)[:, None], local(logprob_fn(t_params, batch)), teacher_logp
-                    )
-            adv = np.asarray(
-                grpo.opd_advantages(
-                    jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(loss_mask)
-                )
-            )
-            batch["adv"] = sampler.to_global(adv.astype(np.float32))
-        else:
-            adv_B = np.asarray(
-                grpo.advantages(jnp.asarray(shaped), group_size=ro.samples_per_prompt, estimator=g.advantage)
-            )
-            batch["adv"] = sampler.to_global((adv_B[:, None] * loss_mask).astype(np.float32))
-        if skip and sizes["num_micro"] > 1:  # rows with a gradient first: the update skips whole micro-batches
-            batch = _rows_with_gradient_first(batch, local, sampler.to_global)
-        if need_old:
-            batch["old_logp"] = logprob_fn(params, batch)
-            jax.block_until_ready(batch["old_logp"])
-        t_logprobs = time.perf_counter() - t2
-
+        times["time/verify"] = t2 - t1
+        ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
-        for _ in range(g.updates_per_rollout):
-            params, opt_state, dev_metrics = update(params, opt_state, batch)
-        host = _host_metrics(rewards=rewards, scores=scores, keep=keep, **sampled)
-        host["groups/informative_frac"] = float(informative_N.mean())
-        host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in prompt_counts.items()} if step == 1 else {})
-        host.update({k: v for k, v in pool.counters(reset=True).items()})
-        host = _across_hosts(host)
-        host["lr"] = optim.lr_at(
-            step - 1,
-            learning_rate=config.optim.learning_rate,
-            schedule=config.optim.schedule,
-            warmup_steps=config.optim.warmup_steps,
-            total_steps=t.steps,
+        times["time/logprobs"] = t3 - t2
+        host = _host_metrics(
+            records=sc.records,
+            rewards=sc.rewards_B,
+            scores=sc.scores,
+            lengths=sc.lengths_B,
+            stopped=sc.stopped_B,
+            keep=ub.keep_B,
         )
-        host["time/rollout"], host["time/verify"], host["time/logprobs"] = t_rollout, t_verify, t_logprobs
+        host["groups/informative_frac"] = float(ub.informative_N.mean())
+        host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
+        host.update(c.pool.counters(reset=True))
+        host = _across_hosts(host)
+        host["lr"] = s.lr_at(step - 1)
+        host.update(times)
         # Read once: a SIGTERM landing after this line is handled at the next step, never between a
         # save that did not see it and the exit below (which then left no checkpoint of this step).
         preempted = preempt.event.is_set()
-        ckpt.save(
-            step,
-            arrays(params, opt_state, step, base_key),
-            # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
-            meta(config, cfg, mixture, eval_before),
-            force=preempted or step == t.steps,
+        params, opt_state, dev_metrics = update_and_checkpoint(
+            c, s, params, opt_state, ub, step, base_key, force_save=preempted or step == s.steps
         )
         host["time/update_dispatch"] = time.perf_counter() - t3
         host["time/total"] = time.perf_counter() - t0
-        n_tokens = int(valid.sum())
-        host["throughput/tokens_per_s"] = n_tokens / max(host["time/total"], 1e-9)
+        host["throughput/tokens_per_s"] = int(ub.valid_BxT.sum()) / max(host["time/total"], 1e-9)
         pending = (step, host, dev_metrics)
         last_step = step
         if preempted:
             log.warning("SIGTERM: saved checkpoint at step %d; exiting", step)
             break
     if pending is not None:
-        _flush(writer, pending, bar, ckpt)
+        _flush(c.writer, pending, bar, c.ckpt)
     bar.close()
-    return {"params": params, "last_step": last_step, "update_compilations": update._cache_size()}
+    return {"params": params, "last_step": last_step, "update_compilations": c.update._cache_size()}
 
 
 def _rows_with_gradient_first(batch: dict, local, to_global) -> dict:
@@ -350,7 +447,7 @@ def _across_hosts(host: dict) -> dict:
     return out
 
 
-def _host_metrics(*, rows, rewards, scores, lengths, stopped, keep):
+def _host_metrics(*, records, rewards, scores, lengths, stopped, keep):
     """Reward and length statistics of every sampled row; kept_frac of the rows the update uses."""
     out = {
         "reward/mean": float(rewards.mean()),
@@ -362,7 +459,7 @@ def _host_metrics(*, rows, rewards, scores, lengths, stopped, keep):
         "verifier/errors": float(sum(s.reason == "error" for s in scores)),
     }
     by_domain = defaultdict(list)
-    for r, x in zip(rows, rewards):
+    for r, x in zip(records, rewards):
         by_domain[r["domain"]].append(x)
     for dom, xs in by_domain.items():
         out[f"reward/{dom}/mean"] = float(np.mean(xs))

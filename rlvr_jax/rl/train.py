@@ -1,6 +1,6 @@
 """`rlvr-train`: the GRPO loop. `run(config, workdir)` builds everything, optionally runs the supervised
 warm start, evaluates, then loops sample -> score -> advantages -> update -> metrics / checkpoint,
-and evaluates again. No math here: see grpo.py (losses), rl_step.py (the jitted update).
+and evaluates again. No math here: see grpo.py (losses), update.py (the jitted update), loop.py (a step).
 """
 
 from __future__ import annotations
@@ -222,28 +222,26 @@ def run(config, workdir: str) -> dict:
             mixture.set_state(meta["data_state"])
             eval_before = meta.get("eval_before")
             log.info("resumed from step %d in %s", start, ckpt.directory)
-        summary = rl_loop.loop(
+        settings, components = rl_loop.build_components(
             config,
-            sizes,
-            start,
-            graphdef,
-            params,
-            opt_state,
-            param_shardings,
-            opt_shardings,
-            optimizer,
-            mesh,
-            sampler,
-            pool,
-            tokenizer,
-            mixture,
-            ckpt,
-            writer,
-            base_key,
-            cfg,
-            prompt_counts,
-            eval_before=eval_before,
+            sizes=sizes,
+            graphdef=graphdef,
+            params=params,
+            optimizer=optimizer,
+            param_shardings=param_shardings,
+            opt_shardings=opt_shardings,
+            mesh=mesh,
+            cfg=cfg,
+            sampler=sampler,
+            pool=pool,
+            tokenizer=tokenizer,
+            mixture=mixture,
+            ckpt=ckpt,
+            writer=writer,
+            checkpoint_meta=lambda: rl_loop.meta(config, cfg, mixture, eval_before),
+            prompt_counts=prompt_counts,
         )
+        summary = rl_loop.loop(settings, components, params, opt_state, start=start, base_key=base_key)
         params = summary.pop("params")
         ckpt.wait()
         eval_after = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "after RL")

@@ -15,8 +15,6 @@ Batch legend: B rows, P prompt bucket, N completion slots.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,38 +24,13 @@ from rlvr_jax.rl import grpo
 from rlvr_jax.rollout.sampling import completion_logprobs
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSettings:
-    """Plain, hashable hyper-parameters of the policy loss (destructured from config.grpo)."""
-
-    loss_agg: str = "seq-mean-token-mean"
-    ratio_level: str = "token"  # "sequence" = GSPO
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    dual_clip_c: float | None = None
-    tis_level: str = "token"
-    tis_mode: str = "truncate"
-    tis_cap: float = 2.0
-    use_tis: bool = True
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    temperature: float = 1.0
-    norm_len: int | None = None  # seq-mean-token-sum-norm's constant (max response tokens)
-
-    @property
-    def gradient_scales_with_advantage(self) -> bool:
-        """True when no loss term (KL to the reference, entropy) acts on a row with zero advantage."""
-        return self.kl_coef == 0 and self.entropy_coef == 0
-
-
 def _split_micro(x, num_micro: int):
     B = x.shape[0]
     x = x.reshape(num_micro, B // num_micro, *x.shape[1:])
     return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
 
 
-def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
+def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: grpo.LossSettings):
     want_entropy = s.entropy_coef != 0  # negative: an entropy penalty
     out = completion_logprobs(
         graphdef,
@@ -80,23 +53,12 @@ def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: LossSettings):
         old,
         mb["adv"],
         mb["loss_mask"],
+        s,
         global_num_tokens=counts["tokens"],
         global_num_seqs=counts["seqs"],
-        loss_agg=s.loss_agg,
-        norm_len=s.norm_len,
-        ratio_level=s.ratio_level,
-        eps_low=s.eps_low,
-        eps_high=s.eps_high,
-        dual_clip_c=s.dual_clip_c,
         sampler_logp_BxT=mb["sampler_logp"] if s.use_tis else None,
-        tis_level=s.tis_level,
-        tis_mode=s.tis_mode,
-        tis_cap=s.tis_cap,
         ref_logp_BxT=mb.get("ref_logp"),
-        kl_coef=s.kl_coef,
-        kl_estimator=s.kl_estimator,
         entropy_BxT=entropy,
-        entropy_coef=s.entropy_coef,
         metric_mask_BxT=metric_mask,
         metric_num_tokens=counts.get("metric_tokens"),
     )
@@ -110,7 +72,7 @@ def rows_with_gradient(adv_BxN, loss_mask_BxN):
 def make_update_step(
     graphdef,
     optimizer: optax.GradientTransformation,
-    settings: LossSettings,
+    settings: grpo.LossSettings,
     *,
     num_micro: int,
     param_shardings,

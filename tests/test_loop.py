@@ -1,0 +1,159 @@
+"""The GRPO step in parts, each tested alone with stand-in components: score() decodes and grades this
+host's rows, build_update_batch() shapes rewards, chooses rows and computes advantages."""
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlvr_jax.rl import grpo, optim
+from rlvr_jax.rl import loop as rl_loop
+from rlvr_jax.rollout.sampling import Rollout, SamplingParams
+from rlvr_jax.verifiers import Score
+
+
+class _Sampler:
+    """One host, no mesh: local rows are the arrays themselves."""
+
+    local_rows = staticmethod(np.asarray)
+    to_global = staticmethod(jnp.asarray)
+
+
+class _Pool:
+    def __init__(self, rewards):
+        self.rewards, self.seen = rewards, []
+
+    def submit(self, records, texts, *, thinking):
+        self.seen.append((records, texts, thinking))
+
+        class _Done:
+            result = staticmethod(lambda: [Score(r, "ok" if r else "wrong") for r in self.rewards])
+
+        return _Done()
+
+
+class _Tokenizer:
+    eos_ids = (99,)
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids)
+
+
+def _settings(**kw):
+    base = dict(
+        steps=1,
+        group_size=2,
+        max_new_tokens=4,
+        thinking=False,
+        draws=1,
+        dynamic_sampling=False,
+        overlong_buffer=0,
+        overlong_penalty=1.0,
+        overlong_filter=False,
+        advantage="grpo",
+        kl_coef=0.0,
+        kl_in_reward=False,
+        kl_estimator="k3",
+        updates_per_rollout=1,
+        skip_zero_advantage=False,
+        num_micro=1,
+        lr_at=lambda step: 0.0,
+    )
+    return rl_loop.StepSettings(**{**base, **kw})
+
+
+def _components(rewards):
+    return rl_loop.Components(
+        sampler=_Sampler(),
+        sampling=SamplingParams(n=2),
+        pool=_Pool(rewards),
+        tokenizer=_Tokenizer(),
+        mixture=None,
+        update=None,
+        logprob_fn=None,
+        ref_params=None,
+        teachers={},
+        ckpt=None,
+        writer=None,
+        checkpoint_meta=dict,
+        prompt_counts={},
+    )
+
+
+def _rollout(valid_BxT, stopped_B):
+    B, T = valid_BxT.shape
+    return Rollout(
+        prompt_tokens=jnp.ones((B, 3), jnp.int32),
+        prompt_valid=jnp.ones((B, 3), bool),
+        completion_tokens=jnp.arange(B * T, dtype=jnp.int32).reshape(B, T),
+        completion_valid=jnp.asarray(valid_BxT),
+        logprobs=jnp.zeros((B, T)),
+        policy_logprobs=jnp.full((B, T), -0.5),
+        lengths=jnp.asarray(valid_BxT.sum(-1), jnp.int32),
+        stopped=jnp.asarray(stopped_B),
+        prompt_index=np.repeat(np.arange(B // 2), 2),
+    )
+
+
+VALID = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]], bool)
+STOPPED = np.array([True, False, True, True])
+ITEMS = [{"record": {"domain": "math", "id": "a"}}, {"record": {"domain": "if", "id": "b"}}]
+
+
+def test_score_grades_each_row_against_its_prompts_record():
+    c = _components([1.0, 0.0, 1.0, 1.0])
+    sc = rl_loop.score(c, _settings(thinking=True), ITEMS, _rollout(VALID, STOPPED))
+    records, texts, thinking = c.pool.seen[0]
+    assert [r["id"] for r in records] == ["a", "a", "b", "b"] and thinking
+    assert texts[0] == "0 1" and texts[1] == "4 5 6 7"  # only the valid tokens are decoded
+    np.testing.assert_array_equal(sc.rewards_B, [1, 0, 1, 1])
+    np.testing.assert_array_equal(sc.lengths_B, [2, 4, 1, 3])
+
+
+@pytest.mark.parametrize("overlong_filter", [False, True])
+def test_build_update_batch_advantages_and_masks(overlong_filter):
+    c = _components([1.0, 0.0, 1.0, 1.0])
+    s = _settings(overlong_filter=overlong_filter)
+    sc = rl_loop.score(c, s, ITEMS, _rollout(VALID, STOPPED))
+    ub = rl_loop.build_update_batch(c, s, sc, params=None)
+    keep = STOPPED if overlong_filter else np.ones(4, bool)
+    np.testing.assert_array_equal(ub.keep_B, keep)
+    np.testing.assert_array_equal(np.asarray(ub.batch["loss_mask"]), VALID & keep[:, None])
+    adv_B = np.asarray(grpo.advantages(jnp.asarray([1.0, 0.0, 1.0, 1.0]), group_size=2))
+    assert adv_B[0] > 0 > adv_B[1] and adv_B[2] == adv_B[3] == 0  # the second group is uninformative
+    np.testing.assert_allclose(np.asarray(ub.batch["adv"]), adv_B[:, None] * (VALID & keep[:, None]))
+    np.testing.assert_array_equal(ub.informative_N, [True, False])
+    assert "old_logp" not in ub.batch and "ref_logp" not in ub.batch  # one update per rollout, no KL
+
+
+def test_build_update_batch_puts_rows_with_a_gradient_first():
+    c = _components([1.0, 1.0, 0.0, 1.0])  # group 0 uninformative, group 1 informative
+    s = _settings(skip_zero_advantage=True, num_micro=2)
+    ub = rl_loop.build_update_batch(c, s, rl_loop.score(c, s, ITEMS, _rollout(VALID, STOPPED)), params=None)
+    rows_first = np.asarray(ub.batch["completion_tokens"])[:, 0]
+    np.testing.assert_array_equal(rows_first, [8, 12, 0, 4])  # rows 2, 3 (informative) before rows 0, 1
+    assert np.all(np.asarray(ub.batch["adv"])[2:] == 0) and np.any(np.asarray(ub.batch["adv"])[:2] != 0)
+
+
+def test_step_settings_from_a_config_file():
+    spec = importlib.util.spec_from_file_location("grpo_config", pathlib.Path(__file__).parents[1] / "configs/grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("multi,tiny")
+    loss = rl_loop.loss_settings(config)
+    s = rl_loop.StepSettings.from_config(config, num_micro=4, loss=loss)
+    assert s.group_size == config.rollout.samples_per_prompt and s.num_micro == 4
+    assert s.skip_zero_advantage == (config.grpo.skip_zero_advantage and loss.gradient_scales_with_advantage)
+    o = config.optim
+    want = optim.lr_at(
+        3,
+        learning_rate=o.learning_rate,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.train.steps,
+    )
+    assert s.lr_at(3) == pytest.approx(want)
+    assert dataclasses.replace(loss, temperature=1.0).eps_high == config.grpo.eps_high
