@@ -93,3 +93,68 @@ def test_helpers():
 def test_unknown_domain_and_odd_response():
     assert score({"domain": "chess", "ground_truth": {}}, "e4").reason == "error"
     assert isinstance(_math(["1"], None), Score)  # a non-string response scores, never raises
+
+
+# Different exact values that plain math-verify calls equal: a decimal within its 6-decimal rounding
+# of the gold, or two expressions whose difference vanishes at 15 digits (its evalf fallback).
+DISTINCT = [
+    ("\\frac{1}{3}", "0.3333333"),
+    ("1/3", "0.333333333333333333"),  # more digits than a float holds
+    ("\\sqrt{2}", "1.41421356"),
+    ("\\pi", "3.14159265"),
+    ("0.1", "0.1000001"),
+    ("10^{-12}", "0.000000000002"),
+    ("10^{-20}", "2\\cdot 10^{-20}"),
+    ("\\sqrt{2}", "\\sqrt{2}+10^{-20}"),
+    ("\\frac{1}{3}\\cdot 10^{-9}", "\\frac{1}{3}\\cdot 10^{-9}+10^{-30}"),
+    ("2^{60}", "2^{60}+1"),  # these two math-verify already gets right: kept as guards
+    ("1152921504606846976", "1152921504606846977"),
+    ("(1, \\frac{1}{3})", "(1, 0.3333333)"),
+    ("(10^{-20}, 1)", "(2\\cdot 10^{-20}, 1)"),
+    ("\\{10^{-20}, 1\\}", "\\{1, 2\\cdot 10^{-20}\\}"),
+    ("[0, 10^{-20}]", "[0, 2\\cdot 10^{-20}]"),
+    ("\\begin{pmatrix}1/3\\\\1\\end{pmatrix}", "\\begin{pmatrix}0.3333333\\\\1\\end{pmatrix}"),
+    ("x < 10^{-20}", "x < 2\\cdot 10^{-20}"),
+    ("0.5", "x = 0.5000001"),
+]
+
+# The same value in another form: exactness must keep every one of these.
+EQUAL = [
+    ("\\frac{1}{2}", "0.5"),
+    ("0.5", "\\frac12"),
+    ("1/2", "50\\%"),
+    ("50\\%", "50"),
+    ("0.25", "\\frac{1}{4}"),
+    ("\\frac52", "2.50"),
+    ("3", "3.0"),
+    ("100", "100.00"),
+    ("123000", "1.23\\times 10^{5}"),
+    ("10^{-3}", "0.001"),
+    ("0.3", "0.1+0.2"),
+    ("2^{60}", "1152921504606846976"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
+    ("\\frac{1+\\sqrt{5}}{2}", "\\frac{2}{\\sqrt{5}-1}"),
+    ("\\sqrt{3+2\\sqrt{2}}", "1+\\sqrt{2}"),
+    ("\\frac{\\sqrt{6}+\\sqrt{2}}{4}", "\\cos(\\pi/12)"),
+    ("\\frac{9\\pi}{4}", "2.25\\pi"),
+    ("\\infty", "\\infty"),
+    ("\\{1,2\\}", "\\{2,1\\}"),
+    ("(1, \\frac12)", "(1, 0.5)"),
+    ("[\\frac12, 1)", "[0.5, 1)"),
+    ("x \\geq 0.5", "x \\geq \\frac{1}{2}"),
+    ("x=\\frac{1}{4}", "0.25"),
+    ("y = 0.5x + 1", "y=\\frac{x}{2}+1"),
+]
+
+
+@pytest.mark.parametrize("gold,answer", DISTINCT)
+def test_distinct_exact_values_score_0(gold, answer):
+    s = _math([gold], f"\\boxed{{{answer}}}")
+    assert (s.reward, s.reason) == (0.0, "wrong"), s
+
+
+@pytest.mark.parametrize("gold,answer", EQUAL)
+def test_equal_values_in_other_forms_score_1(gold, answer):
+    s = _math([gold], f"\\boxed{{{answer}}}")
+    assert (s.reward, s.reason) == (1.0, "ok"), s
