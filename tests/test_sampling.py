@@ -133,3 +133,22 @@ def test_sampling_distribution(temperature, top_k, top_p, keep):
     chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
     assert chi2 < 30, (counts, expected)
     np.testing.assert_allclose(np.exp(q_lp), want[tok], rtol=1e-5)
+
+
+def test_rows_in_chunks_of_whole_prompts_decode_as_one_batch(tmp_path, mesh):
+    """rollout.rows_per_chunk: 5 prompts x 2 samples in chunks of 8 rows (4 prompts; the last chunk is
+    padded) give the greedy tokens of one batch, in the same row order, from one compiled program."""
+    save_hf_model("qwen3", tmp_path, seed=4)
+    cfg, graphdef, params = hf.load(str(tmp_path), mesh)
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16], [17, 18, 19, 20]]
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=12, n=2)
+    whole = sampling.Sampler(graphdef, cfg, mesh, min_prompt_bucket=8).generate(params, prompts, sp)
+    chunked_sampler = sampling.Sampler(graphdef, cfg, mesh, min_prompt_bucket=8, max_rows=8)
+    chunked = chunked_sampler.generate(params, prompts, sp)
+    assert chunked.completion_tokens.shape == whole.completion_tokens.shape == (10, 12)
+    np.testing.assert_array_equal(np.asarray(chunked.completion_tokens), np.asarray(whole.completion_tokens))
+    np.testing.assert_array_equal(chunked.prompt_index, whole.prompt_index)
+    np.testing.assert_array_equal(np.asarray(chunked.prompt_tokens), np.asarray(whole.prompt_tokens))
+    assert chunked_sampler.num_compilations == 1
+    with pytest.raises(ValueError, match="rows_per_chunk"):
+        sampling.Sampler(graphdef, cfg, mesh, max_rows=1).generate(params, prompts, sp)

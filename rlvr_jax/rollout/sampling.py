@@ -217,12 +217,14 @@ class Sampler:
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
         memory_fraction: float = 0.9,
+        max_rows: int = 0,
     ):
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
         self.cache_dtype = jnp.dtype(cache_dtype)
         self.pad_id = pad_id
         self.min_prompt_bucket = min_prompt_bucket
         self.memory_fraction = memory_fraction
+        self.max_rows = max_rows  # rows one program holds (0 = all); more rows run in chunks of whole prompts
         self._compiled: dict = {}
         self.num_compilations = 0
         self.last_compile_seconds = 0.0
@@ -248,12 +250,14 @@ class Sampler:
         spec = sharding.batch_sharding(self.mesh, x.ndim).spec
         return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
 
-    def prepare(self, prompts: Sequence[Sequence[int]], n: int):
-        """Left-pad prompts (each repeated n times) into bucketed host arrays."""
+    def prepare(self, prompts: Sequence[Sequence[int]], n: int, pad_prompts_to: int = 0):
+        """Left-pad prompts (each repeated n times) into bucketed host arrays; with `pad_prompts_to`, the
+        batch holds that many prompts' rows (the extra rows repeat the last prompt and are dropped after)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         rows = len(prompts) * n
-        B = -(-rows // self._batch_multiple()) * self._batch_multiple()
+        B = max(rows, pad_prompts_to * n)
+        B = -(-B // self._batch_multiple()) * self._batch_multiple()
         if jax.process_count() > 1 and B != rows:
             raise ValueError(
                 f"multi-host generation needs this host's {rows} rows to be a multiple of its "
@@ -302,13 +306,28 @@ class Sampler:
         return self._compiled[key]
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, key=None) -> Rollout:
-        tokens, valid, index, rows = self.prepare(prompts, sp.n)
+        key = jax.random.key(sp.seed) if key is None else key
+        per_chunk = self.max_rows // sp.n if self.max_rows else len(prompts)
+        if self.max_rows and per_chunk < 1:
+            raise ValueError(f"rollout.rows_per_chunk={self.max_rows} holds no prompt's {sp.n} samples")
+        if len(prompts) <= per_chunk:
+            return self._generate(params, prompts, sp, key)
+        # Chunks of whole prompts (a group's samples stay together); the last is padded to the same shape
+        # by prepare(), so one program serves them all. Each chunk draws from its own key.
+        parts = [
+            self._generate(params, prompts[i : i + per_chunk], sp, jax.random.fold_in(key, i // per_chunk))
+            for i in range(0, len(prompts), per_chunk)
+        ]
+        index = np.concatenate([p.prompt_index + i * per_chunk for i, p in enumerate(parts)])
+        return Rollout(*(jnp.concatenate(xs, axis=0) for xs in zip(*(p[:-1] for p in parts))), index)
+
+    def _generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, key) -> Rollout:
+        tokens, valid, index, rows = self.prepare(prompts, sp.n, pad_prompts_to=self.max_rows // sp.n)
         B, P = tokens.shape
         program = self._program(params, sp, B * jax.process_count(), P)
-        key = jax.random.key(sp.seed) if key is None else key
         tok_d, val_d = self.to_global(tokens), self.to_global(valid)
         out = (tok_d, val_d) + tuple(program(params, tok_d, val_d, key))
-        if B != rows:  # drop the rows that only padded the batch to the mesh (single-host only)
+        if B != rows:  # drop the rows that only padded the batch to the mesh or the chunk (single-host only)
             out = tuple(x[:rows] for x in out)
         return Rollout(*out, index[:rows])
 
