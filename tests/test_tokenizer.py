@@ -213,6 +213,103 @@ def test_builtin_save_loads_in_transformers(tmp_path, builtin):
     assert T.load_tokenizer(str(tmp_path)).kind == "sentencepiece"
 
 
+NUMBER_PROMPTS = [
+    "what is 12 plus 345?",
+    "2024 - 100 = 1924, and 3.14 x 12",
+    "Compute 1234567890 * 12.",
+    "<think>\n12 + 345 = 357\n</think>\n\nAnswer: \\boxed{357}",
+]
+
+
+def _make_qwen2_dir(path):
+    """A random tiny Qwen2 as transformers 5 writes it: config.json of model type qwen2, a byte-level
+    BPE tokenizer.json whose vocabulary merges digit runs ("Ġ12"), tokenizer_class TokenizersBackend."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["what is 12 plus 345 equals 357", "be brief 2024 hi 12 12 12 again 100 1924 3.14"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_tokens(["<think>", "</think>"])
+    os.makedirs(path, exist_ok=True)
+    tok.save(os.path.join(path, "tokenizer.json"))
+    config = {
+        "tokenizer_class": "TokenizersBackend",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "chat_template": CHATML_DOC,
+    }
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    transformers.Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2).save_pretrained(path)
+    return tok
+
+
+def test_hf_directory_encodes_as_transformers_does(tmp_path):
+    # transformers picks Qwen2Tokenizer from the model type and splits digits one by one; the
+    # tokenizer.json alone merges them. We must encode what transformers encodes.
+    from transformers import AutoTokenizer
+
+    raw = _make_qwen2_dir(tmp_path)
+    assert "Ġ12" in raw.get_vocab() and len(raw.encode(" 12").ids) == 1  # the file merges digits
+    ours = T.load_tokenizer(str(tmp_path))
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert type(theirs).__name__ == "Qwen2Tokenizer"
+    for text in NUMBER_PROMPTS + TRICKY:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False) == theirs.encode(text), text
+        assert ours.decode(ours.encode(text)) == text
+    assert ours.encode(" 12") == [ours.token_to_id("Ġ"), ours.token_to_id("1"), ours.token_to_id("2")]
+    assert any(ours.encode(t) != raw.encode(t).ids for t in NUMBER_PROMPTS)  # the old adapter's answer differs
+    assert ours.vocab_size == len(theirs) and ours.pad_id == theirs.pad_token_id
+    assert ours.eos_ids[0] == ours.token_to_id("<|im_end|>")
+    for conv in CONVERSATIONS + [[{"role": "user", "content": p}] for p in NUMBER_PROMPTS]:
+        for gen in (True, False):
+            want = theirs.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
+            assert ours.apply_chat_template(conv, add_generation_prompt=gen) == want
+            ids = theirs.apply_chat_template(conv, tokenize=True, add_generation_prompt=gen, return_dict=False)
+            assert ours.encode(want) == list(ids)
+    # A saved copy (no config.json beside it, as in a checkpoint's tokenizer/) still splits digits.
+    ours.save(str(tmp_path / "saved"))
+    assert not os.path.exists(tmp_path / "saved" / "config.json")
+    again = T.load_tokenizer(str(tmp_path / "saved"))
+    for text in NUMBER_PROMPTS:
+        assert again.encode(text) == ours.encode(text)
+        assert AutoTokenizer.from_pretrained(str(tmp_path / "saved")).encode(text) == ours.encode(text)
+    assert again.eos_ids == ours.eos_ids and again.pad_id == ours.pad_id
+
+
+def test_warns_when_transformers_replaces_the_tokenizer_model(tmp_path):
+    # Without a tokenizer_class, transformers 5 picks Qwen2Tokenizer for a qwen2/qwen3 model and
+    # rebuilds a WordLevel file as a BPE without merges: it (and so we) no longer encode its words.
+    import warnings
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "hello": 3, "world": 4}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="removed")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    transformers.Qwen3Config(vocab_size=8, hidden_size=16, num_hidden_layers=1).save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    with pytest.warns(UserWarning, match="replaces the WordLevel model of tokenizer.json"):
+        T.load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|im_end|>", "tokenizer_class": "TokenizersBackend"})
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = T.load_tokenizer(str(tmp_path))
+    assert kept.encode("hello world") == [3, 4]
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         T.load_tokenizer(str(tmp_path))

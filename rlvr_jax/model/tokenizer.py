@@ -1,6 +1,6 @@
-"""One tokenizer adapter over Hugging Face `tokenizers` (tokenizer.json) and sentencepiece (.model):
-encode/decode without implicit BOS/EOS, special ids, the EOS set, and chat templates in the
-`chatml` (Qwen) and `llama3` styles, or `hf` (the directory's own jinja template) with thinking.
+"""One tokenizer adapter over `transformers.AutoTokenizer` (Hugging Face directories) and sentencepiece
+(.model, the built-in): encode/decode without implicit BOS/EOS, special ids, the EOS set, and chat
+templates in the `chatml` (Qwen) and `llama3` styles, or `hf` (the directory's own jinja template) with thinking.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from importlib import resources
 from typing import Sequence
 
@@ -88,35 +89,57 @@ class _SentencePiece:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
 
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
 
-class _HuggingFace:
-    """Backend over tokenizer.json plus tokenizer_config.json / generation_config.json if present."""
+
+class _Transformers:
+    """Backend over `transformers.AutoTokenizer` for a Hugging Face directory, so we encode exactly
+    what transformers (and vLLM, which loads it the same way) encodes. Reading tokenizer.json
+    ourselves is not enough: transformers picks the tokenizer class from the model type too (a Qwen2
+    model's `Qwen2Tokenizer` splits digits one by one, whatever the file's pre-tokenizer says)."""
 
     def __init__(self, directory: str):
-        from tokenizers import Tokenizer as HFTokenizer  # local: one tokenizer format's library, loaded for that format
+        from transformers import AutoTokenizer  # local: transformers is heavy (seconds to import); HF dirs only
 
         self.directory = directory
-        self.tok = HFTokenizer.from_file(os.path.join(directory, "tokenizer.json"))
-        self.config = _read_json(os.path.join(directory, "tokenizer_config.json"))
-        self.vocab = self.tok.get_vocab(with_added_tokens=True)
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        self.special_ids = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
-        self.bos, self.eos, self.pad = (_token_str(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
+        self.tok = AutoTokenizer.from_pretrained(directory)
+        self.vocab = self.tok.get_vocab()
+        self.vocab_size = len(self.tok)  # with added tokens
+        self.special_ids = {i for i, t in self.tok.added_tokens_decoder.items() if t.special}
+        self.special_ids |= set(self.tok.all_special_ids)
+        self.bos, self.eos, self.pad = self.tok.bos_token, self.tok.eos_token, self.tok.pad_token
         gen = _read_json(os.path.join(directory, "generation_config.json"))
         extra = gen.get("eos_token_id", [])
         self.extra_eos_ids = [extra] if isinstance(extra, int) else list(extra or [])
-        # transformers >= 4.43 may keep the template in its own file.
-        jinja = os.path.join(directory, "chat_template.jinja")
-        self.chat_template = self.config.get("chat_template")
-        if not self.chat_template and os.path.exists(jinja):
-            with open(jinja) as f:
-                self.chat_template = f.read()
+        self.chat_template = self.tok.chat_template  # from tokenizer_config.json or chat_template.jinja
+        _warn_if_model_replaced(directory, self.tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self.tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
+        # No space clean-up: the text must round-trip exactly (the verifier reads it).
+        return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.tok.convert_ids_to_tokens(int(i))
+
+
+def _warn_if_model_replaced(directory: str, tok) -> None:
+    """Say so when the class transformers chose rebuilt tokenizer.json's model as another kind (a
+    WordLevel file read by Qwen2Tokenizer becomes a BPE without merges): transformers, vLLM and we
+    then all encode text the file's author never meant; `tokenizer_class: TokenizersBackend` in
+    tokenizer_config.json keeps the file as it is."""
+    wanted = _read_json(os.path.join(directory, "tokenizer.json")).get("model", {}).get("type")
+    backend = getattr(tok, "backend_tokenizer", None)
+    got = type(backend.model).__name__ if backend is not None else None
+    if wanted and got and wanted != got:
+        warnings.warn(
+            f"{directory}: transformers loads it as {type(tok).__name__}, whose {got} model replaces the {wanted} "
+            "model of tokenizer.json; set tokenizer_class to TokenizersBackend in tokenizer_config.json to keep the file",
+            stacklevel=3,
+        )
 
 
 def _read_json(path: str) -> dict:
@@ -124,11 +147,6 @@ def _read_json(path: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
-
-
-def _token_str(value) -> str | None:
-    # tokenizer_config.json stores special tokens either as strings or as AddedToken dicts.
-    return value.get("content") if isinstance(value, dict) else value
 
 
 class Tokenizer:
@@ -188,7 +206,7 @@ class Tokenizer:
         return self._b.vocab.get(token)
 
     def id_to_piece(self, i: int) -> str:
-        return self._b.sp.id_to_piece(i) if self.kind == "sentencepiece" else self._b.tok.id_to_token(i)
+        return self._b.id_to_piece(i)
 
     def apply_chat_template(
         self, messages: Sequence[dict], *, add_generation_prompt: bool = True, thinking: bool = False
@@ -216,11 +234,7 @@ class Tokenizer:
 
     def _hf_template(self, messages, add_generation_prompt, thinking) -> str:
         # The model's own template decides what thinking means (Qwen3: `enable_thinking`).
-        from transformers import AutoTokenizer  # local: transformers is heavy (seconds to import)
-
-        if not hasattr(self, "_hf_tok"):
-            self._hf_tok = AutoTokenizer.from_pretrained(self._b.directory)
-        return self._hf_tok.apply_chat_template(
+        return self._b.tok.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=thinking
         )
 
@@ -228,11 +242,12 @@ class Tokenizer:
         """Write files `transformers.AutoTokenizer` (and vLLM) load, next to an exported model."""
         os.makedirs(directory, exist_ok=True)
         if self.kind == "hf":
-            for name in sorted(os.listdir(self._b.directory)):
-                if name.startswith(
-                    ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")
-                ):
-                    shutil.copy(os.path.join(self._b.directory, name), os.path.join(directory, name))
+            # transformers writes the class it resolved (e.g. Qwen2Tokenizer, chosen from a config.json
+            # that is not copied), so the copy loads to the same tokenizer on its own.
+            self._b.tok.save_pretrained(directory)
+            gen = os.path.join(self._b.directory, "generation_config.json")
+            if os.path.exists(gen):  # extra EOS ids live there
+                shutil.copy(gen, os.path.join(directory, "generation_config.json"))
             return
         with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
             f.write(self._b.model_bytes)
@@ -285,7 +300,7 @@ def load_tokenizer(path_or_dir: str, *, chat_style: str | None = None) -> Tokeni
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "tokenizer.json")):
-            return Tokenizer(_HuggingFace(path), chat_style=chat_style)
+            return Tokenizer(_Transformers(path), chat_style=chat_style)
         models = sorted(n for n in os.listdir(path) if n.endswith(".model"))
         if not models:
             raise FileNotFoundError(f"{path}: no tokenizer.json or *.model file")
@@ -293,7 +308,7 @@ def load_tokenizer(path_or_dir: str, *, chat_style: str | None = None) -> Tokeni
     if path.endswith(".json"):
         if os.path.basename(path) != "tokenizer.json":
             raise ValueError(f"{path}: pass the directory holding tokenizer.json")
-        return Tokenizer(_HuggingFace(os.path.dirname(path) or "."), chat_style=chat_style)
+        return Tokenizer(_Transformers(os.path.dirname(path) or "."), chat_style=chat_style)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     with open(path, "rb") as f:
