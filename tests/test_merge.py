@@ -62,8 +62,9 @@ def kth(values, k):
     return np.sort(values)[::-1][k - 1]
 
 
-def np_disjoint(ts, w):
-    s = sum(w[k] * t for k, t in enumerate(ts))
+def np_disjoint(ts, w, weighted_election=True):
+    """Elect sign(sum w_k t_k) (TIES, as mergekit) or sign(sum t_k) (SCE); w-weighted mean of the agreeing."""
+    s = sum((w[k] if weighted_election else 1) * t for k, t in enumerate(ts))
     num, den = np.zeros_like(s), np.zeros_like(s)
     for k, t in enumerate(ts):
         agree = (np.sign(t) == np.sign(s)) & (t != 0)
@@ -185,8 +186,36 @@ def test_breadcrumbs_and_sce_match_numpy():
         var = ((T - T.mean(0)) ** 2).mean(0)
         sel = var >= kth(var.ravel(), M.keep_count(0.5, var.size))
         T = np.where(sel, T, 0)
-        ref[p] = a[p] + np_disjoint(list(T), (T**2).reshape(4, -1).mean(1))
+        ref[p] = a[p] + np_sce(list(T))
     check(M.sce(_tree(a), [_tree(x) for x in xs], density=0.5), ref, tol=1e-5)
+
+
+def np_sce(ts):
+    """SCE's merged delta: weights mean(t_k^2); the majority sign of the UNWEIGHTED sum (REFERENCE.md)."""
+    return np_disjoint(ts, np.array([np.mean(t * t) for t in ts]), weighted_election=False)
+
+
+def test_sce_elects_the_sign_of_the_unweighted_sum():
+    # Expert 0's few huge entries give it ~1000x the weight of experts 1 and 2; everywhere else it is
+    # small and against them. The weighted sum follows expert 0 there, the plain sum follows 1 and 2.
+    rng = np.random.default_rng(7)
+    shape = (64, 32)
+    a = rng.standard_normal(shape).astype(np.float32)
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    t0 = 0.01 * sign
+    t0.flat[:4] = 50.0
+    t1 = -sign * rng.uniform(0.05, 0.15, size=shape)
+    t2 = -sign * rng.uniform(0.05, 0.15, size=shape)
+    ts = [t.astype(np.float32) for t in (t0, t1, t2)]
+    w = np.array([np.mean(t * t) for t in ts])
+    weighted, plain = np.sign(sum(wk * t for wk, t in zip(w, ts))), np.sign(sum(ts))
+    assert (weighted != plain).mean() > 0.9  # the two elections disagree almost everywhere
+    ref = {"w/kernel": a + np_sce(ts)}
+    got = M.sce({"w": {"kernel": a}}, [{"w": {"kernel": a + t}} for t in ts])
+    check(got, ref, tol=1e-5)
+    # Off the huge entries the merge moves with experts 1 and 2 (expert 0 is erased there).
+    delta = np.asarray(got["w"]["kernel"]) - a
+    assert (np.sign(delta).flat[4:] == plain.flat[4:]).all()
 
 
 def test_slerp_and_model_stock_match_numpy():
@@ -443,3 +472,42 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
     assert out_cfg.param_dtype == "bfloat16"
     want = M.average(loaded[0], [loaded[1], loaded[2], loaded[1], loaded[2]], weights=[1, 0.5, 1, 1])
     check(got, _flat(jax.tree.map(lambda x: x.astype(jnp.bfloat16), want)), tol=8e-3)  # 1 bf16 ulp
+
+
+def test_cli_recipe_is_parsed_by_ml_collections_and_flags_win(monkeypatch, capsys):
+    import os
+
+    from rlvr_jax.merging import cli as merge_cli
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config, rest = merge_cli.parse_config(
+        [
+            "--anchor",
+            "flag-anchor",
+            "--config=configs/merge.py:ties",
+            "--config.anchor=ckpt/sft",
+            "--config.options.density=0.5",
+            "--config.experts.code.weight=0.5",
+            "--config.experts.math.path",
+            "ckpt/rl-math",
+            "--config.experts.if.path=ckpt/rl-if",  # `if` is a Python keyword: ml-collections needs it quoted
+            "--drop-rate",
+            "0.1",
+            "--out",
+            "o",
+        ]
+    )
+    assert rest == ["--anchor", "flag-anchor", "--drop-rate", "0.1", "--out", "o"]  # left for argparse, in order
+    r = merge_cli.resolve(merge_cli.build_parser().parse_args(rest), config)
+    assert r["anchor"] == "flag-anchor" and r["out"] == "o" and r["method"] == "ties"
+    assert r["options"] == {"density": 0.5, "trim_scope": "global", "scale": 1.0, "drop_rate": 0.1}
+    assert dict(r["experts"])["math"] == "ckpt/rl-math" and dict(r["experts"])["if"] == "ckpt/rl-if"
+    assert dict(zip([n for n, _ in r["experts"]], r["weights"])) == {"math": 1, "code": 0.5, "science": 1, "if": 1}
+    for argv, want in [
+        (["--config=configs/merge.py:tyes"], "configs/merge.py: unknown word 'tyes' in ':tyes'; allowed: one method"),
+        (["--config.anchor=x"], "--config.anchor=x without --config"),
+        (["--config.anchor=x", "--config=configs/merge.py"], "before a value for --config"),
+        (["--config=configs/merge.py", "--config.experts.math.weight=abc"], "--config.experts.math.weight=abc"),
+    ]:
+        assert merge_cli.main(argv) == 2
+        assert want in capsys.readouterr().err

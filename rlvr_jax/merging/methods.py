@@ -103,11 +103,12 @@ def _deltas(a, xs, h, seed, drop_rate):
     return a32, taus
 
 
-def _disjoint_mean(taus, coef):
-    """Elect sign(sum coef_k tau_k); coef-weighted mean of the non-zero entries that agree (else 0)."""
-    s = coef[0] * taus[0]
+def _disjoint_mean(taus, coef, *, weighted_election: bool):
+    """Elect sign(sum_k coef_k tau_k), or sign(sum_k tau_k) without weighted_election; return the
+    coef-weighted mean of the non-zero entries that agree with it (else 0)."""
+    s = coef[0] * taus[0] if weighted_election else taus[0]
     for k in range(1, len(taus)):
-        s = s + coef[k] * taus[k]
+        s = s + (coef[k] * taus[k] if weighted_election else taus[k])
     sign = jnp.sign(s)
     num = jnp.zeros_like(s)
     den = jnp.zeros_like(s)
@@ -129,7 +130,8 @@ def _k_linear(a, xs, h, seed, coef, *, drop_rate, out_dtype):
 def _k_ties(a, xs, h, seed, w, scale, thr_K, *, drop_rate, out_dtype):
     a32, taus = _deltas(a, xs, h, seed, drop_rate)
     kept = [jnp.where(jnp.abs(t) >= thr_K[k], t, 0.0) for k, t in enumerate(taus)]
-    return (a32 + scale * _disjoint_mean(kept, w)).astype(out_dtype)
+    # mergekit's TIES weights the deltas before its sign election; with equal weights it is Σ_k τ̂_k.
+    return (a32 + scale * _disjoint_mean(kept, w, weighted_election=True)).astype(out_dtype)
 
 
 def _k_breadcrumbs(a, xs, h, seed, w, scale, thr_Kx2, *, drop_rate, out_dtype):
@@ -154,7 +156,7 @@ def _k_sce(a, xs, h, seed, scale, thr, *, select, out_dtype):
         sel = _variance(taus) >= thr
         taus = [jnp.where(sel, t, 0.0) for t in taus]
     coef = jnp.stack([jnp.mean(t * t) for t in taus])  # expert weight ~ mean squared delta
-    return (a32 + scale * _disjoint_mean(taus, coef)).astype(out_dtype)
+    return (a32 + scale * _disjoint_mean(taus, coef, weighted_election=False)).astype(out_dtype)
 
 
 def _k_model_stock(a, xs, h, seed, *, out_dtype):
@@ -416,7 +418,11 @@ def breadcrumbs(
 
 def sce(anchor, experts, *, scale=1.0, density=1.0, out_dtype=None, consume=False, names=None):
     """SCE per tensor: (density < 1) keep entries whose variance over experts is in the top
-    density; expert weight ~ mean(tau_k^2); erase entries against sign(sum tau_k); weighted mean."""
+    density; expert weight ~ mean(tau_k^2); erase entries against sign(sum tau_k); weighted mean.
+
+    The majority sign comes from the unweighted sum of the (selected) task vectors, as REFERENCE.md
+    defines SCE and mergekit computes it (its sign mask is taken before the weights): the weights
+    only average the entries that survive the election, they do not vote in it."""
     _check_fraction("density", density)
     treedef, items, _ = _prepare(anchor, experts, names, None, 0)
     select = density < 1
