@@ -47,8 +47,7 @@ def get_config(arg: str = "multi"):
     c.data.thinking = True  # <think>...</think> format gate
     c.data.system_prompt = ""
     c.data.domain_prefixes = not tiny  # per-domain answer-format instructions (built-in prompts carry their own)
-    # Longer prompts are dropped (counted in metrics). Tiny: 64 keeps every math/code/science prompt and
-    # ~74% of the built-in IF prompts, and halves the CPU cost of each step.
+    # Longer prompts are dropped (counted in metrics); tiny: 64 halves a CPU step (docs/MEASUREMENTS.md).
     c.data.max_prompt_tokens = 64 if tiny else 2048
 
     c.rollout = ml_collections.ConfigDict()
@@ -81,21 +80,17 @@ def get_config(arg: str = "multi"):
     c.grpo.overlong_filter = False  # mask truncated responses
     c.grpo.overlong_buffer = 0  # tokens; > 0 enables DAPO's soft overlong penalty
     c.grpo.overlong_penalty = 1.0
-    # Skip micro-batches whose rows all have zero advantage (groups with equal rewards) when the loss is
-    # the policy term alone: the update is unchanged (their gradient is exactly zero); token-mean metrics
-    # (entropy, ratio, clip and TIS) then cover the rows with a non-zero advantage. Tiny default: 64% of
-    # the micro-batches computed, 3.2 s per step instead of 3.9.
+    # Skip micro-batches whose rows all have zero advantage when the loss is the policy term alone: the update
+    # is unchanged (their gradient is exactly zero); token-mean metrics cover the other rows (docs/MEASUREMENTS.md).
     c.grpo.skip_zero_advantage = True
     c.grpo.updates_per_rollout = 1  # > 1: several PPO epochs (old logprobs then get their own pass)
-    # Rows per gradient-accumulation micro-batch; 0 = the whole rollout. Tiny: 16, because on a CPU
-    # small micro-batches stay in cache (update of 128 rows: 1.70 s whole, 1.34-1.43 s at 16, 8 or 4 rows).
+    # Rows per gradient-accumulation micro-batch (0 = the whole rollout); tiny: 16 rows stay in the CPU's cache
+    # (docs/MEASUREMENTS.md).
     c.grpo.micro_batch_size = 16 if tiny else 0
 
     c.optim = ml_collections.ConfigDict()
-    # Tiny: 3e-4 with eps 1e-4. Per-parameter RL gradients are ~1e-4 here, so Adam's usual eps turns
-    # every noisy coordinate into a full-size step. Held-out mean gain after 40 steps from the default
-    # anchor (200 items per domain, paired z): 1e-4/1e-8 +0.006 (z 1.4); 3e-4/1e-4 +0.012 (z 2.0);
-    # 1e-3/1e-4 -0.009 (z -1.0). Earlier, with eps 1e-8: 1e-3 lost 0.04, 3e-4 was flat.
+    # Tiny: 3e-4 with eps 1e-4. Per-parameter RL gradients are ~1e-4 here, so Adam's usual eps turns every noisy
+    # coordinate into a full-size step (the sweep: docs/MEASUREMENTS.md).
     c.optim.learning_rate = 3e-4 if tiny else 2e-6
     c.optim.schedule = "constant"
     c.optim.warmup_steps = 0
@@ -111,7 +106,7 @@ def get_config(arg: str = "multi"):
     c.train.keep = 3  # checkpoints kept
 
     c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
-    c.sft.steps = 1000 if tiny else 0  # tiny, unpacked batches of 16: 500 steps left code at 0.03, 1200 reached 0.56
+    c.sft.steps = 1000 if tiny else 0  # tiny: enough for the anchor to solve some code items (docs/MEASUREMENTS.md)
     # Rows of max_len tokens per step; each row packs several examples (tiny: 10 rows ~ 16 examples).
     c.sft.batch_size = 10 if tiny else 16
     c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
@@ -125,9 +120,8 @@ def get_config(arg: str = "multi"):
     c.opd.teachers = ""  # "math=CKPT,code=CKPT,..."; non-empty switches the advantage to teacher - student logp
 
     c.eval = ml_collections.ConfigDict()
-    # Tiny: 500 held-out items per domain (code has only ~230 distinct held-out prompts: all of them).
-    # The RL gain's noise is mostly which items flip, so items cut it where more samples do not: the
-    # built-in default's paired stderr of the mean gain is 0.006 at 200 items, 0.004 at 500.
+    # Tiny: 500 per domain (code: all ~230); the gain's noise is which items flip, so items cut it where more samples
+    # do not (docs/MEASUREMENTS.md).
     c.eval.items_per_domain = 500 if tiny else 0  # held-out items per domain, before and after RL; 0 = skip
     # Avg@K with the policy's own sampling temperature, as the study reports (greedy decoding hides
     # much of what RL changes in a small model: it sharpens the sampled distribution first).

@@ -2,9 +2,7 @@
 merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> evaluate every model on every
 domain -> weight-space and policy analyses -> report.md, results.json and plots.
 
-Laptop CPU (tiny model, built-in tasks; 27 min measured on a shared 2-core CPU with the older 400-step SFT
-and lr 4e-4 of configs/grpo.py, docs/example_tiny/; the 600 more SFT steps now, at the ~3.5 steps/s the
-main job measured, add about 3 min; not re-measured end to end):
+Laptop CPU (tiny model, built-in tasks; about 30 min on a 2-core CPU, an estimate: docs/MEASUREMENTS.md):
   rlvr-experiment --config=configs/mix_vs_merge.py:tiny --workdir=runs/mix_vs_merge
 Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor is the SFT model:
   rlvr-experiment --config=configs/mix_vs_merge.py --config.anchor=/mnt/ckpt/qwen3-4b-sft \\
@@ -33,7 +31,7 @@ def get_config(arg: str = ""):
     c.base = grpo.get_config("multi,tiny" if tiny else "multi")
     c.base.seed = c.get_ref("seed")
     c.base.eval.items_per_domain = 0  # every model is evaluated once, in the eval stage
-    # Tiny: the grpo preset's 200 SFT steps, which give an anchor that already solves some items.
+    # Tiny: the grpo preset's SFT steps, which give an anchor that already solves some items.
     # Study scale: the anchor comes from elsewhere (c.anchor); base.sft only runs when anchor is "".
     c.anchor = ""  # HF directory or Orbax checkpoint of the SFT model; "" = run the SFT stage (base.sft)
 
