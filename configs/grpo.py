@@ -1,6 +1,6 @@
 """GRPO presets of the study (REFERENCE.md "GRPO as the study ran it"): single-domain or multi-task.
 
-ARG = DOMAIN[,tiny] with DOMAIN in math | code | science | if | multi.
+ARG = DOMAIN[,tiny] with DOMAIN in math | code | science | if | multi (no ARG: multi); any other word is an error.
 Pod scale (Qwen3-4B, 128 prompts x 16 samples, 200 steps per domain, 400 multi-task):
   launch/tpu_pod.sh run --config=configs/grpo.py:math --config.model.checkpoint=gs://BUCKET/anchor --workdir=gs://BUCKET/rl-math
 Laptop CPU (tiny model, built-in tasks, SFT warm start first):
@@ -9,14 +9,14 @@ Laptop CPU (tiny model, built-in tasks, SFT warm start first):
 
 import ml_collections
 
+from rlvr_jax.config_args import parse_arg
+
 DOMAINS = {"math": "math", "code": "code", "science": "science", "if": "if", "multi": "math,code,science,if"}
 
 
-def get_config(arg: str = "multi"):
-    domain, *flags = (arg or "multi").split(",")
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {sorted(DOMAINS)}")
-    tiny = "tiny" in flags
+def get_config(arg: str = ""):
+    a = parse_arg(arg, file=__file__, choices={"domain": DOMAINS}, flags=("tiny",), default="multi")
+    domain, tiny = a.domain, a.tiny
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.tokenizer = "builtin" if tiny else ""  # directory, "builtin", or "" = the checkpoint's own files

@@ -2,7 +2,7 @@
 around the SFT anchor, lambda = 1, fp32 arithmetic.
 
 ARG = METHOD (average | task_arithmetic | ties | dare_ties | dare_task_arithmetic | sce |
-breadcrumbs | model_stock). Paths are placeholders to set on the command line:
+breadcrumbs | model_stock; no ARG: ties). Paths are placeholders to set on the command line:
   rlvr-merge --config=configs/merge.py:ties --config.anchor=ckpt/sft \
     --config.experts.math.path=ckpt/rl-math --config.experts.code.path=ckpt/rl-code \
     --config.experts.science.path=ckpt/rl-science --config.experts.if.path=ckpt/rl-if --out=ckpt/ties
@@ -10,6 +10,8 @@ Flags given explicitly (--density, --weights, ...) override the recipe.
 """
 
 import ml_collections
+
+from rlvr_jax.config_args import parse_arg
 
 # The study's settings; mergekit's defaults where the study names none (breadcrumbs, sce select).
 OPTIONS = {
@@ -24,10 +26,8 @@ OPTIONS = {
 }
 
 
-def get_config(arg: str = "ties"):
-    method = arg or "ties"
-    if method not in OPTIONS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(OPTIONS)}")
+def get_config(arg: str = ""):
+    method = parse_arg(arg, file=__file__, choices={"method": OPTIONS}, default="ties").method
     c = ml_collections.ConfigDict()
     c.anchor = ""  # HF directory or Orbax checkpoint of the SFT model (required)
     c.experts = ml_collections.ConfigDict()

@@ -10,18 +10,16 @@ Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor
 A rerun with the same workdir skips the stages that wrote DONE.json (GRPO stages also resume mid-run).
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(__file__))
-import grpo  # noqa: E402
-import merge as merge_recipes  # noqa: E402
+from rlvr_jax.config_args import load_config_module, parse_arg
+
+grpo = load_config_module(__file__, "grpo")
+merge_recipes = load_config_module(__file__, "merge")
 
 
 def get_config(arg: str = ""):
-    tiny = arg == "tiny"
+    tiny = parse_arg(arg, file=__file__, flags=("tiny",)).tiny
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.domains = "math,code,science,if"  # one expert per domain; the multi-task run pools them all

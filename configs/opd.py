@@ -6,15 +6,13 @@ advantage = log p_teacher - log p_student, same clipped surrogate with eps 0.2, 
 ARG "tiny" gives the CPU-sized variant (used by rlvr-experiment :tiny).
 """
 
-import os
-import sys
+from rlvr_jax.config_args import load_config_module, parse_arg
 
-sys.path.insert(0, os.path.dirname(__file__))
-import grpo  # noqa: E402
+grpo = load_config_module(__file__, "grpo")
 
 
 def get_config(arg: str = ""):
-    tiny = arg == "tiny"
+    tiny = parse_arg(arg, file=__file__, flags=("tiny",)).tiny
     c = grpo.get_config("multi,tiny" if tiny else "multi")
     c.grpo.eps_low = c.grpo.eps_high = 0.2
     c.sft.steps = 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import keyword
 import logging
 import os
 import sys
@@ -12,22 +13,56 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
+from rlvr_jax.config_args import ConfigArgError
+
 log = logging.getLogger(__name__)
+
+
+def flag_error(error: BaseException) -> str:
+    """What was wrong on a command line: the config file's own ConfigArgError when one is behind `error`
+    (absl and ml-collections re-raise it with a traceback dump in the message), else absl's message."""
+    found, e, seen = None, error, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConfigArgError):
+            found = e  # keep walking: the innermost one is the config file's own, without the dump
+        e = e.__cause__ or e.__context__
+    return str(found if found is not None else error)
+
+
+def quote_keyword_fields(argv: list[str]) -> list[str]:
+    """`--config.experts.if.path=X` as `--config.experts["if"].path=X`: ml-collections parses an override's
+    field path as a Python expression, where the `if` domain is a keyword."""
+    out = []
+    for a in argv:
+        name, eq, value = a.partition("=")
+        parts = name.split(".")
+        if name.startswith("--config.") and "[" not in name and any(keyword.iskeyword(p) for p in parts[2:]):
+            name = ".".join(parts[:2]) + "".join(f'["{p}"]' if keyword.iskeyword(p) else f".{p}" for p in parts[2:])
+        out.append(name + eq + value)
+    return out
 
 
 def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str], None]) -> int:
     """Parse `--config` / overrides / `--workdir`, set up logging, then `run(config, workdir)`."""
     fv = flags.FlagValues()
+    argv = quote_keyword_fields(list(sys.argv[1:] if argv is None else argv))
+    # sys_argv: ml-collections finds the overrides there (default sys.argv, not the argv of an in-process call)
     config_flags.DEFINE_config_file(
-        "config", None, "config file, e.g. configs/default.py:tiny", flag_values=fv, lock_config=True
+        "config",
+        None,
+        "config file, e.g. configs/default.py:tiny",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=[prog] + argv,
     )
     flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, TensorBoard logs", flag_values=fv)
-    argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(f"usage: {prog} --config=configs/FILE.py[:ARG] [--config.a.b=VALUE ...] --workdir=DIR\n")
         print((description or "").strip() + "\n")
         print(
-            "Each config file's docstring shows its run command; any field can be overridden, e.g.\n"
+            "Each config file's docstring shows its run command and the words its ARG takes (any other word\n"
+            "is an error); any field can be overridden, e.g.\n"
             "  --config.train.steps=20 --config.rollout.samples_per_prompt=8\n"
         )
         print(fv.main_module_help() if hasattr(fv, "main_module_help") else "")
@@ -35,7 +70,7 @@ def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str],
     try:
         fv([prog] + argv)
     except flags.Error as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {flag_error(e)}", file=sys.stderr)
         return 2
     if fv.config is None or not fv.workdir:
         print(f"{prog}: error: --config and --workdir are required (see --help)", file=sys.stderr)

@@ -6,14 +6,14 @@ import copy
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
+from rlvr_jax.config_args import load_config_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import mix_vs_merge  # noqa: E402
+mix_vs_merge = load_config_file(os.path.join(REPO, "configs", "mix_vs_merge.py"))
 
 
 def short_config():
