@@ -2,23 +2,24 @@
 
 Checkpoints are restored straight into their shardings on the local mesh, merged tensor by tensor
 under jit (inputs freed as they are consumed) and written sharded. A recipe file
-(`--config configs/merge.py:ties`) carries per-expert weights; explicit flags override it.
+(`--config=configs/merge.py:ties`, `--config.a.b=value` overrides, ml-collections as in rlvr-train)
+carries per-expert weights; explicit flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
 import time
 
 import jax
+from absl import flags
+from ml_collections import config_flags
 
-from rlvr_jax import checkpoint, sharding
+from rlvr_jax import checkpoint, cli, sharding
 from rlvr_jax.merging import methods as merge
 from rlvr_jax.model import params_io
 
@@ -38,10 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-merge",
         description="Merge single-domain RL experts around their anchor (task vectors in fp32).",
-        epilog="example: rlvr-merge --anchor ckpt/sft --experts ckpt/rl-math,ckpt/rl-code "
-        "--method ties --density 0.2 --out ckpt/ties",
+        epilog="examples:\n  rlvr-merge --anchor ckpt/sft --experts ckpt/rl-math,ckpt/rl-code "
+        "--method ties --density 0.2 --out ckpt/ties\n"
+        "  rlvr-merge --config=configs/merge.py:ties --config.anchor=ckpt/sft "
+        "--config.experts.math.path=ckpt/rl-math ... --out ckpt/ties",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="recipe file FILE.py[:ARG] with get_config(arg)")
+    # Parsed by ml-collections before argparse sees the rest (parse_config); listed here for --help.
+    p.add_argument(
+        "--config",
+        metavar="FILE.py[:ARG]",
+        help="recipe file with get_config(arg), e.g. configs/merge.py:ties; then --config.a.b=VALUE overrides "
+        "any of its fields (after --config)",
+    )
     p.add_argument("--anchor", help="anchor checkpoint (HF directory or Orbax)")
     p.add_argument("--experts", help="comma-separated expert checkpoints, each PATH or NAME=PATH")
     p.add_argument("--method", choices=sorted(merge.MERGE_METHODS))
@@ -65,33 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(spec: str, overrides: list[str]):
-    """get_config(arg) of FILE.py[:ARG], then `--config.a.b=value` overrides (literals parsed)."""
-    path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("_merge_recipe", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    cfg = mod.get_config(arg) if arg else mod.get_config()
-    for o in overrides:
-        key, eq, value = o[len("--config.") :].partition("=")
-        if not eq:
-            raise SystemExit(f"rlvr-merge: error: override {o!r} needs =VALUE")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass  # a bare string such as a path
-        node, *parts = [cfg, *key.split(".")]
-        for k in parts[:-1]:
-            node = node[k]
-        if isinstance(node, dict) or hasattr(node, "keys"):
-            node[parts[-1]] = value
-        else:
-            raise SystemExit(f"rlvr-merge: error: no config field {key!r}")
-    return cfg
+def parse_config(argv: list[str]):
+    """`--config=FILE.py[:ARG]` and its `--config.a.b=value` overrides, parsed by ml-collections as every
+    config-driven command parses them; returns (the config or None, the arguments left for argparse)."""
+    fv, argv = flags.FlagValues(), ["rlvr-merge", *cli.quote_keyword_fields(argv)]
+    # sys_argv: ml-collections finds the overrides there (default sys.argv, not the argv of an in-process call)
+    config_flags.DEFINE_config_file(
+        "config", None, "merge recipe file", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    fv.set_gnu_getopt(True)  # keep reading past the other flags' values
+    rest = fv(argv, known_only=True)[1:]
+    stray = [a for a in rest if a.startswith("--config.")]
+    if stray:
+        raise flags.Error(f"{stray[0]} without --config=FILE.py[:ARG] before it")
+    return fv.config, rest
 
 
-def resolve(args, overrides) -> dict:
-    """One recipe dict from the config file (if any) and the flags (which win)."""
+def resolve(args, config=None) -> dict:
+    """One recipe dict from the config (if any) and the flags (which win)."""
     r = {
         "anchor": None,
         "experts": [],
@@ -103,8 +104,8 @@ def resolve(args, overrides) -> dict:
         "dtype": None,
         "mesh": "1,-1,1",
     }
-    if args.config:
-        c = load_config(args.config, overrides)
+    if config is not None:
+        c = config
         r.update(
             anchor=c.anchor or None,
             method=c.method,
@@ -118,8 +119,6 @@ def resolve(args, overrides) -> dict:
         r["experts"] = [(n, p) for n, p, _ in experts]
         if any(w != 1.0 for *_, w in experts):
             r["weights"] = [w for *_, w in experts]
-    elif overrides:
-        raise SystemExit(f"rlvr-merge: error: {overrides[0]} without --config")
     if args.experts:
         r["experts"] = [
             tuple(e.split("=", 1)) if "=" in e else (os.path.basename(os.path.normpath(e)), e)
@@ -209,10 +208,19 @@ def run(r: dict, *, log=print) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    parser = build_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        parser.parse_args(["--help"])  # before a config file is loaded: help never fails on one
     try:
-        run(resolve(args, overrides), log=lambda s: print(s, file=sys.stderr))
+        config, rest = parse_config(argv)
+    except flags.Error as e:
+        print(f"rlvr-merge: error: {cli.flag_error(e)}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(rest)
+    if args.config is not None:  # only an abbreviation (--conf=...) gets past ml-collections to argparse
+        parser.error("spell out --config=FILE.py[:ARG]")
+    try:
+        run(resolve(args, config), log=lambda s: print(s, file=sys.stderr))
     except (ValueError, FileNotFoundError) as e:  # MergeError is a ValueError
         print(f"rlvr-merge: error: {e}", file=sys.stderr)
         return 2
