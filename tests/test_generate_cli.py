@@ -27,7 +27,15 @@ def write_tokenizer(directory):
     tok.add_tokens([AddedToken("\n", normalized=False)])
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "[UNK]"}, f)
+        json.dump(
+            {
+                "tokenizer_class": "TokenizersBackend",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<pad>",
+                "unk_token": "[UNK]",
+            },
+            f,
+        )
 
 
 @pytest.fixture(scope="module")

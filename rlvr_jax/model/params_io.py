@@ -101,6 +101,8 @@ def copy_tokenizer(source: str, out_dir: str) -> None:
         return
     dst = os.path.join(out_dir, "tokenizer")
     os.makedirs(dst, exist_ok=True)
-    for fname in hf.TOKENIZER_FILES:
+    # config.json too: transformers picks the tokenizer class from the model type when the tokenizer files
+    # do not name one (a qwen2 config splits digits one by one), so the copy must keep it to encode alike
+    for fname in hf.TOKENIZER_FILES + ("config.json",):
         if os.path.isfile(os.path.join(src, fname)):
             shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
