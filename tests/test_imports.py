@@ -27,8 +27,8 @@ LAYERS = [
     {"rlvr_jax.merging"},
     {"rlvr_jax.eval"},
     {"rlvr_jax.rl"},
+    {"rlvr_jax.plan"},  # compiles the stages below it; the experiment asks it before running them
     {"rlvr_jax.study"},
-    {"rlvr_jax.plan"},
 ]
 
 
