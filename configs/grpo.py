@@ -58,6 +58,9 @@ def get_config(arg: str = ""):
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
     c.rollout.cache_dtype = "float32" if tiny else "bfloat16"
+    # Rows one rollout program holds (0 = the whole step); more run in chunks of whole prompts. Pod: the static
+    # KV cache of 2,048 rows x 34,816 slots needs 285 GiB per v5p chip; 256 rows fit (rlvr-plan).
+    c.rollout.rows_per_chunk = 0 if tiny else 256
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.advantage = "grpo"  # grpo | drgrpo | rloo
@@ -86,7 +89,7 @@ def get_config(arg: str = ""):
     c.grpo.updates_per_rollout = 1  # > 1: several PPO epochs (old logprobs then get their own pass)
     # Rows per gradient-accumulation micro-batch (0 = the whole rollout); tiny: 16 rows stay in the CPU's cache
     # (docs/MEASUREMENTS.md).
-    c.grpo.micro_batch_size = 16 if tiny else 0
+    c.grpo.micro_batch_size = 16 if tiny else 64  # pod: one 34,816-token row per chip of v5p:4x4x4
 
     c.optim = ml_collections.ConfigDict()
     # Tiny: 3e-4 with eps 1e-4. Per-parameter RL gradients are ~1e-4 here, so Adam's usual eps turns every noisy
@@ -108,7 +111,7 @@ def get_config(arg: str = ""):
     c.sft = ml_collections.ConfigDict()  # supervised warm start before RL (0 steps: start from model.checkpoint)
     c.sft.steps = 1000 if tiny else 0  # tiny: enough for the anchor to solve some code items (docs/MEASUREMENTS.md)
     # Rows of max_len tokens per step; each row packs several examples (tiny: 10 rows ~ 16 examples).
-    c.sft.batch_size = 10 if tiny else 16
+    c.sft.batch_size = 10 if tiny else 64  # pod: one row per chip of v5p:4x4x4
     c.sft.max_len = 128 if tiny else 4096  # tokens of prompt + response
     c.sft.learning_rate = 5e-3 if tiny else 1e-5
     c.sft.warmup_steps = 20
@@ -139,4 +142,9 @@ def get_config(arg: str = ""):
     c.distributed.coordinator = ""  # host:port for CPU/GPU multi-process runs
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
+
+    # rlvr-plan: the TPU slice this preset is sized for, and the mean response length its projection assumes
+    c.plan = ml_collections.ConfigDict()
+    c.plan.topology = "v5e:2x2" if tiny else "v5p:4x4x4"
+    c.plan.mean_response_tokens = 0 if tiny else 8192  # tokens; 0 = max_new_tokens (an upper bound)
     return c

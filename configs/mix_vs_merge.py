@@ -72,6 +72,7 @@ def get_config(arg: str = ""):
     c.report = ml_collections.ConfigDict()  # changes here do not invalidate finished stages
     c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"
     c.report.curve_smoothing = 5  # steps in the rolling mean of the learning curves
+    c.check_fit = True  # on a TPU: compile every stage for the slice before the first one runs (rlvr-plan)
     c.xla_cache_dir = ""  # persistent XLA compilation cache shared by the stages ("" = off; it would
     # make later stages' compiles cheaper and so bias the cost table toward them)
     return c

@@ -164,9 +164,17 @@ def run(config, workdir: str) -> dict:
     # One prompt bucket for the whole run: the sampler and the update each compile exactly once.
     prompt_bucket = next_pow2(longest, 16)
     sampler = Sampler(
-        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, min_prompt_bucket=prompt_bucket
+        graphdef,
+        cfg,
+        mesh,
+        cache_dtype=ro.cache_dtype,
+        pad_id=tokenizer.pad_id,
+        min_prompt_bucket=prompt_bucket,
+        max_rows=ro.rows_per_chunk,
     )
-    eval_sampler = Sampler(graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id)
+    eval_sampler = Sampler(
+        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, max_rows=ro.rows_per_chunk
+    )
 
     pool = VerifierPool(
         config.verifier.workers or None,

@@ -21,6 +21,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 
 from rlvr_jax import cli, sharding
+from rlvr_jax import plan as fit_plan
 from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import PromptConfig, render_prompt
 from rlvr_jax.eval import analysis, analysis_cli
@@ -188,7 +189,12 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
             cfg, graphdef, params = params_io.load_params_any(m["path"], mesh)
             if sampler is None or sampler.cfg != cfg:  # one sampler: its compiled programs serve every model
                 sampler = Sampler(
-                    graphdef, cfg, mesh, cache_dtype=config.base.rollout.cache_dtype, pad_id=tokenizer.pad_id
+                    graphdef,
+                    cfg,
+                    mesh,
+                    cache_dtype=config.base.rollout.cache_dtype,
+                    pad_id=tokenizer.pad_id,
+                    max_rows=config.base.rollout.rows_per_chunk,
                 )
             t0 = time.perf_counter()
             res = evaluate(
@@ -254,7 +260,10 @@ def _policy_kl(config, workdir: str, models: dict, params: dict, mesh, cfg, grap
     for r in loading.load_records(config.eval.data, "eval", tuple(domains_of(config))):
         if len(by_dom[r["domain"]]) < a.kl_prompts_per_domain:
             by_dom[r["domain"]].append(tokenizer.encode(render_prompt(r, tokenizer, pc)))
-    sampler = Sampler(graphdef, cfg, mesh, cache_dtype=config.base.rollout.cache_dtype, pad_id=tokenizer.pad_id)
+    ro = config.base.rollout
+    sampler = Sampler(
+        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, max_rows=ro.rows_per_chunk
+    )
     logprob_fn = rl_step.make_logprob_fn(graphdef, mesh, 1.0)
     sp = SamplingParams(
         temperature=1.0,
@@ -471,10 +480,27 @@ def run(config, workdir: str) -> dict:
     validate(config)
     os.makedirs(workdir, exist_ok=True)
     _check_same_config(config, workdir)
+    check_fit(config)
     with _xla_cache(config.xla_cache_dir):
         _run_stages(plan(config, workdir), workdir)
     with open(os.path.join(workdir, "report", "results.json")) as f:
         return json.load(f)
+
+
+def check_fit(config, devices=None) -> None:
+    """On a TPU, compile the stages' programs for this slice (rlvr-plan's) before any stage runs, so a
+    stage that cannot fit stops the experiment before hours go into the ones before it. `check_fit=False`
+    skips it; elsewhere (CPU, GPU) there is nothing to check."""
+    devices = devices or jax.devices()
+    if not config.check_fit or devices[0].platform != "tpu":
+        return
+    name = f"{len(devices)} x {devices[0].device_kind}"
+    print(f"[experiment] compiling every stage for this slice ({name}) first", file=sys.stderr, flush=True)
+    report = fit_plan.plan_for(config.base, devices, fit_plan.chip_of(devices[0].device_kind), name)
+    if not all(s["fits"] for s in report["stages"]):
+        raise ExperimentError(
+            "a stage cannot fit this slice (--config.check_fit=False skips this check):\n" + fit_plan.table(report)
+        )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,686 @@
+"""`rlvr-plan`: compile every stage of a config ahead of time for a TPU topology, from a CPU host (libtpu
+from the package index; no TPU), and report per chip: memory against HBM, FLOPs, bytes, collective
+bytes, a roofline time, and the projected device-hours of the whole run.
+
+    rlvr-plan --config=configs/grpo.py:math --topology=v5p:4x4x4 [--config.a.b=value ...] [--json=plan.json]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+from flax import nnx
+from ml_collections import config_flags
+
+from rlvr_jax import sharding
+from rlvr_jax.merging import methods as merge_methods
+from rlvr_jax.merging.tensorwise import jitted
+from rlvr_jax.model import build
+from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, model_shardings
+from rlvr_jax.rl import loop as rl_loop
+from rlvr_jax.rl import optim
+from rlvr_jax.rl import update as rl_update
+from rlvr_jax.rl.sft import make_sft_step
+from rlvr_jax.rollout.sampling import sample_step
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Published peaks of one JAX device of a TPU generation, and the HBM libtpu lets a program use."""
+
+    hbm_bytes: int  # what libtpu reports as available HBM per device (its out-of-memory message)
+    peak_flops: float  # dense bf16 FLOP/s
+    hbm_bandwidth: float  # bytes/s
+    ici_bandwidth: float  # bytes/s of inter-chip interconnect per chip (all links, one direction)
+    note: str = ""
+
+
+# Peaks: Google Cloud TPU documentation, "TPU v5p", "TPU v5e", "TPU v6e" and "TPU v4" system architecture
+# pages (bf16 TFLOP/s, HBM GB/s, ICI Gbps per chip). HBM available per device: libtpu 0.0.42.1's
+# out-of-memory report when compiling for each topology with jax 0.10.2 (95.74G, 15.75G, 31.25G, 15.25G).
+CHIPS = {
+    "v5p": Chip(int(95.74 * GiB), 459e12, 2765e9, 4800e9 / 8),
+    "v5e": Chip(int(15.75 * GiB), 197e12, 819e9, 1600e9 / 8),
+    "v6e": Chip(int(31.25 * GiB), 918e12, 1640e9, 3584e9 / 8),
+    # a v4 chip shows as two devices (one per TensorCore): half a chip's peaks per device
+    "v4": Chip(int(15.25 * GiB), 275e12 / 2, 1200e9 / 2, 2400e9 / 8 / 2, note="per TensorCore (2 per chip)"),
+}
+
+# The study's reported cost (REFERENCE.md): four single-domain RL runs, and the multi-task run.
+STUDY_GPU_HOURS = {"four single-domain runs": 6524.8, "multi-task run": 2166.4}
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "bf16": 2,
+    "f16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+}
+
+
+class PlanError(ValueError):
+    pass
+
+
+def topology_devices(name: str):
+    """The devices of a named TPU slice, e.g. 'v5p:4x4x4' (needs libtpu, no TPU)."""
+    gen = name.split(":", 1)[0]
+    if gen not in CHIPS or not re.fullmatch(r"[a-z0-9]+:\d+(x\d+){1,2}", name):
+        raise PlanError(
+            f"unknown topology {name!r}; known generations: {', '.join(sorted(CHIPS))} "
+            f"(e.g. v5p:4x4x4, v5p:2x2x1, v5e:2x2, v6e:4x4, v4:2x2x1)"
+        )
+    _find_libtpu()
+    try:
+        from jax.experimental import topologies  # local: only the planner uses it, and it needs libtpu
+
+        return topologies.get_topology_desc(platform="tpu", topology_name=name).devices
+    except Exception as e:  # libtpu missing or the shape refused: say which
+        raise PlanError(
+            f"cannot describe TPU topology {name!r}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+            f"(rlvr-plan needs libtpu: pip install -e '.[plan]')"
+        ) from e
+
+
+def _find_libtpu() -> None:
+    """libtpu from the `plan` extra, or from `.venv/libtpu` (scripts/setup.sh installs it there, outside
+    site-packages, so that ordinary CPU runs do not probe for a TPU)."""
+    try:
+        import libtpu  # noqa: F401  # local: an optional dependency, probed only here
+    except ImportError:
+        target = os.path.join(sys.prefix, "libtpu")
+        if os.path.isdir(target) and target not in sys.path:
+            sys.path.insert(0, target)
+    if not (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio")):  # a CPU host, not a TPU VM
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")  # quiets libtpu's probing of this host
+        # compiling only: several planners (or test workers) may load libtpu at once without its lockfile
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The shapes a run's stages compile for, destructured from a run config."""
+
+    rows: int  # rollout rows per step: prompts x samples
+    rollout_rows: int  # rows one rollout program holds (rows, or a chunk of them)
+    prompt_len: int
+    response_len: int  # max new tokens
+    micro_rows: int  # rows per update micro-batch
+    sft_rows: int
+    sft_len: int
+    steps: int
+    mean_response_len: int  # for the projected time
+    cache_dtype: str
+    temperature: float
+    needs_logprob_pass: bool  # old policy (several updates per rollout), reference or teachers
+
+
+def shapes_of(config, mean_response_len: int) -> Shapes:
+    ro, g = config.rollout, config.grpo
+    rows = ro.prompts_per_step * ro.samples_per_prompt
+    micro = g.micro_batch_size or rows
+    chunk = ro.rows_per_chunk or rows
+    return Shapes(
+        rows=rows,
+        rollout_rows=min(chunk, rows),
+        prompt_len=config.data.max_prompt_tokens,
+        response_len=ro.max_new_tokens,
+        micro_rows=micro,
+        sft_rows=config.sft.batch_size,
+        sft_len=config.sft.max_len,
+        steps=config.train.steps,
+        mean_response_len=mean_response_len or ro.max_new_tokens,
+        cache_dtype=ro.cache_dtype,
+        temperature=ro.temperature if ro.temperature > 0 else 1.0,
+        needs_logprob_pass=g.updates_per_rollout > 1 or g.kl_coef > 0 or bool(config.opd.teachers),
+    )
+
+
+@dataclasses.dataclass
+class StageReport:
+    name: str
+    tokens: int
+    fits: bool
+    bytes_per_chip: dict
+    flops_per_chip: float
+    bytes_accessed_per_chip: float
+    collective_bytes_per_chip: float
+    roofline_s: float
+    compile_s: float
+    runs_per_step: float = 0.0  # how many times one RL step runs this program (for the projection)
+    error: str = ""
+
+
+def _spec_bytes(abstract_tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs carrying NamedShardings."""
+    total = 0
+    for x in jax.tree_util.tree_leaves(abstract_tree):
+        shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def collective_bytes(hlo_text: str) -> float:
+    """Bytes the collectives of a compiled program produce, per device (one pass of the program: a loop
+    body counts once). An asynchronous all-gather / reduce-scatter / collective-permute start names its
+    operand buffer beside its result: only the result (the largest buffer) counts."""
+    total = 0
+    for line in hlo_text.splitlines():
+        m = re.search(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+        if not m:
+            continue
+        sizes = [
+            _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+            for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", m.group(1))
+            if dtype in _DTYPE_BYTES
+        ]
+        if m.group(3) and m.group(2) != "all-reduce":
+            total += max(sizes, default=0)
+        else:
+            total += sum(sizes)
+    return float(total)
+
+
+def _oom_bytes(message: str) -> tuple[float, float] | None:
+    m = re.search(r"\(([\d.]+)([KMGTP])\) exceeds available HBM \(([\d.]+)([KMGTP])\)", message) or re.search(
+        r"Used ([\d.]+)([KMGTP]) of ([\d.]+)([KMGTP]) hbm", message
+    )
+    if not m:
+        return None
+    unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+    return float(m.group(1)) * unit[m.group(2)], float(m.group(3)) * unit[m.group(4)]
+
+
+def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, parts: dict, runs_per_step=0.0):
+    """Lower and compile `fn(*args)` (args are ShapeDtypeStructs with shardings) and read its costs."""
+    t0 = time.perf_counter()
+    try:
+        with sharding.activate(mesh):
+            compiled = fn.lower(*args).compile()
+    except Exception as e:  # an out-of-memory compile names the bytes; anything else is a bug to show
+        msg = str(e)
+        oom = _oom_bytes(msg)
+        if oom is None:
+            raise
+        need, have = oom
+        return StageReport(
+            name,
+            tokens,
+            False,
+            dict(parts, total=need),
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            time.perf_counter() - t0,
+            runs_per_step,
+            msg.splitlines()[0][:300],
+        )
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    flops = float(cost.get("flops", 0.0))
+    accessed = float(cost.get("bytes accessed", 0.0))
+    coll = collective_bytes(compiled.as_text())
+    roofline = max(flops / chip.peak_flops, accessed / chip.hbm_bandwidth, coll / chip.ici_bandwidth)
+    bytes_per_chip = dict(parts, temp=int(mem.temp_size_in_bytes), total=int(total))
+    return StageReport(
+        name, tokens, total <= chip.hbm_bytes, bytes_per_chip, flops, accessed, coll, roofline, compile_s, runs_per_step
+    )
+
+
+def _abstract(shape, dtype, sh):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+
+def _batch(mesh, shape, dtype):
+    return _abstract(shape, dtype, sharding.batch_sharding(mesh, len(shape)))
+
+
+def _model_parts(cfg: ModelConfig, mesh):
+    graphdef, abstract, shardings = model_shardings(cfg, mesh)
+    return graphdef, jax.tree_util.tree_map(lambda a, s: _abstract(a.shape, a.dtype, s), abstract, shardings), shardings
+
+
+def _kv_cache(cfg: ModelConfig, mesh, rows: int, slots: int, dtype):
+    shapes = jax.eval_shape(lambda: KVCache.zeros(cfg, rows, slots, dtype))
+    out = []
+    for part, axes in zip(shapes, KV_CACHE_LOGICAL_AXES):
+        sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(axes, part[0].shape, dict(mesh.shape)))
+        out.append(tuple(_abstract(x.shape, x.dtype, sh) for x in part))
+    return KVCache(*out)
+
+
+def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip):
+    """The engine's prefill over a chunk of rows, and one decode step of that chunk (KV cache donated)."""
+    B, P, N = s.rollout_rows, s.prompt_len, s.response_len
+    S = P + N
+    cache = _kv_cache(cfg, mesh, B, S, jnp.dtype(s.cache_dtype))
+    kv_bytes = _spec_bytes(cache)
+    param_bytes = _spec_bytes(params)
+
+    def prefill(params, tokens_BxP, valid_BxP, cache):
+        model = nnx.merge(graphdef, params)
+        cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(valid_BxP)
+        positions = jnp.maximum(jnp.cumsum(valid_BxP, axis=-1) - 1, 0)
+        logits, cache = model(tokens_BxP, positions, valid_BxP, cache, 0, cache_valid, logits_from=P - 1)
+        return logits[:, -1], cache
+
+    def decode(params, token_B, position_B, cache, cache_valid_BxS, slot, key):
+        model = nnx.merge(graphdef, params)
+        logits, cache = model(
+            token_B[:, None], position_B[:, None], jnp.ones((B, 1), bool), cache, slot, cache_valid_BxS
+        )
+        token, _, _ = sample_step(key, logits[:, 0], s.temperature, 0, 1.0)
+        return token, cache
+
+    rep = sharding.replicated(mesh)
+    parts = {"params": param_bytes, "optimizer": 0, "kv": kv_bytes}
+    runs = s.rows / B
+    yield compile_stage(
+        "rollout/prefill",
+        jax.jit(prefill, donate_argnums=(3,)),
+        (params, _batch(mesh, (B, P), jnp.int32), _batch(mesh, (B, P), jnp.bool_), cache),
+        chip=chip,
+        mesh=mesh,
+        tokens=B * P,
+        parts=parts,
+        runs_per_step=runs,
+    )
+    yield compile_stage(
+        "rollout/decode",
+        jax.jit(decode, donate_argnums=(3,)),
+        (
+            params,
+            _batch(mesh, (B,), jnp.int32),
+            _batch(mesh, (B,), jnp.int32),
+            cache,
+            _batch(mesh, (B, S), jnp.bool_),
+            _abstract((), jnp.int32, rep),
+            jax.eval_shape(lambda: jax.random.key(0)),
+        ),
+        chip=chip,
+        mesh=mesh,
+        tokens=B,
+        parts=parts,
+        runs_per_step=runs * s.mean_response_len,
+    )
+
+
+def _update_batch(mesh, B, P, N):
+    return {
+        "prompt_tokens": _batch(mesh, (B, P), jnp.int32),
+        "prompt_valid": _batch(mesh, (B, P), jnp.bool_),
+        "completion_tokens": _batch(mesh, (B, N), jnp.int32),
+        "loss_mask": _batch(mesh, (B, N), jnp.bool_),
+        "adv": _batch(mesh, (B, N), jnp.float32),
+        "sampler_logp": _batch(mesh, (B, N), jnp.float32),
+    }
+
+
+def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Shapes, chip: Chip):
+    o = config.optim
+    optimizer = optim.make_optimizer(
+        learning_rate=o.learning_rate,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_steps,
+        total_steps=s.steps,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        grad_clip_norm=o.grad_clip_norm,
+    )
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_shardings = sharding.like_params_shardings(abstract_opt, param_shardings, mesh)
+    opt = jax.tree_util.tree_map(lambda a, sh: _abstract(a.shape, a.dtype, sh), abstract_opt, opt_shardings)
+    param_bytes, opt_bytes = _spec_bytes(params), _spec_bytes(opt)
+    B, P, N = s.micro_rows, s.prompt_len, s.response_len
+    batch = _update_batch(mesh, B, P, N)
+    logprob = rl_update.make_logprob_fn(graphdef, mesh, s.temperature)
+    yield compile_stage(
+        "logprob",
+        logprob.fn,
+        (params, batch),
+        chip=chip,
+        mesh=mesh,
+        tokens=B * (P + N),
+        parts={"params": param_bytes, "optimizer": 0, "kv": 0},
+        runs_per_step=(s.rows / B) if s.needs_logprob_pass else 0.0,
+    )
+    update = rl_update.make_update_step(
+        graphdef,
+        optimizer,
+        rl_loop.loss_settings(config),
+        num_micro=1,
+        param_shardings=param_shardings,
+        opt_shardings=opt_shardings,
+        mesh=mesh,
+    )
+    yield compile_stage(
+        "update (one micro-batch)",
+        update.fn,
+        (params, opt, batch),
+        chip=chip,
+        mesh=mesh,
+        tokens=B * (P + N),
+        parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
+        runs_per_step=s.rows / B,
+    )
+    sft = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
+    R, L = s.sft_rows, s.sft_len
+    yield compile_stage(
+        "sft step",
+        sft.fn,
+        (
+            params,
+            opt,
+            _batch(mesh, (R, L), jnp.int32),
+            _batch(mesh, (R, L), jnp.int32),
+            _batch(mesh, (R, L), jnp.int32),
+            _batch(mesh, (R, L), jnp.bool_),
+        ),
+        chip=chip,
+        mesh=mesh,
+        tokens=R * L,
+        parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
+    )
+
+
+def merge_stage(params, mesh, chip: Chip, num_experts: int = 4):
+    """Task arithmetic's per-tensor kernel on the largest tensor, with the anchor and the experts resident."""
+    leaves = jax.tree_util.tree_leaves(params)
+    largest = max(leaves, key=lambda x: math.prod(x.shape))
+    resident = (1 + num_experts) * _spec_bytes(params)
+    fn = jitted(
+        merge_methods._k_linear, (("drop_rate", 0.0), ("out_dtype", jnp.dtype(largest.dtype))), largest.sharding, False
+    )
+    rep = sharding.replicated(mesh)
+    args = (
+        largest,
+        (largest,) * num_experts,
+        _abstract((), jnp.int32, rep),
+        _abstract((), jnp.int32, rep),
+        _abstract((num_experts,), jnp.float32, rep),
+    )
+    report = compile_stage(
+        "merge (task arithmetic, 4 experts)",
+        fn,
+        args,
+        chip=chip,
+        mesh=mesh,
+        tokens=0,
+        parts={"params": resident, "optimizer": 0, "kv": 0},
+    )
+    # The kernel's arguments are tensors of the resident trees: count the trees, the kernel's temporaries
+    # and its output (the merged tree grows while the inputs stay).
+    own = _spec_bytes(args[:2])
+    report.bytes_per_chip["total"] = int(resident + report.bytes_per_chip["total"] - own)
+    report.fits = report.bytes_per_chip["total"] <= chip.hbm_bytes
+    return report
+
+
+STAGE_GROUPS = ("rollout", "training", "merge")
+
+
+def plan(config, topology: str, *, mean_response_len: int = 0, only=STAGE_GROUPS, progress=None) -> dict:
+    """Compile every stage of `config` for `topology` (or the groups named in `only`: rollout = prefill
+    and decode, training = logprob pass, update and SFT step, merge); the report as a JSON-able dict."""
+    unknown = set(only) - set(STAGE_GROUPS)
+    if unknown:
+        raise PlanError(f"unknown stage group(s) {sorted(unknown)}; known: {', '.join(STAGE_GROUPS)}")
+    return plan_for(
+        config,
+        topology_devices(topology),
+        CHIPS[topology.split(":")[0]],
+        topology,
+        mean_response_len=mean_response_len,
+        only=only,
+        progress=progress,
+    )
+
+
+def chip_of(device_kind: str) -> Chip:
+    """The CHIPS entry of a real TPU device (its device_kind, e.g. 'TPU v5' for v5p, 'TPU v5 lite')."""
+    kinds = {
+        "TPU v5": "v5p",
+        "TPU v5p": "v5p",
+        "TPU v5 lite": "v5e",
+        "TPU v5e": "v5e",
+        "TPU v6 lite": "v6e",
+        "TPU v6e": "v6e",
+        "TPU v4": "v4",
+    }
+    if device_kind not in kinds:
+        raise PlanError(f"no peak figures for device kind {device_kind!r}; known: {sorted(kinds)}")
+    return CHIPS[kinds[device_kind]]
+
+
+def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0, only=STAGE_GROUPS, progress=None):
+    """plan() on given devices: a topology's from libtpu, or the real ones of the slice this runs on."""
+    unknown = set(only) - set(STAGE_GROUPS)
+    if unknown:
+        raise PlanError(f"unknown stage group(s) {sorted(unknown)}; known: {', '.join(STAGE_GROUPS)}")
+    mesh = sharding.make_mesh(
+        sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor), devices=devices
+    )
+    s = shapes_of(config, mean_response_len)
+    problems = rl_loop_shape_problems(s, mesh)
+    if problems:
+        raise PlanError("the config does not divide over the mesh:\n  " + "\n  ".join(problems))
+    m = config.model
+    overrides = {k: v for k, v in m.overrides.items() if v is not None}
+    vocab = None if m.preset != "tiny" else build.load_tokenizer("builtin").vocab_size
+    cfg = build.model_config(m.preset, overrides, vocab_size=vocab, param_dtype=m.param_dtype, remat=m.remat)
+    graphdef, params, param_shardings = _model_parts(cfg, mesh)
+    stages = []
+    groups = {
+        "rollout": lambda: rollout_stages(cfg, graphdef, params, mesh, s, chip),
+        "training": lambda: training_stages(config, cfg, graphdef, params, param_shardings, mesh, s, chip),
+        "merge": lambda: [merge_stage(params, mesh, chip)],
+    }
+    for group in STAGE_GROUPS:
+        if group not in only:
+            continue
+        for report in groups[group]():
+            stages.append(report)
+            if progress:
+                progress(report)
+    step_s = sum(r.roofline_s * r.runs_per_step for r in stages)
+    chips = len(devices)
+    return {
+        "topology": topology,
+        "chips": chips,
+        "chip": dataclasses.asdict(chip),
+        "hbm_bytes_per_chip": chip.hbm_bytes,
+        "mesh": dict(mesh.shape),
+        "model": {
+            "preset": m.preset,
+            "params": int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))),
+        },
+        "shapes": dataclasses.asdict(s),
+        "roofline_step_s": step_s,
+        "projected_device_hours": step_s * s.steps * chips / 3600,
+        "study_gpu_hours": STUDY_GPU_HOURS,
+        "stages": [dataclasses.asdict(r) for r in stages],
+    }
+
+
+def rl_loop_shape_problems(s: Shapes, mesh) -> list[str]:
+    sizes = dict(mesh.shape)
+    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    out = []
+    for what, n in (
+        ("rollout rows per program", s.rollout_rows),
+        ("update micro-batch rows", s.micro_rows),
+        ("sft rows", s.sft_rows),
+    ):
+        if n % shards:
+            out.append(f"{what} = {n} is not a multiple of data*fsdp = {shards}")
+    if s.rows % s.micro_rows:
+        out.append(f"grpo.micro_batch_size={s.micro_rows} does not divide the {s.rows} rollout rows")
+    return out
+
+
+def _fmt_bytes(n) -> str:
+    """GiB with one decimal, or MiB below a tenth of a GiB (tiny configs)."""
+    return f"{n / GiB:.1f}" if n >= 0.1 * GiB or n == 0 else f"{n / 2**20:.1f}M"
+
+
+def rows_that_fit(r: dict, rows: int, hbm: int, batch_shards: int, headroom: float = 0.15) -> int:
+    """Rows per micro-batch that leave `headroom` of HBM free, by scaling this compile's per-row bytes
+    (activations grow linearly with rows); a multiple of the batch shards, 0 when not even one row each fits."""
+    b = r["bytes_per_chip"]
+    fixed = b["params"] + b["optimizer"]
+    per_row = max(b["total"] - fixed, 1) / rows
+    fit = int(((1 - headroom) * hbm - fixed) // per_row)
+    return max(0, fit // batch_shards * batch_shards)
+
+
+def advice(r: dict, report: dict) -> str:
+    hbm, s = report["hbm_bytes_per_chip"], report["shapes"]
+    shards = report["mesh"].get("data", 1) * report["mesh"].get("fsdp", 1)
+    if r["name"].startswith("rollout"):
+        return "fewer rows per rollout program (rollout.rows_per_chunk), a bf16 KV cache, or more chips (mesh)"
+    if r["name"].startswith(("update", "logprob")):
+        fit = rows_that_fit(r, s["micro_rows"], hbm, shards)
+        whole = (
+            " (grpo.micro_batch_size=0 puts the whole rollout in one micro-batch)"
+            if s["micro_rows"] == s["rows"]
+            else ""
+        )
+        if fit:
+            return (
+                f"grpo.micro_batch_size={fit} would leave 15% of HBM free (scaled from this compile's "
+                f"{s['micro_rows']} rows{whole}; check it with --config.grpo.micro_batch_size={fit})"
+            )
+        return (
+            f"not even one row per batch shard fits{whole}: model.remat=True, shorter responses, or more "
+            "chips per row (mesh.tensor)"
+        )
+    if r["name"].startswith("sft"):
+        return "a smaller sft.batch_size or sft.max_len, or more chips"
+    return "more chips"
+
+
+def table(report: dict) -> str:
+    hbm = report["hbm_bytes_per_chip"]
+    lines = [
+        f"{report['topology']}: {report['chips']} chips, mesh {report['mesh']}, {_fmt_bytes(hbm)} GiB HBM per chip; "
+        f"model {report['model']['preset']} ({report['model']['params'] / 1e9:.2f}B params)",
+        "",
+        "| stage | tokens | params | opt | KV | temp | total GiB | HBM % | fits | TFLOP | GB accessed | GB collectives "
+        "| roofline s | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["stages"]:
+        b = r["bytes_per_chip"]
+        lines.append(
+            f"| {r['name']} | {r['tokens']:,} | {_fmt_bytes(b['params'])} | {_fmt_bytes(b['optimizer'])} | "
+            f"{_fmt_bytes(b['kv'])} | {_fmt_bytes(b.get('temp', 0))} | {_fmt_bytes(b['total'])} | "
+            f"{100 * b['total'] / hbm:.0f}% | {'yes' if r['fits'] else '**NO**'} | {r['flops_per_chip'] / 1e12:.2f} | "
+            f"{r['bytes_accessed_per_chip'] / 1e9:.2f} | {r['collective_bytes_per_chip'] / 1e9:.3f} | "
+            f"{r['roofline_s']:.4f} | {r['compile_s']:.1f} |"
+        )
+    s = report["shapes"]
+    lines += [
+        "",
+        f"Per RL step (roofline, mean response {s['mean_response_len']:,} tokens, {s['rows']:,} rows): "
+        f"{report['roofline_step_s']:.1f} s; {s['steps']} steps on {report['chips']} chips: "
+        f"**{report['projected_device_hours']:,.1f} device-hours** (a lower bound: peaks, no overlap losses). "
+        "The study reported "
+        + ", ".join(f"{v:,.1f} GPU-hours ({k})" for k, v in report["study_gpu_hours"].items())
+        + ".",
+    ]
+    for r in report["stages"]:
+        if not r["fits"]:
+            lines.append(
+                f"- {r['name']} does not fit: needs {_fmt_bytes(r['bytes_per_chip']['total'])} GiB of "
+                f"{_fmt_bytes(hbm)} per chip. Change: {advice(r, report)}."
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "config file, e.g. configs/grpo.py:math", flag_values=fv, lock_config=True
+    )
+    flags.DEFINE_string(
+        "topology", "", "TPU slice, e.g. v5p:4x4x4 (default: the config's plan.topology)", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "mean_response_tokens",
+        0,
+        "mean response length for the projection (default: the config's plan.mean_response_tokens, else the max)",
+        flag_values=fv,
+    )
+    flags.DEFINE_list("only", list(STAGE_GROUPS), "stage groups to compile: rollout, training, merge", flag_values=fv)
+    flags.DEFINE_string(
+        "json", "", "also write the report as JSON to this file ('-' = stdout only JSON)", flag_values=fv
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip() + "\n\nFlags:\n" + fv.main_module_help())
+        return 0
+    try:
+        fv(["rlvr-plan"] + argv)
+    except (flags.Error, ValueError) as e:
+        print(f"rlvr-plan: error: {e}", file=sys.stderr)
+        return 2
+    if fv.config is None:
+        print("rlvr-plan: error: --config is required (see --help)", file=sys.stderr)
+        return 2
+    c = fv.config
+    topology = fv.topology or c.plan.topology
+    mean = fv.mean_response_tokens or c.plan.mean_response_tokens
+
+    def progress(r: StageReport):
+        state = "fits" if r.fits else "DOES NOT FIT"
+        print(
+            f"[plan] {r.name}: {r.bytes_per_chip['total'] / GiB:.1f} GiB per chip, {state} "
+            f"(compiled in {r.compile_s:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        report = plan(c, topology, mean_response_len=mean, only=tuple(fv.only), progress=progress)
+    except PlanError as e:
+        print(f"rlvr-plan: error: {e}", file=sys.stderr)
+        return 2
+    if fv.json == "-":
+        print(json.dumps(report, indent=1))
+    else:
+        print(table(report))
+        if fv.json:
+            with open(fv.json, "w") as f:
+                json.dump(report, f, indent=1)
+    return 0 if all(r["fits"] for r in report["stages"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

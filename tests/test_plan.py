@@ -1,0 +1,131 @@
+"""rlvr-plan: every stage of the tiny config compiles for a small TPU topology from this CPU host, the
+report carries the documented fields with numbers a compile produced, a stage that cannot fit is named
+with its bytes, and bad input is refused before anything compiles. Needs libtpu (scripts/setup.sh puts
+it in .venv/libtpu); without it these tests are skipped with a loud reason."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlvr_jax import config_args, plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _have_libtpu() -> bool:
+    plan._find_libtpu()
+    try:
+        import libtpu  # noqa: F401  # local: probing the optional dependency is the point
+    except ImportError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _have_libtpu(),
+    reason="LOUD SKIP: libtpu is not installed (pip install -e '.[plan]' or bash scripts/setup.sh), so "
+    "rlvr-plan cannot compile for a TPU topology here",
+)
+
+
+def _tiny(**overrides):
+    config = config_args.load_config_file(os.path.join(REPO, "configs", "grpo.py")).get_config("multi,tiny")
+    config.sft.batch_size = 8  # whole rows per chip on a 4-chip slice
+    for dotted, value in overrides.items():
+        node = config
+        *path, last = dotted.split(".")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return config
+
+
+def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
+    out = tmp_path / "plan.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlvr_jax.plan",
+        "--config=configs/grpo.py:multi,tiny",
+        "--topology=v5e:2x2",
+        "--config.sft.batch_size=8",
+        f"--json={out}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| rollout/decode |" in res.stdout and "device-hours" in res.stdout
+    report = json.loads(out.read_text())
+    assert report["topology"] == "v5e:2x2" and report["chips"] == 4
+    assert report["hbm_bytes_per_chip"] == plan.CHIPS["v5e"].hbm_bytes
+    names = [s["name"] for s in report["stages"]]
+    for part in ("rollout", "logprob", "update", "sft", "merge"):
+        assert any(part in n for n in names), (part, names)
+    config = _tiny(**{"sft.batch_size": 8})
+    rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+    P, N = config.data.max_prompt_tokens, config.rollout.max_new_tokens
+    by = {s["name"]: s for s in report["stages"]}
+    assert by["rollout/prefill"]["tokens"] == rows * P
+    assert by["update (one micro-batch)"]["tokens"] == config.grpo.micro_batch_size * (P + N)
+    for s in report["stages"]:
+        b = s["bytes_per_chip"]
+        assert set(b) == {"params", "optimizer", "kv", "temp", "total"}
+        assert s["fits"] and 0 < b["total"] < report["hbm_bytes_per_chip"], s
+        assert b["total"] >= b["params"] > 0
+        assert s["compile_s"] > 0
+    upd = by["update (one micro-batch)"]
+    params_b = upd["bytes_per_chip"]["params"]
+    assert 2 * params_b <= upd["bytes_per_chip"]["optimizer"] <= 2 * params_b + 64  # AdamW: two moments + counts
+    assert upd["flops_per_chip"] > 0 and upd["bytes_accessed_per_chip"] > 0 and upd["roofline_s"] > 0
+    assert upd["collective_bytes_per_chip"] > 0  # fsdp-sharded weights are gathered
+    assert by["rollout/decode"]["bytes_per_chip"]["kv"] > 0
+    assert report["projected_device_hours"] > 0
+
+
+def test_a_stage_that_cannot_fit_is_named_with_its_bytes():
+    config = _tiny(**{"rollout.max_new_tokens": 1 << 21})  # a KV cache of ~280 GB over 4 chips of 15.75 GiB
+    report = plan.plan(config, "v5e:2x2", only=("rollout",))
+    decode = next(s for s in report["stages"] if s["name"] == "rollout/decode")
+    assert not decode["fits"] and decode["bytes_per_chip"]["total"] > report["hbm_bytes_per_chip"]
+    assert decode["bytes_per_chip"]["kv"] > report["hbm_bytes_per_chip"]
+    text = plan.table(report)
+    assert "rollout/decode does not fit" in text and "rows_per_chunk" in text
+
+
+def test_bad_input_is_refused_before_compiling(capsys):
+    assert plan.main(["--config=configs/grpo.py:multi,tiny", "--topology=v9x:2x2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown topology 'v9x:2x2'" in err and "v5p" in err and "v5e" in err
+    with pytest.raises(plan.PlanError, match="not a multiple of data\\*fsdp"):
+        plan.plan(_tiny(**{"sft.batch_size": 10}), "v5e:2x2")
+    with pytest.raises(plan.PlanError, match="unknown stage group"):
+        plan.plan(_tiny(), "v5e:2x2", only=("rollout", "train"))
+
+
+def test_collective_bytes_read_from_hlo_text():
+    hlo = (
+        "  %all-gather.1 = f32[4096,1024]{1,0} all-gather(%p), dimensions={0}\n"
+        "  %ar = (bf16[8,128]{1,0}, f32[2]{0}) all-reduce-start(%a, %b), to_apply=%add\n"
+        "  %ard = (bf16[8,128]{1,0}, f32[2]{0}) all-reduce-done(%ar)\n"
+        "  %ags = (f32[256,64]{1,0}, f32[1024,64]{1,0}) all-gather-start(%q), dimensions={0}\n"
+        "  %fusion = f32[4096,1024]{1,0} fusion(%all-gather.1), kind=kLoop\n"
+    )
+    assert plan.collective_bytes(hlo) == 4096 * 1024 * 4 + (8 * 128 * 2 + 2 * 4) + 1024 * 64 * 4
+
+
+def test_experiment_compiles_every_stage_before_running_on_a_tpu():
+    """study.experiment.check_fit on TPU devices (a topology's, standing in for a real slice): a stage that
+    cannot fit stops the experiment before any stage runs; check_fit=False skips the check."""
+    from rlvr_jax.study import experiment  # noqa: PLC0415  # local: only this test needs the top floor
+
+    config = config_args.load_config_file(os.path.join(REPO, "configs", "mix_vs_merge.py")).get_config("tiny")
+    config.base.sft.batch_size = 8
+    config.base.rollout.max_new_tokens = 1 << 21
+    devices = plan.topology_devices("v5e:2x2")
+    with pytest.raises(experiment.ExperimentError, match="rollout/decode does not fit"):
+        experiment.check_fit(config, devices)
+    config.check_fit = False
+    experiment.check_fit(config, devices)  # skipped: returns without compiling
