@@ -3,7 +3,7 @@ cosines (whole model and per layer), and gain consistency from per-item results.
 
 Everything runs tensor by tensor under jit on sharded params; only counts and 256-d vectors reach
 the host. The policy KL neighbourhood needs the sampler and is not here (`policy_kl` belongs with
-evaluation). Legend: M models, D projection dimensions.
+evaluation). Shapes (docs/CONTRACTS.md "Shape legend"): M models, Z projected dimensions.
 """
 
 from __future__ import annotations
@@ -104,18 +104,18 @@ def _k_project(a, ms, h, seed, *, dim, chunk):
     taus = jnp.pad(taus, ((0, 0), (0, nc * chunk - n))).reshape(len(ms), nc, chunk)
     key = jax.random.fold_in(jax.random.key(seed), h)
 
-    def step(y_MxD, c):
+    def step(y_MxZ, c):
         g = jax.random.normal(jax.random.fold_in(key, c), (chunk, dim), F32)
         blk = jax.lax.dynamic_index_in_dim(taus, c, axis=1, keepdims=False)
-        return y_MxD + jnp.dot(blk, g, precision=jax.lax.Precision.HIGHEST), None
+        return y_MxZ + jnp.dot(blk, g, precision=jax.lax.Precision.HIGHEST), None
 
     y, _ = jax.lax.scan(step, jnp.zeros((len(ms), dim), F32), jnp.arange(nc))
     return y / np.float32(math.sqrt(dim))
 
 
 def project(anchor, models, *, dim=PROJ_DIM, seed=0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Task vectors projected to `dim` by one shared seeded Gaussian projection: (M, D) for the
-    whole model and {layer: (M, D)}; the whole-model vector is the sum of the per-tensor ones."""
+    """Task vectors projected to `dim` by one shared seeded Gaussian projection: (M, Z) for the
+    whole model and {layer: (M, Z)}; the whole-model vector is the sum of the per-tensor ones."""
     validate(anchor, models)
     paths, a_leaves, _ = flatten(anchor)
     m_leaves = [flatten(m)[1] for m in models]
@@ -129,9 +129,9 @@ def project(anchor, models, *, dim=PROJ_DIM, seed=0) -> tuple[np.ndarray, dict[s
     return whole, dict(sorted(per.items(), key=_layer_key))
 
 
-def cosine_matrix(v_MxD) -> np.ndarray:
+def cosine_matrix(v_MxZ) -> np.ndarray:
     """Pairwise cosines of the rows (0 where a row is all zero)."""
-    v = np.asarray(v_MxD, np.float64)
+    v = np.asarray(v_MxZ, np.float64)
     n = np.linalg.norm(v, axis=1)
     d = np.outer(n, n)
     return np.where(d > 0, v @ v.T / np.where(d > 0, d, 1.0), 0.0)

@@ -3,7 +3,7 @@ completions sampled from the expert and teacher-forced through both models; per 
 
 The estimate is the Monte-Carlo one on the expert's own samples: per token log p_expert(y_t) -
 log p_other(y_t); summed over a completion it is an unbiased estimate of the sequence-level KL.
-Legend: B rows (prompts x samples), P prompt bucket, N completion slots.
+Shapes (docs/CONTRACTS.md "Shape legend"): B rows (prompts x samples), P prompt bucket, T completion slots.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from rlvr_jax import sharding
 from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 
 
-def kl_stats(expert_logp_BxN, other_logp_BxN, valid_BxN) -> dict:
+def kl_stats(expert_logp_BxT, other_logp_BxT, valid_BxT) -> dict:
     """Per-sequence (mean over sequences of the summed token KL) and per-token (total / tokens) KL."""
-    valid = np.asarray(valid_BxN, bool)
-    diff = np.where(valid, np.asarray(expert_logp_BxN, np.float64) - np.asarray(other_logp_BxN, np.float64), 0.0)
+    valid = np.asarray(valid_BxT, bool)
+    diff = np.where(valid, np.asarray(expert_logp_BxT, np.float64) - np.asarray(other_logp_BxT, np.float64), 0.0)
     per_seq_B = diff.sum(1)
     n_tokens = int(valid.sum())
     n = len(per_seq_B)

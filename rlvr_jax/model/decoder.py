@@ -1,8 +1,8 @@
 """The decoder: one Flax NNX model covering Llama 3.x, Qwen2/Qwen2.5 and Qwen3.
 
 Parameters carry logical axis names only (``logical_axes`` metadata); ``sharding.py`` maps them
-to the mesh. Legend: B batch, T new tokens, S key/cache slots, E embed, H query heads,
-K kv heads, G = H // K, D head dim, M mlp, V vocab, L layers.
+to the mesh. Shapes (docs/CONTRACTS.md "Shape legend"): B rows, T tokens fed in, S key/cache slots,
+E embed, F mlp, H query heads, K kv heads, Q = H / K, D head dim, V vocab, C contracted features.
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ class Proj(nnx.Module):
         return y.astype(x.dtype)
 
 
-def flat_matmul(x_NxC, kernel, contract_dims: int):
+def flat_matmul(x_BTxC, kernel, contract_dims: int):
     """fp32 x @ kernel with every token in one leading axis. Batch and length are flattened first:
     the weight gradient of a dot over [B, T, ...] contracts two axes, and XLA:CPU then copies its
     operands to a transposed layout (the GRPO update of the tiny default spent a third of its time
     there); over one axis the backward dot reads them in place (MLP fwd+bwd 217 -> 93 ms)."""
     n = contract_dims
     return jax.lax.dot_general(
-        x_NxC, kernel, ((tuple(range(1, 1 + n)), tuple(range(n))), ((), ())), preferred_element_type=jnp.float32
+        x_BTxC, kernel, ((tuple(range(1, 1 + n)), tuple(range(n))), ((), ())), preferred_element_type=jnp.float32
     )
 
 
@@ -149,15 +149,15 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> jax.Array:
     return jnp.where(is_medium, smoothed, scaled)
 
 
-def apply_rope(x_BxTxNxD, positions_BxT, inv_freq):
-    """Rotary embedding in the half-split layout Hugging Face checkpoints use."""
+def apply_rope(x_BxTxHxD, positions_BxT, inv_freq):
+    """Rotary embedding in the half-split layout Hugging Face checkpoints use (on keys, K heads for H)."""
     angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
-    x = x_BxTxNxD.astype(jnp.float32)
+    x = x_BxTxHxD.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x_BxTxNxD.dtype)
+    return rotated.astype(x_BxTxHxD.dtype)
 
 
 class Embed(nnx.Module):
@@ -184,7 +184,7 @@ class Attention(nnx.Module):
     def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start, segments_BxT=None):
         cfg = self.cfg
         B, T, _ = x_BxTxE.shape
-        K, G, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        K, Q, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
         q = self.q_proj(x_BxTxE)
         k = self.k_proj(x_BxTxE)
         v = self.v_proj(x_BxTxE)
@@ -193,10 +193,10 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions_BxT, inv_freq)
         k_BxKxTxD = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 1, 3)
         v_BxKxTxD = v.transpose(0, 2, 1, 3)
-        q_BxTxKxGxD = q.reshape(B, T, K, G, D)
+        q_BxTxKxQxD = q.reshape(B, T, K, Q, D)
         if cache_kv is None:
             values_BxKxSxD, new_cache_kv = v_BxKxTxD, None
-            scores = jnp.einsum("btkgd,bksd->bkgts", q_BxTxKxGxD, k_BxKxTxD, preferred_element_type=jnp.float32)
+            scores = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k_BxKxTxD, preferred_element_type=jnp.float32)
         else:
             cache_k, cache_v = cache_kv
             keys_BxKxDxS = jax.lax.dynamic_update_slice_in_dim(
@@ -208,16 +208,16 @@ class Attention(nnx.Module):
             keys_BxKxDxS = sharding.constrain(keys_BxKxDxS, K_CACHE_LOGICAL_AXES)
             values_BxKxSxD = sharding.constrain(values_BxKxSxD, V_CACHE_LOGICAL_AXES)
             new_cache_kv = (keys_BxKxDxS, values_BxKxSxD)
-            if T == 1:  # decoding: as a [G, D] x [D, S] product per (row, kv head); XLA:CPU picks a slow dot with T
+            if T == 1:  # decoding: as a [Q, D] x [D, S] product per (row, kv head); XLA:CPU picks a slow dot with T
                 scores = jnp.einsum(
-                    "bkgd,bkds->bkgs",
-                    q_BxTxKxGxD[:, 0],
+                    "bkqd,bkds->bkqs",
+                    q_BxTxKxQxD[:, 0],
                     keys_BxKxDxS.astype(q.dtype),
                     preferred_element_type=jnp.float32,
                 )[:, :, :, None]
             else:
                 scores = jnp.einsum(
-                    "btkgd,bkds->bkgts", q_BxTxKxGxD, keys_BxKxDxS.astype(q.dtype), preferred_element_type=jnp.float32
+                    "btkqd,bkds->bkqts", q_BxTxKxQxD, keys_BxKxDxS.astype(q.dtype), preferred_element_type=jnp.float32
                 )
         scores = scores / math.sqrt(D)
         S = values_BxKxSxD.shape[2]
@@ -230,24 +230,24 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1)
         if T == 1:  # decoding: a broadcast multiply-reduce streams V once; XLA:CPU's batched dot took 4x longer
             out = jnp.sum(probs[:, :, :, 0, :, None] * values_BxKxSxD[:, :, None].astype(jnp.float32), axis=-2)
-            out = out[:, None]  # [B, 1, K, G, D]
+            out = out[:, None]  # [B, 1, K, Q, D]
         else:
             out = jnp.einsum(
-                "bkgts,bksd->btkgd",
+                "bkqts,bksd->btkqd",
                 probs.astype(values_BxKxSxD.dtype),
                 values_BxKxSxD,
                 preferred_element_type=jnp.float32,
             )
-        out_BxTxHxD = out.reshape(B, T, K * G, D).astype(x_BxTxE.dtype)
+        out_BxTxHxD = out.reshape(B, T, K * Q, D).astype(x_BxTxE.dtype)
         return self.o_proj(out_BxTxHxD), new_cache_kv
 
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs):
-        E, M, dt = cfg.hidden_size, cfg.intermediate_size, cfg.dtype
-        self.gate_proj = Proj((E,), (M,), ("embed", "mlp"), bias=False, dtype=dt, rngs=rngs)
-        self.up_proj = Proj((E,), (M,), ("embed", "mlp"), bias=False, dtype=dt, rngs=rngs)
-        self.down_proj = Proj((M,), (E,), ("mlp", "embed"), bias=False, dtype=dt, rngs=rngs)
+        E, F, dt = cfg.hidden_size, cfg.intermediate_size, cfg.dtype
+        self.gate_proj = Proj((E,), (F,), ("embed", "mlp"), bias=False, dtype=dt, rngs=rngs)
+        self.up_proj = Proj((E,), (F,), ("embed", "mlp"), bias=False, dtype=dt, rngs=rngs)
+        self.down_proj = Proj((F,), (E,), ("mlp", "embed"), bias=False, dtype=dt, rngs=rngs)
 
     def __call__(self, x):
         hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)

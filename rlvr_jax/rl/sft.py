@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int, *, seed: int = 0):
     """Examples packed into rows of max_len tokens (first fit, in a seeded shuffled order, among the
     most recent rows): `tokens`, `segments` (1, 2, ... per example of a row; 0 = padding),
-    `positions` (restarting at 0 per example) and `loss_mask` (target tokens only), each [rows, L].
-    Over-long examples are dropped with a warning. The built-in records fit ~1.7 per 128-token row."""
+    `positions` (restarting at 0 per example) and `loss_mask` (target tokens only), each [B, T]
+    (B rows, T = the fullest row's length). Over-long examples are dropped with a warning. The
+    built-in records fit ~1.7 per 128-token row."""
     examples, dropped = [], 0
     for r in records:
         prompt, target = sft_example(r, tokenizer, prompt_config)
@@ -52,10 +53,10 @@ def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int,
             free.append(max_len)
         rows[row].append(i)
         free[row] -= n
-    L = max_len - min(free)  # the fullest row
-    out = {k: np.zeros((len(rows), L), np.int32) for k in ("tokens", "segments", "positions")}
+    T = max_len - min(free)  # the fullest row
+    out = {k: np.zeros((len(rows), T), np.int32) for k in ("tokens", "segments", "positions")}
     out["tokens"][:] = tokenizer.pad_id
-    out["loss_mask"] = np.zeros((len(rows), L), bool)
+    out["loss_mask"] = np.zeros((len(rows), T), bool)
     for j, members in enumerate(rows):
         at = 0
         for seg, i in enumerate(members, start=1):
@@ -64,7 +65,7 @@ def pack_examples(records, tokenizer, prompt_config: PromptConfig, max_len: int,
             out["tokens"][j, span], out["segments"][j, span] = ids, seg
             out["positions"][j, span], out["loss_mask"][j, span] = np.arange(len(ids)), mask
             at += len(ids)
-    log.info("SFT: %d examples packed into %d rows of %d tokens", len(examples), len(rows), L)
+    log.info("SFT: %d examples packed into %d rows of %d tokens", len(examples), len(rows), T)
     return out
 
 

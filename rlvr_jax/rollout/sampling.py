@@ -7,7 +7,8 @@ log softmax(logits / temperature) without truncation: what `completion_logprobs`
 teacher-forced in the trainer (same temperature), so the two agree when nothing is truncated.
 Greedy decoding (temperature 0) reports the raw temperature-1 log-probabilities in both.
 
-Legend: B rows (prompts x n), P prompt bucket, N max new tokens, S = P + N cache slots, V vocab.
+Shapes (docs/CONTRACTS.md "Shape legend"): B rows (prompts x n), P prompt bucket, T completion slots
+(max new tokens), S = P + T cache slots, V vocab.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ class SamplingParams:
 class Rollout(NamedTuple):
     prompt_tokens: jax.Array  # [B, P] int32, left-padded
     prompt_valid: jax.Array  # [B, P] bool
-    completion_tokens: jax.Array  # [B, N] int32, pad after the stop token
-    completion_valid: jax.Array  # [B, N] bool, true up to and including the stop token
-    logprobs: jax.Array  # [B, N] float32, log q(token) of the sampling distribution
-    policy_logprobs: jax.Array  # [B, N] float32, log softmax(logits / T)(token)
+    completion_tokens: jax.Array  # [B, T] int32, pad after the stop token
+    completion_valid: jax.Array  # [B, T] bool, true up to and including the stop token
+    logprobs: jax.Array  # [B, T] float32, log q(token) of the sampling distribution
+    policy_logprobs: jax.Array  # [B, T] float32, log softmax(logits / temperature)(token)
     lengths: jax.Array  # [B] int32 completion lengths
     stopped: jax.Array  # [B] bool: finished by a stop token (else by length)
     prompt_index: np.ndarray  # [B_host] int32: which of this host's prompts each of its rows samples
@@ -100,7 +101,7 @@ def categorical(key, logits_BxV):
 
 
 def sample_step(key, logits_BxV, temperature: float, top_k: int, top_p: float):
-    """(token, log q(token), log softmax(logits/T)(token)) for one decoding step."""
+    """(token, log q(token), log softmax(logits / temperature)(token)) for one decoding step."""
     if temperature == 0.0:
         token = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
         logp = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
@@ -119,12 +120,12 @@ def sample_step(key, logits_BxV, temperature: float, top_k: int, top_p: float):
 def _generate_program(graphdef, cfg: ModelConfig, sp: SamplingParams, cache_dtype):
     """The traced function: prefill + decode loop. Shapes come from its arguments."""
     stop_ids = jnp.asarray(sp.stop_token_ids or (-1,), jnp.int32)
-    N = sp.max_new_tokens
+    T = sp.max_new_tokens
 
     def program(params, prompt_tokens_BxP, prompt_valid_BxP, key):
         model = nnx.merge(graphdef, params)
         B, P = prompt_tokens_BxP.shape
-        S = P + N
+        S = P + T
         cache = KVCache.zeros(cfg, B, S, cache_dtype)
         cache = KVCache(
             *(tuple(sharding.constrain(c, axes) for c in part) for part, axes in zip(cache, KV_CACHE_LOGICAL_AXES))
@@ -140,16 +141,16 @@ def _generate_program(graphdef, cfg: ModelConfig, sp: SamplingParams, cache_dtyp
             cache_valid=cache_valid,
             logits=logits[:, -1],
             key=key,
-            tokens=jnp.zeros((B, N), jnp.int32),
-            q_logp=jnp.zeros((B, N), jnp.float32),
-            p_logp=jnp.zeros((B, N), jnp.float32),
-            valid=jnp.zeros((B, N), bool),
+            tokens=jnp.zeros((B, T), jnp.int32),
+            q_logp=jnp.zeros((B, T), jnp.float32),
+            p_logp=jnp.zeros((B, T), jnp.float32),
+            valid=jnp.zeros((B, T), bool),
             done=jnp.zeros((B,), bool),
             stopped=jnp.zeros((B,), bool),
         )
 
         def cond(c):
-            return (c["step"] < N) & ~jnp.all(c["done"])
+            return (c["step"] < T) & ~jnp.all(c["done"])
 
         def body(c):
             step = c["step"]
@@ -337,24 +338,24 @@ def completion_logprobs(
     params,
     prompt_tokens_BxP,
     prompt_valid_BxP,
-    completion_tokens_BxN,
-    completion_valid_BxN,
+    completion_tokens_BxT,
+    completion_valid_BxT,
     temperature: float = 1.0,
     return_entropy: bool = False,
 ):
-    """Teacher-forced log softmax(logits / T) of each completion token: the trainer's side of the
+    """Teacher-forced log softmax(logits / temperature) of each completion token: the trainer's side of the
     sampler's `policy_logprobs`. Differentiable in `params`."""
-    tokens = jnp.concatenate([prompt_tokens_BxP, completion_tokens_BxN], axis=1)
-    valid = jnp.concatenate([prompt_valid_BxP, completion_valid_BxN], axis=1)
+    tokens = jnp.concatenate([prompt_tokens_BxP, completion_tokens_BxT], axis=1)
+    valid = jnp.concatenate([prompt_valid_BxP, completion_valid_BxT], axis=1)
     positions = left_padded_positions(valid)
     model = nnx.merge(graphdef, params)
     P = prompt_tokens_BxP.shape[1]
-    logits, _ = model(tokens, positions, valid, logits_from=P - 1)  # [B, N + 1, V]: completion tokens only
+    logits, _ = model(tokens, positions, valid, logits_from=P - 1)  # [B, T + 1, V]: completion tokens only
     pred = logits[:, :-1].astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
     logp_all = jax.nn.log_softmax(pred, axis=-1)
-    logp = jnp.take_along_axis(logp_all, completion_tokens_BxN[..., None], axis=-1)[..., 0]
-    logp = jnp.where(completion_valid_BxN, logp, 0.0)
+    logp = jnp.take_along_axis(logp_all, completion_tokens_BxT[..., None], axis=-1)[..., 0]
+    logp = jnp.where(completion_valid_BxT, logp, 0.0)
     if not return_entropy:
         return logp
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    return logp, jnp.where(completion_valid_BxN, entropy, 0.0)
+    return logp, jnp.where(completion_valid_BxT, entropy, 0.0)
