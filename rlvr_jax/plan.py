@@ -276,8 +276,8 @@ def _kv_cache(cfg: ModelConfig, mesh, rows: int, slots: int, dtype):
 
 def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip):
     """The engine's prefill over a chunk of rows, and one decode step of that chunk (KV cache donated)."""
-    B, P, N = s.rollout_rows, s.prompt_len, s.response_len
-    S = P + N
+    B, P, T = s.rollout_rows, s.prompt_len, s.response_len
+    S = P + T
     cache = _kv_cache(cfg, mesh, B, S, jnp.dtype(s.cache_dtype))
     kv_bytes = _spec_bytes(cache)
     param_bytes = _spec_bytes(params)
@@ -330,14 +330,14 @@ def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip):
     )
 
 
-def _update_batch(mesh, B, P, N):
+def _update_batch(mesh, B, P, T):
     return {
         "prompt_tokens": _batch(mesh, (B, P), jnp.int32),
         "prompt_valid": _batch(mesh, (B, P), jnp.bool_),
-        "completion_tokens": _batch(mesh, (B, N), jnp.int32),
-        "loss_mask": _batch(mesh, (B, N), jnp.bool_),
-        "adv": _batch(mesh, (B, N), jnp.float32),
-        "sampler_logp": _batch(mesh, (B, N), jnp.float32),
+        "completion_tokens": _batch(mesh, (B, T), jnp.int32),
+        "loss_mask": _batch(mesh, (B, T), jnp.bool_),
+        "adv": _batch(mesh, (B, T), jnp.float32),
+        "sampler_logp": _batch(mesh, (B, T), jnp.float32),
     }
 
 
@@ -358,8 +358,8 @@ def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Sha
     opt_shardings = sharding.like_params_shardings(abstract_opt, param_shardings, mesh)
     opt = jax.tree_util.tree_map(lambda a, sh: _abstract(a.shape, a.dtype, sh), abstract_opt, opt_shardings)
     param_bytes, opt_bytes = _spec_bytes(params), _spec_bytes(opt)
-    B, P, N = s.micro_rows, s.prompt_len, s.response_len
-    batch = _update_batch(mesh, B, P, N)
+    B, P, T = s.micro_rows, s.prompt_len, s.response_len
+    batch = _update_batch(mesh, B, P, T)
     logprob = rl_update.make_logprob_fn(graphdef, mesh, s.temperature)
     yield compile_stage(
         "logprob",
@@ -367,7 +367,7 @@ def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Sha
         (params, batch),
         chip=chip,
         mesh=mesh,
-        tokens=B * (P + N),
+        tokens=B * (P + T),
         parts={"params": param_bytes, "optimizer": 0, "kv": 0},
         runs_per_step=(s.rows / B) if s.needs_logprob_pass else 0.0,
     )
@@ -386,26 +386,26 @@ def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Sha
         (params, opt, batch),
         chip=chip,
         mesh=mesh,
-        tokens=B * (P + N),
+        tokens=B * (P + T),
         parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
         runs_per_step=s.rows / B,
     )
     sft = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
-    R, L = s.sft_rows, s.sft_len
+    B, T = s.sft_rows, s.sft_len
     yield compile_stage(
         "sft step",
         sft.fn,
         (
             params,
             opt,
-            _batch(mesh, (R, L), jnp.int32),
-            _batch(mesh, (R, L), jnp.int32),
-            _batch(mesh, (R, L), jnp.int32),
-            _batch(mesh, (R, L), jnp.bool_),
+            _batch(mesh, (B, T), jnp.int32),
+            _batch(mesh, (B, T), jnp.int32),
+            _batch(mesh, (B, T), jnp.int32),
+            _batch(mesh, (B, T), jnp.bool_),
         ),
         chip=chip,
         mesh=mesh,
-        tokens=R * L,
+        tokens=B * T,
         parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
     )
 

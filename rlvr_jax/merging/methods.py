@@ -6,7 +6,7 @@ dtype (RL deltas are tiny; bf16 loses them), merges each tensor under `jax.jit` 
 tensor is ever gathered to the host: the global TIES threshold is an exact k-th largest found
 by two histogram passes over the bits of |tau| (rlvr_jax/merging/kth_largest.py).
 
-Legend: K experts; S value streams (one per expert, or one) and R ranks per stream in selection.
+Legend: M experts; W value streams (one per expert, or one) and R ranks per stream in selection.
 """
 
 from __future__ import annotations
@@ -127,19 +127,19 @@ def _k_linear(a, xs, h, seed, coef, *, drop_rate, out_dtype):
     return (a32 + acc).astype(out_dtype)
 
 
-def _k_ties(a, xs, h, seed, w, scale, thr_K, *, drop_rate, out_dtype):
+def _k_ties(a, xs, h, seed, w, scale, thr_M, *, drop_rate, out_dtype):
     a32, taus = _deltas(a, xs, h, seed, drop_rate)
-    kept = [jnp.where(jnp.abs(t) >= thr_K[k], t, 0.0) for k, t in enumerate(taus)]
+    kept = [jnp.where(jnp.abs(t) >= thr_M[k], t, 0.0) for k, t in enumerate(taus)]
     # mergekit's TIES weights the deltas before its sign election; with equal weights it is Σ_k τ̂_k.
     return (a32 + scale * _disjoint_mean(kept, w, weighted_election=True)).astype(out_dtype)
 
 
-def _k_breadcrumbs(a, xs, h, seed, w, scale, thr_Kx2, *, drop_rate, out_dtype):
+def _k_breadcrumbs(a, xs, h, seed, w, scale, thr_Mx2, *, drop_rate, out_dtype):
     a32, taus = _deltas(a, xs, h, seed, drop_rate)
     acc = jnp.zeros_like(a32)
     for k, t in enumerate(taus):
         m = jnp.abs(t)
-        acc = acc + w[k] * jnp.where((m >= thr_Kx2[k, 0]) & (m < thr_Kx2[k, 1]), t, 0.0)
+        acc = acc + w[k] * jnp.where((m >= thr_Mx2[k, 0]) & (m < thr_Mx2[k, 1]), t, 0.0)
     return (a32 + scale * acc).astype(out_dtype)
 
 
@@ -246,18 +246,18 @@ def _apply(kernel, statics, treedef, items, per_item_args, out_dtype, consume):
 
 
 def _thresholds(value_fn, items, fractions, trim_scope, drop_rate):
-    """Per item, fp32 thresholds (S, R): rank round(f*n) largest for each cumulative fraction f."""
+    """Per item, fp32 thresholds (W, R): rank round(f*n) largest for each cumulative fraction f."""
 
-    def ranks(n, S):
-        return np.array([[0 if f == 0 else (n if f >= 1 else keep_count(f, n)) for f in fractions]] * S)
+    def ranks(n, W):
+        return np.array([[0 if f == 0 else (n if f >= 1 else keep_count(f, n)) for f in fractions]] * W)
 
-    S = len(items[0][1]) if value_fn is _v_abs_tau else 1
+    W = len(items[0][1]) if value_fn is _v_abs_tau else 1
     if trim_scope == "global":
         n = sum(a.size for a, *_ in items)
-        thr = kth_largest(value_fn, items, ranks(n, S), drop_rate=drop_rate)
+        thr = kth_largest(value_fn, items, ranks(n, W), drop_rate=drop_rate)
         return [thr] * len(items)
     if trim_scope == "tensor":
-        return [kth_largest(value_fn, [it], ranks(it[0].size, S), drop_rate=drop_rate) for it in items]
+        return [kth_largest(value_fn, [it], ranks(it[0].size, W), drop_rate=drop_rate) for it in items]
     raise ValueError(f"trim_scope must be 'global' or 'tensor', got {trim_scope!r}")
 
 

@@ -8,9 +8,9 @@ all equal (about half of them at the built-in default); the loop puts such rows 
 micro-batches go. The token-mean metrics (entropy, ratio, clip and TIS) are then over the rows with a
 non-zero advantage, whatever the micro-batch layout.
 
-Batch legend: B rows, P prompt bucket, N completion slots.
-  prompt_tokens/prompt_valid [B,P], completion_tokens [B,N], loss_mask [B,N], adv [B,N],
-  sampler_logp [B,N], optional old_logp [B,N] and ref_logp [B,N].
+Shapes (docs/CONTRACTS.md "Shape legend"): B rows, P prompt bucket, T completion slots, U micro-batches.
+  prompt_tokens/prompt_valid [B,P], completion_tokens [B,T], loss_mask [B,T], adv [B,T],
+  sampler_logp [B,T], optional old_logp [B,T] and ref_logp [B,T].
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def loss_and_metrics(graphdef, params, mb: dict, counts: dict, s: grpo.LossSetti
     )
 
 
-def rows_with_gradient(adv_BxN, loss_mask_BxN):
+def rows_with_gradient(adv_BxT, loss_mask_BxT):
     """[B] bool: rows whose policy gradient can be non-zero (some unmasked token has an advantage)."""
-    return jnp.any((adv_BxN != 0) & loss_mask_BxN, axis=-1)
+    return jnp.any((adv_BxT != 0) & loss_mask_BxT, axis=-1)
 
 
 def make_update_step(
@@ -89,9 +89,9 @@ def make_update_step(
         mask = batch["loss_mask"]
         counts = {"tokens": mask.sum().astype(jnp.float32), "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
         micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
-        computed_M = jnp.ones((num_micro,), bool)
+        computed_U = jnp.ones((num_micro,), bool)
         if skip:
-            computed_M = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
+            computed_U = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
             counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(
                 jnp.float32
             )
@@ -122,7 +122,7 @@ def make_update_step(
             ), None
 
         (grads, loss, metrics), _ = jax.lax.scan(
-            accumulate, (zero_grads, jnp.float32(0), zero_metrics), (micro, computed_M)
+            accumulate, (zero_grads, jnp.float32(0), zero_metrics), (micro, computed_U)
         )
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -132,7 +132,7 @@ def make_update_step(
             **{
                 "loss/total": loss,
                 "grad/global_norm": optax.tree.norm(grads),
-                "update/computed_frac": computed_M.mean(dtype=jnp.float32),
+                "update/computed_frac": computed_U.mean(dtype=jnp.float32),
             },
         )
         return params, opt_state, metrics
