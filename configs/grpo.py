@@ -37,6 +37,8 @@ def get_config(arg: str = ""):
     # computes in bf16 from fp32 masters; a separate bf16 compute dtype is not implemented yet.)
     c.model.param_dtype = "float32"
     c.model.remat = not tiny  # rematerialise layers in the backward pass
+    c.model.remat_policy = "full"  # what a rematerialised layer keeps: "full" (nothing) | "dots" (its matmuls)
+    c.model.scan_layers = not tiny  # cache-free passes scan the layers: compile time independent of depth
 
     c.data = ml_collections.ConfigDict()
     c.data.domains = DOMAINS[domain]

@@ -494,7 +494,15 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
     m = config.model
     overrides = {k: v for k, v in m.overrides.items() if v is not None}
     vocab = None if m.preset != "tiny" else build.load_tokenizer("builtin").vocab_size
-    cfg = build.model_config(m.preset, overrides, vocab_size=vocab, param_dtype=m.param_dtype, remat=m.remat)
+    cfg = build.model_config(
+        m.preset,
+        overrides,
+        vocab_size=vocab,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        remat_policy=m.remat_policy,
+        scan_layers=m.scan_layers,
+    )
     graphdef, params, param_shardings = _model_parts(cfg, mesh)
     stages = []
     groups = {

@@ -25,6 +25,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Parameters are sharded over fsdp (ZeRO-3 style) and tensor; activations over the batch axes.
 RULES: dict[str, Any] = {
     "batch": ("data", "fsdp"),
+    "layers": None,  # the stacked layer axis of a scanned pass: every device holds its shard of each layer
     "length": None,
     "cache_len": None,
     "embed": "fsdp",

@@ -31,9 +31,18 @@ def load_tokenizer(path: str, fallback_checkpoint: str = ""):
     return load_tokenizer_dir(path)
 
 
-def model_config(preset: str, overrides: dict, *, vocab_size: int | None, param_dtype: str, remat: bool) -> ModelConfig:
+def model_config(
+    preset: str,
+    overrides: dict,
+    *,
+    vocab_size: int | None,
+    param_dtype: str,
+    remat: bool,
+    remat_policy: str = "full",
+    scan_layers: bool = False,
+) -> ModelConfig:
     """A preset by name (see presets.PRESETS) with field overrides; 'tiny' builds a small Qwen3-style
-    model sized to the tokenizer."""
+    model sized to the tokenizer. remat, remat_policy and scan_layers say how to run it, not what it is."""
     if preset == "tiny":
         base = ModelConfig(
             family="qwen3",
@@ -53,7 +62,9 @@ def model_config(preset: str, overrides: dict, *, vocab_size: int | None, param_
         base = PRESETS[preset]
     else:
         raise ValueError(f"unknown model preset {preset!r}; known: tiny, {', '.join(sorted(PRESETS))}")
-    return dataclasses.replace(base, param_dtype=param_dtype, remat=remat, **overrides)
+    return dataclasses.replace(
+        base, param_dtype=param_dtype, remat=remat, remat_policy=remat_policy, scan_layers=scan_layers, **overrides
+    )
 
 
 def init_model(cfg: ModelConfig, mesh, seed: int):
@@ -61,10 +72,10 @@ def init_model(cfg: ModelConfig, mesh, seed: int):
     return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)), mesh)
 
 
-def load_model(path: str, mesh, param_dtype: str, remat: bool):
+def load_model(path: str, mesh, param_dtype: str, remat: bool, remat_policy: str = "full", scan_layers: bool = False):
+    """A checkpoint's model, run as asked (remat, its policy, scanned layers) whatever the run that saved it did."""
     cfg, graphdef, params = params_io.load_params_any(path, mesh, param_dtype=param_dtype)
-    if remat != cfg.remat:
-        cfg = dataclasses.replace(cfg, remat=remat)
+    cfg = dataclasses.replace(cfg, remat=remat, remat_policy=remat_policy, scan_layers=scan_layers)
     graphdef, _, shardings = model_shardings(cfg, mesh)
     return cfg, graphdef, params, shardings
 
@@ -74,8 +85,16 @@ def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
     init of its preset with the set `overrides`."""
     m = model_config_dict
     if m.checkpoint:
-        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat)
+        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat, m.remat_policy, m.scan_layers)
     overrides = {k: v for k, v in m.overrides.items() if v is not None}
-    cfg = model_config(m.preset, overrides, vocab_size=vocab_size, param_dtype=m.param_dtype, remat=m.remat)
+    cfg = model_config(
+        m.preset,
+        overrides,
+        vocab_size=vocab_size,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        remat_policy=m.remat_policy,
+        scan_layers=m.scan_layers,
+    )
     graphdef, params, shardings = init_model(cfg, mesh, seed)
     return cfg, graphdef, params, shardings

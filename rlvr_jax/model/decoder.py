@@ -20,6 +20,14 @@ from rlvr_jax import sharding
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so all-masked rows stay NaN-free
 
 
+# What a rematerialised layer keeps for its backward pass: nothing (recompute it all), or the results of
+# its matmuls without a batch dimension (the projections; attention and elementwise work is recomputed).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one decoder. Field names follow ours; hf.py maps Hugging Face keys."""
@@ -43,6 +51,11 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     param_dtype: str = "float32"  # "float32" | "bfloat16"; softmax, norms and logits are fp32 always
     remat: bool = False  # rematerialise each layer in the backward pass
+    remat_policy: str = "full"  # with remat, what a layer keeps for the backward pass: REMAT_POLICIES
+    # Cache-free passes (update, teacher-forced logprobs, SFT) run the layers as one lax.scan over their
+    # stacked weights: one compiled layer whatever the depth. The weights stay stored per layer (HF,
+    # Orbax, merging and analyses see the same tree); they are stacked inside the jitted pass.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -51,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.param_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"param_dtype={self.param_dtype!r}: expected 'float32' or 'bfloat16'")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
 
     @property
     def dtype(self):
@@ -276,7 +291,26 @@ def _run_block(block, x, positions, inv_freq, key_valid, cache_kv, cache_start, 
     return block(x, positions, inv_freq, key_valid, cache_kv, cache_start, segments)
 
 
-_run_block_remat = nnx.remat(_run_block)
+def _remat(fn, cfg):
+    return nnx.remat(fn, policy=REMAT_POLICIES[cfg.remat_policy]) if cfg.remat else fn
+
+
+def _scan_blocks(blocks, hidden, positions, inv_freq, key_valid, segments, cfg):
+    """The blocks as one lax.scan over their weights, stacked here with a leading `layers` axis."""
+    block_def, _ = nnx.split(blocks[0])
+    axes = sharding.logical_axes_tree(nnx.state(blocks[0]))
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[nnx.to_pure_dict(nnx.state(b)) for b in blocks])
+    stacked = jax.tree_util.tree_map(
+        lambda x, a: sharding.constrain(x, ("layers", *a)), stacked, axes, is_leaf=lambda a: isinstance(a, tuple)
+    )
+
+    def body(h, weights):
+        block = nnx.merge(block_def, weights)
+        h, _ = block(h, positions, inv_freq, key_valid, None, 0, segments)
+        return h, None
+
+    hidden, _ = jax.lax.scan(_remat(body, cfg), hidden, stacked)
+    return hidden
 
 
 class Decoder(nnx.Module):
@@ -318,13 +352,18 @@ class Decoder(nnx.Module):
         inv_freq = rope_inverse_frequencies(cfg)
         key_valid = valid_BxT if cache is None else cache_valid_BxS
         new_k, new_v = [], []
-        run = _run_block_remat if cfg.remat else _run_block
-        for i, block in enumerate(self.layers):
-            cache_kv = None if cache is None else (cache.k[i], cache.v[i])
-            hidden, new_kv = run(block, hidden, positions_BxT, inv_freq, key_valid, cache_kv, cache_start, segments_BxT)
-            if new_kv is not None:
-                new_k.append(new_kv[0])
-                new_v.append(new_kv[1])
+        if cache is None and cfg.scan_layers:
+            hidden = _scan_blocks(self.layers, hidden, positions_BxT, inv_freq, key_valid, segments_BxT, cfg)
+        else:
+            run = _remat(_run_block, cfg)
+            for i, block in enumerate(self.layers):
+                cache_kv = None if cache is None else (cache.k[i], cache.v[i])
+                hidden, new_kv = run(
+                    block, hidden, positions_BxT, inv_freq, key_valid, cache_kv, cache_start, segments_BxT
+                )
+                if new_kv is not None:
+                    new_k.append(new_kv[0])
+                    new_v.append(new_kv[1])
         if logits_from:
             hidden = hidden[:, logits_from:]
         hidden = self.final_norm(hidden)

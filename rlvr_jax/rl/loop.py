@@ -397,7 +397,10 @@ def _load_teachers(spec: str, mesh, student_cfg) -> dict:
         if not path:
             raise ConfigError(f"opd.teachers entry {part!r}: expected DOMAIN=CHECKPOINT")
         t_cfg, _, t_params = params_io.load_params_any(path, mesh, param_dtype=student_cfg.param_dtype)
-        if dataclasses.replace(t_cfg, remat=student_cfg.remat) != student_cfg:
+        run_as_student = dict(
+            remat=student_cfg.remat, remat_policy=student_cfg.remat_policy, scan_layers=student_cfg.scan_layers
+        )
+        if dataclasses.replace(t_cfg, **run_as_student) != student_cfg:
             raise ConfigError(f"teacher {path} has a different architecture than the student: {t_cfg} vs {student_cfg}")
         teachers[dom] = t_params
     return teachers
