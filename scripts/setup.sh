@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Create .venv with Python 3.11, install rlvr_jax (+ test extra), and bubblewrap for the code sandbox.
+# Create .venv (Python 3.11, the tested one, if present), install rlvr_jax (+ test extra) with the exact
+# versions of requirements.lock, and bubblewrap for the code sandbox.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
-command -v "$PY" >/dev/null || PY=python3
-if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+"$PY" -c '' 2>/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "[setup] rlvr_jax needs Python 3.11 or newer; $PY is $("$PY" -V 2>&1). Set PYTHON=/path/to/python3.11" >&2; exit 1; }
+  "$PY" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# -c: the lock fixes the version of whatever the project needs, and installs nothing else.
+.venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
 if ! command -v bwrap >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] installing bubblewrap (code-verifier sandbox) with apt-get"
