@@ -13,6 +13,17 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # -c: the lock fixes the version of whatever the project needs, and installs nothing else.
 .venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
+# libtpu, for rlvr-plan's ahead-of-time TPU compiles on this CPU host (no TPU needed). It goes to
+# .venv/libtpu, outside site-packages, so that ordinary runs do not probe for a TPU; rlvr-plan finds it
+# there. The version is the one jax[tpu] pins for our jax (pyproject's plan extra brings the same).
+LIBTPU=libtpu==0.0.42.1
+if [ ! -f .venv/libtpu/.installed ] || [ "$(cat .venv/libtpu/.installed)" != "$LIBTPU" ]; then
+  if .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/libtpu "$LIBTPU"; then
+    echo "$LIBTPU" > .venv/libtpu/.installed
+  else
+    echo "[setup] WARNING: could not install $LIBTPU: rlvr-plan and its tests are skipped" >&2
+  fi
+fi
 if ! command -v bwrap >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "[setup] installing bubblewrap (code-verifier sandbox) with apt-get"
