@@ -337,13 +337,15 @@ class Decoder(nnx.Module):
         cache_valid_BxS=None,
         segments_BxT=None,
         logits_from: int = 0,
+        return_hidden: bool = False,
     ):
         """Without a cache, ``valid_BxT`` masks padding keys. With one, the T new tokens are written at
         slots [cache_start, cache_start + T) and ``cache_valid_BxS`` (already including them) masks keys.
         ``logits_from`` returns logits of positions [logits_from, T) only: a prefill needs the last one,
         a trainer scoring completions skips the prompt's (the LM head and its gradient are then paid for
         the completion tokens only).
-        ``segments_BxT`` (no cache) packs several sequences per row: attention stays within equal ids."""
+        ``segments_BxT`` (no cache) packs several sequences per row: attention stays within equal ids.
+        ``return_hidden`` returns the final-normed hidden states [B, T, E] instead of logits."""
         if segments_BxT is not None and cache is not None:
             raise ValueError("packed segments are for cache-free forward passes only")
         cfg = self.cfg
@@ -367,12 +369,17 @@ class Decoder(nnx.Module):
         if logits_from:
             hidden = hidden[:, logits_from:]
         hidden = self.final_norm(hidden)
-        B, T, E = hidden.shape
-        kernel_ExV = self.embed.embedding[...].T if cfg.tie_embeddings else self.lm_head.kernel[...]
-        logits = flat_matmul(hidden.reshape(B * T, E), kernel_ExV, 1).reshape(B, T, -1)
-        logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
         new_cache = None if cache is None else KVCache(tuple(new_k), tuple(new_v))
+        if return_hidden:  # the caller applies head_kernel() itself, e.g. chunk by chunk (chunked_logprobs.py)
+            return hidden, new_cache
+        B, T, E = hidden.shape
+        logits = flat_matmul(hidden.reshape(B * T, E), self.head_kernel(), 1).reshape(B, T, -1)
+        logits = sharding.constrain(logits, ("batch", "length", "act_vocab"))
         return logits, new_cache
+
+    def head_kernel(self):
+        """The LM head as an [E, V] matrix: the tied embedding's transpose, or lm_head's kernel."""
+        return self.embed.embedding[...].T if self.cfg.tie_embeddings else self.lm_head.kernel[...]
 
 
 def token_logprobs(logits_BxTxV, targets_BxT):

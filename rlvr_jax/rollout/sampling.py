@@ -27,6 +27,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rlvr_jax import sharding
+from rlvr_jax.model import chunked_logprobs
 from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, left_padded_positions
 
 log = logging.getLogger(__name__)
@@ -342,20 +343,27 @@ def completion_logprobs(
     completion_valid_BxT,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    chunk: int = 1024,
 ):
     """Teacher-forced log softmax(logits / temperature) of each completion token: the trainer's side of the
-    sampler's `policy_logprobs`. Differentiable in `params`."""
+    sampler's `policy_logprobs`. Differentiable in `params`. The LM head runs `chunk` positions at a time
+    (model/chunked_logprobs.py): no [B, T, V] logits exist, forward or backward."""
     tokens = jnp.concatenate([prompt_tokens_BxP, completion_tokens_BxT], axis=1)
     valid = jnp.concatenate([prompt_valid_BxP, completion_valid_BxT], axis=1)
     positions = left_padded_positions(valid)
     model = nnx.merge(graphdef, params)
     P = prompt_tokens_BxP.shape[1]
-    logits, _ = model(tokens, positions, valid, logits_from=P - 1)  # [B, T + 1, V]: completion tokens only
-    pred = logits[:, :-1].astype(jnp.float32) / (temperature if temperature > 0 else 1.0)
-    logp_all = jax.nn.log_softmax(pred, axis=-1)
-    logp = jnp.take_along_axis(logp_all, completion_tokens_BxT[..., None], axis=-1)[..., 0]
-    logp = jnp.where(completion_valid_BxT, logp, 0.0)
+    # hidden states of the last prompt position and the completion's (each predicts the next token)
+    hidden_BxTxE, _ = model(tokens, positions, valid, logits_from=P - 1, return_hidden=True)
+    stats = chunked_logprobs.token_stats(
+        hidden_BxTxE[:, :-1],
+        model.head_kernel(),
+        completion_tokens_BxT,
+        temperature=temperature,
+        chunk=chunk,
+        entropy=return_entropy,
+    )
+    logp = jnp.where(completion_valid_BxT, stats["logp"], 0.0)
     if not return_entropy:
         return logp
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    return logp, jnp.where(completion_valid_BxT, entropy, 0.0)
+    return logp, jnp.where(completion_valid_BxT, stats["entropy"], 0.0)
