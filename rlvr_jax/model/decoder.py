@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlvr_jax import sharding
+from rlvr_jax.model import attention
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so all-masked rows stay NaN-free
 
@@ -56,6 +57,7 @@ class ModelConfig:
     # stacked weights: one compiled layer whatever the depth. The weights stay stored per layer (HF,
     # Orbax, merging and analyses see the same tree); they are stacked inside the jitted pass.
     scan_layers: bool = False
+    attention_impl: str = "blocked"  # cache-free passes: attention.IMPLEMENTATIONS ("dense" is the reference)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -64,6 +66,10 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.param_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"param_dtype={self.param_dtype!r}: expected 'float32' or 'bfloat16'")
+        if self.attention_impl not in attention.IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r}: expected one of {sorted(attention.IMPLEMENTATIONS)}"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of {sorted(REMAT_POLICIES)}")
 
@@ -209,38 +215,37 @@ class Attention(nnx.Module):
         k_BxKxTxD = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 1, 3)
         v_BxKxTxD = v.transpose(0, 2, 1, 3)
         q_BxTxKxQxD = q.reshape(B, T, K, Q, D)
-        if cache_kv is None:
-            values_BxKxSxD, new_cache_kv = v_BxKxTxD, None
-            scores = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k_BxKxTxD, preferred_element_type=jnp.float32)
+        if cache_kv is None:  # a cache-free pass: no [T, T] scores (attention.py)
+            out = attention.self_attention(
+                q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxS, segments_BxT, impl=cfg.attention_impl
+            )
+            return self.o_proj(out.reshape(B, T, K * Q, D).astype(x_BxTxE.dtype)), None
+        cache_k, cache_v = cache_kv
+        keys_BxKxDxS = jax.lax.dynamic_update_slice_in_dim(
+            cache_k, k_BxKxTxD.transpose(0, 1, 3, 2).astype(cache_k.dtype), cache_start, axis=3
+        )
+        values_BxKxSxD = jax.lax.dynamic_update_slice_in_dim(
+            cache_v, v_BxKxTxD.astype(cache_v.dtype), cache_start, axis=2
+        )
+        keys_BxKxDxS = sharding.constrain(keys_BxKxDxS, K_CACHE_LOGICAL_AXES)
+        values_BxKxSxD = sharding.constrain(values_BxKxSxD, V_CACHE_LOGICAL_AXES)
+        new_cache_kv = (keys_BxKxDxS, values_BxKxSxD)
+        if T == 1:  # decoding: as a [Q, D] x [D, S] product per (row, kv head); XLA:CPU picks a slow dot with T
+            scores = jnp.einsum(
+                "bkqd,bkds->bkqs",
+                q_BxTxKxQxD[:, 0],
+                keys_BxKxDxS.astype(q.dtype),
+                preferred_element_type=jnp.float32,
+            )[:, :, :, None]
         else:
-            cache_k, cache_v = cache_kv
-            keys_BxKxDxS = jax.lax.dynamic_update_slice_in_dim(
-                cache_k, k_BxKxTxD.transpose(0, 1, 3, 2).astype(cache_k.dtype), cache_start, axis=3
+            scores = jnp.einsum(
+                "btkqd,bkds->bkqts", q_BxTxKxQxD, keys_BxKxDxS.astype(q.dtype), preferred_element_type=jnp.float32
             )
-            values_BxKxSxD = jax.lax.dynamic_update_slice_in_dim(
-                cache_v, v_BxKxTxD.astype(cache_v.dtype), cache_start, axis=2
-            )
-            keys_BxKxDxS = sharding.constrain(keys_BxKxDxS, K_CACHE_LOGICAL_AXES)
-            values_BxKxSxD = sharding.constrain(values_BxKxSxD, V_CACHE_LOGICAL_AXES)
-            new_cache_kv = (keys_BxKxDxS, values_BxKxSxD)
-            if T == 1:  # decoding: as a [Q, D] x [D, S] product per (row, kv head); XLA:CPU picks a slow dot with T
-                scores = jnp.einsum(
-                    "bkqd,bkds->bkqs",
-                    q_BxTxKxQxD[:, 0],
-                    keys_BxKxDxS.astype(q.dtype),
-                    preferred_element_type=jnp.float32,
-                )[:, :, :, None]
-            else:
-                scores = jnp.einsum(
-                    "btkqd,bkds->bkqts", q_BxTxKxQxD, keys_BxKxDxS.astype(q.dtype), preferred_element_type=jnp.float32
-                )
         scores = scores / math.sqrt(D)
         S = values_BxKxSxD.shape[2]
         query_slot_T = cache_start + jnp.arange(T)
         causal_TxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
         mask_BxTxS = causal_TxS[None] & key_valid_BxS[:, None, :]
-        if segments_BxT is not None:  # packed rows: a token sees only its own example
-            mask_BxTxS = mask_BxTxS & (segments_BxT[:, :, None] == segments_BxT[:, None, :])
         scores = jnp.where(mask_BxTxS[:, None, None], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1)
         if T == 1:  # decoding: a broadcast multiply-reduce streams V once; XLA:CPU's batched dot took 4x longer
