@@ -222,6 +222,19 @@ class ActivatedJit:
         return self.fn._cache_size()
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh `activate` set for the function being traced, if any."""
+    active = _ACTIVE.get()
+    return None if active is None else active[0]
+
+
+def logical_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=None) -> P:
+    """The PartitionSpec the rules give an activation of this shape on `mesh` (for shard_map)."""
+    active = _ACTIVE.get()
+    rules = rules or (active[1] if active is not None else RULES)
+    return logical_to_spec(logical_axes, shape, _mesh_sizes(mesh), rules, where="activation")
+
+
 def constrain(x, logical_axes: Sequence[str | None]):
     active = _ACTIVE.get()
     if active is None:

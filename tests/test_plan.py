@@ -129,3 +129,25 @@ def test_experiment_compiles_every_stage_before_running_on_a_tpu():
         experiment.check_fit(config, devices)
     config.check_fit = False
     experiment.check_fit(config, devices)  # skipped: returns without compiling
+
+
+def test_attention_on_a_tpu_mesh_is_the_splash_kernel():
+    """Traced on a TPU topology's mesh, "auto" attention compiles jax's Pallas splash kernel (a TPU custom
+    call, one per layer in the logprob pass); "blocked" compiles none."""
+    import dataclasses  # noqa: PLC0415  # local: only this test
+
+    from rlvr_jax import sharding  # noqa: PLC0415
+    from rlvr_jax.model import build  # noqa: PLC0415
+    from rlvr_jax.rl import update  # noqa: PLC0415
+
+    mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1), devices=plan.topology_devices("v5e:2x2"))
+    counts = {}
+    for impl in ("auto", "blocked"):
+        cfg = build.model_config("tiny", {}, vocab_size=256, param_dtype="float32", remat=False)
+        cfg = dataclasses.replace(cfg, attention_impl=impl)
+        graphdef, params, _ = plan._model_parts(cfg, mesh)
+        fn = update.make_logprob_fn(graphdef, mesh, 1.0)
+        with sharding.activate(mesh):
+            text = fn.fn.lower(params, plan._update_batch(mesh, 8, 32, 96)).compile().as_text()
+        counts[impl] = text.count('custom_call_target="tpu_custom_call"')
+    assert counts["auto"] >= cfg.num_layers and counts["blocked"] == 0, counts

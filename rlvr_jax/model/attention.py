@@ -1,7 +1,7 @@
 """Causal self-attention of a cache-free pass (update, teacher-forced logprobs, packed SFT) without a
-[T, T] score matrix: one function, `self_attention`, with an XLA implementation that runs a block of
-queries at a time against every key under jax.checkpoint (memory grows linearly with T), and the dense
-reference it must equal."""
+[T, T] score matrix: one function, `self_attention`, choosing by platform between jax's Pallas splash
+attention kernel on TPU and an XLA implementation elsewhere that runs a block of queries at a time
+against every key under jax.checkpoint (memory grows linearly with T); the dense reference both equal."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from rlvr_jax import sharding
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -62,13 +64,74 @@ def blocked(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None,
     return out.swapaxes(0, 1).reshape(B, n * C, K, Q, D)[:, :T]
 
 
-IMPLEMENTATIONS = {"dense": dense, "blocked": blocked}
+def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, block: int = 512):
+    """jax's Pallas splash attention (TPU only): per row and kv head, the Q query heads that share it run
+    as one MQA kernel with a causal mask; padding and packed examples become segment ids (pads are 0)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (  # local: a TPU kernel, traced only there
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    B, T, K, Q, D = q_BxTxKxQxD.shape
+    Tp = -(-T // 128) * 128  # the kernel tiles by 128 positions
+    bs = max(128, min(block, Tp) // 128 * 128)
+    while Tp % bs:
+        bs -= 128
+    seg_BxT = key_valid_BxT.astype(jnp.int32) if segments_BxT is None else jnp.where(key_valid_BxT, segments_BxT, 0)
+    pad = Tp - T
+    q = jnp.pad(q_BxTxKxQxD / math.sqrt(D), ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    q_BxKxQxTxD = q.transpose(0, 2, 3, 1, 4).astype(v_BxKxTxD.dtype)
+    k = jnp.pad(k_BxKxTxD, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v = jnp.pad(v_BxKxTxD, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    seg = jnp.pad(seg_BxT, ((0, 0), (0, pad)))
+    sizes = sk.BlockSizes(
+        block_q=bs,
+        block_kv=bs,
+        block_kv_compute=bs,
+        block_q_dkv=bs,
+        block_kv_dkv=bs,
+        block_kv_dkv_compute=bs,
+        block_q_dq=bs,
+        block_kv_dq=bs,
+    )
+    kernel = sk.make_splash_mqa_single_device(mask=sm.MultiHeadMask([sm.CausalMask((Tp, Tp))] * Q), block_sizes=sizes)
+
+    def row(q_KxQxTxD, k_KxTxD, v_KxTxD, seg_T):
+        ids = sk.SegmentIds(q=seg_T, kv=seg_T)
+        return jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=ids))(q_KxQxTxD, k_KxTxD, v_KxTxD)
+
+    run = jax.vmap(row)
+    mesh = sharding.active_mesh()
+    if mesh is not None:  # a Pallas call is not partitioned by XLA: run it on each device's shard
+        specs = [
+            sharding.logical_spec(("batch", "kv_heads", None, "length", "head_dim"), q_BxKxQxTxD.shape, mesh),
+            sharding.logical_spec(("batch", "kv_heads", "length", "head_dim"), k.shape, mesh),
+            sharding.logical_spec(("batch", "kv_heads", "length", "head_dim"), v.shape, mesh),
+            sharding.logical_spec(("batch", "length"), seg.shape, mesh),
+        ]
+        run = jax.shard_map(run, mesh=mesh, in_specs=tuple(specs), out_specs=specs[0], check_vma=False)
+    out_BxKxQxTxD = run(q_BxKxQxTxD, k, v, seg)
+    return out_BxKxQxTxD.transpose(0, 3, 1, 2, 4)[:, :T].astype(jnp.float32)
 
 
-def self_attention(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, impl: str = "blocked"):
+def _on_tpu() -> bool:
+    mesh = sharding.active_mesh()
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    return device.platform == "tpu"
+
+
+IMPLEMENTATIONS = {"dense": dense, "blocked": blocked, "splash": splash}
+
+
+def self_attention(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, impl: str = "auto"):
     """Causal self-attention over T positions: queries [B, T, K, Q, D] (Q query heads per kv head), keys and
     values [B, K, T, D]; padding keys masked by key_valid, packed rows by segment ids. Returns the fp32
-    output [B, T, K, Q, D]."""
+    output [B, T, K, Q, D]. impl "auto": splash on TPU (the active mesh's devices, else the default
+    backend), blocked elsewhere."""
+    if impl == "auto":
+        impl = "splash" if _on_tpu() else "blocked"
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"attention impl {impl!r}: expected one of {sorted(IMPLEMENTATIONS)}")
     return IMPLEMENTATIONS[impl](q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT)

@@ -57,7 +57,8 @@ class ModelConfig:
     # stacked weights: one compiled layer whatever the depth. The weights stay stored per layer (HF,
     # Orbax, merging and analyses see the same tree); they are stacked inside the jitted pass.
     scan_layers: bool = False
-    attention_impl: str = "blocked"  # cache-free passes: attention.IMPLEMENTATIONS ("dense" is the reference)
+    # cache-free passes: "auto" (splash on TPU, blocked elsewhere) or one of attention.IMPLEMENTATIONS
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -66,7 +67,7 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.param_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"param_dtype={self.param_dtype!r}: expected 'float32' or 'bfloat16'")
-        if self.attention_impl not in attention.IMPLEMENTATIONS:
+        if self.attention_impl != "auto" and self.attention_impl not in attention.IMPLEMENTATIONS:
             raise ValueError(
                 f"attention_impl={self.attention_impl!r}: expected one of {sorted(attention.IMPLEMENTATIONS)}"
             )
