@@ -341,7 +341,10 @@ def _update_batch(mesh, B, P, T):
     }
 
 
-def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Shapes, chip: Chip):
+def training_programs(config, cfg: ModelConfig, mesh, s: Shapes) -> list[dict]:
+    """The logprob pass, one update micro-batch and the SFT step of `cfg`: jitted function, abstract
+    arguments, and what the report needs to know of each."""
+    graphdef, params, param_shardings = _model_parts(cfg, mesh)
     o = config.optim
     optimizer = optim.make_optimizer(
         learning_rate=o.learning_rate,
@@ -360,17 +363,6 @@ def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Sha
     param_bytes, opt_bytes = _spec_bytes(params), _spec_bytes(opt)
     B, P, T = s.micro_rows, s.prompt_len, s.response_len
     batch = _update_batch(mesh, B, P, T)
-    logprob = rl_update.make_logprob_fn(graphdef, mesh, s.temperature)
-    yield compile_stage(
-        "logprob",
-        logprob.fn,
-        (params, batch),
-        chip=chip,
-        mesh=mesh,
-        tokens=B * (P + T),
-        parts={"params": param_bytes, "optimizer": 0, "kv": 0},
-        runs_per_step=(s.rows / B) if s.needs_logprob_pass else 0.0,
-    )
     update = rl_update.make_update_step(
         graphdef,
         optimizer,
@@ -380,34 +372,78 @@ def training_stages(config, cfg, graphdef, params, param_shardings, mesh, s: Sha
         opt_shardings=opt_shardings,
         mesh=mesh,
     )
-    yield compile_stage(
-        "update (one micro-batch)",
-        update.fn,
-        (params, opt, batch),
-        chip=chip,
-        mesh=mesh,
-        tokens=B * (P + T),
-        parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
-        runs_per_step=s.rows / B,
-    )
-    sft = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
-    B, T = s.sft_rows, s.sft_len
-    yield compile_stage(
-        "sft step",
-        sft.fn,
-        (
-            params,
-            opt,
-            _batch(mesh, (B, T), jnp.int32),
-            _batch(mesh, (B, T), jnp.int32),
-            _batch(mesh, (B, T), jnp.int32),
-            _batch(mesh, (B, T), jnp.bool_),
+    R, L = s.sft_rows, s.sft_len
+    sft_batch = tuple(_batch(mesh, (R, L), dt) for dt in (jnp.int32, jnp.int32, jnp.int32, jnp.bool_))
+    return [
+        dict(
+            name="logprob",
+            fn=rl_update.make_logprob_fn(graphdef, mesh, s.temperature).fn,
+            args=(params, batch),
+            tokens=B * (P + T),
+            parts={"params": param_bytes, "optimizer": 0, "kv": 0},
+            runs_per_step=(s.rows / B) if s.needs_logprob_pass else 0.0,
         ),
-        chip=chip,
-        mesh=mesh,
-        tokens=B * T,
-        parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
-    )
+        dict(
+            name="update (one micro-batch)",
+            fn=update.fn,
+            args=(params, opt, batch),
+            tokens=B * (P + T),
+            parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
+            runs_per_step=s.rows / B,
+        ),
+        dict(
+            name="sft step",
+            fn=make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings).fn,
+            args=(params, opt, *sft_batch),
+            tokens=R * L,
+            parts={"params": param_bytes, "optimizer": opt_bytes, "kv": 0},
+            runs_per_step=0.0,
+        ),
+    ]
+
+
+def _costs(fn, args, mesh) -> tuple[float, float, float]:
+    """(FLOPs, bytes accessed, collective bytes) per device of one compile."""
+    with sharding.activate(mesh):
+        compiled = fn.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)), collective_bytes(compiled.as_text())
+
+
+def training_stages(config, cfg: ModelConfig, mesh, s: Shapes, chip: Chip):
+    """Memory from compiling `cfg` as it runs. With scanned layers XLA's cost analysis counts the loop body
+    once, so FLOPs, bytes and collectives come from unrolled compiles of the same stage at 1 and 2 layers,
+    extrapolated linearly to the model's depth (every layer costs the same)."""
+    programs = training_programs(config, cfg, mesh, s)
+    if cfg.scan_layers:
+        small = [
+            training_programs(config, dataclasses.replace(cfg, num_layers=n, scan_layers=False), mesh, s)
+            for n in (1, 2)
+        ]
+    for i, prog in enumerate(programs):
+        report = compile_stage(
+            prog["name"],
+            prog["fn"],
+            prog["args"],
+            chip=chip,
+            mesh=mesh,
+            tokens=prog["tokens"],
+            parts=prog["parts"],
+            runs_per_step=prog["runs_per_step"],
+        )
+        if cfg.scan_layers and not report.error:
+            t0 = time.perf_counter()
+            one, two = (_costs(p[i]["fn"], p[i]["args"], mesh) for p in small)
+            flops, accessed, coll = (c1 + (cfg.num_layers - 1) * (c2 - c1) for c1, c2 in zip(one, two))
+            report.flops_per_chip, report.bytes_accessed_per_chip, report.collective_bytes_per_chip = (
+                flops,
+                accessed,
+                coll,
+            )
+            report.roofline_s = max(flops / chip.peak_flops, accessed / chip.hbm_bandwidth, coll / chip.ici_bandwidth)
+            report.compile_s += time.perf_counter() - t0
+        yield report
 
 
 def merge_stage(params, mesh, chip: Chip, num_experts: int = 4):
@@ -507,7 +543,7 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
     stages = []
     groups = {
         "rollout": lambda: rollout_stages(cfg, graphdef, params, mesh, s, chip),
-        "training": lambda: training_stages(config, cfg, graphdef, params, param_shardings, mesh, s, chip),
+        "training": lambda: training_stages(config, cfg, mesh, s, chip),
         "merge": lambda: [merge_stage(params, mesh, chip)],
     }
     for group in STAGE_GROUPS:

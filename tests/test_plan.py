@@ -151,3 +151,16 @@ def test_attention_on_a_tpu_mesh_is_the_splash_kernel():
             text = fn.fn.lower(params, plan._update_batch(mesh, 8, 32, 96)).compile().as_text()
         counts[impl] = text.count('custom_call_target="tpu_custom_call"')
     assert counts["auto"] >= cfg.num_layers and counts["blocked"] == 0, counts
+
+
+def test_scanned_stages_report_the_costs_of_every_layer():
+    """XLA's cost analysis counts a scanned layer once; the plan's FLOPs of a scanned update equal the
+    unrolled model's (extrapolated from 1- and 2-layer compiles), while its memory comes from the scan."""
+    reports = {}
+    for scan in (False, True):
+        config = _tiny(**{"model.scan_layers": scan})
+        reports[scan] = {s["name"]: s for s in plan.plan(config, "v5e:2x2", only=("training",))["stages"]}
+    for name in ("update (one micro-batch)", "logprob"):
+        unrolled, scanned = reports[False][name], reports[True][name]
+        assert scanned["flops_per_chip"] == pytest.approx(unrolled["flops_per_chip"], rel=0.05), name
+        assert scanned["roofline_s"] == pytest.approx(unrolled["roofline_s"], rel=0.1), name
