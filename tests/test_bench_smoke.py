@@ -70,3 +70,11 @@ def test_decode_matmul_kernels_are_every_weight_matrix_once():
         matrices = [x for x in jax.tree_util.tree_leaves(params) if x.ndim >= 2]
         lookup_only = 0 if tie else params["embed"]["embedding"].size  # an untied embedding is not multiplied
         assert sum(w.size for w, _ in mats) == sum(x.size for x in matrices) - lookup_only
+
+
+def test_train_memory_row_grows_linearly_and_beats_dense():
+    import bench_train  # noqa: PLC0415  # local: tools/ is on sys.path only for these tests
+
+    (row,) = bench_train._memory_rows(quick=True)
+    assert 0 < row["ours"] < row["peer"], row
+    assert row["growth_from_half"] < 2.3, row  # doubling T doubles the temporaries, not x4
