@@ -45,6 +45,8 @@ def blocked(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None,
     B, T, K, Q, D = q_BxTxKxQxD.shape
     C = max(1, min(block, T))
     n = -(-T // C)
+    if n == 1:  # one block is the dense computation: recomputing it in the backward would save nothing
+        return dense(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT)
     pad = n * C - T
     q_NxBxCxKxQxD = jnp.pad(q_BxTxKxQxD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
     q_NxBxCxKxQxD = q_NxBxCxKxQxD.reshape(B, n, C, K, Q, D).swapaxes(0, 1)

@@ -34,10 +34,12 @@ def token_stats(
     B, T, E = hidden_BxTxE.shape
     C = max(1, min(chunk, T))
     n = -(-T // C)
+    inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
+    if n == 1:  # one chunk: recomputing it in the backward would save nothing
+        return _chunk_stats(hidden_BxTxE, kernel_ExV, targets_BxT, inv_t, entropy)
     pad = n * C - T
     hidden = jnp.pad(hidden_BxTxE, ((0, 0), (0, pad), (0, 0))).reshape(B, n, C, E).swapaxes(0, 1)
     targets = jnp.pad(targets_BxT, ((0, 0), (0, pad))).reshape(B, n, C).swapaxes(0, 1)
-    inv_t = 1.0 / (temperature if temperature > 0 else 1.0)
     stats = jax.checkpoint(lambda h, t, k: _chunk_stats(h, k, t, inv_t, entropy))
 
     def body(carry, xs):
