@@ -69,12 +69,7 @@ def blocked(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None,
 def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, block: int = 512):
     """jax's Pallas splash attention (TPU only): per row and kv head, the Q query heads that share it run
     as one MQA kernel with a causal mask; padding and packed examples become segment ids (pads are 0)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import (  # local: a TPU kernel, traced only there
-        splash_attention_kernel as sk,
-    )
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_mask as sm,
-    )
+    from jax.experimental.pallas.ops.tpu import splash_attention as sk  # local: a TPU kernel, traced only there
 
     B, T, K, Q, D = q_BxTxKxQxD.shape
     Tp = -(-T // 128) * 128  # the kernel tiles by 128 positions
@@ -98,7 +93,7 @@ def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, 
         block_q_dq=bs,
         block_kv_dq=bs,
     )
-    kernel = sk.make_splash_mqa_single_device(mask=sm.MultiHeadMask([sm.CausalMask((Tp, Tp))] * Q), block_sizes=sizes)
+    kernel = sk.make_splash_mqa_single_device(mask=sk.MultiHeadMask([sk.CausalMask((Tp, Tp))] * Q), block_sizes=sizes)
 
     def row(q_KxQxTxD, k_KxTxD, v_KxTxD, seg_T):
         ids = sk.SegmentIds(q=seg_T, kv=seg_T)
