@@ -202,14 +202,16 @@ def collective_bytes(hlo_text: str) -> float:
     return float(total)
 
 
-def _oom_bytes(message: str) -> tuple[float, float] | None:
-    m = re.search(r"\(([\d.]+)([KMGTP])\) exceeds available HBM \(([\d.]+)([KMGTP])\)", message) or re.search(
-        r"Used ([\d.]+)([KMGTP]) of ([\d.]+)([KMGTP]) hbm", message
-    )
-    if not m:
-        return None
+def _oom_bytes(message: str) -> tuple[float, bool] | None:
+    """(bytes, whether they are the program's temporaries only) from libtpu's out-of-memory message."""
     unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
-    return float(m.group(1)) * unit[m.group(2)], float(m.group(3)) * unit[m.group(4)]
+    m = re.search(r"HLO temporaries \(([\d.]+)([KMGTP])\) exceeds available HBM", message)
+    if m:
+        return float(m.group(1)) * unit[m.group(2)], True
+    m = re.search(r"Used ([\d.]+)([KMGTP]) of ([\d.]+)([KMGTP]) hbm", message)
+    if m:
+        return float(m.group(1)) * unit[m.group(2)], False
+    return None
 
 
 def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, parts: dict, runs_per_step=0.0):
@@ -223,12 +225,14 @@ def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, pa
         oom = _oom_bytes(msg)
         if oom is None:
             raise
-        need, have = oom
+        need, temporaries_only = oom
+        held = sum(parts.values())
+        temp = int(need) if temporaries_only else max(0, int(need) - held)
         return StageReport(
             name,
             tokens,
             False,
-            dict(parts, total=need),
+            dict(parts, temp=temp, total=temp + held),
             0.0,
             0.0,
             0.0,

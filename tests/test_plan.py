@@ -91,6 +91,8 @@ def test_a_stage_that_cannot_fit_is_named_with_its_bytes():
     decode = next(s for s in report["stages"] if s["name"] == "rollout/decode")
     assert not decode["fits"] and decode["bytes_per_chip"]["total"] > report["hbm_bytes_per_chip"]
     assert decode["bytes_per_chip"]["kv"] > report["hbm_bytes_per_chip"]
+    b = decode["bytes_per_chip"]
+    assert set(b) == {"params", "optimizer", "kv", "temp", "total"} and b["total"] == b["temp"] + b["params"] + b["kv"]
     text = plan.table(report)
     assert "rollout/decode does not fit" in text and "rows_per_chunk" in text
 
