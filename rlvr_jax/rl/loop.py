@@ -338,12 +338,11 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         if pending is not None:
             _flush(c.writer, pending, bar, c.ckpt)
             pending = None
-        times = {}
+        jax.block_until_ready(rollout.completion_tokens)  # the rollout's time includes its device time
         t1 = time.perf_counter()
         sc = score(c, s, items, rollout)
-        times["time/rollout"] = t1 - t0  # score() waits for the tokens before it decodes them
         t2 = time.perf_counter()
-        times["time/verify"] = t2 - t1
+        times = {"time/rollout": t1 - t0, "time/verify": t2 - t1}
         ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
         times["time/logprobs"] = t3 - t2
