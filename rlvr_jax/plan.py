@@ -28,7 +28,6 @@ from rlvr_jax.merging.tensorwise import jitted
 from rlvr_jax.model import build
 from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, model_shardings
 from rlvr_jax.rl import loop as rl_loop
-from rlvr_jax.rl import optim
 from rlvr_jax.rl import update as rl_update
 from rlvr_jax.rl.sft import make_sft_step
 from rlvr_jax.rollout.sampling import sample_step
@@ -349,18 +348,7 @@ def training_programs(config, cfg: ModelConfig, mesh, s: Shapes) -> list[dict]:
     """The logprob pass, one update micro-batch and the SFT step of `cfg`: jitted function, abstract
     arguments, and what the report needs to know of each."""
     graphdef, params, param_shardings = _model_parts(cfg, mesh)
-    o = config.optim
-    optimizer = optim.make_optimizer(
-        learning_rate=o.learning_rate,
-        schedule=o.schedule,
-        warmup_steps=o.warmup_steps,
-        total_steps=s.steps,
-        weight_decay=o.weight_decay,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        grad_clip_norm=o.grad_clip_norm,
-    )
+    optimizer = rl_loop.run_optimizer(config)
     abstract_opt = jax.eval_shape(optimizer.init, params)
     opt_shardings = sharding.like_params_shardings(abstract_opt, param_shardings, mesh)
     opt = jax.tree_util.tree_map(lambda a, sh: _abstract(a.shape, a.dtype, sh), abstract_opt, opt_shardings)

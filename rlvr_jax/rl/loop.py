@@ -84,6 +84,22 @@ def loss_settings(config) -> grpo.LossSettings:
     )
 
 
+def run_optimizer(config):
+    """The run's optimizer from its `optim` block, scheduled over `train.steps` (trainer and planner alike)."""
+    o = config.optim
+    return optim.make_optimizer(
+        learning_rate=o.learning_rate,
+        schedule=o.schedule,
+        warmup_steps=o.warmup_steps,
+        total_steps=config.train.steps,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        grad_clip_norm=o.grad_clip_norm,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
     """What a GRPO / MT-OPD step reads from the config, destructured once at the boundary."""

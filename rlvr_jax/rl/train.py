@@ -20,7 +20,7 @@ from rlvr_jax.data.prompts import build_prompts
 from rlvr_jax.eval.evaluate import evaluate, first_per_domain, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
 from rlvr_jax.model import build
-from rlvr_jax.rl import grpo, optim
+from rlvr_jax.rl import grpo
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl.loop import ConfigError
 from rlvr_jax.rl.sft import run_sft
@@ -126,7 +126,7 @@ def run(config, workdir: str) -> dict:
     sizes = validate(config, jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-    m, ro, o, t = config.model, config.rollout, config.optim, config.train
+    m, ro, t = config.model, config.rollout, config.train
     tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
     domains = tuple(x for x in config.data.domains.split(",") if x)
     prompt_config = loading.prompt_config(config.data)
@@ -134,17 +134,7 @@ def run(config, workdir: str) -> dict:
     cfg, graphdef, params, param_shardings = build.build_model(
         m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
     )
-    optimizer = optim.make_optimizer(
-        learning_rate=o.learning_rate,
-        schedule=o.schedule,
-        warmup_steps=o.warmup_steps,
-        total_steps=t.steps,
-        weight_decay=o.weight_decay,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        grad_clip_norm=o.grad_clip_norm,
-    )
+    optimizer = rl_loop.run_optimizer(config)
     opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
 
     train_records = loading.load_records(config.data.train, "train", domains, config.data.builtin_train_size)
