@@ -7,6 +7,7 @@ bytes, a roofline time, and the projected device-hours of the whole run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -406,36 +407,44 @@ def _costs(fn, args, mesh) -> tuple[float, float, float]:
 def training_stages(config, cfg: ModelConfig, mesh, s: Shapes, chip: Chip):
     """Memory from compiling `cfg` as it runs. With scanned layers XLA's cost analysis counts the loop body
     once, so FLOPs, bytes and collectives come from unrolled compiles of the same stage at 1 and 2 layers,
-    extrapolated linearly to the model's depth (every layer costs the same)."""
+    extrapolated linearly to the model's depth (every layer costs the same). Those two compile on a second
+    thread while the full program compiles (XLA compiles outside the GIL), so a stage takes the longer of
+    the two, not their sum."""
     programs = training_programs(config, cfg, mesh, s)
+    small = []
     if cfg.scan_layers:
         small = [
             training_programs(config, dataclasses.replace(cfg, num_layers=n, scan_layers=False), mesh, s)
             for n in (1, 2)
         ]
-    for i, prog in enumerate(programs):
-        report = compile_stage(
-            prog["name"],
-            prog["fn"],
-            prog["args"],
-            chip=chip,
-            mesh=mesh,
-            tokens=prog["tokens"],
-            parts=prog["parts"],
-            runs_per_step=prog["runs_per_step"],
-        )
-        if cfg.scan_layers and not report.error:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as costs_thread:
+        for i, prog in enumerate(programs):
             t0 = time.perf_counter()
-            one, two = (_costs(p[i]["fn"], p[i]["args"], mesh) for p in small)
-            flops, accessed, coll = (c1 + (cfg.num_layers - 1) * (c2 - c1) for c1, c2 in zip(one, two))
-            report.flops_per_chip, report.bytes_accessed_per_chip, report.collective_bytes_per_chip = (
-                flops,
-                accessed,
-                coll,
+            pending = [costs_thread.submit(_costs, p[i]["fn"], p[i]["args"], mesh) for p in small]
+            report = compile_stage(
+                prog["name"],
+                prog["fn"],
+                prog["args"],
+                chip=chip,
+                mesh=mesh,
+                tokens=prog["tokens"],
+                parts=prog["parts"],
+                runs_per_step=prog["runs_per_step"],
             )
-            report.roofline_s = max(flops / chip.peak_flops, accessed / chip.hbm_bandwidth, coll / chip.ici_bandwidth)
-            report.compile_s += time.perf_counter() - t0
-        yield report
+            if pending and not report.error:
+                one, two = (f.result() for f in pending)
+                flops, accessed, coll = (c1 + (cfg.num_layers - 1) * (c2 - c1) for c1, c2 in zip(one, two))
+                report.flops_per_chip, report.bytes_accessed_per_chip, report.collective_bytes_per_chip = (
+                    flops,
+                    accessed,
+                    coll,
+                )
+                report.roofline_s = max(
+                    flops / chip.peak_flops, accessed / chip.hbm_bandwidth, coll / chip.ici_bandwidth
+                )
+            concurrent.futures.wait(pending)  # a failed stage's cost compiles finish before the next stage's
+            report.compile_s = time.perf_counter() - t0
+            yield report
 
 
 def merge_stage(params, mesh, chip: Chip, num_experts: int = 4):
