@@ -143,9 +143,10 @@ def _prompt_config(data):
 
 
 def eval_records(config) -> list[dict]:
-    """The first eval.items_per_domain held-out records of each domain (all when 0)."""
-    records = loading.load_records(config.eval.data, "eval", tuple(domains_of(config)))
+    """The first eval.items_per_domain held-out records of each domain (0: every record of JSONL data, the
+    built-in default size of built-in data, which otherwise makes as many as asked, up to all a domain has)."""
     n = config.eval.items_per_domain
+    records = loading.load_records(config.eval.data, "eval", tuple(domains_of(config)), n, builtin_up_to=True)
     per, out = defaultdict(int), []
     for r in records:
         if not n or per[r["domain"]] < n:
