@@ -22,6 +22,7 @@ def get_config(arg: str = ""):
     tiny = parse_arg(arg, file=__file__, flags=("tiny",)).tiny
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.seeds = ""  # RL seeds, e.g. "0,1,2": each repeats the RL stages from one anchor; the report pools them; "" = seed
     c.domains = "math,code,science,if"  # one expert per domain; the multi-task run pools them all
 
     # Every RL run (single-domain, multi-task, MT-OPD) starts from this config; the experiment sets the
