@@ -98,13 +98,19 @@ def test_references_are_short_under_the_builtin_tokenizer():
             assert n <= MAX_COMPLETION_TOKENS, (domain, n, r["metadata"]["reference"])
 
 
-def test_science_options_shuffled_and_distinct():
-    letters = []
-    for r in synthetic.builtin_records("science", "train", 300):
-        options = re.findall(r"^([A-D])\. (.+)$", r["messages"][0]["content"], flags=re.M)
+def test_science_options_distinct_and_the_letter_fixed_per_question():
+    letters, letter_of, distractors_of = [], {}, {}
+    for r in synthetic.builtin_records("science", "train", 300) + synthetic.builtin_records("science", "eval"):
+        question, *option_lines, _ = r["messages"][0]["content"].split("\n")
+        options = [re.fullmatch(r"([A-D])\. (.+)", line).groups() for line in option_lines]
         assert [o[0] for o in options] == list("ABCD") and len({o[1] for o in options}) == 4
-        letters.append(r["ground_truth"]["answer"])
-    assert {letters.count(x) for x in "ABCD"} and min(letters.count(x) for x in "ABCD") > 40
+        letter = r["ground_truth"]["answer"]
+        assert letter_of.setdefault(question, letter) == letter, question  # same question, same letter
+        distractors_of.setdefault(question, set()).add(tuple(o[1] for o in options if o[0] != letter))
+        letters.append(letter)
+    assert min(letters.count(x) for x in "ABCD") > 40, [letters.count(x) for x in "ABCD"]
+    # The distractors vary, so a question is asked by many prompts, in both splits.
+    assert sum(len(d) > 1 for d in distractors_of.values()) > 0.8 * len(distractors_of)
 
 
 def run_trusted(program: str, stdin: str) -> str:

@@ -23,8 +23,10 @@ SIZES = {
     "train": {"math": 1400, "code": 1250, "science": 1250, "if": 1100},
     "eval": {"math": 200, "code": 200, "science": 200, "if": 200},
     # Warm-start records after the RL ones in the train stream (`sft_records`); code's train prompt
-    # space holds about 2,290 distinct prompts.
-    "sft": {"math": 1400, "code": 1000, "science": 1250, "if": 1100},
+    # space holds about 2,290 distinct prompts. Science gets few: its ~100 questions each seen ~40 times
+    # (1,250 records) gave an anchor at Avg@8 0.98 on held-out science and RL nothing to learn; with 150
+    # it is at 0.32 (pass@8 0.91) and 150 science GRPO steps reach 0.57 (docs/MEASUREMENTS.md).
+    "sft": {"math": 1400, "code": 1000, "science": 150, "if": 1100},
 }
 EVAL_FRACTION = 0.1  # share of the prompt space hashed into the held-out split
 MAX_MISSES = 20_000  # consecutive duplicate/other-split draws that mean the space is exhausted
@@ -415,12 +417,24 @@ EXTRA_OPTIONS = {"state": ["plasma"]}
 LETTERS = "ABCD"
 
 
+def answer_letter(question: str) -> str:
+    """The option letter of a question's answer: fixed per question (a hash), whatever the distractors.
+
+    A ~1M-parameter model learns the facts (it names the right answer in its reasoning) but not to find
+    that answer among shuffled options: with the answer at a random letter the default anchor named the
+    right fact for 6 of 6 held-out questions and picked letters at chance (Avg@8 0.24, greedy 0.27 on 200
+    items), and RL had nothing it could learn. With the letter a property of the question, a question's
+    letter is knowledge like its answer, learned from the other prompts that ask it with other distractors.
+    """
+    return LETTERS[int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "big") % len(LETTERS)]
+
+
 def _science(rng: random.Random) -> dict:
     question, answer, category = rng.choice(FACTS)
     pool = sorted(({a for _, a, c in FACTS if c == category} | set(EXTRA_OPTIONS.get(category, ()))) - {answer})
-    options = [answer, *rng.sample(pool, 3)]
-    rng.shuffle(options)
-    letter = LETTERS[options.index(answer)]
+    options = rng.sample(pool, 3)
+    letter = answer_letter(question)
+    options.insert(LETTERS.index(letter), answer)
     lines = "\n".join(f"{L}. {o}" for L, o in zip(LETTERS, options))
     return {
         "domain": "science",
