@@ -150,3 +150,12 @@ def test_repeated_responses_of_one_record_are_scored_once(pool):
     # equal content in distinct record objects is not assumed to be the same item
     assert pool.submit([_math("7"), _math("7")], [r"\boxed{7}"] * 2).result(timeout=60)[1].reward == 1.0
     assert pool.counters(reset=True)["verifier/scored"] == 2
+
+
+def test_workers_start_without_runtime_warnings(monkeypatch):
+    # Workers inherit the environment: with warnings as errors, a worker whose entry point re-runs a
+    # module the package already imported (runpy's RuntimeWarning) dies, and the pool cannot score.
+    monkeypatch.setenv("PYTHONWARNINGS", "error::RuntimeWarning")
+    with VerifierPool(1, deadline_s=10.0, config=CFG) as p:
+        got = p.submit([_math("3")], [r"\boxed{3}"]).result(timeout=60)
+    assert got[0].reward == 1.0

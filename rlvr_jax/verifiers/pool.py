@@ -2,7 +2,7 @@
 under a deadline; a stuck or dead worker is SIGKILLed and replaced and only its current sample
 scores 0 (`timeout` / `error`). Hand-written rather than multiprocessing.Pool/concurrent.futures,
 which can neither kill one stuck task nor say which sample killed a worker. Workers are fresh
-interpreters (`python -m rlvr_jax.verifiers.pool`), never forks of the trainer: a fork of a
+interpreters (`python -m rlvr_jax.verifiers.worker`), never forks of the trainer: a fork of a
 process running JAX threads is unsafe, and multiprocessing's spawn would re-import its __main__."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _CRASH_LOOP = 5  # consecutive worker deaths with nothing scored before the pool
 _STARTUP_S = 120.0  # a worker that has not imported its verifiers by then is replaced
 
 
-def _worker_main(fd: int, owner_pid: int, slot: int) -> None:
+def worker_main(fd: int, owner_pid: int, slot: int) -> None:
     """Worker loop: receive chunks of samples, send back one result per sample as soon as it is done
     (so the parent knows which sample is current if this process must be killed)."""
     try:  # die with the pool's dispatcher thread, which started us
@@ -241,7 +241,7 @@ class VerifierPool:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
         with sandbox.exec_fork_without_jax_warning():
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rlvr_jax.verifiers.pool", str(theirs.fileno()), str(os.getpid()), str(slot)],
+                [sys.executable, "-m", "rlvr_jax.verifiers.worker", str(theirs.fileno()), str(os.getpid()), str(slot)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -396,5 +396,5 @@ class VerifierPool:
                 b.future.set_exception(err)
 
 
-if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+if __name__ == "__main__":  # workers started by an older pool.py of a run still in progress
+    worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
