@@ -1,6 +1,6 @@
 """Supervised warm start (the study's first stage): assistant-only token cross-entropy on records'
 reference responses, with the trainer's model, optimizer, checkpoint and metrics code.
-`rlvr-sft --config configs/sft.py:tiny --workdir DIR` writes an Orbax checkpoint the trainer starts from."""
+`rlvr-sft --config=configs/grpo.py:multi,tiny --workdir=DIR` (the config's `sft` fields) writes an Orbax checkpoint the trainer starts from."""
 
 from __future__ import annotations
 
