@@ -1,16 +1,22 @@
 """A shortened mix-vs-merge experiment end to end (tiny model, 2 domains, 2 merge methods, a few steps):
 stage outputs exist, report.md's tables say what results.json says, results.json says what the stages
-measured, a rerun skips finished stages, and an interrupted eval resumes to the same numbers."""
+measured (its gains and verdict recomputed from the per-item eval files), a rerun skips finished stages,
+and an interrupted eval resumes to the same numbers. Without running anything: seeds repeat the RL stages
+under their own names, and a single-seed workdir keeps its names."""
 
 import copy
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
 
 from rlvr_jax.config_args import load_config_file
+from rlvr_jax.eval.evaluate import summarize
+from rlvr_jax.study import experiment, layout
+from rlvr_jax.study import report as experiment_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 mix_vs_merge = load_config_file(os.path.join(REPO, "configs", "mix_vs_merge.py"))
@@ -44,15 +50,16 @@ def md_table(md: str, heading: str) -> tuple[list[str], list[list[str]]]:
 # One test: the experiment runs once (a module fixture would run once per xdist worker).
 @pytest.mark.slow
 def test_shortened_experiment_end_to_end(tmp_path, capsys):
-    from rlvr_jax.study import experiment
-
     wd, config = str(tmp_path / "run"), short_config()
     config.xla_cache_dir = str(tmp_path / "xla")  # the four RL runs share compiled programs
     results = experiment.run(config, wd)
     check_stage_outputs(config, wd)
     check_results_are_the_measured_numbers(wd, results)
     check_report_tables_agree_with_results_json(wd, results)
+    check_gains_and_verdict_are_paired_over_items(wd, results)
+    check_verdict_and_findings_sections(wd, results)
     check_rerun_skips_and_interrupted_eval_resumes(config, wd, results, capsys)
+    check_a_second_seed_is_pooled_per_item(config, wd, results)
 
 
 def check_stage_outputs(config, wd):
@@ -155,9 +162,103 @@ def check_report_tables_agree_with_results_json(wd, res):
     }
 
 
-def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
-    from rlvr_jax.study import experiment
+def per_item(wd, name, domain) -> np.ndarray:
+    """A model's per-item scores (mean over its K samples) on one domain, in the eval file's item order."""
+    items = json.load(open(os.path.join(wd, "eval", f"{name}.json")))["items"]
+    return np.asarray([np.mean(it["correct"]) for it in items if it["domain"] == domain])
 
+
+def paired(wd, a, b) -> dict:
+    """a - b per domain and on the mean, as the report documents: mean of per-item differences, stderr
+    sd(ddof 1) / sqrt(n); the mean over domains averages them, its stderr sqrt(sum se^2) / D."""
+    out = {}
+    for d in ("math", "if"):
+        x = per_item(wd, a, d) - per_item(wd, b, d)
+        out[d] = (x.mean(), x.std(ddof=1) / np.sqrt(len(x)))
+    out["mean"] = (np.mean([v[0] for v in out.values()]), np.sqrt(sum(v[1] ** 2 for v in out.values())) / 2)
+    return out
+
+
+def check_gains_and_verdict_are_paired_over_items(wd, res):
+    assert set(res["gains"]) == set(res["models"]) - {"sft"}
+    for name, row in res["gains"].items():
+        want = paired(wd, name, "sft")
+        assert set(row) == set(want)
+        for d, (gain, se) in want.items():
+            assert row[d]["gain"] == pytest.approx(gain, abs=1e-12) and row[d]["stderr"] == pytest.approx(se)
+            assert row[d]["z"] == (pytest.approx(gain / se) if se > 0 else None)
+
+    mean = res["eval"]["mean_avg"]
+    best = max(["merge_average", "merge_ties"], key=lambda n: (mean[n], n == "merge_average"))
+    assert {(v["b"], v["domain"]) for v in res["verdict"]} == {
+        (b, d) for b in ("merge_average", "merge_ties", "opd") for d in ("math", "if", "mean")
+    }
+    for v in res["verdict"]:
+        diff, se = paired(wd, "multi", v["b"])[v["domain"]]
+        assert v["a"] == "multi" and v["best"] == (v["b"] == best)
+        assert v["diff"] == pytest.approx(diff, abs=1e-12)
+        assert v["ci95"] == pytest.approx([diff - 1.959964 * se, diff + 1.959964 * se], abs=1e-6)
+        lo, hi = v["ci95"]
+        assert v["verdict"] == ("better" if lo > 0 else "worse" if hi < 0 else "indistinguishable at this scale")
+
+    assert [f["finding"].split(":")[0].split(" (")[0] for f in res["findings"]] == [
+        "each expert gains on its own domain",
+        "little interference",
+        "synergy",
+        "multi-task about equal to the best merge",
+        "multi-task costs a fraction of the separate runs",
+        "merged models inherit their experts, the multi-task model diverges",
+        "update overlap above random",
+        "task vectors of the experts point the same way",
+    ]
+    assert all(f["status"] in ("reproduced", "not reproduced", "inconclusive") for f in res["findings"])
+    syn = res["findings"][2]
+    assert syn["status"] == "inconclusive" and "needs two reasoning domains" in syn["evidence"]  # math and IF
+
+
+def check_verdict_and_findings_sections(wd, res):
+    md = open(os.path.join(wd, "report", "report.md")).read()
+    headings = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert headings[:4] == ["Verdict", "Findings", "Gains over the anchor", "Main results (Avg@2, %)"], headings
+    labels = {n: m["label"] for n, m in res["models"].items()}
+    words = {"better": "better", "worse": "worse", "indistinguishable at this scale": "indistinguishable"}
+    cells = {(v["b"], v["domain"]): v for v in res["verdict"]}
+    best = next(v for v in res["verdict"] if v["best"] and v["domain"] == "mean")
+
+    def pt(x):
+        return f"{100 * x:+.2f}"
+
+    assert (
+        f"**RL-Multi against the best merge ({labels[best['b']]}, best by mean Avg@2): {pt(best['diff'])} points "
+        f"on the mean over domains, 95% CI [{pt(best['ci95'][0])}, {pt(best['ci95'][1])}]: {best['verdict']}.**"
+    ) in md
+    header, rows = md_table(md, "Verdict")
+    assert header == ["RL-Multi vs", "Math", "IF", "Mean"]
+    assert rows[0][0] == f"{labels[best['b']]} (best merge)"
+    by_label = {m: n for n, m in labels.items()}
+    assert [by_label[r[0].removesuffix(" (best merge)")] for r in rows[1:]] == [
+        b for b in ("merge_average", "merge_ties", "opd") if b != best["b"]
+    ]
+    for r in rows:
+        b = by_label[r[0].removesuffix(" (best merge)")]
+        for d, cell in zip(("math", "if", "mean"), r[1:]):
+            v = cells[(b, d)]
+            assert cell == f"{words[v['verdict']]}: {pt(v['diff'])} [{pt(v['ci95'][0])}, {pt(v['ci95'][1])}]"
+
+    _, rows = md_table(md, "Findings")
+    assert rows == [[f["finding"], f"**{f['status']}**", f["evidence"]] for f in res["findings"]]
+    for f in res["findings"]:
+        assert f"- {f['finding']}: {f['rule']}." in md
+
+    _, rows = md_table(md, "Gains over the anchor")
+    for r in rows:
+        n = by_label[r[0]]
+        for d, cell in zip(("math", "if", "mean"), r[1:]):
+            x = res["gains"][n][d]
+            assert cell == f"{pt(x['gain'])} (z {'n/a' if x['z'] is None else format(x['z'], '.1f')})"
+
+
+def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
     stamps = {s: os.path.getmtime(os.path.join(wd, s, "DONE.json")) for s in ("sft", "rl_math", "multi", "report")}
     capsys.readouterr()
     again = experiment.run(copy.deepcopy(config), wd)
@@ -182,3 +283,68 @@ def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
     changed.single_steps = 3
     with pytest.raises(experiment.ExperimentError, match="single_steps"):
         experiment.run(changed, wd)
+
+
+def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
+    config, wd = short_config(), str(tmp_path)
+    one = [s.name for s in experiment.plan(config, wd)]
+    rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi"]
+    assert one == ["sft"] + rl + ["eval", "analysis", "report"]
+
+    config.seeds = "0,3"
+    experiment.validate(config)
+    assert [s.name for s in experiment.plan(config, wd)] == (
+        ["sft"] + rl + [f"{n}_seed3" for n in rl] + ["eval", "analysis", "report"]
+    )
+    runs = layout.runs_of(config, wd)
+    assert list(runs) == ["sft"] + rl[:2] + rl[2:] + [f"{n}_seed3" for n in rl]
+    assert runs["rl_math_seed3"]["path"] == os.path.join(wd, "rl_math_seed3", "checkpoints")
+    assert (runs["merge_ties_seed3"]["model"], runs["merge_ties_seed3"]["seed"]) == ("merge_ties", 3)
+    assert (runs["sft"]["seed"], runs["rl_math"]["seed"]) == (0, 0)
+    # seed 3's merge and MT-OPD read seed 3's experts, and its RL runs train with seed 3
+    assert layout.model_table(config, wd, 3)["rl_if"]["path"] == os.path.join(wd, "rl_if_seed3", "checkpoints")
+    c = experiment.rl_config(config, domains="math", steps=1, start="a", seed=3)
+    assert (c.seed, config.base.seed) == (3, 0)
+
+    # more seeds may join a finished workdir; any other change is refused
+    experiment._check_same_config(short_config(), wd)
+    experiment._check_same_config(config, wd)
+    config.single_steps = 2
+    with pytest.raises(experiment.ExperimentError, match="single_steps"):
+        experiment._check_same_config(config, wd)
+
+    for bad in ("0,x", "1,1"):
+        config = short_config()
+        config.seeds = bad
+        with pytest.raises(experiment.ExperimentError, match="seeds"):
+            experiment.validate(config)
+
+
+def check_a_second_seed_is_pooled_per_item(config, wd, first):
+    """Seed 1's stages stood in by copies of seed 0's (its RL-Multi answering every sample the other way):
+    the report pools per item (RL-Multi scores .5 on every item), sums costs and says so."""
+    config = copy.deepcopy(config)
+    config.seeds = "0,1"
+    for run, m in layout.runs_of(config, wd).items():
+        if m["seed"] != 1:
+            continue
+        os.makedirs(os.path.join(wd, run))
+        for f in ("DONE.json", "metrics_train.jsonl"):
+            if os.path.exists(os.path.join(wd, m["model"], f)):
+                shutil.copy(os.path.join(wd, m["model"], f), os.path.join(wd, run, f))
+        ev = json.load(open(os.path.join(wd, "eval", f"{m['model']}.json")))
+        flip = m["model"] == "multi"
+        items = [dict(it, correct=[1.0 - x if flip else x for x in it["correct"]]) for it in ev["items"]]
+        json.dump(summarize(items, ev["samples"]), open(os.path.join(wd, "eval", f"{run}.json"), "w"))
+    res = experiment_report.build_results(config, wd)
+    assert res["seeds"] == [0, 1] and res["stage_suffix"] == ["", "_seed1"]
+    assert res["gains"]["rl_math"] == first["gains"]["rl_math"]  # two equal seeds pool to the same numbers
+    for d in ("math", "if"):
+        assert res["gains"]["multi"][d]["gain"] == pytest.approx(0.5 - per_item(wd, "sft", d).mean())
+        assert res["eval"]["per_model"]["multi"][d]["avg@2"] == pytest.approx(0.5)
+    assert res["cost"]["single_total_device_s"] == pytest.approx(2 * first["cost"]["single_total_device_s"])
+    assert res["eval"]["per_item_files"]["multi"] == ["eval/multi.json", "eval/multi_seed1.json"]
+    md = experiment_report.render(res)
+    assert "averaged over the 2 seeds" in md and "Seeds: every RL stage" in md
+    _, rows = md_table(md, "Cost")
+    assert {r[0]: r for r in rows}["RL-Math (GRPO)"][3] == f"{2 * first['stages']['rl_math']['device_seconds']:.1f}"

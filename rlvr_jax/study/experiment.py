@@ -1,7 +1,8 @@
 """`rlvr-experiment`: the mix-vs-merge study end to end (REFERENCE.md; configs/mix_vs_merge.py). Each stage
 writes into its own subdirectory of the workdir and finishes with DONE.json (outputs, measured wall time,
 device count), so a rerun skips finished stages: sft -> rl_<domain> -> merge_<method> -> opd -> multi ->
-eval -> analysis -> report. The report itself is written by experiment_report.py."""
+eval -> analysis -> report. With several seeds (`seeds`), the RL stages from rl_<domain> to multi repeat per
+seed from the one anchor (stage names: layout.suffix). The report itself is written by report.py."""
 
 from __future__ import annotations
 
@@ -34,7 +35,17 @@ from rlvr_jax.rl import sft, train
 from rlvr_jax.rl import update as rl_step
 from rlvr_jax.rollout.sampling import Sampler, SamplingParams
 from rlvr_jax.study import report as experiment_report
-from rlvr_jax.study.layout import anchor_path, domains_of, load_eval, merge_methods_of, model_table, stage_done
+from rlvr_jax.study.layout import (
+    anchor_path,
+    domains_of,
+    merge_methods_of,
+    model_table,
+    pooled_evals,
+    runs_of,
+    seeds_of,
+    stage_done,
+    suffix,
+)
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
 
@@ -59,6 +70,14 @@ def validate(config) -> None:
     """Fail before the first stage on anything a later stage would trip over."""
     problems = []
     domains = domains_of(config)
+    try:
+        seeds = seeds_of(config)
+    except ValueError:  # every model name below needs the seeds
+        raise ExperimentError(
+            f"invalid experiment config: seeds={config.seeds!r} is not 0,1,2-style integers"
+        ) from None
+    if len(set(seeds)) != len(seeds):
+        problems.append(f"seeds={config.seeds!r} repeats a seed")
     if not domains:
         problems.append("domains is empty")
     for m in merge_methods_of(config):
@@ -92,9 +111,10 @@ def validate(config) -> None:
 # ------------------------------------------------------------------ stage bodies
 
 
-def rl_config(config, *, domains: str, steps: int, start: str, teachers: str = ""):
-    """The base RL config with this stage's domains, start checkpoint, steps (and MT-OPD teachers)."""
+def rl_config(config, *, domains: str, steps: int, start: str, seed: int, teachers: str = ""):
+    """The base RL config with this stage's domains, start checkpoint, steps, seed (and MT-OPD teachers)."""
     c = copy.deepcopy(config.base)
+    c.seed = seed
     c.data.domains = domains
     c.model.checkpoint = start
     c.sft.steps = 0
@@ -116,13 +136,14 @@ def _train(c, stage_dir: str) -> dict:
     return {"checkpoints": os.path.join(stage_dir, "checkpoints"), "last_step": summary["last_step"]}
 
 
-def _merge(config, workdir: str, method: str, stage_dir: str) -> dict:
+def _merge(config, workdir: str, method: str, seed: int, stage_dir: str) -> dict:
     base_mesh = config.base.mesh
+    experts = model_table(config, workdir, seed)
     recipe = {
         "anchor": anchor_path(config, workdir),
         "method": method,
         "weights": None,
-        "experts": [(d, os.path.join(workdir, f"rl_{d}", "checkpoints")) for d in domains_of(config)],
+        "experts": [(d, experts[f"rl_{d}"]["path"]) for d in domains_of(config)],
         "options": dict(config.merge.options.get(method, {})),
         "out": os.path.join(stage_dir, "model"),
         "format": "orbax",
@@ -173,8 +194,8 @@ def _pool(config):
 
 
 def _eval(config, workdir: str, stage_dir: str) -> dict:
-    """Every model on every domain: Avg@K, pass@K and per-item correctness, one JSON per model (a rerun
-    evaluates only the models without one)."""
+    """Every model of every seed on every domain: Avg@K, pass@K and per-item correctness, one JSON per run
+    (eval/<run>.json, sampled with the run's seed; a rerun evaluates only the runs without one)."""
     e = config.eval
     mesh = _mesh(config)
     tokenizer = build.load_tokenizer(config.base.tokenizer, anchor_path(config, workdir))
@@ -182,7 +203,7 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
     sampler = None
     pool = _pool(config)
     try:
-        for name, m in model_table(config, workdir).items():
+        for name, m in runs_of(config, workdir).items():
             out = os.path.join(stage_dir, f"{name}.json")
             if os.path.exists(out):
                 continue
@@ -208,7 +229,7 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
                 samples=e.samples,
                 temperature=e.temperature,
                 max_new_tokens=e.max_new_tokens,
-                seed=config.seed,
+                seed=m["seed"],
                 batch_prompts=e.batch_prompts,
             )
             res.update(model=name, checkpoint=m["path"], wall_s=time.perf_counter() - t0)
@@ -219,7 +240,7 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
     per = defaultdict(int)
     for r in records:
         per[r["domain"]] += 1
-    return {"samples": e.samples, "items_per_domain": dict(per), "models": list(model_table(config, workdir))}
+    return {"samples": e.samples, "items_per_domain": dict(per), "models": list(runs_of(config, workdir))}
 
 
 def item_scores(ev: dict) -> dict[str, float]:
@@ -228,8 +249,9 @@ def item_scores(ev: dict) -> dict[str, float]:
 
 
 def _gains(config, workdir: str, models: dict) -> dict:
-    """Gain consistency over all items and per domain (None where a gain vector is all zero)."""
-    evals = {n: item_scores(e) for n, e in load_eval(workdir, models).items()}
+    """Gain consistency over all items and per domain (None where a gain vector is all zero), on the
+    per-item scores pooled over the seeds."""
+    evals = {n: item_scores(e) for n, e in pooled_evals(config, workdir).items()}
     experts = [n for n, m in models.items() if m["kind"] == "expert"]
     items = list(evals["sft"])
     out = {}
@@ -332,8 +354,63 @@ def _report(config, workdir: str, stage_dir: str) -> dict:
     return {"report": os.path.join(stage_dir, "report.md"), "results": os.path.join(stage_dir, "results.json")}
 
 
+def _rl_stages(config, workdir: str, seed: int, sft: tuple[str, ...]) -> list[Stage]:
+    """One seed's RL stages from the anchor: the single-domain runs, the merges of their experts, MT-OPD
+    from them and the multi-task run; names end with the seed's suffix."""
+    anchor, domains, sfx = anchor_path(config, workdir), domains_of(config), suffix(config, seed)
+    of_seed = f" (seed {seed})" if sfx else ""
+    stages = []
+    for dom in domains:
+        c = rl_config(config, domains=dom, steps=config.single_steps, start=anchor, seed=seed)
+        stages.append(
+            Stage(
+                f"rl_{dom}{sfx}",
+                f"GRPO on {dom} from the anchor, {config.single_steps} steps{of_seed}",
+                lambda d, c=c: _train(c, d),
+                resumable=True,
+                deps=sft,
+            )
+        )
+    experts = sft + tuple(f"rl_{dom}{sfx}" for dom in domains)
+    for m in merge_methods_of(config):
+        stages.append(
+            Stage(
+                f"merge_{m}{sfx}",
+                f"merge the {len(domains)} experts with {m}{of_seed}",
+                lambda d, m=m: _merge(config, workdir, m, seed, d),
+                resumable=False,
+                deps=experts,
+            )
+        )
+    table = model_table(config, workdir, seed)
+    teachers = ",".join(f"{dom}={table[f'rl_{dom}']['path']}" for dom in domains)
+    opd = rl_config(config, domains=config.domains, steps=config.opd.steps, start=anchor, seed=seed, teachers=teachers)
+    opd.rollout.prompts_per_step, opd.rollout.samples_per_prompt = (
+        config.opd.prompts_per_step,
+        config.opd.samples_per_prompt,
+    )
+    opd.optim.learning_rate = config.opd.learning_rate
+    opd.grpo.eps_low = opd.grpo.eps_high = config.opd.eps
+    multi = rl_config(config, domains=config.domains, steps=config.multi_steps, start=anchor, seed=seed)
+    return stages + [
+        Stage(
+            f"opd{sfx}",
+            f"MT-OPD: the anchor distils the experts, {config.opd.steps} steps{of_seed}",
+            lambda d: _train(opd, d),
+            resumable=True,
+            deps=experts,
+        ),
+        Stage(
+            f"multi{sfx}",
+            f"multi-task GRPO on {config.domains}, {config.multi_steps} steps{of_seed}",
+            lambda d: _train(multi, d),
+            resumable=True,
+            deps=sft,
+        ),
+    ]
+
+
 def plan(config, workdir: str) -> list[Stage]:
-    anchor = anchor_path(config, workdir)
     domains = domains_of(config)
     stages = []
     sft = () if config.anchor else ("sft",)
@@ -346,59 +423,10 @@ def plan(config, workdir: str) -> list[Stage]:
                 resumable=False,
             )
         )
-    for dom in domains:
-        stages.append(
-            Stage(
-                f"rl_{dom}",
-                f"GRPO on {dom} from the anchor, {config.single_steps} steps",
-                lambda d, dom=dom: _train(rl_config(config, domains=dom, steps=config.single_steps, start=anchor), d),
-                resumable=True,
-                deps=sft,
-            )
-        )
-    experts = sft + tuple(f"rl_{dom}" for dom in domains)
-    for m in merge_methods_of(config):
-        stages.append(
-            Stage(
-                f"merge_{m}",
-                f"merge the {len(domains)} experts with {m}",
-                lambda d, m=m: _merge(config, workdir, m, d),
-                resumable=False,
-                deps=experts,
-            )
-        )
-    teachers = ",".join(f"{dom}={os.path.join(workdir, f'rl_{dom}', 'checkpoints')}" for dom in domains)
-
-    def opd(d):
-        c = rl_config(config, domains=config.domains, steps=config.opd.steps, start=anchor, teachers=teachers)
-        c.rollout.prompts_per_step, c.rollout.samples_per_prompt = (
-            config.opd.prompts_per_step,
-            config.opd.samples_per_prompt,
-        )
-        c.optim.learning_rate = config.opd.learning_rate
-        c.grpo.eps_low = c.grpo.eps_high = config.opd.eps
-        return _train(c, d)
-
-    stages.append(
-        Stage(
-            "opd",
-            f"MT-OPD: the anchor distils the experts, {config.opd.steps} steps",
-            opd,
-            resumable=True,
-            deps=experts,
-        )
-    )
-    stages.append(
-        Stage(
-            "multi",
-            f"multi-task GRPO on {config.domains}, {config.multi_steps} steps",
-            lambda d: _train(rl_config(config, domains=config.domains, steps=config.multi_steps, start=anchor), d),
-            resumable=True,
-            deps=sft,
-        )
-    )
+    for seed in seeds_of(config):
+        stages += _rl_stages(config, workdir, seed, sft)
     trained = tuple(s.name for s in stages)
-    n_models = len(model_table(config, workdir))
+    n_models = len(runs_of(config, workdir))
     stages.append(
         Stage(
             "eval",
@@ -446,7 +474,8 @@ def _config_json(config) -> dict:
 
 
 def _check_same_config(config, workdir: str) -> None:
-    """A workdir holds one experiment: refuse to mix stages run under different settings (report.* aside)."""
+    """A workdir holds one experiment: refuse to mix stages run under different settings. report.* aside,
+    and `seeds`: more seeds add stages beside the finished ones (a single-seed workdir's are the main seed's)."""
     path = os.path.join(workdir, "config.json")
     now = _config_json(config)
     if os.path.exists(path):
@@ -455,7 +484,7 @@ def _check_same_config(config, workdir: str) -> None:
         diff = sorted(
             k
             for k in set(_flat(before)) | set(_flat(now))
-            if not k.startswith("report.") and _flat(before).get(k) != _flat(now).get(k)
+            if not k.startswith("report.") and k != "seeds" and _flat(before).get(k) != _flat(now).get(k)
         )
         if diff:
             raise ExperimentError(

@@ -1,11 +1,17 @@
 """Where an experiment keeps its things: the model table (every model the study evaluates, by name),
-the domains and merge methods of a config, each stage's finished marker and evaluation files. Shared
-by the experiment's stages and its report."""
+the domains, merge methods and RL seeds of a config, each stage's finished marker and evaluation files
+(pooled over seeds). Shared by the experiment's stages and its report.
+
+Seeds: the main seed (`config.seed`) names its stages and models plainly (rl_math, merge_ties, ...), so a
+single-seed workdir keeps the layout it always had; another seed n appends `_seed<n>` (rl_math_seed1, ...).
+The SFT anchor is one model shared by every seed."""
 
 from __future__ import annotations
 
 import json
 import os
+
+from rlvr_jax.study import stats
 
 DOMAIN_LABELS = {"math": "Math", "code": "Code", "science": "Sci", "if": "IF"}
 MERGE_LABELS = {
@@ -29,29 +35,52 @@ def merge_methods_of(config) -> list[str]:
     return [m for m in config.merge.methods.split(",") if m]
 
 
+def seeds_of(config) -> list[int]:
+    """The RL seeds, main seed first: `config.seeds` ("0,1,2"), or just `config.seed` when it is empty."""
+    return [int(s) for s in config.seeds.split(",") if s.strip()] or [config.seed]
+
+
+def suffix(config, seed: int) -> str:
+    """What a seed's stage and model names end with: nothing for `config.seed`, else `_seed<n>`."""
+    return "" if seed == config.seed else f"_seed{seed}"
+
+
 def anchor_path(config, workdir: str) -> str:
     return config.anchor or os.path.join(workdir, "sft", "anchor")
 
 
-def model_table(config, workdir: str) -> dict[str, dict]:
-    """name -> {label, kind, path} for every evaluated model, in report order."""
+def model_table(config, workdir: str, seed: int | None = None) -> dict[str, dict]:
+    """name -> {label, kind, path} for every evaluated model of one seed (the main seed by default), in
+    report order. Names are the same for every seed; paths carry the seed's suffix."""
+    sfx = suffix(config, seeds_of(config)[0] if seed is None else seed)
     out = {"sft": {"label": "SFT", "kind": "anchor", "path": anchor_path(config, workdir)}}
     for d in domains_of(config):
         out[f"rl_{d}"] = {
             "label": f"RL-{DOMAIN_LABELS.get(d, d)}",
             "kind": "expert",
             "domain": d,
-            "path": os.path.join(workdir, f"rl_{d}", "checkpoints"),
+            "path": os.path.join(workdir, f"rl_{d}{sfx}", "checkpoints"),
         }
     for m in merge_methods_of(config):
         out[f"merge_{m}"] = {
             "label": f"{MERGE_LABELS.get(m, m)} merge",
             "kind": "merge",
             "method": m,
-            "path": os.path.join(workdir, f"merge_{m}", "model"),
+            "path": os.path.join(workdir, f"merge_{m}{sfx}", "model"),
         }
-    out["opd"] = {"label": "MT-OPD", "kind": "opd", "path": os.path.join(workdir, "opd", "checkpoints")}
-    out["multi"] = {"label": "RL-Multi", "kind": "multi", "path": os.path.join(workdir, "multi", "checkpoints")}
+    out["opd"] = {"label": "MT-OPD", "kind": "opd", "path": os.path.join(workdir, f"opd{sfx}", "checkpoints")}
+    out["multi"] = {"label": "RL-Multi", "kind": "multi", "path": os.path.join(workdir, f"multi{sfx}", "checkpoints")}
+    return out
+
+
+def runs_of(config, workdir: str) -> dict[str, dict]:
+    """run name -> model entry plus {model, seed} for every trained model of every seed and the anchor
+    (once): what the eval stage evaluates, one eval/<run>.json each."""
+    out = {}
+    for seed in seeds_of(config):
+        for name, m in model_table(config, workdir, seed).items():
+            run = name if name == "sft" else name + suffix(config, seed)
+            out.setdefault(run, dict(m, model=name, seed=config.seed if name == "sft" else seed))
     return out
 
 
@@ -61,6 +90,17 @@ def load_eval(workdir: str, names) -> dict[str, dict]:
         with open(os.path.join(workdir, "eval", f"{n}.json")) as f:
             out[n] = json.load(f)
     return out
+
+
+def pooled_evals(config, workdir: str) -> dict[str, dict]:
+    """model -> its evaluation pooled over the seeds (stats.pool_seeds; with one seed, eval/<model>.json
+    as it is)."""
+    runs = runs_of(config, workdir)
+    evals = load_eval(workdir, runs)
+    return {
+        name: stats.pool_seeds([evals[r] for r, m in runs.items() if m["model"] == name])
+        for name in model_table(config, workdir)
+    }
 
 
 def stage_done(workdir: str, name: str) -> dict | None:

@@ -1,6 +1,8 @@
-"""The mix-vs-merge report: results.json (every measured number), report.md (the study's tables: main
-results, merge methods, pass@K, cost in device-seconds, weight space, gain consistency, policy KL) and
-PNG plots, built only from what the experiment's stages wrote into the workdir."""
+"""The mix-vs-merge report: results.json (every measured number), report.md (the verdict with confidence
+intervals, the study's findings checked, gains over the anchor, then the study's tables: main results,
+merge methods, pass@K, cost in device-seconds, weight space, gain consistency, policy KL) and PNG plots,
+built only from what the experiment's stages wrote into the workdir. With several seeds, accuracies are
+pooled per item over the seeds (stats.pool_seeds) and costs summed over them."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import subprocess
 import jax
 import numpy as np
 
-from rlvr_jax.study.layout import DOMAIN_LABELS, domains_of, load_eval, model_table, stage_done
-
-STUDY_MULTI_PCT = 33.2  # REFERENCE.md: the multi-task run cost 33.2% of the four single-domain runs
+from rlvr_jax.study import findings, stats
+from rlvr_jax.study.findings import STUDY_MULTI_PCT
+from rlvr_jax.study.layout import DOMAIN_LABELS, domains_of, model_table, pooled_evals, seeds_of, stage_done, suffix
 
 
 def provenance() -> dict:
@@ -93,9 +95,44 @@ def _step_times(workdir: str, stage: str) -> dict:
     }
 
 
+def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
+    """Device-seconds of the separate runs, the multi-task run, MT-OPD and the merges, each summed over the
+    seeds, and the per-step times of every RL run."""
+    domains, seeds = domains_of(config), seeds_of(config)
+
+    def total(stage):
+        return sum(stages[stage + suffix(config, s)]["device_seconds"] for s in seeds)
+
+    single = {d: total(f"rl_{d}") for d in domains}
+    single_total = sum(single.values())
+    runs = {
+        name + suffix(config, s): {"model": name, "seed": s}
+        for s in seeds
+        for name in [f"rl_{d}" for d in domains] + ["opd", "multi"]
+    }
+    cost = {
+        "single_device_s": single,
+        "single_total_device_s": single_total,
+        "multi_device_s": total("multi"),
+        "multi_pct_of_single": 100.0 * total("multi") / single_total,
+        "opd_device_s": total("opd"),
+        "merge_device_s": {n[len("merge_") :]: total(n) for n in models if n.startswith("merge_")},
+        # the report stage is still running while this is computed: every stage before it
+        "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
+        "step_times": {r: dict(_step_times(workdir, r), **who) for r, who in runs.items()},
+    }
+    later = cost["step_times"]
+    single_later = sum(t["later_steps_s"] for t in later.values() if t["model"].startswith("rl_"))
+    multi_later = sum(t["later_steps_s"] for t in later.values() if t["model"] == "multi")
+    # None when the single-domain runs had no step after the first (compile-bearing) one
+    cost["multi_pct_of_single_later_steps"] = 100.0 * multi_later / single_later if single_later > 0 else None
+    return cost
+
+
 def build_results(config, workdir: str) -> dict:
     """Everything the report shows, gathered from the stage outputs."""
     models = model_table(config, workdir)
+    seeds = seeds_of(config)
     K = config.eval.samples
     root = os.path.abspath(workdir)
     shown = {
@@ -107,7 +144,7 @@ def build_results(config, workdir: str) -> dict:
         )
         for n, m in models.items()
     }  # paths inside the workdir are kept relative to it
-    evals = load_eval(workdir, models)
+    evals = pooled_evals(config, workdir)
     per_model = {n: evals[n]["per_domain"] for n in models}
     domains = domains_of(config)
     mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
@@ -120,33 +157,18 @@ def build_results(config, workdir: str) -> dict:
             }
             loads = [x for a in done["attempts"] for x in (a["loadavg_start"][0], a["loadavg_end"][0])]
             stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
-    single = {d: stages[f"rl_{d}"]["device_seconds"] for d in domains}
-    single_total = sum(single.values())
-    cost = {
-        "single_device_s": single,
-        "single_total_device_s": single_total,
-        "multi_device_s": stages["multi"]["device_seconds"],
-        "multi_pct_of_single": 100.0 * stages["multi"]["device_seconds"] / single_total,
-        "opd_device_s": stages["opd"]["device_seconds"],
-        "merge_device_s": {n[len("merge_") :]: stages[n]["device_seconds"] for n in models if n.startswith("merge_")},
-        # the report stage is still running while this is computed: every stage before it
-        "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
-        "step_times": {s: _step_times(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]},
-    }
-    later = cost["step_times"]
-    single_later = sum(later[f"rl_{d}"]["later_steps_s"] for d in domains)
-    # None when the single-domain runs had no step after the first (compile-bearing) one
-    cost["multi_pct_of_single_later_steps"] = (
-        100.0 * later["multi"]["later_steps_s"] / single_later if single_later > 0 else None
-    )
     with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
         analysis = json.load(f)
-    return {
+    merges = [n for n in models if n.startswith("merge_")]
+    results = {
         "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
         "machine": machine_info(config.report.machine),
         "provenance": provenance(),
         "config": json.loads(config.to_json_best_effort()),
         "models": shown,
+        # RL seeds, the main one first; stage and model files of seed n end with stage_suffix[n]
+        "seeds": seeds,
+        "stage_suffix": [suffix(config, s) for s in seeds],
         "eval": {
             "samples": K,
             "temperature": config.eval.temperature,
@@ -154,15 +176,25 @@ def build_results(config, workdir: str) -> dict:
             "items_per_domain": {d: per_model["sft"][d]["n_items"] for d in domains},
             "per_model": per_model,
             "mean_avg": mean_avg,
-            "per_item_files": {n: f"eval/{n}.json" for n in models},
+            "per_item_files": {
+                n: sorted({f"eval/{n if n == 'sft' else n + suffix(config, s)}.json" for s in seeds}) for n in models
+            },
         },
         "stages": stages,
-        "cost": cost,
+        "cost": _cost(config, workdir, stages, models),
+        # paired over the eval items against the anchor, and RL-Multi against each merge and MT-OPD (stats)
+        "gains": stats.gains(evals),
+        "verdict": stats.verdicts(evals, "multi", merges + ["opd"], stats.best_of(mean_avg, merges)),
         "weight_space": {k: analysis[k] for k in ("names", "footprint", "overlap", "cosine")},
         "gain_consistency": analysis["gain_consistency"],
         "policy_kl": analysis["policy_kl"],
-        "curves": {s: _curves(workdir, s) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]},
+        # the main seed's runs
+        "curves": {
+            s: _curves(workdir, s + suffix(config, seeds[0])) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]
+        },
     }
+    results["findings"] = findings.check(results)
+    return results
 
 
 # ------------------------------------------------------------------ markdown
@@ -225,6 +257,19 @@ def render(results: dict) -> str:
         f"{100 * max(pm[n][d]['stderr'] for n in models for d in domains):.2f} points.",
         "",
     ]
+    if len(results["seeds"]) > 1:
+        out += [
+            f"Seeds: every RL stage (single-domain runs, merges, MT-OPD, multi-task) ran once per seed "
+            f"({', '.join(map(str, results['seeds']))}) from the one SFT anchor. Accuracies, gains and the "
+            f"verdict pool the seeds: per item, each model's score is averaged over the seeds' evaluations "
+            f"before any pairing (the anchor is evaluated once); pass@{K} is the mean of the seeds' pass@{K}; "
+            f"costs are summed over the seeds. Weight space and policy KL use seed "
+            f"{results['seeds'][0]}'s models; learning curves are seed {results['seeds'][0]}'s.",
+            "",
+        ]
+    out += _verdict_section(results)
+    out += _findings_section(results)
+    out += _anchor_gains_section(results)
 
     cols = main_table_models(results)
     rows = [[DOMAIN_LABELS.get(d, d)] + [pct(pm[n][d][avg]) for n in cols] for d in domains]
@@ -282,27 +327,123 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
+VERDICT_WORDS = {stats.BETTER: "better", stats.WORSE: "worse", stats.TIED: "indistinguishable"}
+
+
+def points(x: float) -> str:
+    """A difference of accuracies in points, signed."""
+    return f"{100.0 * x:+.2f}"
+
+
+def verdict_cell(v: dict) -> str:
+    lo, hi = v["ci95"]
+    return f"{VERDICT_WORDS[v['verdict']]}: {points(v['diff'])} [{points(lo)}, {points(hi)}]"
+
+
+def gain_cell(g: dict) -> str:
+    return f"{points(g['gain'])} (z {'n/a' if g['z'] is None else format(g['z'], '.1f')})"
+
+
+def verdict_rows(results: dict) -> list[str]:
+    """The models RL-Multi is compared with, in the verdict table's order: the best merge, the other merges,
+    MT-OPD."""
+    names = list(dict.fromkeys(v["b"] for v in results["verdict"]))
+    return sorted(names, key=lambda n: not any(v["best"] for v in results["verdict"] if v["b"] == n))
+
+
+def _verdict_section(results: dict) -> list[str]:
+    v, models = results["verdict"], results["models"]
+    K, domains = results["eval"]["samples"], list(results["eval"]["items_per_domain"])
+    best = next(x for x in v if x["best"] and x["domain"] == "mean")
+    lo, hi = best["ci95"]
+    a = models[best["a"]]["label"]
+    cell = {(x["b"], x["domain"]): x for x in v}
+    rows = [
+        [models[b]["label"] + (" (best merge)" if cell[(b, "mean")]["best"] else "")]
+        + [verdict_cell(cell[(b, d)]) for d in domains + ["mean"]]
+        for b in verdict_rows(results)
+    ]
+    seeds = len(results["seeds"])
+    return [
+        "## Verdict",
+        "",
+        f"**{a} against the best merge ({models[best['b']]['label']}, best by mean Avg@{K}): "
+        f"{points(best['diff'])} points on the mean over domains, 95% CI [{points(lo)}, {points(hi)}]: "
+        f"{best['verdict']}.**",
+        "",
+        f"Each cell: {a} minus the row's model in points of Avg@{K}, its 95% confidence interval in brackets, "
+        f"and the verdict for {a}: better (the interval lies above 0), worse (below 0), or indistinguishable "
+        "at this scale (it holds 0). The differences are paired over the eval items, which every model "
+        f"answers: an item's score is the mean of its {K} samples"
+        + (f", averaged over the {seeds} seeds" if seeds > 1 else "")
+        + "; a domain's difference is the mean over its n items of the per-item differences, with standard "
+        "error sd / sqrt(n); the mean over the D domains is the average of the domain differences, with "
+        "standard error sqrt(sum of squared domain errors) / D (the domains share no items); the interval is "
+        "the difference +- 1.96 standard errors. The best merge is picked by the same numbers it is compared "
+        "on, which flatters it a little.",
+        "",
+        _table([f"{a} vs"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
+        "",
+    ]
+
+
+def _findings_section(results: dict) -> list[str]:
+    rows = [[f["finding"], f"**{f['status']}**", f["evidence"]] for f in results["findings"]]
+    return [
+        "## Findings",
+        "",
+        "The study's findings (its summary and analyses), each checked on this run. Differences are in points "
+        "of Avg@K with 95% confidence intervals (as in the verdict). A finding with an interval is reproduced "
+        "when the interval lies wholly on the claim's side, not reproduced when it lies wholly on the "
+        "negation's side, and inconclusive when it holds both; "
+        f"'little' and 'about equal' mean within {100 * findings.MARGIN:g} points.",
+        "",
+        _table(["finding", "status", "evidence"], rows),
+        "",
+        "How each status is decided:",
+        "",
+        *[f"- {f['finding']}: {f['rule']}." for f in results["findings"]],
+        "",
+    ]
+
+
+def _anchor_gains_section(results: dict) -> list[str]:
+    g, models = results["gains"], results["models"]
+    domains = list(results["eval"]["items_per_domain"])
+    rows = [[models[n]["label"]] + [gain_cell(g[n][d]) for d in domains + ["mean"]] for n in g]
+    return [
+        "## Gains over the anchor",
+        "",
+        "Points of Avg@K over the SFT anchor, paired over items as in the verdict; z = gain / standard error "
+        "(n/a where every per-item difference is equal). results.json: `gains`.",
+        "",
+        _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
+        "",
+    ]
+
+
 def _cost_section(results: dict) -> list[str]:
     st, c, models = results["stages"], results["cost"], results["models"]
-    base = c["single_total_device_s"]
+    base, seeds = c["single_total_device_s"], results["seeds"]
 
-    def row(label, name):
-        s = st[name]
+    def row(label, name, suffixes=tuple(results["stage_suffix"])):
+        runs = [st[name + x] for x in suffixes]  # a stage of every seed, summed
+        dev = sum(s["device_seconds"] for s in runs)
         return [
             label,
-            f"{s['wall_s']:.1f}",
-            str(s["device_count"]),
-            f"{s['device_seconds']:.1f}",
-            f"{100 * s['device_seconds'] / base:.1f}",
+            f"{sum(s['wall_s'] for s in runs):.1f}",
+            str(runs[0]["device_count"]),
+            f"{dev:.1f}",
+            f"{100 * dev / base:.1f}",
         ]
 
-    rows = [row("SFT anchor (shared by every model)", "sft")] if "sft" in st else []
+    rows = [row("SFT anchor (shared by every model)", "sft", ("",))] if "sft" in st else []
     rows += [row(f"{models[f'rl_{d}']['label']} (GRPO)", f"rl_{d}") for d in c["single_device_s"]]
     rows.append(["**separate single-domain runs (sum)**", "", "", f"{base:.1f}", "100.0"])
     rows += [row(f"{models[n]['label']} (merge step only)", n) for n in models if n.startswith("merge_")]
     rows.append(row("MT-OPD (distillation only; needs the experts)", "opd"))
     rows.append(row("**RL-Multi (GRPO, mixed)**", "multi"))
-    rows += [row(f"{n} (not part of training cost)", n) for n in ("eval", "analysis") if n in st]
+    rows += [row(f"{n} (not part of training cost)", n, ("",)) for n in ("eval", "analysis") if n in st]
     out = [
         "## Cost (device-seconds = measured wall time x device count)",
         "",
@@ -310,13 +451,14 @@ def _cost_section(results: dict) -> list[str]:
         "",
         f"The multi-task run cost **{c['multi_pct_of_single']:.1f}%** of the separate single-domain runs "
         f"(the study: {STUDY_MULTI_PCT}% in GPU-hours, with {results['config']['multi_step_ratio']}x the steps "
-        f"of one run). Every merge or MT-OPD also needs all single-domain runs first.",
+        f"of one run). Every merge or MT-OPD also needs all single-domain runs first."
+        + (f" The RL stages' figures are sums over the {len(seeds)} seeds." if len(seeds) > 1 else ""),
         "",
     ]
     t = c["step_times"]
     rows = [
         [
-            models[n]["label"],
+            models[t[n]["model"]]["label"] + (f" (seed {t[n]['seed']})" if len(seeds) > 1 else ""),
             str(t[n]["steps"]),
             f"{t[n]['first_step_s']:.1f}",
             f"{t[n]['later_step_mean_s']:.2f}",
