@@ -1,0 +1,181 @@
+"""Attention of a batch of query tokens against a paged KV pool, prefill and decode mixed: one function,
+`ragged_paged_attention`, with jax's argument layout, choosing by platform between jax's Pallas kernel on
+TPU and an XLA implementation elsewhere (gather each sequence's pages, masked softmax) that tests check
+against jax's own reference and dense causal attention.
+
+Layout (jax's): queries of all sequences concatenated, [T, H, D]; the pool of one layer [A, page_size, 2K, D] with
+keys and values interleaved on the third axis (key of kv head k at 2k, its value at 2k + 1); per sequence
+its KV length, its block table [J] of page numbers and its query span cu_q_lens[b]:cu_q_lens[b + 1]. A
+sequence's queries are its last q_len tokens: query j sits at position kv_len - q_len + j and sees keys
+0..that position. Letters beyond docs/CONTRACTS.md: A pages in the pool,
+J pages per sequence (block-table width); S = J * page_size key positions of a sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import ragged_paged_attention as tpu_rpa
+
+from rlvr_jax import sharding
+
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def xla_ragged_paged_attention(
+    q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, *, sm_scale, max_q_len=None
+):
+    """The XLA implementation. Queries are laid out per sequence as [B, max_q_len] (a static bound on any one
+    sequence's query tokens in this call; default all T), so a decode batch (max_q_len=1) costs B x S scores
+    and a one-sequence prefill chunk max_q_len x S; a mixed batch under a loose bound pays B x bound x S.
+    Tokens past cu_q_lens[num_seqs] come back as zeros."""
+    T, H, D = q_TxHxD.shape
+    page_size, K = kv_pages.shape[1], kv_pages.shape[2] // 2
+    B, J = page_indices_BxJ.shape
+    Q = H // K
+    M = T if max_q_len is None else max_q_len
+    live_B = jnp.arange(B) < num_seqs_1[0]
+    q_lens_B = jnp.where(live_B, cu_q_lens_B1[1:] - cu_q_lens_B1[:-1], 0)
+    # queries per sequence: [B, M] token numbers, rows past the sequence's q_len masked
+    j_M = jnp.arange(M)
+    tok_BxM = cu_q_lens_B1[:-1, None] + j_M[None, :]
+    q_valid_BxM = j_M[None, :] < q_lens_B[:, None]
+    q_BxMxKxQxD = q_TxHxD[jnp.clip(tok_BxM, 0, T - 1)].reshape(B, M, K, Q, D)
+    # each sequence's keys and values in position order: [B, S, K, D]
+    kv_BxSxKx2xD = kv_pages[page_indices_BxJ].reshape(B, J * page_size, K, 2, D)
+    k_BxSxKxD, v_BxSxKxD = kv_BxSxKx2xD[..., 0, :], kv_BxSxKx2xD[..., 1, :]
+    scores = jnp.einsum(
+        "bmkqd,bskd->bkqms", q_BxMxKxQxD, k_BxSxKxD.astype(q_TxHxD.dtype), preferred_element_type=jnp.float32
+    )
+    scores = scores * sm_scale
+    qpos_BxM = (kv_lens_B - q_lens_B)[:, None] + j_M[None, :]
+    s_S = jnp.arange(J * page_size)
+    mask_BxMxS = (s_S[None, None, :] <= qpos_BxM[:, :, None]) & (s_S[None, None, :] < kv_lens_B[:, None, None])
+    mask_BxMxS = mask_BxMxS & q_valid_BxM[:, :, None]
+    scores = jnp.where(mask_BxMxS[:, None, None], scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out_BxMxKxQxD = jnp.einsum(
+        "bkqms,bskd->bmkqd", probs.astype(v_BxSxKxD.dtype), v_BxSxKxD, preferred_element_type=jnp.float32
+    )
+    # back to the flat token order: token t belongs to the sequence whose span holds it
+    t_T = jnp.arange(T)
+    seq_T = jnp.clip(jnp.searchsorted(cu_q_lens_B1[1:], t_T, side="right"), 0, B - 1)
+    row_T = t_T - cu_q_lens_B1[seq_T]
+    out_TxKxQxD = out_BxMxKxQxD[seq_T, jnp.clip(row_T, 0, M - 1)]
+    real_T = (t_T < cu_q_lens_B1[num_seqs_1[0]]) & (row_T < M)
+    out_TxKxQxD = jnp.where(real_T[:, None, None, None], out_TxKxQxD, 0.0)
+    return out_TxKxQxD.reshape(T, H, D).astype(q_TxHxD.dtype)
+
+
+def pallas_ragged_paged_attention(
+    q_TxHxD,
+    kv_pages,
+    kv_lens_B,
+    page_indices_BxJ,
+    cu_q_lens_B1,
+    num_seqs_1,
+    *,
+    sm_scale,
+    num_kv_pages_per_block=None,
+    num_queries_per_block=None,
+    vmem_limit_bytes=None,
+):
+    """jax's TPU kernel, with block sizes always given: its tuned-size lookup reads the host's first device,
+    which is a CPU when compiling for a topology from a CPU host. A Pallas call is not partitioned by XLA,
+    so on an active mesh it runs under shard_map, each device on its query heads and their kv heads."""
+    T = q_TxHxD.shape[0]
+    page_size = kv_pages.shape[1]
+    J = page_indices_BxJ.shape[1]
+    kv_blk = num_kv_pages_per_block or max(1, min(J, 256 // page_size))
+    q_blk = num_queries_per_block or min(32, 1 << max(0, math.ceil(math.log2(T))))
+
+    def run(q, kv, kv_lens, pages, cu, n):
+        return tpu_rpa.ragged_paged_attention(
+            q,
+            kv,
+            kv_lens,
+            pages,
+            cu,
+            n,
+            sm_scale=sm_scale,
+            num_kv_pages_per_block=kv_blk,
+            num_queries_per_block=q_blk,
+            vmem_limit_bytes=vmem_limit_bytes,
+        )
+
+    mesh = sharding.active_mesh()
+    if mesh is not None:
+        H, K = q_TxHxD.shape[1], kv_pages.shape[2] // 2
+        heads = sharding.logical_spec((None, "heads", None), (T, H, 1), mesh)
+        # the interleaved axis splits into whole (key, value) pairs when the kv heads divide
+        kv = sharding.logical_spec((None, None, "kv_heads", None), (1, 1, K, 1), mesh)
+        if heads[1] != kv[2]:  # GQA with fewer kv heads than tensor shards: heads and pages replicated
+            heads = kv = jax.sharding.PartitionSpec()
+        rep = jax.sharding.PartitionSpec()
+        run = jax.shard_map(run, mesh=mesh, in_specs=(heads, kv, rep, rep, rep, rep), out_specs=heads, check_vma=False)
+    return run(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1)
+
+
+def platform() -> str:
+    """Where the function being traced will run: the active mesh's devices, else a `jax.default_device`
+    in force (how a topology's device is named when compiling for it), else the default backend."""
+    mesh = sharding.active_mesh()
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    device = jax.config.jax_default_device
+    if device is not None and not isinstance(device, str):
+        return device.platform
+    return jax.default_backend()
+
+
+IMPLEMENTATIONS = ("xla", "pallas")
+
+
+def ragged_paged_attention(
+    q_TxHxD,
+    kv_pages,
+    kv_lens_B,
+    page_indices_BxJ,
+    cu_q_lens_B1,
+    num_seqs_1,
+    *,
+    sm_scale: float = 1.0,
+    impl: str = "auto",
+    max_q_len: int | None = None,
+    num_kv_pages_per_block: int | None = None,
+    num_queries_per_block: int | None = None,
+    vmem_limit_bytes: int | None = None,
+):
+    """Attention of T query tokens [T, H, D] of up to B sequences against their pages of one layer's pool
+    `kv_pages` [A, page_size, 2K, D] (arguments as jax's `ragged_paged_attention`). impl "auto": the Pallas kernel on TPU
+    (`platform()`), XLA elsewhere. `max_q_len` bounds the query tokens of any one sequence (the XLA path's
+    padding; the kernel ignores it); the kernel's block sizes default to a fit for the shapes."""
+    if impl == "auto":
+        impl = "pallas" if platform() == "tpu" else "xla"
+    if impl == "xla":
+        return xla_ragged_paged_attention(
+            q_TxHxD,
+            kv_pages,
+            kv_lens_B,
+            page_indices_BxJ,
+            cu_q_lens_B1,
+            num_seqs_1,
+            sm_scale=sm_scale,
+            max_q_len=max_q_len,
+        )
+    if impl == "pallas":
+        return pallas_ragged_paged_attention(
+            q_TxHxD,
+            kv_pages,
+            kv_lens_B,
+            page_indices_BxJ,
+            cu_q_lens_B1,
+            num_seqs_1,
+            sm_scale=sm_scale,
+            num_kv_pages_per_block=num_kv_pages_per_block,
+            num_queries_per_block=num_queries_per_block,
+            vmem_limit_bytes=vmem_limit_bytes,
+        )
+    raise ValueError(f"paged attention impl {impl!r}: expected 'auto' or one of {IMPLEMENTATIONS}")
