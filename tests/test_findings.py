@@ -85,12 +85,19 @@ def test_own_domain_and_interference_rules():
     assert status(r, "each expert") == "not reproduced"
 
     r = synthetic()
-    r["gains"]["rl_if"]["math"] = g(-0.04, 0.01)  # CI [-5.96, -2.04] points: reaches below -5
-    assert status(r, "little interference") == "inconclusive"
-    r["gains"]["rl_if"]["math"] = g(-0.08, 0.01)  # CI [-9.96, -6.04]: wholly below -5
+    r["gains"]["rl_if"]["math"] = g(-0.08, 0.01)  # CI [-9.96, -6.04] points: one expert wholly below -5
     assert status(r, "little interference") == "not reproduced"
-    r["gains"]["rl_if"]["math"] = g(-0.03, 0.01)  # CI [-4.96, -1.04]: a loss, but a little one
+    r["gains"]["rl_if"]["math"] = g(-0.04, 0.01)  # CI [-5.96, -2.04]: reaches below -5, but the mean is fine
     assert status(r, "little interference") == "reproduced"
+    # Every off-domain change -4 points with stderr 2 (each CI [-7.9, -0.1]): per domain the mean of the
+    # three other experts is -4, its stderr bound 2; over the 4 domains se = sqrt(4 x 2^2) / 4 = 1;
+    # CI -4 -+ 1.96 = [-5.96, -2.04] reaches below -5.
+    for e, own in zip(EXPERTS, DOMAINS):
+        for d in DOMAINS:
+            if d != own:
+                r["gains"][e][d] = g(-0.04, 0.02)
+    f = next(x for x in findings.check(r) if x["finding"].startswith("little interference"))
+    assert f["status"] == "inconclusive" and f["evidence"].startswith("mean -4.0 [-6.0, -2.0]")
 
 
 def test_synergy_pools_the_reasoning_experts_off_their_domains():
