@@ -203,17 +203,22 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start, segments_BxT=None):
-        cfg = self.cfg
-        B, T, _ = x_BxTxE.shape
-        K, Q, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    def project(self, x_BxTxE, positions_BxT, inv_freq):
+        """Queries [B, T, H, D], keys and values [B, T, K, D] of the tokens, queries and keys rotated (the
+        paged rollout engine runs its own attention on them)."""
         q = self.q_proj(x_BxTxE)
         k = self.k_proj(x_BxTxE)
         v = self.v_proj(x_BxTxE)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, positions_BxT, inv_freq)
-        k_BxKxTxD = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 1, 3)
+        return apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq), v
+
+    def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start, segments_BxT=None):
+        cfg = self.cfg
+        B, T, _ = x_BxTxE.shape
+        K, Q, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        q, k, v = self.project(x_BxTxE, positions_BxT, inv_freq)
+        k_BxKxTxD = k.transpose(0, 2, 1, 3)
         v_BxKxTxD = v.transpose(0, 2, 1, 3)
         q_BxTxKxQxD = q.reshape(B, T, K, Q, D)
         if cache_kv is None:  # a cache-free pass: no [T, T] scores (attention.py)

@@ -1,0 +1,168 @@
+"""The paged rollout engine: greedy parity with transformers and with the static Sampler on ragged prompts
+whose rows end at different steps (slots are refilled mid-run), sampler logprobs equal the trainer's
+teacher-forced ones, the same seed gives the same tokens with 4 and 64 slots and through preemptions, a
+bounded number of compiled programs, and bad input refused before anything compiles."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from rlvr_jax import sharding
+from rlvr_jax.model import hf
+from rlvr_jax.rollout import engine, sampling
+from tests.hf_fixtures import FAMILIES, ragged_batch, save_hf_model
+
+LENGTHS = (9, 5, 12, 3, 7)
+T = 24
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh(sharding.MeshShape(1, 1, 2), devices=jax.devices()[:2])
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory, mesh):
+    path = tmp_path_factory.mktemp("qwen3")
+    save_hf_model("qwen3", path, seed=3)
+    return hf.load(str(path), mesh)
+
+
+def _engine(loaded, mesh, **kw):
+    cfg, graphdef, _ = loaded
+    kw = dict(dict(num_slots=3, page_size=4, num_pages=96, prefill_chunk=8, decode_burst=4), **kw)
+    return engine.Engine(graphdef, cfg, mesh, **kw)
+
+
+def _cut(tokens, stop, limit):
+    """A row as the engine should end it: at its first stop token (kept) or its own limit."""
+    out = []
+    for t in tokens[:limit]:
+        out.append(int(t))
+        if t == stop:
+            break
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_matches_transformers_with_rows_ending_at_different_steps(family, tmp_path, mesh):
+    model = save_hf_model(family, tmp_path, seed=1)
+    ids, mask, _ = ragged_batch(model.config.vocab_size, LENGTHS, seed=2)
+    with torch.no_grad():
+        want = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=T,
+            min_new_tokens=T,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[:, ids.shape[1] :].numpy()
+    loaded = hf.load(str(tmp_path), mesh)
+    prompts = [ids[i, ids.shape[1] - n :].tolist() for i, n in enumerate(LENGTHS)]
+    stop = int(want[1, 6])  # some rows stop early on it, the others run to their own limits
+    limits = [T, 5, 17, T, 11]
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=T, stop_token_ids=(stop,))
+    eng = _engine(loaded, mesh, num_slots=2)
+    out = eng.generate(loaded[2], prompts, sp, max_new_tokens=limits)
+    got, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
+    for r in range(len(prompts)):
+        row = _cut(want[r], stop, limits[r])
+        assert got[r, : valid[r].sum()].tolist() == row, r
+        assert bool(out.stopped[r]) == (row[-1] == stop and (len(row) < limits[r] or want[r, len(row) - 1] == stop))
+    assert len({int(n) for n in valid.sum(-1)}) > 2, "rows should end at different steps"
+
+
+def test_greedy_matches_the_static_sampler_and_refills_slots(qwen3, mesh):
+    cfg, graphdef, params = qwen3
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [18], [19, 20, 21, 22, 23], [24, 25]]
+    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=T, n=2)
+    ref = sampling.Sampler(graphdef, cfg, mesh).generate(params, prompts, sp)
+    limits = [T, 3, 9, T, 1, 14, 20, 6, T, 2]
+    eng = _engine(qwen3, mesh)
+    out = eng.generate(params, prompts, sp, max_new_tokens=limits)
+    want = np.asarray(ref.completion_tokens)
+    for r, m in enumerate(limits):
+        assert np.asarray(out.completion_tokens)[r, :m].tolist() == want[r, :m].tolist(), r
+        assert np.asarray(out.lengths)[r] == m and not np.asarray(out.completion_tokens)[r, m:].any()
+    np.testing.assert_allclose(
+        np.where(np.asarray(out.completion_valid), np.asarray(ref.logprobs), 0.0), np.asarray(out.logprobs), atol=1e-5
+    )
+    np.testing.assert_array_equal(np.asarray(out.prompt_tokens), np.asarray(ref.prompt_tokens))
+    np.testing.assert_array_equal(out.prompt_index, ref.prompt_index)
+    assert eng.stats["decode_steps"] < sum(limits), "slots should decode rows side by side"
+
+
+def test_sampler_logprobs_equal_teacher_forced(qwen3, mesh):
+    cfg, graphdef, params = qwen3
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16, 17, 18, 19, 20, 21, 22, 23]]
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=4, stop_token_ids=(3, 4), seed=7)
+    r = _engine(qwen3, mesh, num_slots=5).generate(params, prompts, sp)
+    assert r.completion_tokens.shape == (16, T)
+    assert np.any(np.asarray(r.stopped)) and not np.all(np.asarray(r.stopped))
+    tf = jax.jit(lambda p, *a: sampling.completion_logprobs(graphdef, p, *a))(
+        params, r.prompt_tokens, r.prompt_valid, r.completion_tokens, r.completion_valid
+    )
+    valid = np.asarray(r.completion_valid)
+    np.testing.assert_allclose(np.asarray(tf)[valid], np.asarray(r.logprobs)[valid], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(r.policy_logprobs), np.asarray(r.logprobs), atol=1e-6)
+    for row, tokens in zip(valid, np.asarray(r.completion_tokens)):
+        n = row.sum()
+        assert row[:n].all() and not row[n:].any()
+        if n < T:
+            assert tokens[n - 1] in (3, 4)
+    assert list(r.prompt_index) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    # the samples of a prompt differ (their draws have their own keys) though they share its prefill
+    assert len({tuple(t) for t in np.asarray(r.completion_tokens)[:4]}) > 1
+
+
+def test_same_seed_same_tokens_with_4_or_64_slots_and_through_preemption(qwen3, mesh):
+    _, _, params = qwen3
+    prompts = [[5 + i, 6, 7 + 2 * i][: 1 + i % 3] + [9] * (i % 4) for i in range(8)]
+    sp = sampling.SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=T, n=3, stop_token_ids=(3,), seed=11)
+    few = _engine(qwen3, mesh, num_slots=4)
+    many = _engine(qwen3, mesh, num_slots=64)
+    tight = _engine(qwen3, mesh, num_slots=8, num_pages=12)  # 11 pages of 4: about two sequences at once
+    a, b, c = (e.generate(params, prompts, sp) for e in (few, many, tight))
+    assert tight.stats["preemptions"] > 0
+    assert tight.stats["peak_pages"] <= 11
+    for other in (b, c):
+        np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(other.completion_tokens))
+        np.testing.assert_array_equal(np.asarray(a.completion_valid), np.asarray(other.completion_valid))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(other.logprobs), atol=1e-5)
+    assert few.stats["slot_occupancy"] > many.stats["slot_occupancy"]
+
+
+def test_compiles_a_bounded_number_of_programs(qwen3, mesh):
+    _, _, params = qwen3
+    eng = _engine(qwen3, mesh, decode_burst=2)
+    sp = sampling.SamplingParams(max_new_tokens=8, n=2)
+    for seed, lengths in enumerate([(9, 12), (15, 10), (16, 24, 11), (20,)]):  # + 8 new: 5 to 8 pages
+        eng.generate(params, [[1] * n for n in lengths], sampling.SamplingParams(max_new_tokens=8, n=2, seed=seed))
+    assert eng.num_compilations == 3  # the pool, one prefill, one decode
+    eng.generate(params, [[1] * 30], sp)  # 38 tokens: the 16-page bucket
+    assert eng.num_compilations == 5
+
+
+def test_empty_prompt_list_returns_an_empty_rollout_without_compiling(qwen3, mesh):
+    eng = _engine(qwen3, mesh)
+    r = eng.generate(qwen3[2], [], sampling.SamplingParams(max_new_tokens=8))
+    assert r.completion_tokens.shape == (0, 8) and r.prompt_tokens.shape[0] == 0 and len(r.prompt_index) == 0
+    assert eng.num_compilations == 0 and eng.pool is None
+
+
+def test_bad_sizes_are_refused_before_compiling(qwen3, mesh):
+    cfg, graphdef, params = qwen3
+    eng = _engine(qwen3, mesh, num_pages=9)  # 8 usable pages of 4 tokens
+    with pytest.raises(ValueError, match=r"prompt 1 \(30 tokens, up to 8 new, 1 samples\) needs 10 pages .* holds 8"):
+        eng.generate(params, [[1, 2], [3] * 30], sampling.SamplingParams(max_new_tokens=8))
+    with pytest.raises(ValueError, match="one value in"):
+        eng.generate(params, [[1, 2]], sampling.SamplingParams(max_new_tokens=8), max_new_tokens=[9])
+    with pytest.raises(ValueError, match="at least one token"):
+        eng.generate(params, [[1, 2], []], sampling.SamplingParams(max_new_tokens=8))
+    assert eng.num_compilations == 0
+    with pytest.raises(ValueError, match="num_slots=0 must be >= 1"):
+        engine.Engine(graphdef, cfg, mesh, num_slots=0, num_pages=9)
+    with pytest.raises(ValueError, match="a pool of 1 pages"):
+        engine.Engine(graphdef, cfg, mesh, num_pages=1)
