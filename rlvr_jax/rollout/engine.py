@@ -141,8 +141,9 @@ def _decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
 
 
 class Engine:
-    """Generates from a model with a paged KV pool and `num_slots` decode slots. Compiles one pool and, per
-    (block-table width bucket, sampling parameters), one prefill and one decode program; counts them."""
+    """Generates from a model with a paged KV pool and `num_slots` decode slots. Compiles the pool once and,
+    per sampling parameters, a prefill program per block-table width bucket (powers of two pages, from the
+    longest row of a call) and a decode program per bucket of the longest seated row; counts them."""
 
     def __init__(
         self,
@@ -156,17 +157,23 @@ class Engine:
         memory_fraction: float = 0.5,
         prefill_chunk: int = 128,
         decode_burst: int = 8,
+        chunks_per_burst: int = 8,
         cache_dtype: str | None = None,
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
     ):
         for name, value in dict(
-            num_slots=num_slots, page_size=page_size, prefill_chunk=prefill_chunk, decode_burst=decode_burst
+            num_slots=num_slots,
+            page_size=page_size,
+            prefill_chunk=prefill_chunk,
+            decode_burst=decode_burst,
+            chunks_per_burst=chunks_per_burst,
         ).items():
             if value < 1:
                 raise ValueError(f"rollout engine: {name}={value} must be >= 1")
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
         self.num_slots, self.page_size, self.chunk, self.burst = num_slots, page_size, prefill_chunk, decode_burst
+        self.chunks_per_burst = chunks_per_burst
         self.dtype = jnp.dtype(cache_dtype or cfg.param_dtype)
         self.pad_id, self.min_prompt_bucket = pad_id, min_prompt_bucket
         sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
@@ -215,43 +222,36 @@ class Engine:
         self.num_compilations += 1
         return make()
 
-    def _programs(self, params, sp: SamplingParams, J: int):
-        key = (J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
+    def _program(self, kind: str, params, sp: SamplingParams, J: int):
+        """The compiled prefill or decode program for a block-table width J (a power of two) and the
+        sampling parameters (not the seed: it is an argument)."""
+        key = (kind, J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
         if key in self._compiled:
             return self._compiled[key]
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
         pool_abs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in self.pool)
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-        base_key = jax.random.key(0)
         S, C, n = self.num_slots, self.chunk, sp.n
+        if kind == "prefill":
+            fn = _prefill_program(self.graphdef, sp, self.page_size)
+            args = (i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1))
+            outs = (pool_sh, rep, rep, rep)
+        else:
+            fn = _decode_program(self.graphdef, sp, self.page_size, self.burst)
+            b = jax.ShapeDtypeStruct((S,), jnp.bool_)
+            args = (i32(S), i32(S), i32(S), i32(S), b, i32(S), i32(S), i32(S, J))
+            outs = (pool_sh, rep, rep, rep, rep)
         t0 = time.perf_counter()
         with sharding.activate(self.mesh):
-            prefill = jax.jit(
-                _prefill_program(self.graphdef, sp, self.page_size),
-                in_shardings=(None, pool_sh) + (rep,) * 8,
-                out_shardings=(pool_sh, rep, rep, rep),
-                donate_argnums=(1,),
+            jitted = jax.jit(
+                fn, in_shardings=(None, pool_sh) + (rep,) * (1 + len(args)), out_shardings=outs, donate_argnums=(1,)
             )
-            prefill = prefill.lower(
-                params, pool_abs, base_key, i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1)
-            ).compile()
-            decode = jax.jit(
-                _decode_program(self.graphdef, sp, self.page_size, self.burst),
-                in_shardings=(None, pool_sh) + (rep,) * 9,
-                out_shardings=(pool_sh, rep, rep, rep, rep),
-                donate_argnums=(1,),
-            )
-            b = jax.ShapeDtypeStruct((S,), jnp.bool_)
-            decode = decode.lower(
-                params, pool_abs, base_key, i32(S), i32(S), i32(S), i32(S), b, i32(S), i32(S), i32(S, J)
-            ).compile()
-        log.info(
-            "rollout engine: compiled prefill + decode for %d pages per sequence in %.1fs", J, time.perf_counter() - t0
-        )
-        self.num_compilations += 2
-        self._compiled[key] = (prefill, decode)
-        return prefill, decode
+            compiled = jitted.lower(params, pool_abs, jax.random.key(0), *args).compile()
+        log.info("rollout engine: compiled %s for %d pages per sequence in %.1fs", kind, J, time.perf_counter() - t0)
+        self.num_compilations += 1
+        self._compiled[key] = compiled
+        return compiled
 
     # ---- generation -------------------------------------------------------------------------------
     def generate(
@@ -278,7 +278,7 @@ class Engine:
         J = next_pow2(pool.pages_for(longest), 1)
         if self.pool is None:
             self.pool = self._alloc_pool()
-        prefill, decode = self._programs(params, sp, J)
+        prefill = self._program("prefill", params, sp, J)
         base_key = jax.random.key(sp.seed) if key is None else key
         sched = pg.Scheduler(
             pool,
@@ -293,8 +293,11 @@ class Engine:
         )
         t0 = time.perf_counter()
         while not sched.done():
-            job = sched.next_prefill()
-            if job is not None:
+            # prefill chunks until the free slots have rows to take (next_prefill starts no more than that),
+            # at most chunks_per_burst of them between two decode bursts
+            jobs = 0
+            while (job := sched.next_prefill()) is not None:
+                jobs += 1
                 tokens_C = np.full(self.chunk, self.pad_id, np.int32)
                 tokens_C[: len(job.tokens)] = job.tokens
                 pages_J = np.zeros(J, np.int32)
@@ -315,8 +318,14 @@ class Engine:
                 )
                 if job.last:
                     sched.finish_prefill(job, np.asarray(first), np.asarray(q_lp), np.asarray(p_lp))
+                if jobs == self.chunks_per_burst:
+                    break
             djob = sched.next_decode()
             if djob is not None:
+                # the block tables as wide as the longest seated row needs: attention reads S = Jd x page_size
+                # keys per slot, so a burst of short rows does not pay for the longest possible one
+                Jd = min(J, next_pow2(max(len(r.pages) for r in djob.rows if r is not None), 1))
+                decode = self._program("decode", params, sp, Jd)
                 self.pool, *out = decode(
                     params,
                     self.pool,
@@ -328,10 +337,10 @@ class Engine:
                     djob.active_S,
                     djob.prompt_S,
                     djob.sample_S,
-                    djob.pages_SxJ,
+                    djob.pages_SxJ[:, :Jd],
                 )
                 sched.finish_decode(djob, *(np.asarray(x) for x in out))
-            if job is None and djob is None:
+            if not jobs and djob is None:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
         rows = [sched.finished[r] for r in range(N * n)]
         self.stats = dict(
