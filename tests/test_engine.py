@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_jax import sharding
+from rlvr_jax import plan, sharding
 from rlvr_jax.model import hf
+from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.rollout import engine, sampling
 from tests.hf_fixtures import FAMILIES, ragged_batch, save_hf_model
 
@@ -172,3 +173,36 @@ def test_bad_sizes_are_refused_before_compiling(qwen3, mesh):
         engine.Engine(graphdef, cfg, mesh, num_slots=0, num_pages=9)
     with pytest.raises(ValueError, match="a pool of 1 pages"):
         engine.Engine(graphdef, cfg, mesh, num_pages=1)
+
+
+def test_prefill_and_decode_compile_for_a_tpu_topology():
+    """On TPU devices the engine's programs run jax's Pallas kernel (compiled here for v5e:2x2 from this CPU
+    host, weights FSDP x tensor sharded, the pool's kv heads over `tensor`). Needs libtpu; skipped loudly."""
+    try:
+        devices = plan.topology_devices("v5e:2x2")
+    except plan.PlanError as e:
+        pytest.skip(f"LOUD SKIP: cannot compile for a TPU topology here (libtpu missing?): {e}")
+    cfg = ModelConfig(
+        family="qwen3",
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=128,
+        qk_norm=True,
+        tie_embeddings=True,
+        param_dtype="bfloat16",
+    )
+    topo = sharding.make_mesh(sharding.MeshShape(1, 2, 2), devices=devices)
+    graphdef, abstract, shardings = model_shardings(cfg, topo)
+    params = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    eng = engine.Engine(graphdef, cfg, topo, num_slots=8, page_size=16, num_pages=64, prefill_chunk=32)
+    with jax.default_device(devices[0]):
+        programs = eng.compile(params, sampling.SamplingParams(max_new_tokens=64, n=2), pages_per_seq=8)
+    for program in programs:
+        assert "tpu_custom_call" in program.as_text()
+    assert eng.num_compilations == 2 and eng.pool is None

@@ -112,7 +112,7 @@ def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
 
 
 def _decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
-    stop_ids = jnp.asarray(sp.stop_token_ids or (-1,), jnp.int32)
+    stop_ids = np.asarray(sp.stop_token_ids or (-1,), np.int32)  # a constant of the trace (no device here)
 
     def decode(params, pool, base_key, tokens_S, pos_S, steps_S, budget_S, active_S, prompt_S, sample_S, pages_SxJ):
         model = nnx.merge(graphdef, params)
@@ -212,8 +212,11 @@ class Engine:
     def _pool_sharding(self):
         return jax.sharding.NamedSharding(self.mesh, self.kv_spec)
 
+    def _pool_shape(self):
+        return (self.num_pages, self.page_size, 2 * self.cfg.num_kv_heads, self.cfg.head_dim)
+
     def _alloc_pool(self):
-        shape = (self.num_pages, self.page_size, 2 * self.cfg.num_kv_heads, self.cfg.head_dim)
+        shape = self._pool_shape()
         layers = self.cfg.num_layers
         make = jax.jit(
             lambda: tuple(jnp.zeros(shape, self.dtype) for _ in range(layers)),
@@ -230,7 +233,7 @@ class Engine:
             return self._compiled[key]
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
-        pool_abs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in self.pool)
+        pool_abs = (jax.ShapeDtypeStruct(self._pool_shape(), self.dtype),) * self.cfg.num_layers
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
         S, C, n = self.num_slots, self.chunk, sp.n
         if kind == "prefill":
@@ -247,11 +250,18 @@ class Engine:
             jitted = jax.jit(
                 fn, in_shardings=(None, pool_sh) + (rep,) * (1 + len(args)), out_shardings=outs, donate_argnums=(1,)
             )
-            compiled = jitted.lower(params, pool_abs, jax.random.key(0), *args).compile()
+            compiled = jitted.lower(params, pool_abs, jax.eval_shape(jax.random.key, 0), *args).compile()
         log.info("rollout engine: compiled %s for %d pages per sequence in %.1fs", kind, J, time.perf_counter() - t0)
         self.num_compilations += 1
         self._compiled[key] = compiled
         return compiled
+
+    def compile(self, params, sp: SamplingParams, pages_per_seq: int):
+        """Compiles (or finds) the prefill and decode programs for a block-table width, without running them;
+        params may be abstract (ShapeDtypeStructs with shardings), so a planner can compile for a TPU
+        topology from a CPU host (under `jax.default_device(<a topology device>)`)."""
+        J = next_pow2(pages_per_seq, 1)
+        return self._program("prefill", params, sp, J), self._program("decode", params, sp, J)
 
     # ---- generation -------------------------------------------------------------------------------
     def generate(
