@@ -394,7 +394,3 @@ class VerifierPool:
         for b in batches.values():
             if not b.future.done():
                 b.future.set_exception(err)
-
-
-if __name__ == "__main__":  # workers started by an older pool.py of a run still in progress
-    worker_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
