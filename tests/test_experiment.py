@@ -120,6 +120,9 @@ def check_report_tables_agree_with_results_json(wd, res):
     by_label = {m["label"]: n for n, m in res["models"].items()}
     dom = {"Math": "math", "IF": "if"}
     pm, mean = res["eval"]["per_model"], res["eval"]["mean_avg"]
+    # one run at one commit: every stage attempt recorded that commit, and the report names it alone
+    assert all(st["code"] == [res["provenance"]] for st in res["stages"].values()), res["stages"]
+    assert f"Code: commit {res['provenance']['git_commit'][:10]}" in md
 
     header, rows = md_table(md, f"Main results (Avg@{K}, %)")
     cols = [by_label[h] for h in header[1:]]

@@ -573,6 +573,7 @@ def _run_stages(stages: list[Stage], workdir: str) -> None:
             flush=True,
         )
         ran.add(st.name)
+        code = experiment_report.provenance()  # the code this attempt runs (the report names every commit used)
         load0, t0 = os.getloadavg(), time.perf_counter()
         try:
             outputs = st.fn(d)
@@ -581,7 +582,12 @@ def _run_stages(stages: list[Stage], workdir: str) -> None:
                 with open(os.path.join(d, "attempts.jsonl"), "a") as f:
                     f.write(
                         json.dumps(
-                            {"wall_s": time.perf_counter() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+                            {
+                                "wall_s": time.perf_counter() - t0,
+                                "loadavg_start": load0,
+                                "loadavg_end": os.getloadavg(),
+                                "code": code,
+                            }
                         )
                         + "\n"
                     )

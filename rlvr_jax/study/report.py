@@ -157,6 +157,8 @@ def build_results(config, workdir: str) -> dict:
             }
             loads = [x for a in done["attempts"] for x in (a["loadavg_start"][0], a["loadavg_end"][0])]
             stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
+            # the code of each attempt (stages finished before this field existed have none)
+            stages[name]["code"] = [a["code"] for a in done["attempts"] if "code" in a]
     with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
         analysis = json.load(f)
     merges = [n for n in models if n.startswith("merge_")]
@@ -205,6 +207,25 @@ def pct(x: float) -> str:
     return f"{100.0 * x:.2f}"
 
 
+def _commit(code: dict) -> str:
+    return f"{str(code['git_commit'])[:10]}{' with local changes' if code['dirty'] else ''}"
+
+
+def code_line(results: dict) -> str:
+    """Which code made the numbers: one commit when every stage attempt and the report ran the same one,
+    else the stages of each commit (a workdir resumed across commits, or stages run before attempts
+    recorded their code)."""
+    report = _commit(results["provenance"])
+    by_commit: dict[str, list[str]] = {}
+    for name, st in sorted(results["stages"].items()):
+        for commit in {_commit(c) for c in st.get("code", [])} or {"unrecorded"}:
+            by_commit.setdefault(commit, []).append(name)
+    if set(by_commit) <= {report}:
+        return f"Code: commit {report}."
+    parts = [f"{c} ({', '.join(names)})" for c, names in by_commit.items()]
+    return f"Code: the report at commit {report}; the stages at {'; '.join(parts)}."
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -248,8 +269,7 @@ def render(results: dict) -> str:
         + (f"; {mc['note']}" if mc["note"] else "")
         + f". 1-minute load average during the stages: "
         f"{min(loads):.1f} to {max(loads):.1f}. Wall time of all stages before the report: "
-        f"{results['cost']['experiment_wall_s'] / 60:.1f} min. Code: commit "
-        f"{str(results['provenance']['git_commit'])[:10]}{' with local changes' if results['provenance']['dirty'] else ''}.",
+        f"{results['cost']['experiment_wall_s'] / 60:.1f} min. {code_line(results)}",
         "",
         f"Evaluation: built-in held-out items ({', '.join(f'{d} {n}' for d, n in results['eval']['items_per_domain'].items())}), "
         f"K = {K} samples per item at temperature {results['eval']['temperature']}; Avg@{K} in %. "
