@@ -15,7 +15,7 @@ import pytest
 
 from rlvr_jax.config_args import load_config_file
 from rlvr_jax.eval.evaluate import summarize
-from rlvr_jax.study import experiment, layout
+from rlvr_jax.study import experiment, layout, render
 from rlvr_jax.study import report as experiment_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,7 +347,7 @@ def check_a_second_seed_is_pooled_per_item(config, wd, first):
         assert res["eval"]["per_model"]["multi"][d]["avg@2"] == pytest.approx(0.5)
     assert res["cost"]["single_total_device_s"] == pytest.approx(2 * first["cost"]["single_total_device_s"])
     assert res["eval"]["per_item_files"]["multi"] == ["eval/multi.json", "eval/multi_seed1.json"]
-    md = experiment_report.render(res)
+    md = render.render(res)
     assert "averaged over the 2 seeds" in md and "Seeds: every RL stage" in md
     _, rows = md_table(md, "Cost")
     assert {r[0]: r for r in rows}["RL-Math (GRPO)"][3] == f"{2 * first['stages']['rl_math']['device_seconds']:.1f}"

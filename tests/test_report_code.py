@@ -1,6 +1,6 @@
-"""report.code_line: the report names the code of every stage attempt, not only the code it runs itself."""
+"""render.code_line: the report names the code of every stage attempt, not only the code it runs itself."""
 
-from rlvr_jax.study.report import code_line
+from rlvr_jax.study.render import code_line
 
 A = {"git_commit": "a" * 40, "dirty": False}
 B = {"git_commit": "b" * 40, "dirty": True}
