@@ -2,7 +2,7 @@
 merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> evaluate every model on every
 domain -> weight-space and policy analyses -> report.md, results.json and plots.
 
-Laptop CPU (tiny model, built-in tasks; about 30 min on a 2-core CPU, an estimate: docs/MEASUREMENTS.md):
+Laptop CPU (tiny model, built-in tasks; 37.9 min measured on a 2-core CPU: docs/example_tiny, docs/MEASUREMENTS.md):
   rlvr-experiment --config=configs/mix_vs_merge.py:tiny --workdir=runs/mix_vs_merge
 Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor is the SFT model:
   rlvr-experiment --config=configs/mix_vs_merge.py --config.anchor=/mnt/ckpt/qwen3-4b-sft \\
