@@ -39,6 +39,10 @@ RULES: dict[str, Any] = {
     "act_vocab": "tensor",
 }
 
+# Weights laid out for decoding (the rollout engine): whole within each batch shard, split over `tensor`
+# only, so a decode step all-gathers no weight; the trainer's FSDP layout is resharded to it once per rollout.
+DECODE_RULES: dict[str, Any] = {**RULES, "embed": None}
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshShape:
@@ -204,6 +208,16 @@ def activate(mesh: Mesh, rules: Mapping[str, Any] = RULES):
     token = _ACTIVE.set((mesh, rules))
     try:
         yield mesh
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def deactivate():
+    """No mesh active inside this block (code run per device under shard_map sees local blocks)."""
+    token = _ACTIVE.set(None)
+    try:
+        yield
     finally:
         _ACTIVE.reset(token)
 

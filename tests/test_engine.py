@@ -1,5 +1,5 @@
-"""The paged rollout engine: greedy parity with transformers and with the static Sampler on ragged prompts
-whose rows end at different steps (slots are refilled mid-run), sampler logprobs equal the trainer's
+"""The paged rollout engine: greedy parity with transformers on ragged prompts whose rows end at different
+steps (slots are refilled mid-run), the same tokens on one or two batch shards, sampler logprobs equal the trainer's
 teacher-forced ones, the same seed gives the same tokens with 4 and 64 slots and through preemptions, a
 bounded number of compiled programs, and bad input refused before anything compiles."""
 
@@ -75,14 +75,24 @@ def test_greedy_matches_transformers_with_rows_ending_at_different_steps(family,
     assert len({int(n) for n in valid.sum(-1)}) > 2, "rows should end at different steps"
 
 
-def test_greedy_matches_the_static_sampler_and_refills_slots(qwen3, mesh):
-    cfg, graphdef, params = qwen3
+@pytest.fixture(scope="module")
+def qwen3_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3_sharded")
+    save_hf_model("qwen3", path, seed=3)
+    return str(path)
+
+
+def test_per_row_limits_and_batch_shards_change_no_token(qwen3, qwen3_path, mesh):
+    """Greedy rows capped at their own limits are the uncapped rows cut there (slots refilled as rows end),
+    and sampling on two batch shards (fsdp=2 x tensor=2: each shard its own pool, the FSDP weights
+    resharded for decoding) gives the tokens of one shard: a draw depends on (seed, prompt, sample, position)."""
+    _, _, params = qwen3
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [18], [19, 20, 21, 22, 23], [24, 25]]
-    sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=T, n=2)
-    ref = sampling.Sampler(graphdef, cfg, mesh).generate(params, prompts, sp)
+    greedy = sampling.SamplingParams(temperature=0.0, max_new_tokens=T, n=2)
+    ref = _engine(qwen3, mesh, num_slots=64).generate(params, prompts, greedy)
     limits = [T, 3, 9, T, 1, 14, 20, 6, T, 2]
     eng = _engine(qwen3, mesh)
-    out = eng.generate(params, prompts, sp, max_new_tokens=limits)
+    out = eng.generate(params, prompts, greedy, max_new_tokens=limits)
     want = np.asarray(ref.completion_tokens)
     for r, m in enumerate(limits):
         assert np.asarray(out.completion_tokens)[r, :m].tolist() == want[r, :m].tolist(), r
@@ -93,6 +103,17 @@ def test_greedy_matches_the_static_sampler_and_refills_slots(qwen3, mesh):
     np.testing.assert_array_equal(np.asarray(out.prompt_tokens), np.asarray(ref.prompt_tokens))
     np.testing.assert_array_equal(out.prompt_index, ref.prompt_index)
     assert eng.stats["decode_steps"] < sum(limits), "slots should decode rows side by side"
+
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=3, stop_token_ids=(3,), seed=5)
+    one = _engine(qwen3, mesh).generate(params, prompts, sp)
+    mesh4 = sharding.make_mesh(sharding.MeshShape(1, 2, 2), devices=jax.devices()[:4])
+    cfg4, graphdef4, params4 = hf.load(qwen3_path, mesh4)
+    two = engine.Engine(graphdef4, cfg4, mesh4, num_slots=3, page_size=4, num_pages=96, prefill_chunk=8, decode_burst=4)
+    got = two.generate(params4, prompts, sp)
+    assert two.stats["batch_shards"] == 2 and two.stats["resharded_weights"]
+    np.testing.assert_array_equal(np.asarray(got.completion_tokens), np.asarray(one.completion_tokens))
+    np.testing.assert_array_equal(np.asarray(got.completion_valid), np.asarray(one.completion_valid))
+    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(one.logprobs), atol=1e-5)
 
 
 def test_sampler_logprobs_equal_teacher_forced(qwen3, mesh):

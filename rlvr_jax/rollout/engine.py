@@ -1,17 +1,27 @@
-"""The paged rollout engine: continuous batching over a fixed number of decode slots on a paged KV pool
-(pages.py schedules on the host; two jitted programs per block-table width run on the devices: a prefill
-chunk of one sequence, and a burst of decode steps over every slot), returning the sampler's `Rollout`.
+"""The paged rollout engine: continuous batching over decode slots on a paged KV pool, returning the
+sampler's `Rollout`. pages.py schedules on the host; two jitted programs per block-table width run on the
+devices: a prefill chunk (one sequence per batch shard) and a burst of decode steps over every slot.
+
+Sharding. The mesh's batch axes (data x fsdp) give G batch shards. Each shard has its own pool of pages,
+its own `num_slots` decode slots and its own scheduler, and a prompt (with its n samples, which share its
+prompt pages) lives on one shard; every device array has a leading G axis over the batch axes, so a row's
+keys and values stay on its shard's devices, with kv heads over `tensor`. On many hosts each host schedules
+the shards of its own rows; the hosts agree, per round, on which programs run (all of them run every
+program, SPMD). The weights are resharded once per call from the trainer's layout to the decode layout
+(sharding.DECODE_RULES: whole within a batch shard, split over tensor), on the devices.
 
 Each token's random draw is keyed by (seed, prompt, sample, position) only, so the tokens do not depend
-on the number of slots, the admission order or preemptions. The pool lives in the model's dtype, one
-[pages, page_size, 2K, D] array per layer with its kv heads over the mesh's `tensor` axis.
-Letters beyond docs/CONTRACTS.md (as in paged_attention.py): A pool pages, J pages per sequence.
+on the number of slots or shards, the admission order or preemptions. The pool holds, per layer,
+[G, A, page_size, 2K, D] in the cache dtype.
+Letters beyond docs/CONTRACTS.md (as in paged_attention.py): G batch shards, A pool pages per shard,
+J pages per sequence, C prefill chunk, S decode slots per shard, N samples per prompt.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Sequence
 
@@ -19,50 +29,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from rlvr_jax import sharding
-from rlvr_jax.model.decoder import ModelConfig, flat_matmul, rope_inverse_frequencies
+from rlvr_jax.model.decoder import ModelConfig, flat_matmul, model_shardings, rope_inverse_frequencies
 from rlvr_jax.rollout import pages as pg
-from rlvr_jax.rollout.paged_attention import ragged_paged_attention
-from rlvr_jax.rollout.sampling import Rollout, SamplingParams, device_memory_bytes, next_pow2, sample_step
+from rlvr_jax.rollout.paged_attention import sharded_ragged_paged_attention
+from rlvr_jax.rollout.sampling import (
+    Rollout,
+    SamplingParams,
+    batch_multiple,
+    device_memory_bytes,
+    local_rows,
+    next_pow2,
+    sample_step,
+    to_global,
+)
 
 log = logging.getLogger(__name__)
 
 
-def paged_forward(model, tokens_T, positions_T, write_T, pool, page_indices_BxJ, kv_lens_B, cu_q_lens_B1, max_q_len):
-    """The decoder over T tokens of up to B sequences (ragged, as paged_attention lays them out): each
-    token's keys and values are written at flat pool slot `write_T` (page * page_size + offset; padding
-    tokens write to the scratch page), then it attends to its sequence's pages. Returns the final-normed
-    hidden states [T, E] and the updated pool."""
+def paged_forward(
+    model, tokens_GxT, positions_GxT, write_GxT, pool, pages_GxBxJ, kv_lens_GxB, cu_q_lens_GxB1, num_seqs_Gx1, max_q_len
+):
+    """The decoder over T tokens per batch shard of up to B sequences each (ragged, laid out as in
+    paged_attention.py): each token's keys and values are written at its shard's flat pool slot `write`
+    (page * page_size + offset; padding tokens write to the scratch page 0), then it attends to its
+    sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
     cfg = model.cfg
-    T = tokens_T.shape[0]
+    G, T = tokens_GxT.shape
     K, D = cfg.num_kv_heads, cfg.head_dim
-    num_seqs = jnp.full((1,), page_indices_BxJ.shape[0], jnp.int32)
-    h = jnp.take(model.embed.embedding[...], tokens_T, axis=0)[:, None]  # [T, 1, E]: tokens as rows
+    h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
     h = sharding.constrain(h, ("batch", "length", "act_embed"))
     inv_freq = rope_inverse_frequencies(cfg)
+    write = jax.vmap(lambda layer, slots, kv: layer.reshape(-1, 2 * K, D).at[slots].set(kv).reshape(layer.shape))
     new_pool = []
     for block, layer in zip(model.layers, pool):
-        q, k, v = block.attn.project(block.input_norm(h), positions_T[:, None], inv_freq)
-        kv_Tx2KxD = jnp.stack([k[:, 0], v[:, 0]], axis=2).reshape(T, 2 * K, D).astype(layer.dtype)
-        A, page_size = layer.shape[:2]
-        layer = layer.reshape(A * page_size, 2 * K, D).at[write_T].set(kv_Tx2KxD).reshape(layer.shape)
-        out_TxHxD = ragged_paged_attention(
-            q[:, 0],
+        q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
+        kv_GxTx2KxD = jnp.stack([k, v], axis=3).reshape(G, T, 2 * K, D).astype(layer.dtype)
+        layer = write(layer, write_GxT, kv_GxTx2KxD)
+        out_GxTxHxD = sharded_ragged_paged_attention(
+            q,
             layer,
-            kv_lens_B,
-            page_indices_BxJ,
-            cu_q_lens_B1,
-            num_seqs,
+            kv_lens_GxB,
+            pages_GxBxJ,
+            cu_q_lens_GxB1,
+            num_seqs_Gx1,
             sm_scale=1.0 / math.sqrt(D),
             max_q_len=max_q_len,
         )
-        h = sharding.constrain(
-            h + block.attn.o_proj(out_TxHxD[:, None].astype(h.dtype)), ("batch", "length", "act_embed")
-        )
+        h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
         h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
         new_pool.append(layer)
-    return model.final_norm(h[:, 0]), tuple(new_pool)
+    return model.final_norm(h), tuple(new_pool)
 
 
 def _slots(pages_J, positions, page_size):
@@ -75,38 +95,48 @@ def _draw_key(base_key, prompt, sample, position):
     return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base_key, prompt), sample), position)
 
 
-def _sample(base_key, logits_BxV, prompt_B, sample_B, step_B, sp: SamplingParams):
+def _sample(base_key, logits_RxV, prompt_R, sample_R, step_R, sp: SamplingParams):
     """One token per row, each from its own (prompt, sample, position) key."""
-    keys = jax.vmap(_draw_key, in_axes=(None, 0, 0, 0))(base_key, prompt_B, sample_B, step_B)
+    keys = jax.vmap(_draw_key, in_axes=(None, 0, 0, 0))(base_key, prompt_R, sample_R, step_R)
     one = lambda k, lg: tuple(x[0] for x in sample_step(k, lg[None], sp.temperature, sp.top_k, sp.top_p))
-    return jax.vmap(one)(keys, logits_BxV)
+    return jax.vmap(one)(keys, logits_RxV)
 
 
 def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
-    def prefill(params, pool, base_key, tokens_C, start, q_len, pages_J, prompt, copy_src, copy_dst):
+    """One prefill chunk per batch shard (q_len 0: the shard has none this round). A prompt's last chunk
+    copies its partial last page once per extra sample and samples the N first tokens."""
+
+    def prefill(params, pool, base_key, tokens_GxC, start_G, q_len_G, pages_GxJ, prompt_G, copy_src_G, copy_dst_GxN1):
         model = nnx.merge(graphdef, params)
-        C = tokens_C.shape[0]
-        positions = start + jnp.arange(C, dtype=jnp.int32)
-        write = jnp.where(jnp.arange(C) < q_len, _slots(pages_J, positions, page_size), 0)
-        hidden_CxE, pool = paged_forward(
+        G, C = tokens_GxC.shape
+        positions = start_G[:, None] + jnp.arange(C, dtype=jnp.int32)[None]
+        slots = jax.vmap(lambda pj, p: _slots(pj, p, page_size))(pages_GxJ, positions)
+        write = jnp.where(jnp.arange(C)[None] < q_len_G[:, None], slots, 0)
+        cu = jnp.stack([jnp.zeros_like(q_len_G), q_len_G], axis=1)
+        hidden_GxCxE, pool = paged_forward(
             model,
-            tokens_C,
+            tokens_GxC,
             positions,
             write,
             pool,
-            pages_J[None],
-            (start + q_len)[None],
-            jnp.stack([0, q_len]).astype(jnp.int32),
+            pages_GxJ[:, None],
+            (start_G + q_len_G)[:, None],
+            cu,
+            (q_len_G > 0).astype(jnp.int32)[:, None],
             max_q_len=C,
         )
         # the samples' own copies of the prompt's partial last page (scratch-to-scratch when none)
-        pool = tuple(layer.at[copy_dst].set(layer[copy_src][None]) for layer in pool)
-        logits_1xV = flat_matmul(hidden_CxE[q_len - 1][None], model.head_kernel(), 1)
+        copy = jax.vmap(lambda layer, src, dst: layer.at[dst].set(layer[src][None]))
+        pool = tuple(copy(layer, copy_src_G, copy_dst_GxN1) for layer in pool)
+        last_GxE = jnp.take_along_axis(hidden_GxCxE, jnp.maximum(q_len_G - 1, 0)[:, None, None], axis=1)[:, 0]
+        logits_GxV = flat_matmul(last_GxE, model.head_kernel(), 1)
         n = sp.n
-        logits_NxV = jnp.broadcast_to(logits_1xV, (n, logits_1xV.shape[-1]))
-        idx = jnp.arange(n, dtype=jnp.int32)
-        first, q_lp, p_lp = _sample(base_key, logits_NxV, jnp.full((n,), prompt), idx, jnp.zeros_like(idx), sp)
-        return pool, first, q_lp, p_lp
+        logits_RxV = jnp.repeat(logits_GxV, n, axis=0)  # R = G x N rows, shard-major
+        sample_R = jnp.tile(jnp.arange(n, dtype=jnp.int32), G)
+        first, q_lp, p_lp = _sample(
+            base_key, logits_RxV, jnp.repeat(prompt_G, n), sample_R, jnp.zeros_like(sample_R), sp
+        )
+        return pool, first.reshape(G, n), q_lp.reshape(G, n), p_lp.reshape(G, n)
 
     return prefill
 
@@ -114,36 +144,67 @@ def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
 def _decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
     stop_ids = np.asarray(sp.stop_token_ids or (-1,), np.int32)  # a constant of the trace (no device here)
 
-    def decode(params, pool, base_key, tokens_S, pos_S, steps_S, budget_S, active_S, prompt_S, sample_S, pages_SxJ):
+    def decode(
+        params,
+        pool,
+        base_key,
+        tokens_GxS,
+        pos_GxS,
+        steps_GxS,
+        budget_GxS,
+        active_GxS,
+        prompt_GxS,
+        sample_GxS,
+        pages_GxSxJ,
+    ):
         model = nnx.merge(graphdef, params)
-        S = tokens_S.shape[0]
-        cu = jnp.arange(S + 1, dtype=jnp.int32)
+        G, S = tokens_GxS.shape
+        cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
+        num_seqs = jnp.full((G, 1), S, jnp.int32)
+        slots_of = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))
 
         def step(carry, _):
             pool, tok, pos, steps, budget, active = carry
-            write = jnp.where(active, jax.vmap(lambda pj, p: _slots(pj, p, page_size))(pages_SxJ, pos), 0)
+            write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)
             kv_lens = jnp.where(active, pos + 1, 1)
-            hidden_SxE, pool = paged_forward(model, tok, pos, write, pool, pages_SxJ, kv_lens, cu, max_q_len=1)
-            logits_SxV = flat_matmul(hidden_SxE, model.head_kernel(), 1)
-            new, q_lp, p_lp = _sample(base_key, logits_SxV, prompt_S, sample_S, steps, sp)
+            # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
+            hidden_GxSxE, pool = paged_forward(
+                model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1
+            )
+            logits_RxV = flat_matmul(hidden_GxSxE.reshape(G * S, -1), model.head_kernel(), 1)
+            flat = lambda x: x.reshape(G * S)
+            new, q_lp, p_lp = _sample(base_key, logits_RxV, flat(prompt_GxS), flat(sample_GxS), flat(steps), sp)
+            new, q_lp, p_lp = (x.reshape(G, S) for x in (new, q_lp, p_lp))
             new = jnp.where(active, new, 0)
-            hit_stop = active & jnp.any(new[:, None] == stop_ids[None, :], axis=-1)
+            hit_stop = active & jnp.any(new[..., None] == stop_ids, axis=-1)
             budget = budget - active
             out = (new, active, jnp.where(active, q_lp, 0.0), jnp.where(active, p_lp, 0.0))
             carry = (pool, new, pos + 1, steps + 1, budget, active & ~hit_stop & (budget > 0))
             return carry, out
 
-        init = (pool, tokens_S, pos_S, steps_S, budget_S, active_S)
-        (pool, *_), (tokens_KxS, valid_KxS, q_KxS, p_KxS) = jax.lax.scan(step, init, None, length=burst)
-        return pool, tokens_KxS, valid_KxS, q_KxS, p_KxS
+        init = (pool, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
+        (pool, *_), outs = jax.lax.scan(step, init, None, length=burst)
+        return (pool, *(x.transpose(1, 0, 2) for x in outs))  # tokens, valid, q_logp, p_logp: [G, burst, S]
 
     return decode
 
 
+def device_free_bytes() -> int:
+    """Memory a device has left: its limit less what is in use (the weights, the optimizer state, ...), or
+    the host's available RAM per device on CPU."""
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return device_memory_bytes()
+
+
 class Engine:
-    """Generates from a model with a paged KV pool and `num_slots` decode slots. Compiles the pool once and,
-    per sampling parameters, a prefill program per block-table width bucket (powers of two pages, from the
-    longest row of a call) and a decode program per bucket of the longest seated row; counts them."""
+    """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
+    (0: `memory_fraction` of the memory a device has left) and `num_slots` decode slots. Compiles the pool
+    and the weights' reshard once and, per sampling parameters, a prefill program per block-table width
+    (a power of two pages, from the longest row of a call) and a decode program per width of the longest
+    seated row; counts them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
 
     def __init__(
         self,
@@ -159,6 +220,7 @@ class Engine:
         decode_burst: int = 8,
         chunks_per_burst: int = 8,
         cache_dtype: str | None = None,
+        weights_dtype: str | None = None,
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
     ):
@@ -175,57 +237,118 @@ class Engine:
         self.num_slots, self.page_size, self.chunk, self.burst = num_slots, page_size, prefill_chunk, decode_burst
         self.chunks_per_burst = chunks_per_burst
         self.dtype = jnp.dtype(cache_dtype or cfg.param_dtype)
+        self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
         self.pad_id, self.min_prompt_bucket = pad_id, min_prompt_bucket
         sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
-        tensor = sizes.get("tensor", 1)
+        self.local_shards = batch_multiple(mesh)
+        self.num_shards = self.local_shards * jax.process_count()
+        K = cfg.num_kv_heads
         self.kv_spec = sharding.logical_to_spec(
-            (None, None, "kv_heads", None), (1, 1, cfg.num_kv_heads, 1), sizes, where="KV pool"
+            ("batch", None, None, "kv_heads", None), (self.num_shards, 1, 1, 2 * K, 1), sizes, where="KV pool"
         )
-        shards = tensor if self.kv_spec[2] is not None else 1
-        self.page_bytes = pg.page_bytes(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, self.dtype.itemsize, shards
-        )
+        tensor = sizes.get("tensor", 1) if self.kv_spec[3] is not None else 1
+        if tensor > 1 and K % tensor:
+            raise ValueError(f"rollout engine: {K} kv heads do not split over tensor={tensor}")
+        self.page_bytes = pg.page_bytes(cfg.num_layers, K, cfg.head_dim, page_size, self.dtype.itemsize, tensor)
         self.num_pages = pg.pool_pages(
             self.page_bytes,
             num_pages=num_pages,
             memory_fraction=memory_fraction,
-            free_bytes=0 if num_pages else device_memory_bytes(),
+            free_bytes=0 if num_pages else device_free_bytes(),
         )
         if self.num_pages < 2:
             raise ValueError(
                 f"rollout engine: a pool of {self.num_pages} pages ({self.page_bytes} bytes each per device) "
                 f"holds no sequence; raise num_pages or memory_fraction"
             )
+        _, _, self.decode_shardings = model_shardings(cfg, mesh, sharding.DECODE_RULES)
         log.info(
-            "KV pool: %d pages x %d tokens = %.1f MiB per device, %d decode slots",
+            "KV pool: %d pages x %d tokens = %.1f MiB per device, %d batch shards x %d decode slots",
             self.num_pages,
             page_size,
             self.num_pages * self.page_bytes / 2**20,
+            self.num_shards,
             num_slots,
         )
         self.pool = None
         self._compiled: dict = {}
         self.num_compilations = 0
+        self.last_compile_seconds = 0.0
         self.stats: dict = {}
 
-    # ---- programs ---------------------------------------------------------------------------------
+    # ---- rows in and out ----------------------------------------------------------------------------
+    def to_global(self, local: np.ndarray):
+        return to_global(self.mesh, local)
+
+    def local_rows(self, x) -> np.ndarray:
+        return local_rows(self.mesh, x)
+
+    def _agree(self, values: Sequence[int]) -> list[int]:
+        """The largest of each value over the hosts: every host runs the same programs in the same order."""
+        if jax.process_count() == 1:
+            return [int(v) for v in values]
+        allv = multihost_utils.process_allgather(np.asarray(values, np.int64))
+        return [int(v) for v in np.asarray(allv).reshape(jax.process_count(), -1).max(0)]
+
+    # ---- weights laid out for decoding --------------------------------------------------------------
+    def _decode_abstract(self, params):
+        """ShapeDtypeStructs of the weights in the decode layout and dtype (params concrete or abstract)."""
+
+        def one(x, sh):
+            dtype = self.weights_dtype if self.weights_dtype and jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=sh)
+
+        return jax.tree_util.tree_map(one, params, self.decode_shardings)
+
+    def _reshard_program(self, params):
+        key = ("reshard",)
+        if key not in self._compiled:
+            target = self._decode_abstract(params)
+            cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
+            abstract = jax.tree_util.tree_map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
+            )
+            self._compiled[key] = self._compile(
+                "reshard", jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)
+            )
+        return self._compiled[key]
+
+    def decode_params(self, params):
+        """The weights in the decode layout: resharded (and cast to weights_dtype) on the devices, or as they
+        are when they already are."""
+        target = self._decode_abstract(params)
+        same = all(
+            x.dtype == t.dtype and x.sharding.is_equivalent_to(t.sharding, x.ndim)
+            for x, t in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))
+        )
+        return params if same else self._reshard_program(params)(params)
+
+    # ---- programs -----------------------------------------------------------------------------------
     def _pool_sharding(self):
         return jax.sharding.NamedSharding(self.mesh, self.kv_spec)
 
     def _pool_shape(self):
-        return (self.num_pages, self.page_size, 2 * self.cfg.num_kv_heads, self.cfg.head_dim)
+        return (self.num_shards, self.num_pages, self.page_size, 2 * self.cfg.num_kv_heads, self.cfg.head_dim)
+
+    def _compile(self, what: str, jitted, args):
+        t0 = time.perf_counter()
+        with sharding.activate(self.mesh):
+            compiled = jitted.lower(*args).compile()
+        seconds = time.perf_counter() - t0
+        log.info("rollout engine: compiled %s in %.1fs", what, seconds)
+        self.num_compilations += 1
+        self.last_compile_seconds += seconds
+        return compiled
 
     def _alloc_pool(self):
-        shape = self._pool_shape()
-        layers = self.cfg.num_layers
+        shape, layers = self._pool_shape(), self.cfg.num_layers
         make = jax.jit(
             lambda: tuple(jnp.zeros(shape, self.dtype) for _ in range(layers)),
             out_shardings=(self._pool_sharding(),) * layers,
         )
-        self.num_compilations += 1
-        return make()
+        return self._compile("the KV pool", make, ())()
 
-    def _program(self, kind: str, params, sp: SamplingParams, J: int):
+    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int):
         """The compiled prefill or decode program for a block-table width J (a power of two) and the
         sampling parameters (not the seed: it is an argument)."""
         key = (kind, J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
@@ -234,36 +357,56 @@ class Engine:
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
         pool_abs = (jax.ShapeDtypeStruct(self._pool_shape(), self.dtype),) * self.cfg.num_layers
-        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-        S, C, n = self.num_slots, self.chunk, sp.n
+        G, S, C, n = self.num_shards, self.num_slots, self.chunk, sp.n
+        arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype)
+        i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
             fn = _prefill_program(self.graphdef, sp, self.page_size)
             args = (i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1))
-            outs = (pool_sh, rep, rep, rep)
+            n_out = 3
         else:
             fn = _decode_program(self.graphdef, sp, self.page_size, self.burst)
-            b = jax.ShapeDtypeStruct((S,), jnp.bool_)
-            args = (i32(S), i32(S), i32(S), i32(S), b, i32(S), i32(S), i32(S, J))
-            outs = (pool_sh, rep, rep, rep, rep)
-        t0 = time.perf_counter()
-        with sharding.activate(self.mesh):
-            jitted = jax.jit(
-                fn, in_shardings=(None, pool_sh) + (rep,) * (1 + len(args)), out_shardings=outs, donate_argnums=(1,)
-            )
-            compiled = jitted.lower(params, pool_abs, jax.eval_shape(jax.random.key, 0), *args).compile()
-        log.info("rollout engine: compiled %s for %d pages per sequence in %.1fs", kind, J, time.perf_counter() - t0)
-        self.num_compilations += 1
+            args = (i32(S), i32(S), i32(S), i32(S), arr(jnp.bool_, S), i32(S), i32(S), i32(S, J))
+            n_out = 4
+        batch = lambda a: sharding.batch_sharding(self.mesh, len(a.shape))
+        outs = (pool_sh,) + (sharding.batch_sharding(self.mesh, 3 if kind == "decode" else 2),) * n_out
+        jitted = jax.jit(
+            fn,
+            in_shardings=(None, pool_sh, rep) + tuple(batch(a) for a in args),
+            out_shardings=outs,
+            donate_argnums=(1,),
+        )
+        base_key = jax.eval_shape(jax.random.key, 0)
+        compiled = self._compile(
+            f"{kind} for {J} pages per sequence", jitted, (params_abstract, pool_abs, base_key, *args)
+        )
         self._compiled[key] = compiled
         return compiled
 
     def compile(self, params, sp: SamplingParams, pages_per_seq: int):
         """Compiles (or finds) the prefill and decode programs for a block-table width, without running them;
-        params may be abstract (ShapeDtypeStructs with shardings), so a planner can compile for a TPU
-        topology from a CPU host (under `jax.default_device(<a topology device>)`)."""
+        params may be abstract (ShapeDtypeStructs with the trainer's shardings), so a planner can compile for
+        a TPU topology from a CPU host (under `jax.default_device(<a topology device>)`)."""
         J = next_pow2(pages_per_seq, 1)
-        return self._program("prefill", params, sp, J), self._program("decode", params, sp, J)
+        target = self._decode_abstract(params)
+        return self._program("prefill", target, sp, J), self._program("decode", target, sp, J)
 
-    # ---- generation -------------------------------------------------------------------------------
+    def compile_reshard(self, params):
+        """The compiled program that lays the trainer's weights out for decoding (params may be abstract)."""
+        return self._reshard_program(params)
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def _assign(self, prompts, max_new_R, n: int) -> list[list[int]]:
+        """Prompts (with their n samples) to this host's batch shards: longest work first, each to the
+        shard with the least work so far (work = prompt + new tokens of its rows)."""
+        work = [n * len(p) + sum(max_new_R[i * n : (i + 1) * n]) for i, p in enumerate(prompts)]
+        load, shards = [0] * self.local_shards, [[] for _ in range(self.local_shards)]
+        for i in sorted(range(len(prompts)), key=lambda i: (-work[i], i)):
+            g = min(range(self.local_shards), key=lambda g: (load[g], g))
+            shards[g].append(i)
+            load[g] += work[i]
+        return [sorted(s) for s in shards]
+
     def generate(
         self,
         params,
@@ -271,117 +414,176 @@ class Engine:
         sp: SamplingParams,
         key=None,
         max_new_tokens: Sequence[int] | None = None,
+        progress: bool = False,
     ) -> Rollout:
-        """Rows are prompts x sp.n in order (a prompt's samples adjacent). `max_new_tokens`, one per row,
-        caps each row (at most sp.max_new_tokens, the rollout's T)."""
+        """Rows are this host's prompts x sp.n in order (a prompt's samples adjacent), as global
+        batch-sharded arrays. `max_new_tokens`, one per row, caps each row (at most sp.max_new_tokens, the
+        rollout's T). `progress`: a bar of generated tokens on stderr."""
         N, n, T = len(prompts), sp.n, sp.max_new_tokens
+        self.last_compile_seconds = 0.0
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         max_new_R = [T] * (N * n) if max_new_tokens is None else [int(m) for m in max_new_tokens]
         if len(max_new_R) != N * n or any(not 1 <= m <= T for m in max_new_R):
             raise ValueError(f"max_new_tokens: one value in [1, {T}] per row ({N} prompts x {n} samples)")
         if N == 0:
-            return self._rollout([], [], n, T)
-        pool = pg.PagePool(self.num_pages, self.page_size)
-        pg.check_fits([len(p) for p in prompts], max_new_R, n, pool)
-        longest = max(len(p) + m for p, m in zip([p for p in prompts for _ in range(n)], max_new_R))
-        J = next_pow2(pool.pages_for(longest), 1)
+            return self._rollout([], {}, n, T)
+        pg.check_fits([len(p) for p in prompts], max_new_R, n, pg.PagePool(self.num_pages, self.page_size))
+        longest = max(len(prompts[r // n]) + m for r, m in enumerate(max_new_R))
+        J = self._agree([next_pow2(pg.cdiv(longest, self.page_size), 1)])[0]
+        ids = self._assign(prompts, max_new_R, n)  # ids[g]: this host's prompts on its shard g
+        scheds = [
+            pg.Scheduler(
+                pg.PagePool(self.num_pages, self.page_size),
+                [prompts[i] for i in ids_g],
+                n,
+                [max_new_R[i * n + j] for i in ids_g for j in range(n)],
+                num_slots=self.num_slots,
+                chunk=self.chunk,
+                burst=self.burst,
+                pages_per_seq=J,
+                stop_ids=sp.stop_token_ids,
+            )
+            for ids_g in ids
+        ]
+        weights = self.decode_params(params)
+        target = self._decode_abstract(weights)
         if self.pool is None:
             self.pool = self._alloc_pool()
-        prefill = self._program("prefill", params, sp, J)
         base_key = jax.random.key(sp.seed) if key is None else key
-        sched = pg.Scheduler(
-            pool,
-            prompts,
-            n,
-            max_new_R,
-            num_slots=self.num_slots,
-            chunk=self.chunk,
-            burst=self.burst,
-            pages_per_seq=J,
-            stop_ids=sp.stop_token_ids,
-        )
+        if jax.process_count() > 1:  # each host's prompts are its own: their draws must differ
+            base_key = jax.random.fold_in(base_key, jax.process_index())
+        bar = tqdm(total=sum(max_new_R), unit="tok", desc="rollout", file=sys.stderr, disable=not progress)
         t0 = time.perf_counter()
-        while not sched.done():
-            # prefill chunks until the free slots have rows to take (next_prefill starts no more than that),
-            # at most chunks_per_burst of them between two decode bursts
-            jobs = 0
-            while (job := sched.next_prefill()) is not None:
-                jobs += 1
-                tokens_C = np.full(self.chunk, self.pad_id, np.int32)
-                tokens_C[: len(job.tokens)] = job.tokens
-                pages_J = np.zeros(J, np.int32)
-                pages_J[: len(job.pages)] = job.pages
-                copy_dst = np.zeros(n - 1, np.int32)
-                copy_dst[: len(job.copy_dst)] = job.copy_dst
-                self.pool, first, q_lp, p_lp = prefill(
-                    params,
-                    self.pool,
-                    base_key,
-                    tokens_C,
-                    np.int32(job.start),
-                    np.int32(len(job.tokens)),
-                    pages_J,
-                    np.int32(job.prompt),
-                    np.int32(job.copy_src),
-                    copy_dst,
-                )
-                if job.last:
-                    sched.finish_prefill(job, np.asarray(first), np.asarray(q_lp), np.asarray(p_lp))
-                if jobs == self.chunks_per_burst:
+        counts = dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
+        while self._agree([not all(s.done() for s in scheds)])[0]:
+            chunks = 0
+            while chunks < self.chunks_per_burst:
+                jobs = [s.next_prefill() for s in scheds]
+                if not self._agree([any(j is not None for j in jobs)])[0]:
                     break
-            djob = sched.next_decode()
-            if djob is not None:
-                # the block tables as wide as the longest seated row needs: attention reads S = Jd x page_size
-                # keys per slot, so a burst of short rows does not pay for the longest possible one
-                Jd = min(J, next_pow2(max(len(r.pages) for r in djob.rows if r is not None), 1))
-                decode = self._program("decode", params, sp, Jd)
-                self.pool, *out = decode(
-                    params,
-                    self.pool,
-                    base_key,
-                    djob.tokens_S,
-                    djob.pos_S,
-                    djob.steps_S,
-                    djob.budget_S,
-                    djob.active_S,
-                    djob.prompt_S,
-                    djob.sample_S,
-                    djob.pages_SxJ[:, :Jd],
-                )
-                sched.finish_decode(djob, *(np.asarray(x) for x in out))
-            if not jobs and djob is None:
+                firsts = self._run_prefill(weights, target, sp, J, base_key, jobs, ids)
+                for g, job in enumerate(jobs):
+                    if job is not None and job.last:
+                        scheds[g].finish_prefill(job, *(x[g] for x in firsts))
+                        bar.update(0 if job.row is not None else n)
+                chunks += 1
+            djobs = [s.next_decode() for s in scheds]
+            widest = max((len(r.pages) for d in djobs if d for r in d.rows if r is not None), default=0)
+            Jd = self._agree([next_pow2(widest, 1) if widest else 0])[0]
+            if Jd:
+                self._track_peak(scheds, counts)
+                valid = self._run_decode(weights, target, sp, min(J, Jd), base_key, djobs, ids, scheds)
+                counts["decode_steps"] += self.burst
+                counts["slot_steps"] += int(valid)
+                bar.update(int(valid))
+            if not chunks and not Jd and self._agree([not all(s.done() for s in scheds)])[0]:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
-        rows = [sched.finished[r] for r in range(N * n)]
+        bar.close()
+        rows = {}
+        for ids_g, s in zip(ids, scheds):
+            for r, row in s.finished.items():
+                rows[ids_g[r // n] * n + r % n] = row
         self.stats = dict(
             seconds=time.perf_counter() - t0,
-            pool_pages=pool.capacity,
-            peak_pages=pool.peak_used,
-            preemptions=sched.preemptions,
-            slot_occupancy=pg.occupancy(sched),
-            decode_steps=sched.decode_steps,
-            tokens=sum(len(r.tokens) for r in rows),
+            compile_seconds=self.last_compile_seconds,
+            batch_shards=self.local_shards,
+            resharded_weights=weights is not params,
+            pool_pages=self.num_pages - 1,
+            pool_mib=self.num_pages * self.page_bytes / 2**20,
+            peak_pages=max(s.pool.peak_used for s in scheds),
+            peak_live_tokens=counts["live_at_peak"],
+            peak_pages_all_shards=counts["peak_pages"],
+            preemptions=sum(s.preemptions for s in scheds),
+            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * self.num_slots * len(scheds)),
+            decode_steps=counts["decode_steps"],
+            tokens=sum(len(r.tokens) for r in rows.values()),
         )
         return self._rollout(prompts, rows, n, T)
 
-    def _rollout(self, prompts, rows, n: int, T: int) -> Rollout:
-        B = len(rows)
+    def _track_peak(self, scheds, counts) -> None:
+        """Pages in use over this host's shards, and the token positions they hold, at their peak (read
+        after a burst's pages are secured: the most the pool holds)."""
+        used = sum(s.pool.used for s in scheds)
+        if used > counts["peak_pages"]:
+            counts["peak_pages"], counts["live_at_peak"] = used, sum(s.live_tokens() for s in scheds)
+
+    def _run_prefill(self, weights, target, sp, J, base_key, jobs, ids):
+        G, C, n = self.local_shards, self.chunk, sp.n
+        tokens = np.full((G, C), self.pad_id, np.int32)
+        start, q_len, prompt, copy_src = (np.zeros(G, np.int32) for _ in range(4))
+        pages = np.zeros((G, J), np.int32)
+        copy_dst = np.zeros((G, n - 1), np.int32)
+        for g, job in enumerate(jobs):
+            if job is None:
+                continue
+            tokens[g, : len(job.tokens)] = job.tokens
+            start[g], q_len[g], prompt[g], copy_src[g] = job.start, len(job.tokens), ids[g][job.prompt], job.copy_src
+            pages[g, : len(job.pages)] = job.pages
+            copy_dst[g, : len(job.copy_dst)] = job.copy_dst
+        program = self._program("prefill", target, sp, J)
+        glob = self.to_global
+        self.pool, *firsts = program(
+            weights, self.pool, base_key, *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_src, copy_dst))
+        )
+        return [self.local_rows(x) for x in firsts]
+
+    def _run_decode(self, weights, target, sp, Jd, base_key, djobs, ids, scheds) -> int:
+        """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
+        G, S = self.local_shards, self.num_slots
+        names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
+        arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
+        pages = np.zeros((G, S, Jd), np.int32)
+        for g, job in enumerate(djobs):
+            if job is None:
+                continue
+            for k in names:
+                arrays[k][g] = getattr(job, k)
+            arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
+            pages[g] = job.pages_SxJ[:, :Jd]
+        program = self._program("decode", target, sp, Jd)
+        glob = self.to_global
+        self.pool, *outs = program(weights, self.pool, base_key, *(glob(arrays[k]) for k in names), glob(pages))
+        tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
+        for g, job in enumerate(djobs):
+            if job is not None:
+                scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
+        return int(valid.sum())
+
+    def _rollout(self, prompts, rows: dict, n: int, T: int) -> Rollout:
+        """The host's rows (padded to its batch shards with empty rows, dropped again on one host) as global
+        batch-sharded arrays."""
+        B = len(prompts) * n
+        Bp = -(-B // self.local_shards) * self.local_shards if B else 0
+        if jax.process_count() > 1 and Bp != B:
+            raise ValueError(
+                f"multi-host generation needs this host's {B} rows to be a multiple of its {self.local_shards} batch shards"
+            )
         P = next_pow2(max((len(p) for p in prompts), default=1), self.min_prompt_bucket)
-        prompt_tokens = np.full((B, P), self.pad_id, np.int32)
-        prompt_valid = np.zeros((B, P), bool)
-        tokens = np.zeros((B, T), np.int32)
-        valid = np.zeros((B, T), bool)
-        q_logp = np.zeros((B, T), np.float32)
-        p_logp = np.zeros((B, T), np.float32)
-        for b, row in enumerate(rows):
-            p = prompts[row.prompt]
+        prompt_tokens = np.full((Bp, P), self.pad_id, np.int32)
+        prompt_valid = np.zeros((Bp, P), bool)
+        tokens = np.zeros((Bp, T), np.int32)
+        valid = np.zeros((Bp, T), bool)
+        q_logp = np.zeros((Bp, T), np.float32)
+        p_logp = np.zeros((Bp, T), np.float32)
+        stopped = np.zeros(Bp, bool)
+        for b in range(Bp):
+            p = prompts[min(b, B - 1) // n]
             prompt_tokens[b, P - len(p) :] = p
             prompt_valid[b, P - len(p) :] = True
+            row = rows.get(b)
+            if row is None:
+                continue
             m = len(row.tokens)
             tokens[b, :m], valid[b, :m] = row.tokens, True
             q_logp[b, :m], p_logp[b, :m] = row.q_logp, row.p_logp
+            stopped[b] = row.stopped
         lengths = valid.sum(-1).astype(np.int32)
-        stopped = np.array([row.stopped for row in rows], bool)
         index = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
         arrays = (prompt_tokens, prompt_valid, tokens, valid, q_logp, p_logp, lengths, stopped)
-        return Rollout(*(jnp.asarray(x) for x in arrays), index)
+        if not B:
+            return Rollout(*(jnp.asarray(x) for x in arrays), index)
+        out = tuple(self.to_global(x) for x in arrays)
+        if Bp != B:
+            out = tuple(x[:B] for x in out)
+        return Rollout(*out, index)

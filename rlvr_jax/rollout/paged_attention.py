@@ -179,3 +179,61 @@ def ragged_paged_attention(
             vmem_limit_bytes=vmem_limit_bytes,
         )
     raise ValueError(f"paged attention impl {impl!r}: expected 'auto' or one of {IMPLEMENTATIONS}")
+
+
+def sharded_ragged_paged_attention(
+    q_GxTxHxD,
+    kv_pages_G,
+    kv_lens_GxB,
+    page_indices_GxBxJ,
+    cu_q_lens_GxB1,
+    num_seqs_Gx1,
+    *,
+    sm_scale: float = 1.0,
+    impl: str = "auto",
+    max_q_len: int | None = None,
+):
+    """`ragged_paged_attention` of G independent batch shards at once, each with its own pool of pages
+    `kv_pages_G` [G, A, page_size, 2K, D] and its own block tables (page numbers local to its pool). The
+    leading axis lies over the mesh's batch axes, so each shard's pages stay on its devices: under XLA the
+    shards are a vmap (a batched gather that SPMD keeps local); on TPU the kernel runs under shard_map,
+    each device on its shard's pool and its kv heads."""
+    if impl == "auto":
+        impl = "pallas" if platform() == "tpu" else "xla"
+    one = lambda q, kv, lens, pages, cu, n: ragged_paged_attention(
+        q, kv, lens, pages, cu, n, sm_scale=sm_scale, impl=impl, max_q_len=max_q_len
+    )
+    args = (q_GxTxHxD, kv_pages_G, kv_lens_GxB, page_indices_GxBxJ, cu_q_lens_GxB1, num_seqs_Gx1)
+    mesh = sharding.active_mesh()
+    if impl == "xla":
+        return jax.vmap(one)(*args)
+    if impl != "pallas":
+        raise ValueError(f"paged attention impl {impl!r}: expected 'auto' or one of {IMPLEMENTATIONS}")
+    if mesh is None:
+        return jax.lax.map(lambda a: one(*a), args)
+    G, T, H, _ = q_GxTxHxD.shape
+    K = kv_pages_G.shape[3] // 2
+    shards = sharding.logical_spec(("batch",), (G,), mesh)[0]
+    heads = sharding.logical_spec((None, "heads"), (T, H), mesh)[1]
+    kv_heads = sharding.logical_spec((None, "kv_heads"), (1, K), mesh)[1]
+    if heads != kv_heads:  # GQA with fewer kv heads than tensor shards: heads replicated
+        heads = kv_heads = None
+    P = jax.sharding.PartitionSpec
+    specs = (
+        P(shards, None, heads, None),
+        P(shards, None, None, kv_heads, None),
+        P(shards, None),
+        P(shards, None, None),
+        P(shards, None),
+        P(shards, None),
+    )
+
+    def local(q, kv, lens, pages, cu, n):  # this device's shards (one when G equals the batch shards)
+        run = lambda a: pallas_ragged_paged_attention(*a, sm_scale=sm_scale)
+        if q.shape[0] == 1:
+            return run((q[0], kv[0], lens[0], pages[0], cu[0], n[0]))[None]
+        return jax.lax.map(run, (q, kv, lens, pages, cu, n))
+
+    # inside shard_map no mesh is active: the kernel is called on local blocks, unpartitioned
+    with sharding.deactivate():
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*args)

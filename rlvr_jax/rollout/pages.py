@@ -194,6 +194,19 @@ class Scheduler:
         partial = prompt_len % self.pool.page_size != 0
         return self.pool.pages_for(prompt_len) + (self.n - 1) * partial
 
+    def live_tokens(self) -> int:
+        """Token positions whose keys and values the pool holds now, a shared page counted once (pages
+        secured for tokens not written yet hold none)."""
+        fill: dict[int, int] = {}
+        holders = [(r.pages, r.fed) for r in self._running() + list(self.ready)]
+        if self._prefill is not None:
+            holders.append((self._prefill["pages"], self._prefill["done"]))
+        ps = self.pool.page_size
+        for pages, fed in holders:
+            for k, page in enumerate(pages):
+                fill[page] = max(fill.get(page, 0), min(ps, max(0, fed - k * ps)))
+        return sum(fill.values())
+
     # ---- prefill -----------------------------------------------------------------------------------
     def next_prefill(self) -> PrefillJob | None:
         if self._prefill is None and not self._start_prefill():

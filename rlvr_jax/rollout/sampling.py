@@ -205,6 +205,29 @@ def device_memory_bytes() -> int:
     return int(psutil.virtual_memory().available // max(1, jax.local_device_count()))
 
 
+def batch_multiple(mesh) -> int:
+    """Rows this host must supply: its share of the data x fsdp batch shards."""
+    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    return max(1, shards // jax.process_count())
+
+
+def to_global(mesh, local: np.ndarray):
+    """Host-local rows -> one batch-sharded global array (each host supplies its own rows)."""
+    sh = sharding.batch_sharding(mesh, local.ndim)
+    if jax.process_count() == 1:
+        return jax.device_put(local, sh)
+    return jax.make_array_from_process_local_data(sh, local)
+
+
+def local_rows(mesh, x) -> np.ndarray:
+    """This host's rows of a batch-sharded global array, as numpy."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    spec = sharding.batch_sharding(mesh, x.ndim).spec
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
 class Sampler:
     """Generates from a sharded model. Keeps one compiled program per (rows, prompt bucket, sampling
     parameters) and counts compilations, so a training run can check it compiles a bounded number."""
@@ -232,25 +255,13 @@ class Sampler:
         self.last_compile_seconds = 0.0
 
     def _batch_multiple(self) -> int:
-        """Rows this host must supply: its share of the data x fsdp batch shards."""
-        sizes = dict(zip(self.mesh.axis_names, self.mesh.devices.shape))
-        shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
-        return max(1, shards // jax.process_count())
+        return batch_multiple(self.mesh)
 
     def to_global(self, local: np.ndarray):
-        """Host-local rows -> one batch-sharded global array (each host supplies its own rows)."""
-        sh = sharding.batch_sharding(self.mesh, local.ndim)
-        if jax.process_count() == 1:
-            return jax.device_put(local, sh)
-        return jax.make_array_from_process_local_data(sh, local)
+        return to_global(self.mesh, local)
 
     def local_rows(self, x) -> np.ndarray:
-        """This host's rows of a batch-sharded global array, as numpy."""
-        if x.is_fully_addressable:
-            return np.asarray(x)
-
-        spec = sharding.batch_sharding(self.mesh, x.ndim).spec
-        return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, spec))
+        return local_rows(self.mesh, x)
 
     def prepare(self, prompts: Sequence[Sequence[int]], n: int, pad_prompts_to: int = 0):
         """Left-pad prompts (each repeated n times) into bucketed host arrays; with `pad_prompts_to`, the
