@@ -9,6 +9,10 @@ Section contract: a module `tools/bench_<name>.py` with `run(quick: bool) -> lis
 everything else lower (or say `higher_is_better`). `ratio` is how many times better ours is than the
 peer (> 1: ours is better); `floor_fraction` how close ours is to the floor (1 = at the floor).
 
+Sections: generation (fixed-length decoding: the paged engine vs transformers and the static engine),
+rollout (long-tailed RL-shaped rollouts: the paged engine vs the static engine and transformers, and the KV
+pool's allocated over live tokens), verifiers, merge, train.
+
   python tools/bench.py [--quick] [--only generation] [--json bench.json]
 """
 
@@ -31,6 +35,7 @@ for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
 # section name -> module in tools/ with run(quick) -> rows; a missing module is skipped with a note.
 SECTIONS: dict[str, str] = {
     "generation": "bench_generation",
+    "rollout": "bench_rollout",
     "verifiers": "bench_verifiers",
     "merge": "bench_merge",
     "train": "bench_train",
