@@ -34,9 +34,15 @@ def test_generation_section_rows_are_finite():
     assert machine["mem_bandwidth_gb_s"] > 0 and machine["matmul_gflop_s"] > 0
     setup = bench_generation.Setup(TOY, batches=(2,), prompt_len=8, new_tokens=4, repeats=1)
     rows = [bench.finish(r, "generation", machine) for r in bench_generation.measure(setup)]
-    assert [r["figure"] for r in rows] == ["generate, batch 2", "decode matmuls alone, batch 2", "compile, batch 2"]
-    gen, ceiling, compile_row = rows
-    for row in (gen, ceiling):
+    assert [r["figure"] for r in rows] == [
+        "generate, batch 2",
+        "generate, batch 2, vs static engine",
+        "decode matmuls alone, batch 2",
+        "compile, batch 2",
+    ]
+    gen, static, ceiling, compile_row = rows
+    assert static["ours"] == gen["ours"] and static["floor"] == gen["floor"]
+    for row in (gen, static, ceiling):
         for key in ("ours", "peer", "ratio", "floor", "floor_fraction"):
             assert math.isfinite(row[key]) and row[key] > 0, key
     assert ceiling["peer"] == gen["peer"] and ceiling["floor"] == gen["floor"]

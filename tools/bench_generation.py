@@ -1,5 +1,8 @@
-"""Generation section of tools/bench.py: our jitted sampler against `transformers` `generate` (torch
-CPU, fp32, the same random weights), sampling at temperature 1 with no stop tokens.
+"""Generation section of tools/bench.py: our paged rollout engine (rlvr_jax/rollout/engine.py) against
+`transformers` `generate` (torch CPU, fp32, the same random weights) and the static engine it replaced
+(tools/static_engine.py), sampling at temperature 1 with no stop tokens, every row the same fixed length
+(the long-tailed, RL-shaped workload is tools/bench_rollout.py's). Ours runs with one decode slot per row on
+a pool that holds every row whole (pages of 16 tokens), so all rows decode together as in a static batch.
 
 Rows follow bench.py's contract; the floor is given as bytes and FLOPs per generated token.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -20,7 +24,14 @@ from rlvr_jax import sharding
 from rlvr_jax.model import hf
 from rlvr_jax.model.decoder import ModelConfig, count_params
 from rlvr_jax.model.presets import PRESETS
+from rlvr_jax.rollout import engine as engine_lib
 from rlvr_jax.rollout import sampling
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+import static_engine  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,23 +78,69 @@ def work_per_token(cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: in
     return bytes_total / generated, flops_total / generated
 
 
+PAGE_SIZE = 16
+
+
 class Ours:
+    """The paged engine at fixed length: per batch size, an engine with one decode slot per row and a pool
+    that holds every row's prompt and new tokens (it never preempts)."""
+
     def __init__(self, directory: str, cfg: ModelConfig, new_tokens: int):
         self.mesh = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
-        _, graphdef, self.params = hf.load(directory, self.mesh)
-        self.sampler = sampling.Sampler(graphdef, cfg, self.mesh)
+        _, self.graphdef, self.params = hf.load(directory, self.mesh)
+        self.cfg = cfg
+        self.engines: dict[int, engine_lib.Engine] = {}
         self.sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=new_tokens)
 
+    def engine(self, prompts) -> engine_lib.Engine:
+        B, P = len(prompts), max(len(p) for p in prompts)
+        if B not in self.engines:
+            pages = B * -(-(P + self.sp.max_new_tokens) // PAGE_SIZE) + 1  # +1: the scratch page
+            self.engines[B] = engine_lib.Engine(
+                self.graphdef,
+                self.cfg,
+                self.mesh,
+                num_slots=B,
+                page_size=PAGE_SIZE,
+                num_pages=pages,
+                cache_dtype="float32",
+            )
+        return self.engines[B]
+
     def compile(self, prompts) -> float:
-        """Seconds to compile for this batch shape (the run that compiles is not timed)."""
-        jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp))
+        """Seconds the warm-up call spent compiling (that call is not timed; without the engine's count,
+        the whole warm-up call)."""
+        eng = self.engine(prompts)
+        t0 = time.perf_counter()
+        jax.block_until_ready(eng.generate(self.params, prompts, self.sp).lengths)
+        return getattr(eng, "last_compile_seconds", time.perf_counter() - t0)
+
+    def run(self, prompts) -> float:
+        eng = self.engine(prompts)
+        compiled = eng.num_compilations
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(eng.generate(self.params, prompts, self.sp).lengths)
+        seconds = time.perf_counter() - t0
+        assert int(np.asarray(out).min()) == self.sp.max_new_tokens and eng.num_compilations == compiled
+        return seconds
+
+
+class Static:
+    """The static engine the paged one replaced (tools/static_engine.py): one program per batch shape."""
+
+    def __init__(self, ours: Ours):
+        self.params, self.sp = ours.params, ours.sp
+        self.sampler = static_engine.Sampler(ours.graphdef, ours.cfg, ours.mesh)
+
+    def compile(self, prompts) -> float:
+        jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp).lengths)
         return self.sampler.last_compile_seconds
 
     def run(self, prompts) -> float:
         t0 = time.perf_counter()
-        out = jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp))
+        out = jax.block_until_ready(self.sampler.generate(self.params, prompts, self.sp).lengths)
         seconds = time.perf_counter() - t0
-        assert int(np.asarray(out.lengths).min()) == self.sp.max_new_tokens
+        assert int(np.asarray(out).min()) == self.sp.max_new_tokens
         return seconds
 
 
@@ -187,14 +244,17 @@ def measure(setup: Setup, seed: int = 0) -> list[dict]:
     with tempfile.TemporaryDirectory() as directory:
         save_random_hf_model(setup.cfg, directory, seed)
         ours, peer = Ours(directory, setup.cfg, setup.new_tokens), Peer(directory, setup.new_tokens)
+        static = Static(ours)
         for batch in setup.batches:
             prompts = rng.integers(1, setup.cfg.vocab_size, (batch, setup.prompt_len)).tolist()
             compile_s = ours.compile(prompts)
+            static.compile(prompts)
             threads = peer.pick_threads(prompts)
-            ours_s, peer_s = [], []
-            for _ in range(setup.repeats):  # interleaved, so both see the same load
+            ours_s, peer_s, static_s = [], [], []
+            for _ in range(setup.repeats):  # interleaved, so all see the same load
                 ours_s.append(ours.run(prompts))
                 peer_s.append(peer.run(prompts))
+                static_s.append(static.run(prompts))
             generated = batch * setup.new_tokens
             floor_bytes, floor_flops = work_per_token(setup.cfg, batch, setup.prompt_len, setup.new_tokens)
             shape = (
@@ -209,9 +269,22 @@ def measure(setup: Setup, seed: int = 0) -> list[dict]:
                     peer=generated / statistics.median(peer_s),
                     floor_bytes=floor_bytes,
                     floor_flops=floor_flops,
-                    note=f"{shape}; fp32, T=1; ours: 1 CPU device, prefill included; peer: transformers generate, "
-                    f"torch {threads} thread(s); median of {setup.repeats}",
+                    note=f"{shape}; fp32, T=1; ours: paged engine, {batch} slots, 1 device, prefill included; "
+                    f"peer: transformers generate, torch {threads} thread(s); median of {setup.repeats}",
                     samples={"ours_s": ours_s, "peer_s": peer_s},
+                )
+            )
+            rows.append(
+                dict(
+                    figure=f"generate, batch {batch}, vs static engine",
+                    unit="tok/s",
+                    ours=generated / statistics.median(ours_s),
+                    peer=generated / statistics.median(static_s),
+                    floor_bytes=floor_bytes,
+                    floor_flops=floor_flops,
+                    note="the same runs; peer: the static engine the paged one replaced (tools/static_engine.py: "
+                    "one program, prefill + while-loop decode over a [B, P + T] cache), the same weights on 1 device",
+                    samples={"ours_s": ours_s, "peer_s": static_s},
                 )
             )
             ceiling = matmul_ceiling(ours.params, setup.cfg, batch, setup.new_tokens, setup.repeats)
@@ -233,7 +306,7 @@ def measure(setup: Setup, seed: int = 0) -> list[dict]:
                     unit="s",
                     ours=compile_s,
                     peer=None,
-                    note="prefill + decode loop, one program; not in the tok/s above",
+                    note="the paged engine's prefill and decode programs (its warm-up call); not in the tok/s above",
                 )
             )
     return rows

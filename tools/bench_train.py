@@ -182,7 +182,8 @@ def _phase_rows(quick: bool) -> list[dict]:
     from rlvr_jax.model import build
     from rlvr_jax.rl import grpo, optim, train
     from rlvr_jax.rl import update as rl_step
-    from rlvr_jax.rollout.sampling import Sampler, SamplingParams, next_pow2
+    from rlvr_jax.rollout.engine import Engine
+    from rlvr_jax.rollout.sampling import SamplingParams, next_pow2
     from rlvr_jax.verifiers import VerifierConfig
     from rlvr_jax.verifiers.pool import VerifierPool
 
@@ -197,7 +198,12 @@ def _phase_rows(quick: bool) -> list[dict]:
     by_domain, _ = build_prompts(records, tok, pc)
     mix = PromptMixture(by_domain, batch_size=ro.prompts_per_step, seed=0)
     bucket = next_pow2(max(len(it["prompt_ids"]) for v in by_domain.values() for it in v), 16)
-    sampler = Sampler(graphdef, cfg, mesh, pad_id=tok.pad_id, min_prompt_bucket=bucket)
+    if hasattr(train, "make_engine"):  # the trainer's own engine, as the rollout config describes it
+        sampler = train.make_engine(ro, graphdef, cfg, mesh, tok.pad_id, min_prompt_bucket=bucket)
+    else:  # the defaults, on a pool sized to hold every row whole (the default fraction of RAM is too much)
+        rows_total = min(64, ro.prompts_per_step * ro.samples_per_prompt)
+        pages = rows_total * -(-(bucket + ro.max_new_tokens) // 16) + 1
+        sampler = Engine(graphdef, cfg, mesh, num_pages=pages, pad_id=tok.pad_id, min_prompt_bucket=bucket)
     sp = SamplingParams(
         temperature=1.0, max_new_tokens=ro.max_new_tokens, n=ro.samples_per_prompt, stop_token_ids=tok.eos_ids
     )
@@ -257,14 +263,20 @@ def _phase_rows(quick: bool) -> list[dict]:
             "ours": 1e3 * float(np.median(v)),
             "peer": None,
             "unit": "ms",
-            "note": _PHASE_NOTES[k] + "; random-init model, each phase blocked on",
+            "note": _PHASE_NOTES[k]
+            + (
+                f" ({sampler.num_slots} slots, pages of {sampler.page_size}, pool {sampler.num_pages - 1} pages)"
+                if k == "rollout"
+                else ""
+            )
+            + "; random-init model, each phase blocked on",
         }
         for k, v in times.items()
     ]
 
 
 _PHASE_NOTES = {
-    "rollout": "prefill + decode of every row",
+    "rollout": "paged engine, prefill + decode of every row",
     "verify": "verifier pool, 2 workers (an untrained model writes little code to run)",
     "logprobs": "teacher-forced pass, skipped at the default (one update per rollout); runs for "
     "updates_per_rollout > 1, a KL reference or MT-OPD teachers",
