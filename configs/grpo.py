@@ -59,10 +59,18 @@ def get_config(arg: str = ""):
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
-    c.rollout.cache_dtype = "float32" if tiny else "bfloat16"
-    # Rows one rollout program holds (0 = the whole step); more run in chunks of whole prompts. Pod: the static
-    # KV cache of 2,048 rows x 34,816 slots needs 285 GiB per v5p chip; 256 rows fit (rlvr-plan).
-    c.rollout.rows_per_chunk = 0 if tiny else 256
+    # The paged rollout engine (rollout/engine.py): a pool of KV pages per batch shard, decode slots refilled
+    # as rows finish (continuous batching), a prompt's samples sharing its prompt pages.
+    c.rollout.cache_dtype = "float32" if tiny else "bfloat16"  # the KV pool's dtype
+    c.rollout.weights_dtype = "" if tiny else "bfloat16"  # the weights' dtype while sampling; "" = as trained
+    c.rollout.num_slots = 128 if tiny else 64  # rows decoded at once per batch shard; tiny: the whole step
+    c.rollout.page_size = 16 if tiny else 64  # tokens per KV page
+    # Pages per batch shard's pool (0 = memory_fraction of a device's memory). Tiny: 2,048 pages of 32 KiB
+    # (64 MiB) hold 256 rows of 64 prompt + 64 new tokens without sharing a page.
+    c.rollout.num_pages = 2048 if tiny else 0
+    c.rollout.memory_fraction = 0.5  # of a device's memory for the pool, when num_pages is 0
+    c.rollout.prefill_chunk = 128 if tiny else 512  # prompt tokens per prefill program call
+    c.rollout.decode_burst = 8  # decode steps per program call (the host refills slots between bursts)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.advantage = "grpo"  # grpo | drgrpo | rloo

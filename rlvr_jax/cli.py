@@ -30,6 +30,40 @@ def flag_error(error: BaseException) -> str:
     return str(found if found is not None else error)
 
 
+# Config fields that are gone, and what took their place: an override or a config file naming one is told so.
+RETIRED_FIELDS = {
+    "rollout.rows_per_chunk": "retired with the static KV cache: the paged rollout engine's work per batch shard "
+    "is set by rollout.num_slots and its memory by rollout.num_pages / rollout.memory_fraction",
+}
+
+
+def retired_field(path: str) -> str | None:
+    """What replaced a config field path (e.g. 'base.rollout.rows_per_chunk'), if it is a retired one."""
+    return next((why for old, why in RETIRED_FIELDS.items() if path == old or path.endswith("." + old)), None)
+
+
+def unknown_override(argv: list[str], error: BaseException) -> str | None:
+    """The message for an override naming a field the config does not have (ml-collections raises a bare
+    KeyError / AttributeError with the field's name), or None when no override names it."""
+    while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(...))
+        error = error.args[0]
+    first, _, hint = (str(error.args[0]) if error.args else "").partition("\n")  # hint: "Did you mean ...?"
+    field = first.strip("'\"\\")
+    for a in argv:
+        name = a.partition("=")[0]
+        if not name.startswith("--config."):
+            continue
+        path = name[len("--config.") :].replace('["', ".").replace('"]', "")
+        if field and field in path.split("."):
+            why = retired_field(path)
+            return (
+                f"{name}: the config has no field {path!r}"
+                + (f" ({why})" if why else "")
+                + (f"; {hint}" if hint else "")
+            )
+    return None
+
+
 def quote_keyword_fields(argv: list[str]) -> list[str]:
     """`--config.experts.if.path=X` as `--config.experts["if"].path=X`: ml-collections parses an override's
     field path as a Python expression, where the `if` domain is a keyword."""
@@ -71,6 +105,12 @@ def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str],
         fv([prog] + argv)
     except flags.Error as e:
         print(f"{prog}: error: {flag_error(e)}", file=sys.stderr)
+        return 2
+    except (AttributeError, KeyError) as e:
+        message = unknown_override(argv, e)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     if fv.config is None or not fv.workdir:
         print(f"{prog}: error: --config and --workdir are required (see --help)", file=sys.stderr)

@@ -158,6 +158,32 @@ def test_overrides_reach_an_in_process_command(monkeypatch):
     assert rc == 0 and got == [(7, "math", "w")]
 
 
+@pytest.mark.parametrize("field", ["rollout.rows_per_chunk", "train.stepz"])
+def test_an_override_of_a_missing_field_is_refused_by_name(field, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    ran = []
+    rc = cli.run_entry(
+        ["--config=configs/grpo.py:math,tiny", f"--config.{field}=8", "--workdir=w"],
+        prog="rlvr-train",
+        description="",
+        run=lambda c, w: ran.append(c),
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and not ran and "Traceback" not in err
+    assert err.startswith(f"rlvr-train: error: --config.{field}: the config has no field '{field}'"), err
+    if field == "rollout.rows_per_chunk":  # retired: the message names what replaced it
+        assert "rollout.num_slots" in err and "rollout.num_pages" in err
+
+
+def test_a_config_file_setting_a_retired_field_is_refused():
+    from rlvr_jax.rl import train
+
+    c = _load("grpo").get_config("math,tiny")
+    c.rollout.rows_per_chunk = 256  # as a config file written for the static sampler would
+    with pytest.raises(train.ConfigError, match="rollout.rows_per_chunk: retired .* rollout.num_slots"):
+        train.validate(c, 8)
+
+
 COMMANDS = [
     "rlvr_jax.rl.train",
     "rlvr_jax.rl.sft",

@@ -81,6 +81,25 @@ def test_json_fields_and_n_samples(hf_dir, capsys):
     assert t["compile_s"] > 0 and t["generation_s"] > 0 and t["tokens_per_s"] > 0
     assert t["generated_tokens"] == sum(len(s["tokens"]) for s in samples)
     assert out["sampling"]["stop_token_ids"] == [3, 1]  # <|im_end|> (chat end of turn) then EOS
+    # the KV pool sized to the request (--num-pages 0): 6 rows of at most 3 + 12 tokens, a page of 16 each
+    e = out["engine"]
+    assert e["pages"] == 6 and e["page_size"] == 16 and e["mib_per_device"] > 0
+    assert 1 <= e["peak_pages"] <= e["pages"] and e["preemptions"] == 0
+    assert 0 < e["slot_occupancy"] <= 1 and e["num_slots"] == 64 and e["compilations"] >= 3
+
+
+def test_engine_flags_a_small_pool_preempts_and_the_tokens_stay(hf_dir, capsys):
+    args = ("--checkpoint", hf_dir, "--prompt", "w1 w2 w3", "--prompt", "w7", "--n", "3", "--max-new-tokens", "12")
+    roomy = run_json(capsys, *args, "--page-size", "4")
+    tight = run_json(capsys, *args, "--page-size", "4", "--num-pages", "9", "--num-slots", "3", "--decode-burst", "2")
+    assert tight["engine"]["pages"] == 8 and tight["engine"]["num_slots"] == 3
+    assert tight["engine"]["preemptions"] > 0 and roomy["engine"]["preemptions"] == 0
+    assert [s["tokens"] for s in tight["samples"]] == [s["tokens"] for s in roomy["samples"]]
+
+
+def test_progress_bar_on_stderr(hf_dir, capsys):
+    assert generate.main(["--checkpoint", hf_dir, "--prompt", "w1", "--max-new-tokens", "4", "--progress"]) == 0
+    assert "rollout" in capsys.readouterr().err
 
 
 def test_seeded_runs_repeat_and_seeds_differ(hf_dir, capsys):
@@ -160,7 +179,7 @@ def test_text_output(hf_dir, capsys):
     assert "generated tokens/s" in captured.err
 
 
-@pytest.mark.parametrize("problem", ["missing_checkpoint", "missing_tokenizer", "bad_prompts_line"])
+@pytest.mark.parametrize("problem", ["missing_checkpoint", "missing_tokenizer", "bad_prompts_line", "pool_too_small"])
 def test_clear_errors_exit_2(problem, hf_dir, tmp_path, capsys):
     ckpt, extra = hf_dir, ["--prompt", "w1"]
     if problem == "missing_checkpoint":
@@ -168,6 +187,8 @@ def test_clear_errors_exit_2(problem, hf_dir, tmp_path, capsys):
     elif problem == "missing_tokenizer":
         save_hf_model("qwen3", tmp_path / "no_tok")
         ckpt = str(tmp_path / "no_tok")
+    elif problem == "pool_too_small":
+        extra = ["--prompt", "w1 w2 w3 w4 w5", "--page-size", "4", "--num-pages", "2"]
     else:
         bad = tmp_path / "p.jsonl"
         bad.write_text('{"prompt": "w1"}\n{"text": "w2"}\n')
@@ -180,5 +201,6 @@ def test_clear_errors_exit_2(problem, hf_dir, tmp_path, capsys):
         "missing_checkpoint": "no such checkpoint directory",
         "missing_tokenizer": "no tokenizer",
         "bad_prompts_line": "p.jsonl:2: expected an object",
+        "pool_too_small": "but the pool holds 1",
     }[problem]
     assert want in err

@@ -6,7 +6,8 @@ model and 8 prompts x 4 samples, on built-in records, random init (no SFT warm s
 (data, fsdp, tensor) = (2, 2, 2) mesh of the 8 fake CPU devices. A random-init model writes junk: with
 the `<think>` gate every reward is 0 and the step has no gradient, so these runs switch the gate off
 (`data.thinking=False`), where junk still satisfies some IF instructions; and they use seed 5, the
-first seed whose first rollout holds a group with unequal rewards (seeds 0-4 give none).
+first seed whose first rollout held a group with unequal rewards when it was chosen (with the static
+sampler; seeds 0-4 gave none), as the paged engine's first rollout at seed 5 does too.
 
 * `test_grpo_step`: step 1 of the loop's own parts (roll_out -> score in the verifier pool ->
   build_update_batch -> the jitted update): per-row rewards and lengths (exact), the gradient norm and
@@ -14,7 +15,7 @@ first seed whose first rollout holds a group with unequal rewards (seeds 0-4 giv
   rollout the ratio is 1 and the TIS weights are 1 up to rounding (the sampler's and the trainer's
   logprobs of the same tokens), so the loss is a group's zero-sum advantages summed, rounding noise.
   Every number of this step moves when a sampled token flips, which needs an fp32 difference in the
-  logits to carry a bound of the sampler's inverse CDF past the uniform drawn: a chance of order 1e-6
+  logits to carry a bound of the engine's inverse CDF past the uniform drawn: a chance of order 1e-6
   per token, 2,048 tokens here. If this test alone fails on a new machine, suspect that first.
 * `test_grpo_update_on_a_fixed_batch`: the same jitted update on seeded random ids, masks, rewards and
   sampler logprobs (scattered around the model's, so the TIS weights and the loss are not trivial),
@@ -42,8 +43,8 @@ from rlvr_jax.model import build
 from rlvr_jax.rl import grpo, optim
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl.sft import run_sft
-from rlvr_jax.rl.train import validate
-from rlvr_jax.rollout.sampling import Sampler, next_pow2
+from rlvr_jax.rl.train import make_engine, validate
+from rlvr_jax.rollout.sampling import next_pow2
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
 
@@ -58,6 +59,8 @@ def _config(mesh=MESH):
     c.model.overrides.intermediate_size = 128
     c.model.overrides.num_layers = 2
     c.rollout.prompts_per_step, c.rollout.samples_per_prompt = 8, 4  # 2 micro-batches of 16 rows
+    # 8 rows per batch shard, of at most 64 + 64 tokens (8 pages each); the tokens do not depend on these
+    c.rollout.num_slots, c.rollout.num_pages = 8, 80
     c.data.builtin_train_size = 40
     c.data.thinking = False
     c.verifier.workers = 2
@@ -89,14 +92,7 @@ def _build(c, pool):
     by_domain, prompt_counts = build_prompts(records, tokenizer, loading.prompt_config(c.data))
     mixture = PromptMixture(by_domain, batch_size=c.rollout.prompts_per_step, seed=c.seed)
     longest = max(len(it["prompt_ids"]) for items in by_domain.values() for it in items)
-    sampler = Sampler(
-        graphdef,
-        cfg,
-        mesh,
-        cache_dtype=c.rollout.cache_dtype,
-        pad_id=tokenizer.pad_id,
-        min_prompt_bucket=next_pow2(longest, 16),
-    )
+    engine = make_engine(c.rollout, graphdef, cfg, mesh, tokenizer.pad_id, min_prompt_bucket=next_pow2(longest, 16))
     settings, comps = rl_loop.build_components(
         c,
         sizes=sizes,
@@ -107,7 +103,7 @@ def _build(c, pool):
         opt_shardings=opt_shardings,
         mesh=mesh,
         cfg=cfg,
-        sampler=sampler,
+        engine=engine,
         pool=pool,
         tokenizer=tokenizer,
         mixture=mixture,
@@ -158,9 +154,13 @@ def _close(got: dict, want: dict) -> bool:
 
 # ------------------------------------------------------------------ one GRPO step
 
-STEP_REWARDS = {16: 1.0}  # row: reward; the other rows scored 0
-STEP_LENGTHS = [64, 64, 54, 64, 64, 4, 64, 64, 63] + [64] * 10 + [62] + [64] * 11 + [43]
-STEP = {"grad/global_norm": 0.11206802725791931, "update/computed_frac": 0.5}
+# Re-pinned 2026-12-05 when the paged engine replaced the static Sampler: its draws are keyed by (seed, prompt,
+# sample, position) where the Sampler's split one key per decode step, so other tokens are sampled (the same on
+# all four meshes below, the gradient norm to 7e-8). Were: rewards {16: 1.0}, lengths [64, 64, 54, 64, 64, 4, 64,
+# 64, 63] + [64] * 10 + [62] + [64] * 11 + [43], grad/global_norm 0.11206802725791931.
+STEP_REWARDS = {16: 1.0, 18: 1.0, 19: 1.0}  # row: reward; the other rows scored 0
+STEP_LENGTHS = [64] * 11 + [33, 64, 64, 31] + [64] * 7 + [8, 44] + [64] * 8
+STEP = {"grad/global_norm": 0.10942184180021286, "update/computed_frac": 0.5}
 STEP_LOSS_ATOL = 1e-6
 
 
@@ -200,7 +200,7 @@ def fixed_batch(run):
     micro-batch, all equal: it is skipped), and sampler logprobs scattered around the model's -log V."""
     c, tokenizer = run["config"], run["tokenizer"]
     V, pad = tokenizer.vocab_size, tokenizer.pad_id
-    P, T = run["comps"].sampler.min_prompt_bucket, c.rollout.max_new_tokens
+    P, T = run["comps"].engine.min_prompt_bucket, c.rollout.max_new_tokens
     rewards = np.asarray([1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 1, 0, 1, 1, 1, 1] + [0, 0, 0, 0] * 2 + [1] * 8, np.float32)
     B = len(rewards)
     rng = np.random.default_rng(0)
@@ -215,7 +215,7 @@ def fixed_batch(run):
         "loss_mask": loss_mask,
         "adv": (adv[:, None] * loss_mask).astype(np.float32),
     }
-    return {k: run["comps"].sampler.to_global(v) for k, v in batch.items()}
+    return {k: run["comps"].engine.to_global(v) for k, v in batch.items()}
 
 
 def test_grpo_update_on_a_fixed_batch(run):

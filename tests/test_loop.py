@@ -15,7 +15,7 @@ from rlvr_jax.rollout.sampling import Rollout, SamplingParams
 from rlvr_jax.verifiers import Score
 
 
-class _Sampler:
+class _Engine:
     """One host, no mesh: local rows are the arrays themselves."""
 
     local_rows = staticmethod(np.asarray)
@@ -67,7 +67,7 @@ def _settings(**kw):
 
 def _components(rewards):
     return rl_loop.Components(
-        sampler=_Sampler(),
+        engine=_Engine(),
         sampling=SamplingParams(n=2),
         pool=_Pool(rewards),
         tokenizer=_Tokenizer(),

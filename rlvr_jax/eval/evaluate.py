@@ -18,7 +18,9 @@ from rlvr_jax import sharding
 from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import PromptConfig, render_prompt
 from rlvr_jax.model import build
-from rlvr_jax.rollout.sampling import Sampler, SamplingParams
+from rlvr_jax.rollout import generate
+from rlvr_jax.rollout.engine import Engine
+from rlvr_jax.rollout.sampling import SamplingParams
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
 
@@ -36,7 +38,7 @@ def decode_completion(tokenizer, tokens, valid) -> str:
 
 
 def evaluate(
-    sampler: Sampler,
+    engine: Engine,
     params,
     tokenizer,
     records: list[dict],
@@ -73,7 +75,7 @@ def evaluate(
         chunk = records[start : start + batch_prompts]
         prompts = [tokenizer.encode(render_prompt(r, tokenizer, prompt_config)) for r in chunk]
         key = jax.random.fold_in(jax.random.key(seed), start)
-        out = sampler.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
+        out = engine.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
         toks, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
         if in_flight is not None:
             collect(*in_flight)
@@ -161,6 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--output", default="", help="write the JSON results here (default: stdout)")
+    p.add_argument("--batch-prompts", type=int, default=64, help="prompts per engine call")
+    generate.add_engine_args(p)
     args = p.parse_args(argv)
     mesh = sharding.make_mesh(sharding.MeshShape())
     try:
@@ -173,19 +177,27 @@ def main(argv=None) -> int:
     records = loading.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
     if args.items_per_domain:
         records = first_per_domain(records, args.items_per_domain)
-    sampler = Sampler(graphdef, cfg, mesh, pad_id=tokenizer.pad_id)
+    prompt_config = PromptConfig(thinking=args.thinking)
+    longest = max((len(tokenizer.encode(render_prompt(r, tokenizer, prompt_config))) for r in records), default=1)
+    need = generate.request_pages([longest] * args.batch_prompts, args.samples, args.max_new_tokens, args.page_size)
+    try:
+        engine = generate.engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
+    except ValueError as e:
+        print(f"rlvr-eval: error: {e}", file=sys.stderr)
+        return 2
     with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
         res = evaluate(
-            sampler,
+            engine,
             params,
             tokenizer,
             records,
             pool,
-            prompt_config=PromptConfig(thinking=args.thinking),
+            prompt_config=prompt_config,
             samples=args.samples,
             temperature=args.temperature,
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,
+            batch_prompts=args.batch_prompts,
         )
     res["checkpoint"] = args.checkpoint
     text = json.dumps(res, indent=1)

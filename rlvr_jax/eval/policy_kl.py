@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from rlvr_jax import sharding
-from rlvr_jax.rollout.sampling import Sampler, SamplingParams
+from rlvr_jax.rollout.engine import Engine
+from rlvr_jax.rollout.sampling import SamplingParams
 
 
 def kl_stats(expert_logp_BxT, other_logp_BxT, valid_BxT) -> dict:
@@ -43,7 +44,7 @@ def _pad_rows(x, multiple: int, fill):
 
 
 def policy_kl(
-    sampler: Sampler,
+    engine: Engine,
     logprob_fn,
     expert_params,
     others: Mapping[str, object],
@@ -54,14 +55,14 @@ def policy_kl(
 ) -> dict:
     """{name: kl_stats} of KL(expert || others[name]) on `prompts` (token ids), sampled with `sp` from
     the expert. `logprob_fn(params, batch)` is rl_step.make_logprob_fn at sp's temperature."""
-    mesh = sampler.mesh
+    mesh = engine.mesh
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)  # rows must split over the batch axes
     sh = sharding.batch_sharding(mesh, 2)
     parts = {name: [] for name in others}
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start : start + batch_prompts]
         key = jax.random.fold_in(jax.random.key(sp.seed), start)
-        ro = sampler.generate(expert_params, chunk, sp, key=key)
+        ro = engine.generate(expert_params, chunk, sp, key=key)
         valid = np.asarray(ro.completion_valid)
         rows = len(valid)
         # Padding rows are all-invalid: they add nothing to either sum.

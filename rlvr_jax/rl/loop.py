@@ -160,7 +160,7 @@ class StepSettings:
 class Components:
     """Everything a step uses besides the weights: built once by the entry point."""
 
-    sampler: Any  # rollout.sampling.Sampler
+    engine: Any  # rollout.engine.Engine
     sampling: SamplingParams
     pool: Any  # verifiers.VerifierPool
     tokenizer: Any
@@ -179,7 +179,7 @@ def build_components(
     config, *, sizes, graphdef, params, optimizer, param_shardings, opt_shardings, mesh, cfg, **parts
 ) -> tuple[StepSettings, Components]:
     """The step settings and the components of a run: the jitted update, the logprob pass and the
-    reference / teacher weights it needs. `parts`: sampler, pool, tokenizer, mixture, ckpt, writer,
+    reference / teacher weights it needs. `parts`: engine, pool, tokenizer, mixture, ckpt, writer,
     checkpoint_meta, prompt_counts."""
     loss = loss_settings(config)
     s = StepSettings.from_config(config, sizes["num_micro"], loss)
@@ -232,12 +232,12 @@ def roll_out(c: Components, s: StepSettings, params, key):
     """Dispatch the step's generation: `draws` prompt batches x group_size samples. Returns
     (prompt items, rollout) without waiting for the device."""
     items = [it for _ in range(s.draws) for it in next(c.mixture)]
-    return items, c.sampler.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key)
+    return items, c.engine.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key)
 
 
 def score(c: Components, s: StepSettings, items, rollout) -> Scored:
     """Decode and score this host's rows in the verifier pool."""
-    local = c.sampler.local_rows  # each host reads, scores and shapes only its own rows
+    local = c.engine.local_rows  # each host reads, scores and shapes only its own rows
     comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
     records = [items[i]["record"] for i in rollout.prompt_index]
     texts = [decode_completion(c.tokenizer, t, v) for t, v in zip(comp, valid)]
@@ -260,7 +260,7 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
     """Shape the rewards, choose the rows, compute advantages (GRPO groups or MT-OPD teachers) and the
     logprob passes the loss needs (reference, old policy). Host arrays are this host's rows; the batch
     is global."""
-    local, to_global = c.sampler.local_rows, c.sampler.to_global
+    local, to_global = c.engine.local_rows, c.engine.to_global
     shaped = sc.rewards_B.copy()
     if s.overlong_buffer > 0:
         shaped = shaped + np.asarray(
@@ -376,6 +376,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         host = _across_hosts(host)
         host["lr"] = s.lr_at(step - 1)
         host.update(times)
+        host.update(_rollout_metrics(c.engine))
         # Read once: a SIGTERM landing after this line is handled at the next step, never between a
         # save that did not see it and the exit below (which then left no checkpoint of this step).
         preempted = preempt.event.is_set()
@@ -419,6 +420,18 @@ def _load_teachers(spec: str, mesh, student_cfg) -> dict:
             raise ConfigError(f"teacher {path} has a different architecture than the student: {t_cfg} vs {student_cfg}")
         teachers[dom] = t_params
     return teachers
+
+
+def _rollout_metrics(engine) -> dict:
+    """How the step's generation used the engine (this host's): programs compiled so far in the run (a
+    bounded number), decode slots busy, the KV pool's peak use, sequences preempted for lack of pages."""
+    st = engine.stats
+    return {
+        "rollout/compilations": engine.num_compilations,
+        "rollout/slot_occupancy": st["slot_occupancy"],
+        "rollout/peak_pages_frac": st["peak_pages"] / max(1, st["pool_pages"]),
+        "rollout/preemptions": st["preemptions"],
+    }
 
 
 def _across_hosts(host: dict) -> dict:

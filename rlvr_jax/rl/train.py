@@ -24,7 +24,8 @@ from rlvr_jax.rl import grpo
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl.loop import ConfigError
 from rlvr_jax.rl.sft import run_sft
-from rlvr_jax.rollout.sampling import Sampler, next_pow2
+from rlvr_jax.rollout.engine import Engine
+from rlvr_jax.rollout.sampling import next_pow2
 from rlvr_jax.verifiers import VerifierConfig
 from rlvr_jax.verifiers.pool import VerifierPool
 
@@ -59,12 +60,34 @@ def validate(config, num_devices: int) -> dict:
         problems.append(f"grpo.advantage={g.advantage!r}: choose one of {sorted(grpo.ADVANTAGE_ESTIMATORS)}")
     if config.train.steps < 1:
         problems.append(f"train.steps={config.train.steps} must be >= 1")
+    for field in ro.keys():  # a config file of its own may still set a retired field
+        if why := cli.retired_field(f"rollout.{field}"):
+            problems.append(f"rollout.{field}: {why}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return {"rows": rows, "num_micro": rows // micro, "mesh": mesh_sizes}
 
 
-def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag):
+def make_engine(ro, graphdef, cfg, mesh, pad_id: int, min_prompt_bucket: int = 16) -> Engine:
+    """The rollout engine a `rollout` config section describes (configs/grpo.py)."""
+    return Engine(
+        graphdef,
+        cfg,
+        mesh,
+        num_slots=ro.num_slots,
+        page_size=ro.page_size,
+        num_pages=ro.num_pages,
+        memory_fraction=ro.memory_fraction,
+        prefill_chunk=ro.prefill_chunk,
+        decode_burst=ro.decode_burst,
+        cache_dtype=ro.cache_dtype or None,
+        weights_dtype=ro.weights_dtype or None,
+        pad_id=pad_id,
+        min_prompt_bucket=min_prompt_bucket,
+    )
+
+
+def _eval(config, engine, params, tokenizer, pool, prompt_config, domains, tag):
     e = config.eval
     if e.items_per_domain <= 0:
         return None
@@ -77,7 +100,7 @@ def _eval(config, sampler, params, tokenizer, pool, prompt_config, domains, tag)
     )
     chosen = first_per_domain(records, e.items_per_domain)  # JSONL data may hold more
     res = evaluate(
-        sampler,
+        engine,
         params,
         tokenizer,
         chosen,
@@ -151,20 +174,10 @@ def run(config, workdir: str) -> dict:
         process_count=jax.process_count(),
     )
     longest = max(len(it["prompt_ids"]) for items in by_domain.values() for it in items)
-    # One prompt bucket for the whole run: the sampler and the update each compile exactly once.
+    # One prompt bucket for the whole run: the update compiles exactly once. The in-run evaluation samples
+    # with the same engine: one KV pool (its sampling parameters add their own programs).
     prompt_bucket = next_pow2(longest, 16)
-    sampler = Sampler(
-        graphdef,
-        cfg,
-        mesh,
-        cache_dtype=ro.cache_dtype,
-        pad_id=tokenizer.pad_id,
-        min_prompt_bucket=prompt_bucket,
-        max_rows=ro.rows_per_chunk,
-    )
-    eval_sampler = Sampler(
-        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, max_rows=ro.rows_per_chunk
-    )
+    engine = make_engine(ro, graphdef, cfg, mesh, tokenizer.pad_id, min_prompt_bucket=prompt_bucket)
 
     pool = VerifierPool(
         config.verifier.workers or None,
@@ -201,7 +214,7 @@ def run(config, workdir: str) -> dict:
                     seed=config.seed,
                     workdir=workdir,
                 )
-            eval_before = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "before RL")
+            eval_before = _eval(config, engine, params, tokenizer, pool, prompt_config, domains, "before RL")
             start = 0
             ckpt.save(
                 0,
@@ -230,7 +243,7 @@ def run(config, workdir: str) -> dict:
             opt_shardings=opt_shardings,
             mesh=mesh,
             cfg=cfg,
-            sampler=sampler,
+            engine=engine,
             pool=pool,
             tokenizer=tokenizer,
             mixture=mixture,
@@ -242,12 +255,12 @@ def run(config, workdir: str) -> dict:
         summary = rl_loop.loop(settings, components, params, opt_state, start=start, base_key=base_key)
         params = summary.pop("params")
         ckpt.wait()
-        eval_after = _eval(config, eval_sampler, params, tokenizer, pool, prompt_config, domains, "after RL")
+        eval_after = _eval(config, engine, params, tokenizer, pool, prompt_config, domains, "after RL")
     finally:
         pool.close()
         writer.close()
         ckpt.close()
-    summary.update(eval_before=eval_before, eval_after=eval_after, compilations={"sampler": sampler.num_compilations})
+    summary.update(eval_before=eval_before, eval_after=eval_after, compilations={"sampler": engine.num_compilations})
     if eval_before and eval_after:
         summary["table"] = _table(eval_before, eval_after, config.eval.samples)
         summary["gain"] = _gain(eval_before, eval_after)

@@ -1,5 +1,6 @@
 """`rlvr-generate`: sample completions from a checkpoint (Hugging Face directory or ours) with the
-rollout engine, printed as text or as JSON with tokens, logprobs, finish reasons and timing."""
+paged rollout engine, printed as text or as JSON with tokens, logprobs, finish reasons, timing and the
+engine's use of its KV pool."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 from rlvr_jax import checkpoint, sharding
 from rlvr_jax.model import hf, params_io
 from rlvr_jax.model.tokenizer import Tokenizer, load_tokenizer
-from rlvr_jax.rollout import sampling
+from rlvr_jax.rollout import pages, sampling
+from rlvr_jax.rollout.engine import Engine
 
 
 class UsageError(Exception):
@@ -25,9 +27,10 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-generate",
-        description="Generate completions with the jitted rollout engine. Stops at the tokenizer's EOS "
+        description="Generate completions with the paged rollout engine. Stops at the tokenizer's EOS "
         "tokens. With --json, prints one JSON object: every sample's tokens, logprobs (of the "
-        "distribution sampled from), text and finish reason, and a timing object.",
+        "distribution sampled from), text and finish reason, a timing object, and an engine object "
+        "(KV pool pages and MiB, peak pages used, mean slot occupancy, preemptions).",
         epilog="example: rlvr-generate --checkpoint ~/models/Qwen3-0.6B --chat --prompt 'What is 2+2?' --n 2",
     )
     p.add_argument("--checkpoint", required=True, help="Hugging Face directory or rlvr_jax Orbax checkpoint")
@@ -52,10 +55,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print JSON (samples + timing) instead of text")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (samples, timing, the engine's KV pool use) instead of text"
+    )
     p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes of the local mesh (-1 = the rest)")
-    p.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV cache dtype")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar of generated tokens on stderr (default: when stderr is a terminal)",
+    )
+    add_engine_args(p)
     return p
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The rollout engine's flags (rlvr-generate, rlvr-eval); the trainer reads them from `rollout.*`."""
+    g = p.add_argument_group("rollout engine", "a paged KV pool; decode slots refilled as rows finish")
+    g.add_argument("--num-slots", type=int, default=64, help="rows decoded side by side (per batch shard)")
+    g.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    g.add_argument(
+        "--num-pages",
+        type=int,
+        default=0,
+        help="pages of the KV pool (per batch shard); 0 = as many as the request could use at once, "
+        "at most --memory-fraction of a device's memory (a smaller pool preempts and recomputes rows)",
+    )
+    g.add_argument("--memory-fraction", type=float, default=0.5, help="of a device's memory, for --num-pages 0")
+    g.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens per prefill program call")
+    g.add_argument("--decode-burst", type=int, default=8, help="decode steps per program call")
+    g.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV pool dtype")
+    g.add_argument(
+        "--weights-dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="weights while sampling (default: as stored)",
+    )
+
+
+def request_pages(prompt_lens, n: int, max_new_tokens: int, page_size: int) -> int:
+    """Pages that hold every row of a request at once, none sharing its prompt's pages, and the scratch page."""
+    return 1 + n * sum(pages.cdiv(L + max_new_tokens, page_size) for L in prompt_lens)
+
+
+def engine_from_args(args, graphdef, cfg, mesh, pad_id: int, need_pages: int) -> Engine:
+    """The engine the flags of `add_engine_args` describe. With --num-pages 0 the pool is the smaller of
+    `need_pages` (see request_pages) and --memory-fraction of a device's memory."""
+
+    def make(num_pages: int) -> Engine:
+        return Engine(
+            graphdef,
+            cfg,
+            mesh,
+            num_slots=args.num_slots,
+            page_size=args.page_size,
+            num_pages=num_pages,
+            memory_fraction=args.memory_fraction,
+            prefill_chunk=args.prefill_chunk,
+            decode_burst=args.decode_burst,
+            cache_dtype=args.cache_dtype,
+            weights_dtype=args.weights_dtype,
+            pad_id=pad_id,
+        )
+
+    engine = make(args.num_pages)  # the pool is allocated by the first generate, not here
+    return make(need_pages) if not args.num_pages and need_pages < engine.num_pages else engine
 
 
 def read_prompts(args, tokenizer: Tokenizer) -> list[str]:
@@ -146,17 +210,19 @@ def run(args, timed: bool = True) -> dict:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sampler = sampling.Sampler(graphdef, cfg, mesh, cache_dtype=args.cache_dtype, pad_id=tokenizer.pad_id)
-    t0 = time.perf_counter()
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
-        rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
-    except MemoryError as e:
+        need = request_pages([len(ids) for ids in prompt_ids], args.n, args.max_new_tokens, args.page_size)
+        engine = engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
+        t0 = time.perf_counter()
+        rollout = jax.block_until_ready(engine.generate(params, prompt_ids, sp, progress=progress))
+    except (ValueError, MemoryError) as e:  # engine sizes, or a pool too small for a row
         raise UsageError(str(e)) from None
-    compile_s = sampler.last_compile_seconds
+    compile_s = engine.last_compile_seconds
     generation_s = time.perf_counter() - t0 - compile_s
     if timed:  # same seed, same samples: only the clock differs
         t0 = time.perf_counter()
-        rollout = jax.block_until_ready(sampler.generate(params, prompt_ids, sp))
+        rollout = jax.block_until_ready(engine.generate(params, prompt_ids, sp, progress=progress))
         generation_s = time.perf_counter() - t0
 
     tokens, lengths = np.asarray(rollout.completion_tokens), np.asarray(rollout.lengths)
@@ -185,6 +251,17 @@ def run(args, timed: bool = True) -> dict:
         "tokens_per_s": generated / generation_s if generation_s > 0 else float("nan"),
         "timed_run": timed,
     }
+    st = engine.stats
+    pool = {
+        "pages": st["pool_pages"],
+        "page_size": args.page_size,
+        "mib_per_device": st["pool_pages"] * engine.page_bytes / 2**20,
+        "peak_pages": st["peak_pages"],
+        "slot_occupancy": st["slot_occupancy"],
+        "num_slots": args.num_slots,
+        "preemptions": st["preemptions"],
+        "compilations": engine.num_compilations,
+    }
     return {
         "checkpoint": args.checkpoint,
         "devices": int(mesh.devices.size),
@@ -199,6 +276,7 @@ def run(args, timed: bool = True) -> dict:
         },
         "samples": samples,
         "timing": timing,
+        "engine": pool,
     }
 
 
@@ -209,10 +287,11 @@ def print_text(result: dict) -> None:
             f"{len(s['tokens'])} tokens)"
         )
         print(s["text"])
-    t = result["timing"]
+    t, e = result["timing"], result["engine"]
     print(
         f"compile {t['compile_s']:.2f} s, generation {t['generation_s']:.2f} s, "
-        f"{t['tokens_per_s']:.1f} generated tokens/s",
+        f"{t['tokens_per_s']:.1f} generated tokens/s; KV pool: peak {e['peak_pages']} of {e['pages']} pages, "
+        f"slots {e['slot_occupancy']:.0%} busy, {e['preemptions']} preemptions",
         file=sys.stderr,
     )
 

@@ -33,7 +33,7 @@ from rlvr_jax.merging import methods as merge
 from rlvr_jax.model import build, params_io
 from rlvr_jax.rl import sft, train
 from rlvr_jax.rl import update as rl_step
-from rlvr_jax.rollout.sampling import Sampler, SamplingParams
+from rlvr_jax.rollout.sampling import SamplingParams
 from rlvr_jax.study import report as experiment_report
 from rlvr_jax.study.layout import (
     anchor_path,
@@ -200,7 +200,7 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
     mesh = _mesh(config)
     tokenizer = build.load_tokenizer(config.base.tokenizer, anchor_path(config, workdir))
     records = eval_records(config)
-    sampler = None
+    engine = None
     pool = _pool(config)
     try:
         for name, m in runs_of(config, workdir).items():
@@ -209,18 +209,11 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
                 continue
             print(f"  eval {name} ({m['label']})", file=sys.stderr)
             cfg, graphdef, params = params_io.load_params_any(m["path"], mesh)
-            if sampler is None or sampler.cfg != cfg:  # one sampler: its compiled programs serve every model
-                sampler = Sampler(
-                    graphdef,
-                    cfg,
-                    mesh,
-                    cache_dtype=config.base.rollout.cache_dtype,
-                    pad_id=tokenizer.pad_id,
-                    max_rows=config.base.rollout.rows_per_chunk,
-                )
+            if engine is None or engine.cfg != cfg:  # one engine: its pool and programs serve every model
+                engine = train.make_engine(config.base.rollout, graphdef, cfg, mesh, tokenizer.pad_id)
             t0 = time.perf_counter()
             res = evaluate(
-                sampler,
+                engine,
                 params,
                 tokenizer,
                 records,
@@ -283,10 +276,7 @@ def _policy_kl(config, workdir: str, models: dict, params: dict, mesh, cfg, grap
     for r in loading.load_records(config.eval.data, "eval", tuple(domains_of(config))):
         if len(by_dom[r["domain"]]) < a.kl_prompts_per_domain:
             by_dom[r["domain"]].append(tokenizer.encode(render_prompt(r, tokenizer, pc)))
-    ro = config.base.rollout
-    sampler = Sampler(
-        graphdef, cfg, mesh, cache_dtype=ro.cache_dtype, pad_id=tokenizer.pad_id, max_rows=ro.rows_per_chunk
-    )
+    engine = train.make_engine(config.base.rollout, graphdef, cfg, mesh, tokenizer.pad_id)
     logprob_fn = rl_step.make_logprob_fn(graphdef, mesh, 1.0)
     sp = SamplingParams(
         temperature=1.0,
@@ -299,7 +289,7 @@ def _policy_kl(config, workdir: str, models: dict, params: dict, mesh, cfg, grap
     for e in [n for n, m in models.items() if m["kind"] == "expert"]:
         for dom in domains_of(config):
             res = policy_kl(
-                sampler,
+                engine,
                 logprob_fn,
                 params[e],
                 {o: params[o] for o in others},
