@@ -20,18 +20,19 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from absl import flags
-from flax import nnx
 from ml_collections import config_flags
 
 from rlvr_jax import sharding
 from rlvr_jax.merging import methods as merge_methods
 from rlvr_jax.merging.tensorwise import jitted
 from rlvr_jax.model import build
-from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, model_shardings
+from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl import update as rl_update
 from rlvr_jax.rl.sft import make_sft_step
-from rlvr_jax.rollout.sampling import sample_step
+from rlvr_jax.rollout import pages as pg
+from rlvr_jax.rollout.engine import Engine
+from rlvr_jax.rollout.sampling import SamplingParams
 
 GiB = 2**30
 
@@ -123,7 +124,8 @@ class Shapes:
     """The shapes a run's stages compile for, destructured from a run config."""
 
     rows: int  # rollout rows per step: prompts x samples
-    rollout_rows: int  # rows one rollout program holds (rows, or a chunk of them)
+    prompts: int  # prompts per step (each prefilled once, its samples share its pages)
+    samples: int
     prompt_len: int
     response_len: int  # max new tokens
     micro_rows: int  # rows per update micro-batch
@@ -132,6 +134,13 @@ class Shapes:
     steps: int
     mean_response_len: int  # for the projected time
     cache_dtype: str
+    weights_dtype: str  # the decode weights' ("" = as trained)
+    num_slots: int  # decode slots per batch shard
+    page_size: int
+    num_pages: int  # per batch shard's pool; 0 = memory_fraction of what a chip has left
+    memory_fraction: float
+    prefill_chunk: int
+    decode_burst: int
     temperature: float
     needs_logprob_pass: bool  # old policy (several updates per rollout), reference or teachers
 
@@ -140,10 +149,10 @@ def shapes_of(config, mean_response_len: int) -> Shapes:
     ro, g = config.rollout, config.grpo
     rows = ro.prompts_per_step * ro.samples_per_prompt
     micro = g.micro_batch_size or rows
-    chunk = ro.rows_per_chunk or rows
     return Shapes(
         rows=rows,
-        rollout_rows=min(chunk, rows),
+        prompts=ro.prompts_per_step,
+        samples=ro.samples_per_prompt,
         prompt_len=config.data.max_prompt_tokens,
         response_len=ro.max_new_tokens,
         micro_rows=micro,
@@ -152,6 +161,13 @@ def shapes_of(config, mean_response_len: int) -> Shapes:
         steps=config.train.steps,
         mean_response_len=mean_response_len or ro.max_new_tokens,
         cache_dtype=ro.cache_dtype,
+        weights_dtype=ro.weights_dtype,
+        num_slots=ro.num_slots,
+        page_size=ro.page_size,
+        num_pages=ro.num_pages,
+        memory_fraction=ro.memory_fraction,
+        prefill_chunk=ro.prefill_chunk,
+        decode_burst=ro.decode_burst,
         temperature=ro.temperature if ro.temperature > 0 else 1.0,
         needs_logprob_pass=g.updates_per_rollout > 1 or g.kl_coef > 0 or bool(config.opd.teachers),
     )
@@ -170,6 +186,7 @@ class StageReport:
     compile_s: float
     runs_per_step: float = 0.0  # how many times one RL step runs this program (for the projection)
     error: str = ""
+    note: str = ""
 
 
 def _spec_bytes(abstract_tree) -> int:
@@ -214,8 +231,12 @@ def _oom_bytes(message: str) -> tuple[float, bool] | None:
     return None
 
 
-def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, parts: dict, runs_per_step=0.0):
-    """Lower and compile `fn(*args)` (args are ShapeDtypeStructs with shardings) and read its costs."""
+def compile_stage(
+    name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, parts: dict, runs_per_step=0.0, resident: int = 0
+):
+    """Lower and compile `fn(*args)` (args are ShapeDtypeStructs with shardings) and read its costs.
+    `resident`: bytes per chip held beside the program and not among its arguments (the trainer's state
+    while the rollout runs)."""
     t0 = time.perf_counter()
     try:
         with sharding.activate(mesh):
@@ -227,7 +248,7 @@ def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, pa
             raise
         need, temporaries_only = oom
         held = sum(parts.values())
-        temp = int(need) if temporaries_only else max(0, int(need) - held)
+        temp = int(need) if temporaries_only else max(0, int(need) + resident - held)
         return StageReport(
             name,
             tokens,
@@ -246,6 +267,7 @@ def compile_stage(name, fn: Callable, args, *, chip: Chip, mesh, tokens: int, pa
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    total += resident
     flops = float(cost.get("flops", 0.0))
     accessed = float(cost.get("bytes accessed", 0.0))
     coll = collective_bytes(compiled.as_text())
@@ -269,69 +291,88 @@ def _model_parts(cfg: ModelConfig, mesh):
     return graphdef, jax.tree_util.tree_map(lambda a, s: _abstract(a.shape, a.dtype, s), abstract, shardings), shardings
 
 
-def _kv_cache(cfg: ModelConfig, mesh, rows: int, slots: int, dtype):
-    shapes = jax.eval_shape(lambda: KVCache.zeros(cfg, rows, slots, dtype))
-    out = []
-    for part, axes in zip(shapes, KV_CACHE_LOGICAL_AXES):
-        sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(axes, part[0].shape, dict(mesh.shape)))
-        out.append(tuple(_abstract(x.shape, x.dtype, sh) for x in part))
-    return KVCache(*out)
+def trainer_state_bytes(config, params, param_shardings, mesh) -> tuple[int, int]:
+    """(params, optimizer state) bytes per chip of the trainer's layout."""
+    optimizer = rl_loop.run_optimizer(config)
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_shardings = sharding.like_params_shardings(abstract_opt, param_shardings, mesh)
+    opt = jax.tree_util.tree_map(lambda a, sh: _abstract(a.shape, a.dtype, sh), abstract_opt, opt_shardings)
+    return _spec_bytes(params), _spec_bytes(opt)
 
 
-def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip):
-    """The engine's prefill over a chunk of rows, and one decode step of that chunk (KV cache donated)."""
-    B, P, T = s.rollout_rows, s.prompt_len, s.response_len
-    S = P + T
-    cache = _kv_cache(cfg, mesh, B, S, jnp.dtype(s.cache_dtype))
-    kv_bytes = _spec_bytes(cache)
-    param_bytes = _spec_bytes(params)
-
-    def prefill(params, tokens_BxP, valid_BxP, cache):
-        model = nnx.merge(graphdef, params)
-        cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(valid_BxP)
-        positions = jnp.maximum(jnp.cumsum(valid_BxP, axis=-1) - 1, 0)
-        logits, cache = model(tokens_BxP, positions, valid_BxP, cache, 0, cache_valid, logits_from=P - 1)
-        return logits[:, -1], cache
-
-    def decode(params, token_B, position_B, cache, cache_valid_BxS, slot, key):
-        model = nnx.merge(graphdef, params)
-        logits, cache = model(
-            token_B[:, None], position_B[:, None], jnp.ones((B, 1), bool), cache, slot, cache_valid_BxS
-        )
-        token, _, _ = sample_step(key, logits[:, 0], s.temperature, 0, 1.0)
-        return token, cache
-
-    rep = sharding.replicated(mesh)
-    parts = {"params": param_bytes, "optimizer": 0, "kv": kv_bytes}
-    runs = s.rows / B
-    yield compile_stage(
-        "rollout/prefill",
-        jax.jit(prefill, donate_argnums=(3,)),
-        (params, _batch(mesh, (B, P), jnp.int32), _batch(mesh, (B, P), jnp.bool_), cache),
-        chip=chip,
-        mesh=mesh,
-        tokens=B * P,
-        parts=parts,
-        runs_per_step=runs,
+def rollout_engine(cfg, graphdef, mesh, s: Shapes, chip: Chip, resident: int) -> Engine:
+    """The paged engine the config names; a pool of num_pages=0 takes memory_fraction of the HBM a chip has
+    left beside the trainer's state (`resident`) and the decode weights."""
+    make = lambda pages: Engine(
+        graphdef,
+        cfg,
+        mesh,
+        num_slots=s.num_slots,
+        page_size=s.page_size,
+        num_pages=pages,
+        prefill_chunk=s.prefill_chunk,
+        decode_burst=s.decode_burst,
+        cache_dtype=s.cache_dtype,
+        weights_dtype=s.weights_dtype or None,
     )
-    yield compile_stage(
-        "rollout/decode",
-        jax.jit(decode, donate_argnums=(3,)),
+    eng = make(max(2, s.num_pages))
+    if s.num_pages:
+        return eng
+    _, abstract, _ = model_shardings(cfg, mesh)
+    weights = _spec_bytes(eng._decode_abstract(abstract))
+    left = chip.hbm_bytes - resident - weights
+    return make(max(2, int(s.memory_fraction * left // eng.page_bytes)))
+
+
+def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip, trainer: tuple[int, int]):
+    """The paged engine's programs: the weights' reshard to the decode layout (once per rollout), a prefill
+    round (one chunk per batch shard) and a burst of decode steps over every slot, the pool donated; the
+    trainer's state (`trainer`: its params and optimizer bytes per chip) stays on the chips meanwhile."""
+    train_params, opt = trainer
+    eng = rollout_engine(cfg, graphdef, mesh, s, chip, train_params + opt)
+    G, S, C = eng.num_shards, eng.num_slots, eng.chunk
+    sp = SamplingParams(temperature=s.temperature, max_new_tokens=s.response_len, n=s.samples)
+    programs = eng.programs(params, sp, pg.cdiv(s.prompt_len + s.response_len, s.page_size))
+    weights = _spec_bytes(programs["prefill"][1][0])
+    pool = _spec_bytes(programs["prefill"][1][1])
+    log_pool = (
+        f"{eng.num_pages:,} pages of {s.page_size} tokens per batch shard "
+        f"({eng.num_pages * s.page_size:,} tokens, {pool / GiB:.1f} GiB per chip)"
+    )
+    stages = (
         (
-            params,
-            _batch(mesh, (B,), jnp.int32),
-            _batch(mesh, (B,), jnp.int32),
-            cache,
-            _batch(mesh, (B, S), jnp.bool_),
-            _abstract((), jnp.int32, rep),
-            jax.eval_shape(lambda: jax.random.key(0)),
+            "rollout/reshard weights for decoding",
+            "reshard",
+            0,
+            {"params": train_params, "optimizer": opt, "kv": 0},
+            1.0,
+            opt,
         ),
-        chip=chip,
-        mesh=mesh,
-        tokens=B,
-        parts=parts,
-        runs_per_step=runs * s.mean_response_len,
+        (
+            f"rollout/prefill ({G} shards x {C} tokens)",
+            "prefill",
+            G * C,
+            {"params": train_params + weights, "optimizer": opt, "kv": pool},
+            s.prompts * s.prompt_len / (G * C),
+            train_params + opt,
+        ),
+        (
+            f"rollout/decode ({G} shards x {S} slots x {eng.burst} steps)",
+            "decode",
+            G * S * eng.burst,
+            {"params": train_params + weights, "optimizer": opt, "kv": pool},
+            s.rows * s.mean_response_len / (G * S * eng.burst),
+            train_params + opt,
+        ),
     )
+    with jax.default_device(mesh.devices.flat[0]):  # the kernels' lowering reads the default device
+        for name, kind, tokens, parts, runs, held in stages:
+            fn, args = programs[kind]
+            report = compile_stage(
+                name, fn, args, chip=chip, mesh=mesh, tokens=tokens, parts=parts, runs_per_step=runs, resident=held
+            )
+            report.note = log_pool if kind != "reshard" else ""
+            yield report
 
 
 def _update_batch(mesh, B, P, T):
@@ -543,7 +584,9 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
     graphdef, params, param_shardings = _model_parts(cfg, mesh)
     stages = []
     groups = {
-        "rollout": lambda: rollout_stages(cfg, graphdef, params, mesh, s, chip),
+        "rollout": lambda: rollout_stages(
+            cfg, graphdef, params, mesh, s, chip, trainer_state_bytes(config, params, param_shardings, mesh)
+        ),
         "training": lambda: training_stages(config, cfg, mesh, s, chip),
         "merge": lambda: [merge_stage(params, mesh, chip)],
     }
@@ -579,7 +622,7 @@ def rl_loop_shape_problems(s: Shapes, mesh) -> list[str]:
     shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
     out = []
     for what, n in (
-        ("rollout rows per program", s.rollout_rows),
+        ("rollout rows per step", s.rows),
         ("update micro-batch rows", s.micro_rows),
         ("sft rows", s.sft_rows),
     ):
@@ -609,7 +652,11 @@ def advice(r: dict, report: dict) -> str:
     hbm, s = report["hbm_bytes_per_chip"], report["shapes"]
     shards = report["mesh"].get("data", 1) * report["mesh"].get("fsdp", 1)
     if r["name"].startswith("rollout"):
-        return "fewer rows per rollout program (rollout.rows_per_chunk), a bf16 KV cache, or more chips (mesh)"
+        return (
+            "a smaller KV pool (rollout.num_pages or rollout.memory_fraction), fewer decode slots or a smaller "
+            "rollout.prefill_chunk, bf16 weights and KV (rollout.weights_dtype, rollout.cache_dtype), or "
+            "mesh.tensor > 1 (the decode weights split over tensor)"
+        )
     if r["name"].startswith(("update", "logprob")):
         fit = rows_that_fit(r, s["micro_rows"], hbm, shards)
         whole = (
@@ -660,6 +707,8 @@ def table(report: dict) -> str:
         + ", ".join(f"{v:,.1f} GPU-hours ({k})" for k, v in report["study_gpu_hours"].items())
         + ".",
     ]
+    notes = dict.fromkeys(r["note"] for r in report["stages"] if r.get("note"))
+    lines += [f"- KV pool: {n}." for n in notes]
     for r in report["stages"]:
         if not r["fits"]:
             lines.append(

@@ -57,7 +57,7 @@ def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "| rollout/decode |" in res.stdout and "device-hours" in res.stdout
+    assert "| rollout/decode (" in res.stdout and "device-hours" in res.stdout
     report = json.loads(out.read_text())
     assert report["topology"] == "v5e:2x2" and report["chips"] == 4
     assert report["hbm_bytes_per_chip"] == plan.CHIPS["v5e"].hbm_bytes
@@ -67,8 +67,17 @@ def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
     config = _tiny(**{"sft.batch_size": 8})
     rows = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
     P, N = config.data.max_prompt_tokens, config.rollout.max_new_tokens
-    by = {s["name"]: s for s in report["stages"]}
-    assert by["rollout/prefill"]["tokens"] == rows * P
+    by = {(s["name"].split(" (")[0] if s["name"].startswith("rollout") else s["name"]): s for s in report["stages"]}
+    shards = 4  # v5e:2x2 with mesh fsdp=-1: each chip a batch shard with its own pool
+    ro = config.rollout
+    assert by["rollout/prefill"]["tokens"] == shards * ro.prefill_chunk
+    assert by["rollout/decode"]["tokens"] == shards * ro.num_slots * ro.decode_burst
+    # a prompt is prefilled once for its samples; decode bursts cover every row's mean response
+    assert by["rollout/prefill"]["runs_per_step"] == pytest.approx(
+        ro.prompts_per_step * P / (shards * ro.prefill_chunk)
+    )
+    assert by["rollout/decode"]["runs_per_step"] == pytest.approx(rows * N / (shards * ro.num_slots * ro.decode_burst))
+    assert "rows" not in by["rollout/reshard weights for decoding"]["name"]
     assert by["update (one micro-batch)"]["tokens"] == config.grpo.micro_batch_size * (P + N)
     for s in report["stages"]:
         b = s["bytes_per_chip"]
@@ -81,20 +90,33 @@ def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
     assert 2 * params_b <= upd["bytes_per_chip"]["optimizer"] <= 2 * params_b + 64  # AdamW: two moments + counts
     assert upd["flops_per_chip"] > 0 and upd["bytes_accessed_per_chip"] > 0 and upd["roofline_s"] > 0
     assert upd["collective_bytes_per_chip"] > 0  # fsdp-sharded weights are gathered
-    assert by["rollout/decode"]["bytes_per_chip"]["kv"] > 0
+    kv = by["rollout/decode"]["bytes_per_chip"]["kv"]
+    assert kv == ro.num_pages * ro.page_size * 2 * ro_kv_bytes_per_token(report) > 0
+    # the decode layout holds the weights whole on each chip (mesh fsdp=4): the reshard gathers them
+    assert by["rollout/reshard weights for decoding"]["collective_bytes_per_chip"] > 0
+    assert by["rollout/decode"]["bytes_per_chip"]["params"] > 3 * upd["bytes_per_chip"]["params"]
     assert report["projected_device_hours"] > 0
 
 
+def ro_kv_bytes_per_token(report) -> int:
+    """Bytes of one token's keys (or values) over every layer in the tiny preset's pool (float32)."""
+    from rlvr_jax.model import build  # noqa: PLC0415  # local: only these tests
+
+    cfg = build.model_config("tiny", {}, vocab_size=256, param_dtype="float32", remat=False)
+    return cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+
+
 def test_a_stage_that_cannot_fit_is_named_with_its_bytes():
-    config = _tiny(**{"rollout.max_new_tokens": 1 << 21})  # a KV cache of ~280 GB over 4 chips of 15.75 GiB
+    config = _tiny(**{"rollout.num_pages": 1 << 20})  # 2^20 pages of 16 tokens: ~32 GiB per chip of 15.75
     report = plan.plan(config, "v5e:2x2", only=("rollout",))
-    decode = next(s for s in report["stages"] if s["name"] == "rollout/decode")
+    decode = next(s for s in report["stages"] if s["name"].startswith("rollout/decode"))
     assert not decode["fits"] and decode["bytes_per_chip"]["total"] > report["hbm_bytes_per_chip"]
     assert decode["bytes_per_chip"]["kv"] > report["hbm_bytes_per_chip"]
     b = decode["bytes_per_chip"]
-    assert set(b) == {"params", "optimizer", "kv", "temp", "total"} and b["total"] == b["temp"] + b["params"] + b["kv"]
+    assert set(b) == {"params", "optimizer", "kv", "temp", "total"}
+    assert b["total"] == b["temp"] + b["params"] + b["optimizer"] + b["kv"]
     text = plan.table(report)
-    assert "rollout/decode does not fit" in text and "rows_per_chunk" in text
+    assert "rollout/decode (" in text and "does not fit" in text and "rollout.num_pages" in text
 
 
 def test_bad_input_is_refused_before_compiling(capsys):
@@ -125,12 +147,10 @@ def test_experiment_compiles_every_stage_before_running_on_a_tpu():
 
     config = config_args.load_config_file(os.path.join(REPO, "configs", "mix_vs_merge.py")).get_config("tiny")
     config.base.sft.batch_size = 8
-    # 32,768 rows x 1,088 slots of KV cache (~18 GB per chip) in one rollout program; the training stages
-    # stay small (16 rows of 1,088 tokens), so only the rollout fails
-    config.base.rollout.prompts_per_step = 4096
-    config.base.rollout.max_new_tokens = 1024
+    # a KV pool of 2^20 pages of 16 tokens per chip (~32 GiB of 15.75); the training stages stay small
+    config.base.rollout.num_pages = 1 << 20
     devices = plan.topology_devices("v5e:2x2")
-    with pytest.raises(experiment.ExperimentError, match="rollout/decode does not fit"):
+    with pytest.raises(experiment.ExperimentError, match=r"rollout/decode \(.*does not fit"):
         experiment.check_fit(config, devices)
     config.check_fit = False
     experiment.check_fit(config, devices)  # skipped: returns without compiling

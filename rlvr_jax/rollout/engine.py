@@ -301,17 +301,10 @@ class Engine:
         return jax.tree_util.tree_map(one, params, self.decode_shardings)
 
     def _reshard_program(self, params):
-        key = ("reshard",)
-        if key not in self._compiled:
-            target = self._decode_abstract(params)
-            cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
-            abstract = jax.tree_util.tree_map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
-            )
-            self._compiled[key] = self._compile(
-                "reshard", jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)
-            )
-        return self._compiled[key]
+        if ("reshard",) not in self._compiled:
+            jitted, args = self.programs(params, SamplingParams(), 1)["reshard"]
+            self._compiled[("reshard",)] = self._compile("the weights' reshard for decoding", jitted, args)
+        return self._compiled[("reshard",)]
 
     def decode_params(self, params):
         """The weights in the decode layout: resharded (and cast to weights_dtype) on the devices, or as they
@@ -348,40 +341,55 @@ class Engine:
         )
         return self._compile("the KV pool", make, ())()
 
-    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int):
-        """The compiled prefill or decode program for a block-table width J (a power of two) and the
-        sampling parameters (not the seed: it is an argument)."""
-        key = (kind, J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
-        if key in self._compiled:
-            return self._compiled[key]
+    def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int):
+        """(jitted function, abstract arguments) of the prefill or decode program for block-table width J."""
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
-        pool_abs = (jax.ShapeDtypeStruct(self._pool_shape(), self.dtype),) * self.cfg.num_layers
+        pool_abs = tuple(jax.ShapeDtypeStruct(self._pool_shape(), self.dtype, sharding=sh) for sh in pool_sh)
         G, S, C, n = self.num_shards, self.num_slots, self.chunk, sp.n
-        arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype)
+        batch = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
+        arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype, sharding=batch(1 + len(shape)))
         i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
             fn = _prefill_program(self.graphdef, sp, self.page_size)
             args = (i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1))
-            n_out = 3
+            outs = (pool_sh,) + (batch(2),) * 3
         else:
             fn = _decode_program(self.graphdef, sp, self.page_size, self.burst)
             args = (i32(S), i32(S), i32(S), i32(S), arr(jnp.bool_, S), i32(S), i32(S), i32(S, J))
-            n_out = 4
-        batch = lambda a: sharding.batch_sharding(self.mesh, len(a.shape))
-        outs = (pool_sh,) + (sharding.batch_sharding(self.mesh, 3 if kind == "decode" else 2),) * n_out
+            outs = (pool_sh,) + (batch(3),) * 4
         jitted = jax.jit(
             fn,
-            in_shardings=(None, pool_sh, rep) + tuple(batch(a) for a in args),
+            in_shardings=(None, pool_sh, rep) + tuple(a.sharding for a in args),
             out_shardings=outs,
             donate_argnums=(1,),
         )
-        base_key = jax.eval_shape(jax.random.key, 0)
-        compiled = self._compile(
-            f"{kind} for {J} pages per sequence", jitted, (params_abstract, pool_abs, base_key, *args)
+        base_key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=rep)
+        return jitted, (params_abstract, pool_abs, base_key, *args)
+
+    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int):
+        """The compiled prefill or decode program for a block-table width J (a power of two) and the
+        sampling parameters (not the seed: it is an argument)."""
+        key = (kind, J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
+        if key not in self._compiled:
+            jitted, args = self._jitted(kind, params_abstract, sp, J)
+            self._compiled[key] = self._compile(f"{kind} for {J} pages per sequence", jitted, args)
+        return self._compiled[key]
+
+    def programs(self, params, sp: SamplingParams, pages_per_seq: int) -> dict:
+        """{"reshard", "prefill", "decode"}: (jitted function, abstract arguments) of each program for a
+        block-table width, for a planner to compile and cost (params: the trainer's, maybe abstract)."""
+        J = next_pow2(pages_per_seq, 1)
+        target = self._decode_abstract(params)
+        cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
         )
-        self._compiled[key] = compiled
-        return compiled
+        return {
+            "reshard": (jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)),
+            "prefill": self._jitted("prefill", target, sp, J),
+            "decode": self._jitted("decode", target, sp, J),
+        }
 
     def compile(self, params, sp: SamplingParams, pages_per_seq: int):
         """Compiles (or finds) the prefill and decode programs for a block-table width, without running them;
@@ -472,8 +480,7 @@ class Engine:
             widest = max((len(r.pages) for d in djobs if d for r in d.rows if r is not None), default=0)
             Jd = self._agree([next_pow2(widest, 1) if widest else 0])[0]
             if Jd:
-                self._track_peak(scheds, counts)
-                valid = self._run_decode(weights, target, sp, min(J, Jd), base_key, djobs, ids, scheds)
+                valid = self._run_decode(weights, target, sp, min(J, Jd), base_key, djobs, ids, scheds, counts)
                 counts["decode_steps"] += self.burst
                 counts["slot_steps"] += int(valid)
                 bar.update(int(valid))
@@ -501,12 +508,12 @@ class Engine:
         )
         return self._rollout(prompts, rows, n, T)
 
-    def _track_peak(self, scheds, counts) -> None:
-        """Pages in use over this host's shards, and the token positions they hold, at their peak (read
-        after a burst's pages are secured: the most the pool holds)."""
+    def _track_peak(self, scheds, counts, written: int) -> None:
+        """Pages in use over this host's shards at their peak, and the token positions they hold then: read
+        after a burst wrote its `written` tokens into the pages secured for it, before finished rows free theirs."""
         used = sum(s.pool.used for s in scheds)
         if used > counts["peak_pages"]:
-            counts["peak_pages"], counts["live_at_peak"] = used, sum(s.live_tokens() for s in scheds)
+            counts["peak_pages"], counts["live_at_peak"] = used, written + sum(s.live_tokens() for s in scheds)
 
     def _run_prefill(self, weights, target, sp, J, base_key, jobs, ids):
         G, C, n = self.local_shards, self.chunk, sp.n
@@ -528,7 +535,7 @@ class Engine:
         )
         return [self.local_rows(x) for x in firsts]
 
-    def _run_decode(self, weights, target, sp, Jd, base_key, djobs, ids, scheds) -> int:
+    def _run_decode(self, weights, target, sp, Jd, base_key, djobs, ids, scheds, counts) -> int:
         """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
         G, S = self.local_shards, self.num_slots
         names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
@@ -545,6 +552,7 @@ class Engine:
         glob = self.to_global
         self.pool, *outs = program(weights, self.pool, base_key, *(glob(arrays[k]) for k in names), glob(pages))
         tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
+        self._track_peak(scheds, counts, int(valid.sum()))
         for g, job in enumerate(djobs):
             if job is not None:
                 scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])

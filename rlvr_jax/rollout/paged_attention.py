@@ -131,6 +131,12 @@ def platform() -> str:
 
 
 IMPLEMENTATIONS = ("xla", "pallas")
+KERNEL_LANES = 128  # the kernel's head_dim must be a multiple of a TPU vector register's lanes
+
+
+def auto_impl(head_dim: int) -> str:
+    """The Pallas kernel on TPU where it takes the head size, else XLA (tiny test models on a TPU)."""
+    return "pallas" if platform() == "tpu" and head_dim % KERNEL_LANES == 0 else "xla"
 
 
 def ragged_paged_attention(
@@ -153,7 +159,7 @@ def ragged_paged_attention(
     (`platform()`), XLA elsewhere. `max_q_len` bounds the query tokens of any one sequence (the XLA path's
     padding; the kernel ignores it); the kernel's block sizes default to a fit for the shapes."""
     if impl == "auto":
-        impl = "pallas" if platform() == "tpu" else "xla"
+        impl = auto_impl(q_TxHxD.shape[-1])
     if impl == "xla":
         return xla_ragged_paged_attention(
             q_TxHxD,
@@ -199,7 +205,7 @@ def sharded_ragged_paged_attention(
     shards are a vmap (a batched gather that SPMD keeps local); on TPU the kernel runs under shard_map,
     each device on its shard's pool and its kv heads."""
     if impl == "auto":
-        impl = "pallas" if platform() == "tpu" else "xla"
+        impl = auto_impl(q_GxTxHxD.shape[-1])
     one = lambda q, kv, lens, pages, cu, n: ragged_paged_attention(
         q, kv, lens, pages, cu, n, sm_scale=sm_scale, impl=impl, max_q_len=max_q_len
     )
