@@ -30,6 +30,8 @@ def short_config():
     c.base.rollout.prompts_per_step, c.base.rollout.samples_per_prompt, c.base.rollout.max_new_tokens = 4, 4, 12
     c.base.sft.steps, c.base.sft.batch_size, c.base.sft.warmup_steps = 8, 8, 2
     c.base.data.builtin_train_size, c.base.verifier.workers = 40, 2
+    # per batch shard (8): at most 2 prompts' rows, each up to a 64-token prompt (eval's may be longer) + 12 new
+    c.base.rollout.num_slots, c.base.rollout.num_pages = 8, 64
     c.single_steps = 1
     c.merge.methods = "average,ties"
     c.opd.prompts_per_step = 4
