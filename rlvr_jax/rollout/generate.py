@@ -255,7 +255,7 @@ def run(args, timed: bool = True) -> dict:
     pool = {
         "pages": st["pool_pages"],
         "page_size": args.page_size,
-        "mib_per_device": st["pool_pages"] * engine.page_bytes / 2**20,
+        "mib_per_device": engine.num_pages * engine.page_bytes / 2**20,  # the scratch page included
         "peak_pages": st["peak_pages"],
         "slot_occupancy": st["slot_occupancy"],
         "num_slots": args.num_slots,
