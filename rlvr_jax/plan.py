@@ -324,54 +324,94 @@ def rollout_engine(cfg, graphdef, mesh, s: Shapes, chip: Chip, resident: int) ->
     return make(max(2, int(s.memory_fraction * left // eng.page_bytes)))
 
 
+def attention_kernel_costs(cfg: ModelConfig, eng: Engine, queries: float, keys_per_query: float, reads: float):
+    """(FLOPs, bytes) per chip of the paged attention the compiled costs miss (a Pallas kernel is opaque to
+    XLA's cost analysis): scores and values over `keys_per_query` keys for each of `queries` query tokens,
+    and `reads` key positions of keys and values read from the pool."""
+    sizes = dict(zip(eng.mesh.axis_names, eng.mesh.devices.shape))
+    heads = cfg.num_heads / (sizes.get("tensor", 1) if eng.kv_spec[3] is not None else 1)
+    flops = 4 * cfg.num_layers * heads * cfg.head_dim * queries * keys_per_query
+    return flops, reads * eng.page_bytes / eng.page_size
+
+
 def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip, trainer: tuple[int, int]):
     """The paged engine's programs: the weights' reshard to the decode layout (once per rollout), a prefill
     round (one chunk per batch shard) and a burst of decode steps over every slot, the pool donated; the
-    trainer's state (`trainer`: its params and optimizer bytes per chip) stays on the chips meanwhile."""
+    trainer's state (`trainer`: its params and optimizer bytes per chip) stays on the chips meanwhile.
+    Costs: a decode burst's scan body counts once in XLA's analysis, so they come from a one-step
+    program's compile x burst; the attention kernel's are added from the shapes (attention_kernel_costs).
+    Per step: each prompt prefilled once; decode at the rows that fit the slots and the pool at once
+    (`busy` per shard), each holding its prompt and half its mean response on average."""
     train_params, opt = trainer
     eng = rollout_engine(cfg, graphdef, mesh, s, chip, train_params + opt)
-    G, S, C = eng.num_shards, eng.num_slots, eng.chunk
+    G, S, C, K = eng.num_shards, eng.num_slots, eng.chunk, eng.burst
+    P, mean = s.prompt_len, s.mean_response_len
     sp = SamplingParams(temperature=s.temperature, max_new_tokens=s.response_len, n=s.samples)
-    programs = eng.programs(params, sp, pg.cdiv(s.prompt_len + s.response_len, s.page_size))
+    pages = pg.cdiv(P + s.response_len, s.page_size)
+    programs = eng.programs(params, sp, pages)
+    one_step = eng.with_burst(1).programs(params, sp, pages)["decode"]
     weights = _spec_bytes(programs["prefill"][1][0])
     pool = _spec_bytes(programs["prefill"][1][1])
+    busy = max(1.0, min(S, s.rows / G, eng.num_pages * s.page_size / (P + mean)))
     log_pool = (
         f"{eng.num_pages:,} pages of {s.page_size} tokens per batch shard "
-        f"({eng.num_pages * s.page_size:,} tokens, {pool / GiB:.1f} GiB per chip)"
+        f"({eng.num_pages * s.page_size:,} tokens, {pool / GiB:.1f} GiB per chip); "
+        f"decode at {busy:.0f} rows per shard at once (slots, rows and pool at a mean response of {mean:,})"
     )
+    live = busy * (P + mean / 2)  # key positions the seated rows of a shard hold, on average
+    kernel = {
+        "prefill": attention_kernel_costs(cfg, eng, C, P / 2, P / 2 * pg.cdiv(C, 32)),
+        "decode": attention_kernel_costs(cfg, eng, K * busy, live / busy, K * live),
+    }
+    rollout_parts = {"params": train_params + weights, "optimizer": opt, "kv": pool}
     stages = (
         (
             "rollout/reshard weights for decoding",
             "reshard",
             0,
-            {"params": train_params, "optimizer": opt, "kv": 0},
+            dict(rollout_parts, params=train_params, kv=0),
             1.0,
             opt,
         ),
-        (
-            f"rollout/prefill ({G} shards x {C} tokens)",
-            "prefill",
-            G * C,
-            {"params": train_params + weights, "optimizer": opt, "kv": pool},
-            s.prompts * s.prompt_len / (G * C),
-            train_params + opt,
-        ),
-        (
-            f"rollout/decode ({G} shards x {S} slots x {eng.burst} steps)",
-            "decode",
-            G * S * eng.burst,
-            {"params": train_params + weights, "optimizer": opt, "kv": pool},
-            s.rows * s.mean_response_len / (G * S * eng.burst),
-            train_params + opt,
-        ),
+        (f"rollout/prefill ({G} shards x {C} tokens)", "prefill", G * C, rollout_parts, s.prompts * P / (G * C), 0),
+        (f"rollout/decode ({G} shards x {S} slots x {K} steps)", "decode", G * S * K, rollout_parts, 0, 0),
     )
-    with jax.default_device(mesh.devices.flat[0]):  # the kernels' lowering reads the default device
+    with (
+        jax.default_device(mesh.devices.flat[0]),  # the kernels' lowering reads the default device
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as costs_thread,
+    ):
         for name, kind, tokens, parts, runs, held in stages:
+            t0 = time.perf_counter()
             fn, args = programs[kind]
+            pending = None
+            if kind == "decode":  # jax's default device is per thread: name it there too
+                pending = costs_thread.submit(_costs_on, mesh.devices.flat[0], *one_step, mesh)
+            if kind == "decode":
+                runs = s.rows * mean / (G * busy * K)
+            if kind != "reshard":
+                held = train_params + opt
             report = compile_stage(
                 name, fn, args, chip=chip, mesh=mesh, tokens=tokens, parts=parts, runs_per_step=runs, resident=held
             )
+            if pending is not None and report.error:  # the one-step costing cannot fit either: no costs
+                concurrent.futures.wait([pending])
+            elif pending is not None:
+                flops, accessed, coll = (K * x for x in pending.result())
+                report.flops_per_chip, report.bytes_accessed_per_chip, report.collective_bytes_per_chip = (
+                    flops,
+                    accessed,
+                    coll,
+                )
+            if kind in kernel and not report.error:
+                report.flops_per_chip += kernel[kind][0]
+                report.bytes_accessed_per_chip += kernel[kind][1]
+                report.roofline_s = max(
+                    report.flops_per_chip / chip.peak_flops,
+                    report.bytes_accessed_per_chip / chip.hbm_bandwidth,
+                    report.collective_bytes_per_chip / chip.ici_bandwidth,
+                )
             report.note = log_pool if kind != "reshard" else ""
+            report.compile_s = time.perf_counter() - t0
             yield report
 
 
@@ -434,6 +474,11 @@ def training_programs(config, cfg: ModelConfig, mesh, s: Shapes) -> list[dict]:
             runs_per_step=0.0,
         ),
     ]
+
+
+def _costs_on(device, fn, args, mesh) -> tuple[float, float, float]:
+    with jax.default_device(device):
+        return _costs(fn, args, mesh)
 
 
 def _costs(fn, args, mesh) -> tuple[float, float, float]:

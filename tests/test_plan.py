@@ -76,7 +76,9 @@ def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
     assert by["rollout/prefill"]["runs_per_step"] == pytest.approx(
         ro.prompts_per_step * P / (shards * ro.prefill_chunk)
     )
-    assert by["rollout/decode"]["runs_per_step"] == pytest.approx(rows * N / (shards * ro.num_slots * ro.decode_burst))
+    # rows decoding at once per shard: the fewest of its slots, its rows, and what its pool holds
+    busy = min(ro.num_slots, rows / shards, ro.num_pages * ro.page_size / (P + N))
+    assert by["rollout/decode"]["runs_per_step"] == pytest.approx(rows * N / (shards * busy * ro.decode_burst))
     assert "rows" not in by["rollout/reshard weights for decoding"]["name"]
     assert by["update (one micro-batch)"]["tokens"] == config.grpo.micro_batch_size * (P + N)
     for s in report["stages"]:

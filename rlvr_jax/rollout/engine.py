@@ -19,6 +19,7 @@ J pages per sequence, C prefill chunk, S decode slots per shard, N samples per p
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -398,6 +399,12 @@ class Engine:
         J = next_pow2(pages_per_seq, 1)
         target = self._decode_abstract(params)
         return self._program("prefill", target, sp, J), self._program("decode", target, sp, J)
+
+    def with_burst(self, burst: int) -> "Engine":
+        """This engine with another decode burst (its own programs and pool; for a planner's costing)."""
+        other = copy.copy(self)
+        other.burst, other._compiled, other.pool = burst, {}, None
+        return other
 
     def compile_reshard(self, params):
         """The compiled program that lays the trainer's weights out for decoding (params may be abstract)."""
