@@ -342,12 +342,13 @@ class Engine:
         )
         return self._compile("the KV pool", make, ())()
 
-    def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int):
-        """(jitted function, abstract arguments) of the prefill or decode program for block-table width J."""
+    def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0):
+        """(jitted function, abstract arguments) of the prefill or decode program for block-table width J
+        (decode: over S slots per shard, by default num_slots)."""
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
         pool_abs = tuple(jax.ShapeDtypeStruct(self._pool_shape(), self.dtype, sharding=sh) for sh in pool_sh)
-        G, S, C, n = self.num_shards, self.num_slots, self.chunk, sp.n
+        G, S, C, n = self.num_shards, S or self.num_slots, self.chunk, sp.n
         batch = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
         arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype, sharding=batch(1 + len(shape)))
         i32 = lambda *shape: arr(jnp.int32, *shape)
@@ -368,13 +369,15 @@ class Engine:
         base_key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=rep)
         return jitted, (params_abstract, pool_abs, base_key, *args)
 
-    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int):
-        """The compiled prefill or decode program for a block-table width J (a power of two) and the
-        sampling parameters (not the seed: it is an argument)."""
-        key = (kind, J, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
+    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0):
+        """The compiled prefill or decode program for a block-table width J (a power of two), S slots per
+        shard (decode) and the sampling parameters (not the seed: it is an argument)."""
+        S = (S or self.num_slots) if kind == "decode" else 0
+        key = (kind, J, S, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
         if key not in self._compiled:
-            jitted, args = self._jitted(kind, params_abstract, sp, J)
-            self._compiled[key] = self._compile(f"{kind} for {J} pages per sequence", jitted, args)
+            jitted, args = self._jitted(kind, params_abstract, sp, J, S)
+            what = f"{kind} for {J} pages per sequence" + (f", {S} slots" if S else "")
+            self._compiled[key] = self._compile(what, jitted, args)
         return self._compiled[key]
 
     def programs(self, params, sp: SamplingParams, pages_per_seq: int) -> dict:
@@ -447,13 +450,15 @@ class Engine:
         longest = max(len(prompts[r // n]) + m for r, m in enumerate(max_new_R))
         J = self._agree([next_pow2(pg.cdiv(longest, self.page_size), 1)])[0]
         ids = self._assign(prompts, max_new_R, n)  # ids[g]: this host's prompts on its shard g
+        # slots per shard: num_slots, or as many (a power of two) as the fullest shard's rows need
+        S = min(self.num_slots, self._agree([next_pow2(max(len(i) for i in ids) * n, 1)])[0])
         scheds = [
             pg.Scheduler(
                 pg.PagePool(self.num_pages, self.page_size),
                 [prompts[i] for i in ids_g],
                 n,
                 [max_new_R[i * n + j] for i in ids_g for j in range(n)],
-                num_slots=self.num_slots,
+                num_slots=S,
                 chunk=self.chunk,
                 burst=self.burst,
                 pages_per_seq=J,
@@ -509,7 +514,8 @@ class Engine:
             peak_live_tokens=counts["live_at_peak"],
             peak_pages_all_shards=counts["peak_pages"],
             preemptions=sum(s.preemptions for s in scheds),
-            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * self.num_slots * len(scheds)),
+            slots=S,
+            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * S * len(scheds)),
             decode_steps=counts["decode_steps"],
             tokens=sum(len(r.tokens) for r in rows.values()),
         )
@@ -544,7 +550,7 @@ class Engine:
 
     def _run_decode(self, weights, target, sp, Jd, base_key, djobs, ids, scheds, counts) -> int:
         """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
-        G, S = self.local_shards, self.num_slots
+        G, S = self.local_shards, scheds[0].num_slots
         names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
         arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
         pages = np.zeros((G, S, Jd), np.int32)
@@ -555,7 +561,7 @@ class Engine:
                 arrays[k][g] = getattr(job, k)
             arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
             pages[g] = job.pages_SxJ[:, :Jd]
-        program = self._program("decode", target, sp, Jd)
+        program = self._program("decode", target, sp, Jd, S)
         glob = self.to_global
         self.pool, *outs = program(weights, self.pool, base_key, *(glob(arrays[k]) for k in names), glob(pages))
         tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
