@@ -1,4 +1,5 @@
-"""`rlvr-generate` end to end on a tiny random Qwen3 model with a small word-level tokenizer."""
+"""`rlvr-generate` (and `rlvr-eval`, which shares its engine flags) end to end on a tiny random Qwen3 model with a
+small word-level tokenizer."""
 
 import json
 import os
@@ -204,3 +205,19 @@ def test_clear_errors_exit_2(problem, hf_dir, tmp_path, capsys):
         "pool_too_small": "but the pool holds 1",
     }[problem]
     assert want in err
+
+
+def test_rlvr_eval_samples_with_the_engine_flags(hf_dir, tmp_path, capsys):
+    from rlvr_jax.eval import evaluate
+
+    out = tmp_path / "eval.json"
+    common = ["--checkpoint", hf_dir, "--domains", "math", "--items-per-domain", "2", "--workers", "1"]
+    assert (
+        evaluate.main([*common, "--samples", "2", "--max-new-tokens", "4", "--num-slots", "3", "--output", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["per_domain"]["math"]["n_items"] == 2 and all(len(it["correct"]) == 2 for it in res["items"])
+    capsys.readouterr()
+    assert evaluate.main([*common, "--page-size", "4", "--num-pages", "2"]) == 2  # no prompt fits one page
+    assert "rlvr-eval: error: prompt 0" in capsys.readouterr().err

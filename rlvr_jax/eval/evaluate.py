@@ -186,19 +186,23 @@ def main(argv=None) -> int:
         print(f"rlvr-eval: error: {e}", file=sys.stderr)
         return 2
     with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
-        res = evaluate(
-            engine,
-            params,
-            tokenizer,
-            records,
-            pool,
-            prompt_config=prompt_config,
-            samples=args.samples,
-            temperature=args.temperature,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            batch_prompts=args.batch_prompts,
-        )
+        try:
+            res = evaluate(
+                engine,
+                params,
+                tokenizer,
+                records,
+                pool,
+                prompt_config=prompt_config,
+                samples=args.samples,
+                temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed,
+                batch_prompts=args.batch_prompts,
+            )
+        except ValueError as e:  # a row the engine's pool cannot hold, with the numbers
+            print(f"rlvr-eval: error: {e}", file=sys.stderr)
+            return 2
     res["checkpoint"] = args.checkpoint
     text = json.dumps(res, indent=1)
     if args.output:
