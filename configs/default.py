@@ -16,7 +16,6 @@ def get_config(arg: str = ""):
     # 32 prompts x 8 samples (256 rows) per step: the shape whose gain stood above noise from both anchors tried
     # (docs/MEASUREMENTS.md); the single-domain presets keep grpo.py's 16 x 8.
     c.rollout.prompts_per_step = 32
-    c.rollout.num_slots = 256  # the whole step's rows decode side by side, as they did before (grpo.py: 128)
     # 55 steps take the time 40 did once zero-advantage micro-batches are skipped (docs/MEASUREMENTS.md).
     c.train.steps = 55
     return c
