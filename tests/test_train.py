@@ -58,7 +58,9 @@ def engine_program_bound(c) -> int:
     """The most programs the rollout engine of a run of `c` compiles, whatever its steps: the pool and the
     weights' decode layout once each, then (one set of sampling parameters) a prefill program per block-table
     width and a decode program per width of the longest seated row, widths being the powers of two up to a
-    longest row's pages (a prompt of at most data.max_prompt_tokens and rollout.max_new_tokens new tokens)."""
+    longest row's pages (a prompt of at most data.max_prompt_tokens and rollout.max_new_tokens new tokens).
+    Decode programs are per slot count too (the fullest batch shard's rows, to a power of two): one here,
+    where a step's prompts are at most the 8 batch shards, so a shard holds one prompt's rows or none."""
     longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens
     widths = next_pow2(-(-longest // c.rollout.page_size), 1).bit_length()  # 1, 2, 4, ...: log2 + 1
     return 2 + 2 * widths
