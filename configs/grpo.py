@@ -67,10 +67,10 @@ def get_config(arg: str = ""):
     # rollout with 64 or 128 slots, 2.8 s with 256 (one CPU device, random init: slots filled while others decode).
     c.rollout.num_slots = 128 if tiny else 64
     c.rollout.page_size = 16 if tiny else 64  # tokens per KV page
-    # Pages per batch shard's pool (0 = memory_fraction of a device's memory). Tiny: 2,048 pages of 32 KiB
+    # Pages per batch shard's pool (0 = memory_fraction of the memory a device has left). Tiny: 2,048 pages of 32 KiB
     # (64 MiB) hold 256 rows of 64 prompt + 64 new tokens without sharing a page.
     c.rollout.num_pages = 2048 if tiny else 0
-    c.rollout.memory_fraction = 0.5  # of a device's memory for the pool, when num_pages is 0
+    c.rollout.memory_fraction = 0.5  # of the memory a device has left (weights loaded), when num_pages is 0
     c.rollout.prefill_chunk = 128 if tiny else 512  # prompt tokens per prefill program call
     c.rollout.decode_burst = 8  # decode steps per program call (the host refills slots between bursts)
 

@@ -79,9 +79,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="pages of the KV pool (per batch shard); 0 = as many as the request could use at once, "
-        "at most --memory-fraction of a device's memory (a smaller pool preempts and recomputes rows)",
+        "at most --memory-fraction of the memory a device has left (a smaller pool preempts and recomputes rows)",
     )
-    g.add_argument("--memory-fraction", type=float, default=0.5, help="of a device's memory, for --num-pages 0")
+    g.add_argument(
+        "--memory-fraction", type=float, default=0.5, help="of the memory a device has left, for --num-pages 0"
+    )
     g.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens per prefill program call")
     g.add_argument("--decode-burst", type=int, default=8, help="decode steps per program call")
     g.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV pool dtype")
@@ -100,7 +102,7 @@ def request_pages(prompt_lens, n: int, max_new_tokens: int, page_size: int) -> i
 
 def engine_from_args(args, graphdef, cfg, mesh, pad_id: int, need_pages: int) -> Engine:
     """The engine the flags of `add_engine_args` describe. With --num-pages 0 the pool is the smaller of
-    `need_pages` (see request_pages) and --memory-fraction of a device's memory."""
+    `need_pages` (see request_pages) and --memory-fraction of the memory a device has left."""
 
     def make(num_pages: int) -> Engine:
         return Engine(
