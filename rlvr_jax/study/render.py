@@ -296,7 +296,8 @@ def _cost_section(results: dict) -> list[str]:
     ]
     out += [
         "Where the RL time goes (`time/total` per step in each run's metrics_train.jsonl; step 1 includes "
-        "compiling the sampler and the update, which every run pays once):",
+        "compiling the update and most of the rollout engine's programs, which every run pays once; a later "
+        "step compiles any block-table width step 1 did not need, `rollout/compilations`):",
         "",
         _table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows),
         "",

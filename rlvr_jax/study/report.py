@@ -77,8 +77,8 @@ def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
 
 
 def _step_times(workdir: str, stage: str) -> dict:
-    """From a run's metrics: step 1's time/total (it includes compiling the sampler and the update)
-    and the sum and mean over the later steps."""
+    """From a run's metrics: step 1's time/total (it includes compiling the update and most of the rollout
+    engine's programs) and the sum and mean over the later steps."""
     rows = {}
     with open(os.path.join(workdir, stage, "metrics_train.jsonl")) as f:
         for line in f:
