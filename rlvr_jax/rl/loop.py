@@ -229,8 +229,8 @@ class Scored:
 
 
 def roll_out(c: Components, s: StepSettings, params, key):
-    """Dispatch the step's generation: `draws` prompt batches x group_size samples. Returns
-    (prompt items, rollout) without waiting for the device."""
+    """The step's generation: `draws` prompt batches x group_size samples. Returns (prompt items, rollout)
+    once generated (the engine's host scheduler reads every decode burst)."""
     items = [it for _ in range(s.draws) for it in next(c.mixture)]
     return items, c.engine.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key)
 
@@ -341,7 +341,7 @@ def update_and_checkpoint(
 
 def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_key) -> dict:
     """Steps start+1 .. s.steps: roll out -> score -> build the update batch -> update and checkpoint ->
-    metrics. Step n's device metrics are read only after step n+1's rollout is dispatched."""
+    metrics. Step n's device metrics are read only after step n+1's rollout."""
     preempt = _Preemption()
     pending = None
     bar = tqdm(
