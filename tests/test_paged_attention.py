@@ -50,13 +50,16 @@ def test_xla_equals_jax_reference_on_mixed_prefill_and_decode():
     np.testing.assert_allclose(np.asarray(tight), np.asarray(got), atol=1e-6)
 
 
-def test_decode_batch_with_bound_one_equals_reference():
+@pytest.mark.parametrize("pad_seqs,pad_tokens", [(0, 0), (2, 3)])
+def test_decode_batch_with_bound_one_equals_reference(pad_seqs, pad_tokens):
+    """max_q_len=1 takes the page-by-page running-softmax path; padding sequences and tokens come back zero."""
     rng = np.random.default_rng(1)
     kv_lens = [3, 24, 13, 1, 20]
-    args = _batch(rng, [1] * 5, kv_lens, pad_seqs=0, pad_tokens=0)
+    args = _batch(rng, [1] * 5, kv_lens, pad_seqs=pad_seqs, pad_tokens=pad_tokens)
     want = tpu_rpa.ref_ragged_paged_attention(*map(jnp.asarray, args), sm_scale=0.3)
     got = paged_attention.ragged_paged_attention(*args, sm_scale=0.3, impl="xla", max_q_len=1)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(got)[:5], np.asarray(want)[:5], atol=2e-6)
+    assert not np.asarray(got)[5:].any()
 
 
 def test_prefill_in_chunks_equals_dense_causal_attention():

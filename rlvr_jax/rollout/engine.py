@@ -52,24 +52,38 @@ log = logging.getLogger(__name__)
 
 
 def paged_forward(
-    model, tokens_GxT, positions_GxT, write_GxT, pool, pages_GxBxJ, kv_lens_GxB, cu_q_lens_GxB1, num_seqs_Gx1, max_q_len
+    model,
+    tokens_GxT,
+    positions_GxT,
+    write_GxTxW,
+    pool,
+    pages_GxBxJ,
+    kv_lens_GxB,
+    cu_q_lens_GxB1,
+    num_seqs_Gx1,
+    max_q_len,
 ):
     """The decoder over T tokens per batch shard of up to B sequences each (ragged, laid out as in
-    paged_attention.py): each token's keys and values are written at its shard's flat pool slot `write`
-    (page * page_size + offset; padding tokens write to the scratch page 0), then it attends to its
-    sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
+    paged_attention.py): each token's keys and values are written at its shard's flat pool slots `write`
+    [G, T, W] (page * page_size + offset, W places a token; padding writes to the scratch page 0), then it
+    attends to its sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
     cfg = model.cfg
     G, T = tokens_GxT.shape
     K, D = cfg.num_kv_heads, cfg.head_dim
     h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
     h = sharding.constrain(h, ("batch", "length", "act_embed"))
     inv_freq = rope_inverse_frequencies(cfg)
-    write = jax.vmap(lambda layer, slots, kv: layer.reshape(-1, 2 * K, D).at[slots].set(kv).reshape(layer.shape))
+
+    def write_one(layer, slots_TxW, kv_Tx2KxD):
+        kv = jnp.broadcast_to(kv_Tx2KxD[:, None], (*slots_TxW.shape, *kv_Tx2KxD.shape[1:]))
+        return layer.reshape(-1, 2 * K, D).at[slots_TxW].set(kv).reshape(layer.shape)
+
+    write = jax.vmap(write_one)
     new_pool = []
     for block, layer in zip(model.layers, pool):
         q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
         kv_GxTx2KxD = jnp.stack([k, v], axis=3).reshape(G, T, 2 * K, D).astype(layer.dtype)
-        layer = write(layer, write_GxT, kv_GxTx2KxD)
+        layer = write(layer, write_GxTxW, kv_GxTx2KxD)
         out_GxTxHxD = sharded_ragged_paged_attention(
             q,
             layer,
@@ -104,15 +118,22 @@ def _sample(base_key, logits_RxV, prompt_R, sample_R, step_R, sp: SamplingParams
 
 
 def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
-    """One prefill chunk per batch shard (q_len 0: the shard has none this round). A prompt's last chunk
-    copies its partial last page once per extra sample and samples the N first tokens."""
+    """One prefill chunk per batch shard (q_len 0: the shard has none this round); the tokens at positions
+    >= copy_from (the prompt's partial last page) are also written into its copies `copy_dst`, one per extra
+    sample (copying the page after the chunk made XLA copy the whole pool). A prompt's last chunk samples
+    the N first tokens."""
 
-    def prefill(params, pool, base_key, tokens_GxC, start_G, q_len_G, pages_GxJ, prompt_G, copy_src_G, copy_dst_GxN1):
+    def prefill(params, pool, base_key, tokens_GxC, start_G, q_len_G, pages_GxJ, prompt_G, copy_from_G, copy_dst_GxN1):
         model = nnx.merge(graphdef, params)
         G, C = tokens_GxC.shape
         positions = start_G[:, None] + jnp.arange(C, dtype=jnp.int32)[None]
         slots = jax.vmap(lambda pj, p: _slots(pj, p, page_size))(pages_GxJ, positions)
-        write = jnp.where(jnp.arange(C)[None] < q_len_G[:, None], slots, 0)
+        real = jnp.arange(C)[None] < q_len_G[:, None]
+        mirrored = real & (positions >= copy_from_G[:, None])
+        copies_GxCxN1 = copy_dst_GxN1[:, None, :] * page_size + (positions % page_size)[..., None]
+        write = jnp.concatenate(
+            [jnp.where(real, slots, 0)[..., None], jnp.where(mirrored[..., None], copies_GxCxN1, 0)], axis=-1
+        )
         cu = jnp.stack([jnp.zeros_like(q_len_G), q_len_G], axis=1)
         hidden_GxCxE, pool = paged_forward(
             model,
@@ -126,9 +147,6 @@ def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
             (q_len_G > 0).astype(jnp.int32)[:, None],
             max_q_len=C,
         )
-        # the samples' own copies of the prompt's partial last page (scratch-to-scratch when none)
-        copy = jax.vmap(lambda layer, src, dst: layer.at[dst].set(layer[src][None]))
-        pool = tuple(copy(layer, copy_src_G, copy_dst_GxN1) for layer in pool)
         last_GxE = jnp.take_along_axis(hidden_GxCxE, jnp.maximum(q_len_G - 1, 0)[:, None, None], axis=1)[:, 0]
         logits_GxV = flat_matmul(last_GxE, model.head_kernel(), 1)
         n = sp.n
@@ -166,7 +184,7 @@ def _decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
 
         def step(carry, _):
             pool, tok, pos, steps, budget, active = carry
-            write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)
+            write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)[..., None]
             kv_lens = jnp.where(active, pos + 1, 1)
             # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
             hidden_GxSxE, pool = paged_forward(
@@ -283,6 +301,13 @@ class Engine:
 
     def local_rows(self, x) -> np.ndarray:
         return local_rows(self.mesh, x)
+
+    def _prompt_offset(self, num_prompts: int) -> int:
+        """How many prompts the hosts before this one hold."""
+        if jax.process_count() == 1:
+            return 0
+        counts = np.asarray(multihost_utils.process_allgather(np.asarray([num_prompts], np.int64))).reshape(-1)
+        return int(counts[: jax.process_index()].sum())
 
     def _agree(self, values: Sequence[int]) -> list[int]:
         """The largest of each value over the hosts: every host runs the same programs in the same order."""
@@ -471,8 +496,10 @@ class Engine:
         if self.pool is None:
             self.pool = self._alloc_pool()
         base_key = jax.random.key(sp.seed) if key is None else key
-        if jax.process_count() > 1:  # each host's prompts are its own: their draws must differ
-            base_key = jax.random.fold_in(base_key, jax.process_index())
+        # draws are keyed by the prompt's index in the global batch (the hosts' prompts in process order), so
+        # the tokens do not depend on the number of processes
+        offset = self._prompt_offset(N)
+        ids = [[offset + i for i in ids_g] for ids_g in ids]
         bar = tqdm(total=sum(max_new_R), unit="tok", desc="rollout", file=sys.stderr, disable=not progress)
         t0 = time.perf_counter()
         counts = dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
@@ -502,7 +529,7 @@ class Engine:
         rows = {}
         for ids_g, s in zip(ids, scheds):
             for r, row in s.finished.items():
-                rows[ids_g[r // n] * n + r % n] = row
+                rows[(ids_g[r // n] - offset) * n + r % n] = row
         self.stats = dict(
             seconds=time.perf_counter() - t0,
             compile_seconds=self.last_compile_seconds,
@@ -531,20 +558,23 @@ class Engine:
     def _run_prefill(self, weights, target, sp, J, base_key, jobs, ids):
         G, C, n = self.local_shards, self.chunk, sp.n
         tokens = np.full((G, C), self.pad_id, np.int32)
-        start, q_len, prompt, copy_src = (np.zeros(G, np.int32) for _ in range(4))
+        start, q_len, prompt = (np.zeros(G, np.int32) for _ in range(3))
+        copy_from = np.full(G, np.iinfo(np.int32).max, np.int32)
         pages = np.zeros((G, J), np.int32)
         copy_dst = np.zeros((G, n - 1), np.int32)
         for g, job in enumerate(jobs):
             if job is None:
                 continue
             tokens[g, : len(job.tokens)] = job.tokens
-            start[g], q_len[g], prompt[g], copy_src[g] = job.start, len(job.tokens), ids[g][job.prompt], job.copy_src
+            start[g], q_len[g], prompt[g] = job.start, len(job.tokens), ids[g][job.prompt]
+            if job.copy_dst:  # the partial last page's first position
+                copy_from[g] = (len(job.pages) - 1) * self.page_size
             pages[g, : len(job.pages)] = job.pages
             copy_dst[g, : len(job.copy_dst)] = job.copy_dst
         program = self._program("prefill", target, sp, J)
         glob = self.to_global
         self.pool, *firsts = program(
-            weights, self.pool, base_key, *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_src, copy_dst))
+            weights, self.pool, base_key, *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_from, copy_dst))
         )
         return [self.local_rows(x) for x in firsts]
 

@@ -111,8 +111,9 @@ class Row:
 @dataclasses.dataclass
 class PrefillJob:
     """One chunk of one sequence's prefill: `tokens` at positions start.. into `pages` (its block table).
-    The last chunk of a prompt also copies the partial last page `copy_src` into `copy_dst` (one per extra
-    sample) and samples the n first tokens; a recompute (`row` set) only restores keys and values."""
+    A prompt with a partial last page `copy_src` has one copy of it per extra sample, `copy_dst`: every
+    chunk writes the tokens of that page into the copies too, so after the last chunk each holds the same.
+    The last chunk samples the n first tokens; a recompute (`row` set) only restores keys and values."""
 
     prompt: int
     tokens: list
@@ -216,7 +217,7 @@ class Scheduler:
         hi = min(lo + self.chunk, len(st["tokens"]))
         st["done"] = hi
         job = PrefillJob(st["prompt"], st["tokens"][lo:hi], lo, st["pages"], hi == len(st["tokens"]), row=st.get("row"))
-        if job.last and job.row is None and st.get("copies"):
+        if job.row is None and st.get("copies"):
             job.copy_src, job.copy_dst = st["pages"][-1], st["copies"]
         return job
 
