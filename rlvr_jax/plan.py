@@ -348,8 +348,9 @@ def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, chip: Chip, trainer: 
     P, mean = s.prompt_len, s.mean_response_len
     sp = SamplingParams(temperature=s.temperature, max_new_tokens=s.response_len, n=s.samples)
     pages = pg.cdiv(P + s.response_len, s.page_size)
-    programs = eng.programs(params, sp, pages)
-    one_step = eng.with_burst(1).programs(params, sp, pages)["decode"]
+    programs = eng.programs(params, sp, pages, rows=s.rows)
+    S = eng.slots_for(s.rows)
+    one_step = eng.with_burst(1).programs(params, sp, pages, rows=s.rows)["decode"]
     weights = _spec_bytes(programs["prefill"][1][0])
     pool = _spec_bytes(programs["prefill"][1][1])
     busy = max(1.0, min(S, s.rows / G, eng.num_pages * s.page_size / (P + mean)))

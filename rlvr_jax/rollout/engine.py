@@ -405,9 +405,10 @@ class Engine:
             self._compiled[key] = self._compile(what, jitted, args)
         return self._compiled[key]
 
-    def programs(self, params, sp: SamplingParams, pages_per_seq: int) -> dict:
+    def programs(self, params, sp: SamplingParams, pages_per_seq: int, rows: int = 0) -> dict:
         """{"reshard", "prefill", "decode"}: (jitted function, abstract arguments) of each program for a
-        block-table width, for a planner to compile and cost (params: the trainer's, maybe abstract)."""
+        block-table width and a call of `rows` rows (0: every slot), for a planner to compile and cost
+        (params: the trainer's, maybe abstract)."""
         J = next_pow2(pages_per_seq, 1)
         target = self._decode_abstract(params)
         cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
@@ -417,8 +418,13 @@ class Engine:
         return {
             "reshard": (jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)),
             "prefill": self._jitted("prefill", target, sp, J),
-            "decode": self._jitted("decode", target, sp, J),
+            "decode": self._jitted("decode", target, sp, J, self.slots_for(rows)),
         }
+
+    def slots_for(self, rows: int) -> int:
+        """Slots per shard a call of `rows` rows (over all hosts) decodes over: num_slots, or as many (a power
+        of two) as a shard's share needs."""
+        return min(self.num_slots, next_pow2(pg.cdiv(rows, self.num_shards), 1)) if rows else self.num_slots
 
     def compile(self, params, sp: SamplingParams, pages_per_seq: int):
         """Compiles (or finds) the prefill and decode programs for a block-table width, without running them;
