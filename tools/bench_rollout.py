@@ -19,7 +19,7 @@ first; both checked not to compile while timed).
 
 KV row: ours = pool pages in use at the peak x page bytes / bytes of the distinct tokens whose keys and values
 are in the pool at that moment (a prompt's pages shared by its samples count once): from engine.stats
-(`peak_pages_all_shards`, `peak_live_tokens`: read when a burst's pages are secured, before it writes) where
+(`peak_pages_all_shards`, `peak_live_tokens`: read after a burst wrote into the pages secured for it, before finished rows free theirs) where
 it reports them, else from a probe (`live_token_probe`) that reads the scheduler after each burst wrote (the
 note gives the probe's figure too). Peer: the static engine's cache of its largest batch over its live tokens at their peak
 (rows within their budgets), computed from the batch layout, not measured.
@@ -298,7 +298,7 @@ def measure(setup: Setup) -> list[dict]:
         ours_kv, how = (
             peak * setup.page_size / stats["peak_live_tokens"],
             (
-                f"engine.stats: {peak} pages at the peak (pages secured for the next burst included) over "
+                f"engine.stats: {peak} pages at the peak (read after the burst wrote) over "
                 f"{stats['peak_live_tokens']:,} live tokens; the same after that burst wrote (a scheduler probe): "
                 f"{probe_ratio:.2f}x ({used} pages, {live:,} tokens)"
             ),
