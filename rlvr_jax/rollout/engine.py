@@ -326,9 +326,18 @@ class Engine:
 
         return jax.tree_util.tree_map(one, params, self.decode_shardings)
 
+    def _reshard_jitted(self, params):
+        """(jitted function, abstract arguments) laying the trainer's weights (maybe abstract) out for decoding."""
+        target = self._decode_abstract(params)
+        cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
+        )
+        return jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)
+
     def _reshard_program(self, params):
         if ("reshard",) not in self._compiled:
-            jitted, args = self.programs(params, SamplingParams(), 1)["reshard"]
+            jitted, args = self._reshard_jitted(params)
             self._compiled[("reshard",)] = self._compile("the weights' reshard for decoding", jitted, args)
         return self._compiled[("reshard",)]
 
@@ -411,12 +420,8 @@ class Engine:
         (params: the trainer's, maybe abstract)."""
         J = next_pow2(pages_per_seq, 1)
         target = self._decode_abstract(params)
-        cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
-        )
         return {
-            "reshard": (jax.jit(cast, out_shardings=self.decode_shardings), (abstract,)),
+            "reshard": self._reshard_jitted(params),
             "prefill": self._jitted("prefill", target, sp, J),
             "decode": self._jitted("decode", target, sp, J, self.slots_for(rows)),
         }
@@ -439,10 +444,6 @@ class Engine:
         other = copy.copy(self)
         other.burst, other._compiled, other.pool = burst, {}, None
         return other
-
-    def compile_reshard(self, params):
-        """The compiled program that lays the trainer's weights out for decoding (params may be abstract)."""
-        return self._reshard_program(params)
 
     # ---- generation ---------------------------------------------------------------------------------
     def _assign(self, prompts, max_new_R, n: int) -> list[list[int]]:
