@@ -1,5 +1,5 @@
 """The paged rollout engine: continuous batching over decode slots on a paged KV pool, returning the
-sampler's `Rollout`. pages.py schedules on the host; two jitted programs per block-table width run on the
+sampler's `Rollout`. pages.py schedules on the host; programs.py holds the jitted programs that run on the
 devices: a prefill chunk (one sequence per batch shard) and a burst of decode steps over every slot.
 
 Sharding. The mesh's batch axes (data x fsdp) give G batch shards. Each shard has its own pool of pages,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import sys
 import time
 from typing import Sequence
@@ -29,14 +28,13 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rlvr_jax import sharding
-from rlvr_jax.model.decoder import ModelConfig, flat_matmul, model_shardings, rope_inverse_frequencies
+from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.rollout import pages as pg
-from rlvr_jax.rollout.paged_attention import sharded_ragged_paged_attention
+from rlvr_jax.rollout import programs
 from rlvr_jax.rollout.sampling import (
     Rollout,
     SamplingParams,
@@ -44,168 +42,10 @@ from rlvr_jax.rollout.sampling import (
     device_memory_bytes,
     local_rows,
     next_pow2,
-    sample_step,
     to_global,
 )
 
 log = logging.getLogger(__name__)
-
-
-def paged_forward(
-    model,
-    tokens_GxT,
-    positions_GxT,
-    write_GxTxW,
-    pool,
-    pages_GxBxJ,
-    kv_lens_GxB,
-    cu_q_lens_GxB1,
-    num_seqs_Gx1,
-    max_q_len,
-):
-    """The decoder over T tokens per batch shard of up to B sequences each (ragged, laid out as in
-    paged_attention.py): each token's keys and values are written at its shard's flat pool slots `write`
-    [G, T, W] (page * page_size + offset, W places a token; padding writes to the scratch page 0), then it
-    attends to its sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
-    cfg = model.cfg
-    G, T = tokens_GxT.shape
-    K, D = cfg.num_kv_heads, cfg.head_dim
-    h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
-    h = sharding.constrain(h, ("batch", "length", "act_embed"))
-    inv_freq = rope_inverse_frequencies(cfg)
-
-    def write_one(layer, slots_TxW, kv_Tx2KxD):
-        kv = jnp.broadcast_to(kv_Tx2KxD[:, None], (*slots_TxW.shape, *kv_Tx2KxD.shape[1:]))
-        return layer.reshape(-1, 2 * K, D).at[slots_TxW].set(kv).reshape(layer.shape)
-
-    write = jax.vmap(write_one)
-    new_pool = []
-    for block, layer in zip(model.layers, pool):
-        q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
-        kv_GxTx2KxD = jnp.stack([k, v], axis=3).reshape(G, T, 2 * K, D).astype(layer.dtype)
-        layer = write(layer, write_GxTxW, kv_GxTx2KxD)
-        out_GxTxHxD = sharded_ragged_paged_attention(
-            q,
-            layer,
-            kv_lens_GxB,
-            pages_GxBxJ,
-            cu_q_lens_GxB1,
-            num_seqs_Gx1,
-            sm_scale=1.0 / math.sqrt(D),
-            max_q_len=max_q_len,
-        )
-        h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
-        h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
-        new_pool.append(layer)
-    return model.final_norm(h), tuple(new_pool)
-
-
-def _slots(pages_J, positions, page_size):
-    """Flat pool slots of positions in a sequence whose block table is pages_J."""
-    page = pages_J[jnp.clip(positions // page_size, 0, pages_J.shape[-1] - 1)]
-    return page * page_size + positions % page_size
-
-
-def _draw_key(base_key, prompt, sample, position):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base_key, prompt), sample), position)
-
-
-def _sample(base_key, logits_RxV, prompt_R, sample_R, step_R, sp: SamplingParams):
-    """One token per row, each from its own (prompt, sample, position) key."""
-    keys = jax.vmap(_draw_key, in_axes=(None, 0, 0, 0))(base_key, prompt_R, sample_R, step_R)
-    one = lambda k, lg: tuple(x[0] for x in sample_step(k, lg[None], sp.temperature, sp.top_k, sp.top_p))
-    return jax.vmap(one)(keys, logits_RxV)
-
-
-def _prefill_program(graphdef, sp: SamplingParams, page_size: int):
-    """One prefill chunk per batch shard (q_len 0: the shard has none this round); the tokens at positions
-    >= copy_from (the prompt's partial last page) are also written into its copies `copy_dst`, one per extra
-    sample (copying the page after the chunk made XLA copy the whole pool). A prompt's last chunk samples
-    the N first tokens."""
-
-    def prefill(params, pool, base_key, tokens_GxC, start_G, q_len_G, pages_GxJ, prompt_G, copy_from_G, copy_dst_GxN1):
-        model = nnx.merge(graphdef, params)
-        G, C = tokens_GxC.shape
-        positions = start_G[:, None] + jnp.arange(C, dtype=jnp.int32)[None]
-        slots = jax.vmap(lambda pj, p: _slots(pj, p, page_size))(pages_GxJ, positions)
-        real = jnp.arange(C)[None] < q_len_G[:, None]
-        mirrored = real & (positions >= copy_from_G[:, None])
-        copies_GxCxN1 = copy_dst_GxN1[:, None, :] * page_size + (positions % page_size)[..., None]
-        write = jnp.concatenate(
-            [jnp.where(real, slots, 0)[..., None], jnp.where(mirrored[..., None], copies_GxCxN1, 0)], axis=-1
-        )
-        cu = jnp.stack([jnp.zeros_like(q_len_G), q_len_G], axis=1)
-        hidden_GxCxE, pool = paged_forward(
-            model,
-            tokens_GxC,
-            positions,
-            write,
-            pool,
-            pages_GxJ[:, None],
-            (start_G + q_len_G)[:, None],
-            cu,
-            (q_len_G > 0).astype(jnp.int32)[:, None],
-            max_q_len=C,
-        )
-        last_GxE = jnp.take_along_axis(hidden_GxCxE, jnp.maximum(q_len_G - 1, 0)[:, None, None], axis=1)[:, 0]
-        logits_GxV = flat_matmul(last_GxE, model.head_kernel(), 1)
-        n = sp.n
-        logits_RxV = jnp.repeat(logits_GxV, n, axis=0)  # R = G x N rows, shard-major
-        sample_R = jnp.tile(jnp.arange(n, dtype=jnp.int32), G)
-        first, q_lp, p_lp = _sample(
-            base_key, logits_RxV, jnp.repeat(prompt_G, n), sample_R, jnp.zeros_like(sample_R), sp
-        )
-        return pool, first.reshape(G, n), q_lp.reshape(G, n), p_lp.reshape(G, n)
-
-    return prefill
-
-
-def _decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
-    stop_ids = np.asarray(sp.stop_token_ids or (-1,), np.int32)  # a constant of the trace (no device here)
-
-    def decode(
-        params,
-        pool,
-        base_key,
-        tokens_GxS,
-        pos_GxS,
-        steps_GxS,
-        budget_GxS,
-        active_GxS,
-        prompt_GxS,
-        sample_GxS,
-        pages_GxSxJ,
-    ):
-        model = nnx.merge(graphdef, params)
-        G, S = tokens_GxS.shape
-        cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
-        num_seqs = jnp.full((G, 1), S, jnp.int32)
-        slots_of = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))
-
-        def step(carry, _):
-            pool, tok, pos, steps, budget, active = carry
-            write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)[..., None]
-            kv_lens = jnp.where(active, pos + 1, 1)
-            # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
-            hidden_GxSxE, pool = paged_forward(
-                model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1
-            )
-            logits_RxV = flat_matmul(hidden_GxSxE.reshape(G * S, -1), model.head_kernel(), 1)
-            flat = lambda x: x.reshape(G * S)
-            new, q_lp, p_lp = _sample(base_key, logits_RxV, flat(prompt_GxS), flat(sample_GxS), flat(steps), sp)
-            new, q_lp, p_lp = (x.reshape(G, S) for x in (new, q_lp, p_lp))
-            new = jnp.where(active, new, 0)
-            hit_stop = active & jnp.any(new[..., None] == stop_ids, axis=-1)
-            budget = budget - active
-            out = (new, active, jnp.where(active, q_lp, 0.0), jnp.where(active, p_lp, 0.0))
-            carry = (pool, new, pos + 1, steps + 1, budget, active & ~hit_stop & (budget > 0))
-            return carry, out
-
-        init = (pool, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
-        (pool, *_), outs = jax.lax.scan(step, init, None, length=burst)
-        return (pool, *(x.transpose(1, 0, 2) for x in outs))  # tokens, valid, q_logp, p_logp: [G, burst, S]
-
-    return decode
 
 
 def device_free_bytes() -> int:
@@ -387,11 +227,11 @@ class Engine:
         arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype, sharding=batch(1 + len(shape)))
         i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
-            fn = _prefill_program(self.graphdef, sp, self.page_size)
+            fn = programs.prefill_program(self.graphdef, sp, self.page_size)
             args = (i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1))
             outs = (pool_sh,) + (batch(2),) * 3
         else:
-            fn = _decode_program(self.graphdef, sp, self.page_size, self.burst)
+            fn = programs.decode_program(self.graphdef, sp, self.page_size, self.burst)
             args = (i32(S), i32(S), i32(S), i32(S), arr(jnp.bool_, S), i32(S), i32(S), i32(S, J))
             outs = (pool_sh,) + (batch(3),) * 4
         jitted = jax.jit(
