@@ -62,6 +62,35 @@ def test_decode_batch_with_bound_one_equals_reference(pad_seqs, pad_tokens):
     assert not np.asarray(got)[5:].any()
 
 
+@pytest.mark.parametrize("keys_per_round", [PAGE, 3 * PAGE])
+def test_decode_in_rounds_of_few_pages_equals_reference(monkeypatch, keys_per_round):
+    """Rounds of 1 or 3 pages: a sequence's pages split across rounds (and rounds across sequences) still
+    fold into the same softmax; a long sequence beside short ones and a full block table included."""
+    monkeypatch.setattr(paged_attention, "KEYS_PER_ROUND", keys_per_round)
+    rng = np.random.default_rng(3)
+    kv_lens = [24, 1, 2, 5, 23, 4]  # 6 pages x 4 = 24 positions: the first row fills its table
+    args = _batch(rng, [1] * 6, kv_lens, pad_seqs=1, pad_tokens=2)
+    want = tpu_rpa.ref_ragged_paged_attention(*map(jnp.asarray, args), sm_scale=0.3)
+    got = jax.jit(lambda *a: paged_attention.ragged_paged_attention(*a, sm_scale=0.3, impl="xla", max_q_len=1))(*args)
+    np.testing.assert_allclose(np.asarray(got)[:6], np.asarray(want)[:6], atol=2e-6)
+    assert not np.asarray(got)[6:].any()
+
+
+def test_decode_reads_only_the_pages_in_use():
+    """A decode step reads each sequence's own pages, not the block table's width: NaN in every table page
+    past a sequence's length (what a long sequence beside it would make the page-by-page loop read) leaves
+    the outputs equal to the reference on a clean pool."""
+    rng = np.random.default_rng(4)
+    kv_lens = [24, 1, 6, 13]
+    q, kv, lens, pages, cu, n = _batch(rng, [1] * 4, kv_lens, pad_seqs=0, pad_tokens=0)
+    want = tpu_rpa.ref_ragged_paged_attention(*map(jnp.asarray, (q, kv, lens, pages, cu, n)), sm_scale=0.3)
+    poisoned = kv.copy()
+    for b, length in enumerate(kv_lens):
+        poisoned[pages[b, -(-length // PAGE) :]] = np.nan
+    got = paged_attention.ragged_paged_attention(q, poisoned, lens, pages, cu, n, sm_scale=0.3, impl="xla", max_q_len=1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+
+
 def test_prefill_in_chunks_equals_dense_causal_attention():
     """One 13-token sequence over scattered pages, its queries fed in chunks of 5, 5 and 3 (each chunk
     seeing the keys before it), equals dense causal attention over the whole sequence."""

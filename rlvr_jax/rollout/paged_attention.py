@@ -22,6 +22,7 @@ from jax.experimental.pallas.ops.tpu import ragged_paged_attention as tpu_rpa
 from rlvr_jax import sharding
 
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+KEYS_PER_ROUND = 1024  # keys a decode-attention round reads per sequence set (fits a CPU core's cache)
 
 
 def xla_ragged_paged_attention(
@@ -70,33 +71,51 @@ def xla_ragged_paged_attention(
 
 
 def xla_decode_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, *, sm_scale):
-    """The XLA implementation when each sequence has at most one query token (a decode step): attention page
-    by page with a running softmax, so no [B, S] block of keys is gathered at once (XLA:CPU ran the gathered
-    form 3-5x slower at 256 sequences: the gathered keys no longer fit in cache)."""
+    """The XLA implementation when each sequence has at most one query token (a decode step). Each sequence
+    costs its own pages, not the block table's width: the (sequence, page) pairs in use are numbered in one
+    flat list, and a loop takes W of them a round (about KEYS_PER_ROUND keys), scores them, and folds each
+    into its sequence's running softmax (max, sum, weighted values) with scatters. The loop runs
+    ceil(pages in use / W) rounds, so one long sequence among short ones no longer makes every sequence read
+    as many pages as it (the page-by-page loop over the table's width did), and no [B, S] block of keys is
+    gathered at once (XLA:CPU ran that form 3-5x slower at 256 sequences)."""
     T, H, D = q_TxHxD.shape
     page_size, K = kv_pages.shape[1], kv_pages.shape[2] // 2
     B, J = page_indices_BxJ.shape
     Q = H // K
+    W = max(1, min(B * J, KEYS_PER_ROUND // page_size))
     f32 = jnp.float32
-    kv_pages, page_indices_BxJ, cu_q_lens_B1 = map(jnp.asarray, (kv_pages, page_indices_BxJ, cu_q_lens_B1))
+    q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1 = map(
+        jnp.asarray, (q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1)
+    )
     tok_B = cu_q_lens_B1[:-1]
     live_B = (jnp.arange(B) < num_seqs_1[0]) & (cu_q_lens_B1[1:] > tok_B)
     q_BxKxQxD = q_TxHxD[jnp.clip(tok_B, 0, T - 1)].reshape(B, K, Q, D).astype(f32) * sm_scale
+    # the flat list: sequence b owns items start[b] .. end[b] - 1, one per page it uses
+    pages_B = jnp.where(live_B, jnp.clip((kv_lens_B + page_size - 1) // page_size, 0, J), 0)
+    end_B = jnp.cumsum(pages_B)
+    start_B = end_B - pages_B
+    total = end_B[-1]
 
-    def page(j, carry):
-        m_BxKxQ, l_BxKxQ, acc_BxKxQxD = carry
-        kv = kv_pages[page_indices_BxJ[:, j]].reshape(B, page_size, K, 2, D).astype(f32)
-        scores_BxKxQxP = jnp.einsum("bkqd,bpkd->bkqp", q_BxKxQxD, kv[..., 0, :])
-        seen_BxP = j * page_size + jnp.arange(page_size)[None, :] < kv_lens_B[:, None]
-        scores_BxKxQxP = jnp.where(seen_BxP[:, None, None], scores_BxKxQxP, MASK_VALUE)
-        m_new = jnp.maximum(m_BxKxQ, scores_BxKxQxP.max(-1))
+    def round_(carry):
+        r, m_BxKxQ, l_BxKxQ, acc_BxKxQxD = carry
+        item_W = r * W + jnp.arange(W)
+        seq_W = jnp.clip(jnp.searchsorted(end_B, item_W, side="right"), 0, B - 1)
+        page_W = jnp.clip(item_W - start_B[seq_W], 0, J - 1)
+        into_W = jnp.where(item_W < total, seq_W, B)  # items past the list are dropped by the scatters
+        kv = kv_pages[page_indices_BxJ[seq_W, page_W]].reshape(W, page_size, K, 2, D).astype(f32)
+        scores_WxKxQxP = jnp.einsum("wkqd,wpkd->wkqp", q_BxKxQxD[seq_W], kv[..., 0, :])
+        seen_WxP = page_W[:, None] * page_size + jnp.arange(page_size)[None, :] < kv_lens_B[seq_W][:, None]
+        scores_WxKxQxP = jnp.where(seen_WxP[:, None, None], scores_WxKxQxP, MASK_VALUE)
+        m_new = m_BxKxQ.at[into_W].max(scores_WxKxQxP.max(-1), mode="drop")
         rescale = jnp.exp(m_BxKxQ - m_new)
-        probs = jnp.exp(scores_BxKxQxP - m_new[..., None])
-        acc = acc_BxKxQxD * rescale[..., None] + jnp.einsum("bkqp,bpkd->bkqd", probs, kv[..., 1, :])
-        return m_new, l_BxKxQ * rescale + probs.sum(-1), acc
+        probs = jnp.exp(scores_WxKxQxP - m_new[seq_W][..., None])
+        l_new = l_BxKxQ * rescale + jnp.zeros_like(l_BxKxQ).at[into_W].add(probs.sum(-1), mode="drop")
+        values_WxKxQxD = jnp.einsum("wkqp,wpkd->wkqd", probs, kv[..., 1, :])
+        acc = acc_BxKxQxD * rescale[..., None] + jnp.zeros_like(acc_BxKxQxD).at[into_W].add(values_WxKxQxD, mode="drop")
+        return r + 1, m_new, l_new, acc
 
-    init = (jnp.full((B, K, Q), MASK_VALUE, f32), jnp.zeros((B, K, Q), f32), jnp.zeros((B, K, Q, D), f32))
-    _, l_BxKxQ, acc_BxKxQxD = jax.lax.fori_loop(0, J, page, init, unroll=min(J, 8))
+    init = (0, jnp.full((B, K, Q), MASK_VALUE, f32), jnp.zeros((B, K, Q), f32), jnp.zeros((B, K, Q, D), f32))
+    _, _, l_BxKxQ, acc_BxKxQxD = jax.lax.while_loop(lambda c: c[0] * W < total, round_, init)
     out_BxHxD = (acc_BxKxQxD / jnp.maximum(l_BxKxQ, 1e-30)[..., None]).reshape(B, H, D)
     out_TxHxD = jnp.zeros((T, H, D), f32).at[jnp.where(live_B, tok_B, T)].set(out_BxHxD, mode="drop")
     return out_TxHxD.astype(q_TxHxD.dtype)
