@@ -56,9 +56,8 @@ def tiny_config(**train):
 
 def engine_program_bound(c) -> int:
     """The most programs the rollout engine of a run of `c` compiles, whatever its steps: the pool and the
-    weights' decode layout once each, then (one set of sampling parameters) a prefill program per block-table
-    width and a decode program per width of the longest seated row, widths being the powers of two up to a
-    longest row's pages (a prompt of at most data.max_prompt_tokens and rollout.max_new_tokens new tokens).
+    weights' decode layout once each, then (one set of sampling parameters) a prefill and a decode program per
+    block-table width of a call, widths being the powers of two up to a longest row's pages (a prompt of at most data.max_prompt_tokens and rollout.max_new_tokens new tokens).
     Decode programs are per slot count too (the fullest batch shard's rows, to a power of two): one here,
     where a step's prompts are at most the 8 batch shards, so a shard holds one prompt's rows or none."""
     longest = c.data.max_prompt_tokens + c.rollout.max_new_tokens

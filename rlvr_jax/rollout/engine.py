@@ -61,9 +61,8 @@ def device_free_bytes() -> int:
 class Engine:
     """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
     (0: `memory_fraction` of the memory a device has left) and `num_slots` decode slots. Compiles the pool
-    and the weights' reshard once and, per sampling parameters, a prefill program per block-table width
-    (a power of two pages, from the longest row of a call) and a decode program per width of the longest
-    seated row; counts them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
+    and the weights' reshard once and, per sampling parameters and block-table width (a power of two pages,
+    from the longest row of a call), a prefill program and a decode program per number of slots; counts them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
 
     def __init__(
         self,
@@ -77,7 +76,6 @@ class Engine:
         memory_fraction: float = 0.5,
         prefill_chunk: int = 128,
         decode_burst: int = 8,
-        chunks_per_burst: int = 8,
         cache_dtype: str | None = None,
         weights_dtype: str | None = None,
         pad_id: int = 0,
@@ -88,13 +86,11 @@ class Engine:
             page_size=page_size,
             prefill_chunk=prefill_chunk,
             decode_burst=decode_burst,
-            chunks_per_burst=chunks_per_burst,
         ).items():
             if value < 1:
                 raise ValueError(f"rollout engine: {name}={value} must be >= 1")
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
         self.num_slots, self.page_size, self.chunk, self.burst = num_slots, page_size, prefill_chunk, decode_burst
-        self.chunks_per_burst = chunks_per_burst
         self.dtype = jnp.dtype(cache_dtype or cfg.param_dtype)
         self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
         self.pad_id, self.min_prompt_bucket = pad_id, min_prompt_bucket
@@ -351,8 +347,10 @@ class Engine:
         t0 = time.perf_counter()
         counts = dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
         while self._agree([not all(s.done() for s in scheds)])[0]:
+            # prefill first: every slot that would decode empty is filled before the next burst (a burst
+            # costs the same with its slots full; the scheduler starts no prefill without a slot for it)
             chunks = 0
-            while chunks < self.chunks_per_burst:
+            while True:
                 jobs = [s.next_prefill() for s in scheds]
                 if not self._agree([any(j is not None for j in jobs)])[0]:
                     break
@@ -363,14 +361,13 @@ class Engine:
                         bar.update(0 if job.row is not None else n)
                 chunks += 1
             djobs = [s.next_decode() for s in scheds]
-            widest = max((len(r.pages) for d in djobs if d for r in d.rows if r is not None), default=0)
-            Jd = self._agree([next_pow2(widest, 1) if widest else 0])[0]
-            if Jd:
-                valid = self._run_decode(weights, target, sp, min(J, Jd), base_key, djobs, ids, scheds, counts)
+            decoding = self._agree([any(d is not None for d in djobs)])[0]
+            if decoding:  # the call's block-table width J: decode attention costs each row its own pages
+                valid = self._run_decode(weights, target, sp, J, base_key, djobs, ids, scheds, counts)
                 counts["decode_steps"] += self.burst
                 counts["slot_steps"] += int(valid)
                 bar.update(int(valid))
-            if not chunks and not Jd and self._agree([not all(s.done() for s in scheds)])[0]:
+            if not chunks and not decoding and self._agree([not all(s.done() for s in scheds)])[0]:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
         bar.close()
         rows = {}
@@ -425,20 +422,20 @@ class Engine:
         )
         return [self.local_rows(x) for x in firsts]
 
-    def _run_decode(self, weights, target, sp, Jd, base_key, djobs, ids, scheds, counts) -> int:
+    def _run_decode(self, weights, target, sp, J, base_key, djobs, ids, scheds, counts) -> int:
         """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
         G, S = self.local_shards, scheds[0].num_slots
         names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
         arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
-        pages = np.zeros((G, S, Jd), np.int32)
+        pages = np.zeros((G, S, J), np.int32)
         for g, job in enumerate(djobs):
             if job is None:
                 continue
             for k in names:
                 arrays[k][g] = getattr(job, k)
             arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
-            pages[g] = job.pages_SxJ[:, :Jd]
-        program = self._program("decode", target, sp, Jd, S)
+            pages[g] = job.pages_SxJ
+        program = self._program("decode", target, sp, J, S)
         glob = self.to_global
         self.pool, *outs = program(weights, self.pool, base_key, *(glob(arrays[k]) for k in names), glob(pages))
         tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
