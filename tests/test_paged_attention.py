@@ -52,7 +52,8 @@ def test_xla_equals_jax_reference_on_mixed_prefill_and_decode():
 
 @pytest.mark.parametrize("pad_seqs,pad_tokens", [(0, 0), (2, 3)])
 def test_decode_batch_with_bound_one_equals_reference(pad_seqs, pad_tokens):
-    """max_q_len=1 takes the page-by-page running-softmax path; padding sequences and tokens come back zero."""
+    """max_q_len=1 takes the decode path (a running softmax over the pages in use); padding sequences and
+    tokens come back zero."""
     rng = np.random.default_rng(1)
     kv_lens = [3, 24, 13, 1, 20]
     args = _batch(rng, [1] * 5, kv_lens, pad_seqs=pad_seqs, pad_tokens=pad_tokens)
@@ -78,7 +79,7 @@ def test_decode_in_rounds_of_few_pages_equals_reference(monkeypatch, keys_per_ro
 
 def test_decode_reads_only_the_pages_in_use():
     """A decode step reads each sequence's own pages, not the block table's width: NaN in every table page
-    past a sequence's length (what a long sequence beside it would make the page-by-page loop read) leaves
+    past a sequence's length (what a long sequence beside it made the earlier page-by-page loop read) leaves
     the outputs equal to the reference on a clean pool."""
     rng = np.random.default_rng(4)
     kv_lens = [24, 1, 6, 13]
