@@ -62,7 +62,8 @@ class Engine:
     """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
     (0: `memory_fraction` of the memory a device has left) and `num_slots` decode slots. Compiles the pool
     and the weights' reshard once and, per sampling parameters and block-table width (a power of two pages,
-    from the longest row of a call), a prefill program and a decode program per number of slots; counts them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
+    from the longest row of a call), a prefill program and a decode program per number of slots; counts
+    them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
 
     def __init__(
         self,
