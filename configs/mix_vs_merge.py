@@ -2,7 +2,7 @@
 merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> evaluate every model on every
 domain -> weight-space and policy analyses -> report.md, results.json and plots.
 
-Laptop CPU (tiny model, built-in tasks; 37.9 min measured on a 2-core CPU: docs/example_tiny, docs/MEASUREMENTS.md):
+Laptop CPU (tiny model, built-in tasks; its report: docs/example_tiny, its wall time: docs/MEASUREMENTS.md):
   rlvr-experiment --config=configs/mix_vs_merge.py:tiny --workdir=runs/mix_vs_merge
 Study scale (Qwen3-4B, 128 x 16, 200 / 400 steps) on a TPU pod slice; the anchor is the SFT model:
   rlvr-experiment --config=configs/mix_vs_merge.py --config.anchor=/mnt/ckpt/qwen3-4b-sft \\
@@ -30,12 +30,9 @@ def get_config(arg: str = ""):
     c.base = grpo.get_config("multi,tiny" if tiny else "multi")
     c.base.seed = c.get_ref("seed")
     c.base.eval.items_per_domain = 0  # every model is evaluated once, in the eval stage
-    # Tiny: the grpo preset's SFT steps, which give an anchor that already solves some items.
-    # Study scale: the anchor comes from elsewhere (c.anchor); base.sft only runs when anchor is "".
     c.anchor = ""  # HF directory or Orbax checkpoint of the SFT model; "" = run the SFT stage (base.sft)
 
-    # GRPO steps of each single-domain run. Tiny: 150 of 16 x 8 move each expert on its own domain by 7 to 29
-    # points (z 2.9 to 9.8 on 200 items); 20 moved them by a point or two, within noise (docs/MEASUREMENTS.md).
+    # GRPO steps of each single-domain run; tiny: fewer left the experts' gains within noise (docs/MEASUREMENTS.md)
     c.single_steps = 150 if tiny else 200
     c.multi_step_ratio = 2  # the study: 400 multi-task steps against 200 per domain
     c.multi_steps = c.get_ref("single_steps") * c.get_ref("multi_step_ratio")  # derived; follows overrides
@@ -56,8 +53,7 @@ def get_config(arg: str = ""):
 
     c.eval = ml_collections.ConfigDict()
     c.eval.data = "builtin"  # "builtin" (held-out split) or JSONL files from `rlvr-data convert`
-    # 0 = every item. Tiny: 300 (code has ~230 held-out prompts: all), for math's +7-point gain to stand at z > 3.
-    c.eval.items_per_domain = 300 if tiny else 0
+    c.eval.items_per_domain = 300 if tiny else 0  # 0 = every item; tiny: enough for a 7-point gain at z > 3
     c.eval.samples = 4 if tiny else 16  # K of Avg@K and pass@K
     # Sampled like training (the study does not state its eval sampling); Avg@K needs K > 1 at T > 0.
     c.eval.temperature = 1.0
@@ -77,6 +73,5 @@ def get_config(arg: str = ""):
     c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"
     c.report.curve_smoothing = 5  # steps in the rolling mean of the learning curves
     c.check_fit = True  # on a TPU: compile every stage for the slice before the first one runs (rlvr-plan)
-    c.xla_cache_dir = ""  # persistent XLA compilation cache shared by the stages ("" = off; it would
-    # make later stages' compiles cheaper and so bias the cost table toward them)
+    c.xla_cache_dir = ""  # XLA compilation cache shared by stages; "" = off (it would bias the cost table)
     return c

@@ -1,14 +1,17 @@
 """Orbax checkpoints: one directory per step holding params, optimizer state, step + RNG, and JSON
-metadata (model config, data-iterator state, resolved run config); restorable into any mesh.
-"""
+metadata (model config, data-iterator state, resolved run config, the before-RL evaluation); restorable
+into any mesh. What a training step saves is built here (step_arrays, step_meta) and restored here
+(abstract_step_arrays)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -21,6 +24,37 @@ def abstract_with_shardings(abstract_tree, shardings_tree):
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings_tree
     )
+
+
+def step_arrays(params, opt_state, step: int, key) -> dict[str, Any]:
+    """The array items (ARRAY_ITEMS) a training step saves: params, optimizer state, step and RNG key."""
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        # host numpy values: identical on every process, so they need no sharding
+        "train": {"step": np.asarray(step, np.int32), "rng": np.asarray(jax.random.key_data(key), np.uint32)},
+    }
+
+
+def abstract_step_arrays(params, opt_state, param_shardings, opt_shardings) -> dict[str, Any]:
+    """What `Checkpointer.restore` restores step_arrays into: the live trees' shapes on their shardings."""
+    return {
+        "params": abstract_with_shardings(jax.eval_shape(lambda: params), param_shardings),
+        "opt_state": abstract_with_shardings(jax.eval_shape(lambda: opt_state), opt_shardings),
+        "train": {"step": np.zeros((), np.int32), "rng": np.zeros((2,), np.uint32)},
+    }
+
+
+def step_meta(*, data_state: dict, config, model_config: dict, eval_before: dict | None) -> dict:
+    """The JSON item `meta` a training step saves: the data iterator's state, the resolved run config (a
+    ConfigDict), the model config (params_io.model_config_to_json) and the before-RL evaluation."""
+    return {
+        "data_state": data_state,
+        "config": json.loads(config.to_json_best_effort()),
+        "model_config": model_config,
+        # with its per-item results: a resumed run still pairs them with the after-RL evaluation
+        "eval_before": eval_before,
+    }
 
 
 class Checkpointer:

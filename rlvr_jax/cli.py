@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import keyword
 import logging
 import os
@@ -77,49 +78,100 @@ def quote_keyword_fields(argv: list[str]) -> list[str]:
     return out
 
 
-def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str], None]) -> int:
-    """Parse `--config` / overrides / `--workdir`, set up logging, then `run(config, workdir)`."""
-    fv = flags.FlagValues()
-    argv = quote_keyword_fields(list(sys.argv[1:] if argv is None else argv))
+class UsageError(Exception):
+    """A bad command line or input file: the command prints `PROG: error: MESSAGE` and exits 2, no traceback."""
+
+
+def parse_config(argv: list[str], prog: str):
+    """`--config=FILE.py[:ARG]` and its `--config.a.b=value` overrides, parsed by ml-collections; returns
+    (the config or None, the arguments left for argparse). Raises UsageError for a bad file, word or field."""
+    fv, argv = flags.FlagValues(), quote_keyword_fields(argv)
     # sys_argv: ml-collections finds the overrides there (default sys.argv, not the argv of an in-process call)
     config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "config file, e.g. configs/default.py:tiny",
-        flag_values=fv,
-        lock_config=True,
-        sys_argv=[prog] + argv,
+        "config", None, "config file", flag_values=fv, lock_config=True, sys_argv=[prog] + argv
     )
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, TensorBoard logs", flag_values=fv)
-    if any(a in ("-h", "--help", "--helpfull") for a in argv):
-        print(f"usage: {prog} --config=configs/FILE.py[:ARG] [--config.a.b=VALUE ...] --workdir=DIR\n")
-        print((description or "").strip() + "\n")
-        print(
-            "Each config file's docstring shows its run command and the words its ARG takes (any other word\n"
-            "is an error); any field can be overridden, e.g.\n"
-            "  --config.train.steps=20 --config.rollout.samples_per_prompt=8\n"
-        )
-        print(fv.main_module_help() if hasattr(fv, "main_module_help") else "")
-        return 0
+    fv.set_gnu_getopt(True)  # keep reading past the other flags' values
     try:
-        fv([prog] + argv)
+        rest = fv([prog] + argv, known_only=True)[1:]
     except flags.Error as e:
-        print(f"{prog}: error: {flag_error(e)}", file=sys.stderr)
-        return 2
+        raise UsageError(flag_error(e)) from None
     except (AttributeError, KeyError) as e:
         message = unknown_override(argv, e)
         if message is None:
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    if fv.config is None or not fv.workdir:
-        print(f"{prog}: error: --config and --workdir are required (see --help)", file=sys.stderr)
-        return 2
+        raise UsageError(message) from None
+    stray = [a for a in rest if a.startswith("--config.")]
+    if stray:
+        raise UsageError(f"{stray[0]} without --config=FILE.py[:ARG] before it")
+    return fv.config, rest
+
+
+def add_config_flag(parser: argparse.ArgumentParser, example: str = "configs/default.py:tiny") -> None:
+    """List `--config` in a parser's help; parse_config reads it (and its overrides) before argparse does."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE.py[:ARG]",
+        help=f"config file with get_config(arg), e.g. {example}; then --config.a.b=VALUE overrides any of its "
+        "fields (each config file's docstring shows its run command and the words its ARG takes)",
+    )
+
+
+def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    run(fv.config, os.path.expanduser(fv.workdir))
-    return 0
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv,
+    run: Callable[..., object],
+    *,
+    config: bool = False,
+    errors: tuple[type[BaseException], ...] = (),
+    log: bool = False,
+) -> int:
+    """Every command's one argument path: for a config-driven command, `--help` first (never failing on a
+    config file), then `--config` and its overrides; then the parser's own flags (argparse's help, with
+    subcommands); then `run(args)` or,
+    with `config`, `run(config_or_None, args)`. A UsageError (or one of `errors`) from any of it prints one
+    line `PROG: error: ...` and exits 2. `log`: INFO logging to stderr, for the long-running commands."""
+    prog = parser.prog
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if config and any(a in ("-h", "--help") for a in argv):  # before the config file: help never fails on one
+        parser.print_help()
+        return 0
+    try:
+        cfg, rest = parse_config(argv, prog) if config else (None, argv)
+        args = parser.parse_args(rest)
+        if config and args.config is not None:  # only an abbreviation (--conf=...) gets past ml-collections
+            raise UsageError("spell out --config=FILE.py[:ARG]")
+        if log:  # the long-running commands log their progress
+            setup_logging()
+        return (run(cfg, args) if config else run(args)) or 0
+    except (UsageError, *errors) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str], None]) -> int:
+    """A config-driven command (`--config`, overrides, `--workdir`) that hands the config and the workdir
+    to `run(config, workdir)`."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(description or "").strip(),
+        epilog="example overrides: --config.train.steps=20 --config.rollout.samples_per_prompt=8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_flag(parser)
+    parser.add_argument("--workdir", help="directory for checkpoints, metrics, TensorBoard logs")
+
+    def run_with_config(config, args) -> None:
+        if config is None or not args.workdir:
+            raise UsageError("--config and --workdir are required (see --help)")
+        run(config, os.path.expanduser(args.workdir))
+
+    return run_command(parser, argv, run_with_config, config=True, log=True)
 
 
 def maybe_initialize_distributed(

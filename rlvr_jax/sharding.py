@@ -52,6 +52,19 @@ class MeshShape:
     fsdp: int = -1
     tensor: int = 1
 
+    @classmethod
+    def of(cls, section) -> MeshShape:
+        """The sizes a config's `mesh` section gives (any object with data, fsdp and tensor attributes)."""
+        return cls(int(section.data), int(section.fsdp), int(section.tensor))
+
+    @classmethod
+    def parse(cls, text: str) -> MeshShape:
+        """The sizes a command's `--mesh DATA,FSDP,TENSOR` flag gives, e.g. "1,-1,1"."""
+        parts = text.split(",")
+        if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"mesh {text!r}: expected three comma-separated sizes DATA,FSDP,TENSOR, e.g. 1,-1,1")
+        return cls(*(int(p) for p in parts))
+
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
         if sizes.count(-1) > 1:
@@ -232,7 +245,8 @@ class ActivatedJit:
         with activate(self.mesh):
             return self.fn(*args)
 
-    def _cache_size(self):
+    def cache_size(self) -> int:
+        """Programs compiled so far (jax's count): the tests bound recompilation with it."""
         return self.fn._cache_size()
 
 

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # One style: the formatter and the linter configured in pyproject.toml (a failure prints the fix).
-.venv/bin/ruff format --check rlvr_jax tests tools configs || { echo "run: .venv/bin/ruff format rlvr_jax tests tools configs" >&2; exit 1; }
-.venv/bin/ruff check rlvr_jax tests tools configs
+.venv/bin/ruff format --check rlvr_jax tests benchmarks tools configs || { echo "run: .venv/bin/ruff format rlvr_jax tests benchmarks tools configs" >&2; exit 1; }
+.venv/bin/ruff check rlvr_jax tests benchmarks tools configs
 exec .venv/bin/python -m pytest -n 2 --durations=15 tests "$@"

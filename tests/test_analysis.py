@@ -6,8 +6,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlvr_jax import pytree
 from rlvr_jax.eval import analysis as A
-from rlvr_jax.merging import methods as M
 from tests.test_merge import _tree
 
 SHAPES = {
@@ -79,14 +79,14 @@ def test_changed_mask_is_fp32_and_relative():
 
 def test_projected_cosines_match_numpy_projection(mesh):
     a, ms = _models(seed=1)
-    paths = list(M.flatten(_tree(a))[0])
+    paths = list(pytree.flatten(_tree(a))[0])
     whole, per = A.project(shard(_tree(a), mesh), [shard(_tree(m), mesh) for m in ms], dim=32, seed=5)
     # numpy: rebuild the same projection tensor by tensor from the documented recipe
     ref_whole, ref_per = np.zeros((3, 32)), {}
     normal = jax.jit(lambda key, c, chunk: jax.random.normal(jax.random.fold_in(key, c), (chunk, 32)), static_argnums=2)
     for p in paths:
         n = a[p].size
-        key = jax.random.fold_in(jax.random.key(5), M.path_hash(p))
+        key = jax.random.fold_in(jax.random.key(5), pytree.path_hash(p))
         chunk = min(A.PROJ_CHUNK, n)
         nc = -(-n // chunk)
         G = np.concatenate([np.asarray(normal(key, c, chunk)) for c in range(nc)])[:n]

@@ -1,16 +1,12 @@
-"""tools/bench_rollout.py on its quick shape: the row contract (the three figures, ratios computable, the KV
+"""benchmarks/rollout.py on its quick shape: the row contract (the three figures, ratios computable, the KV
 ratio at least 1) and the workload's budgets; speed is never asserted here."""
 
 import math
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-
-import bench  # noqa: E402
-import bench_rollout  # noqa: E402
+from benchmarks import bench
+from benchmarks import rollout as bench_rollout
 
 MACHINE = {"mem_bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0}
 

@@ -1,19 +1,15 @@
-"""tools/bench.py plumbing on a toy shape: rows complete and finite (speed is never asserted here)."""
+"""benchmarks/bench.py plumbing on a toy shape: rows complete and finite (speed is never asserted here)."""
 
 import dataclasses
 import math
-import os
-import sys
 
 import jax
 from flax import nnx
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-
-import bench  # noqa: E402
-import bench_generation  # noqa: E402
-
-from rlvr_jax.model.decoder import Decoder, ModelConfig  # noqa: E402
+from benchmarks import bench
+from benchmarks import generation as bench_generation
+from benchmarks import train as bench_train
+from rlvr_jax.model.decoder import Decoder, ModelConfig
 
 TOY = ModelConfig(
     family="qwen3",
@@ -79,8 +75,6 @@ def test_decode_matmul_kernels_are_every_weight_matrix_once():
 
 
 def test_train_memory_row_grows_linearly_and_beats_dense():
-    import bench_train  # noqa: PLC0415  # local: tools/ is on sys.path only for these tests
-
     (row,) = bench_train._memory_rows(quick=True)
     assert 0 < row["ours"] < row["peer"], row
     assert row["growth_from_half"] < 2.3, row  # doubling T doubles the temporaries, not x4

@@ -195,7 +195,33 @@ COMMANDS = [
     "rlvr_jax.study.experiment",
     "rlvr_jax.model.convert",
     "rlvr_jax.data.cli",
+    "rlvr_jax.plan.cli",
 ]
+
+
+def test_every_console_script_is_listed_and_takes_the_one_argument_path():
+    """pyproject's console scripts are exactly COMMANDS, and each `main` hands its parser to
+    cli.run_command (or cli.run_entry for the config-plus-workdir commands): one way to parse, to print
+    `--help` and to report a usage error."""
+    import ast
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert sorted(v.split(":")[0] for v in scripts.values()) == sorted(COMMANDS)
+    for target in scripts.values():
+        module, func = target.split(":")
+        tree = ast.parse(open(importlib.import_module(module).__file__).read())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == func)
+        calls = {
+            n.func.attr
+            for n in ast.walk(main)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "cli"
+        }
+        assert calls & {"run_command", "run_entry"}, f"{target} parses its command line its own way"
 
 
 @pytest.mark.parametrize("module", COMMANDS)

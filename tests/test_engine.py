@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlvr_jax import plan, sharding
+from rlvr_jax import sharding
 from rlvr_jax.model import hf
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
+from rlvr_jax.plan.chips import PlanError, topology_devices
 from rlvr_jax.rollout import engine, sampling
 from tests.hf_fixtures import FAMILIES, ragged_batch, save_hf_model
 
@@ -202,8 +203,8 @@ def test_prefill_and_decode_compile_for_a_tpu_topology():
     """On TPU devices the engine's programs run jax's Pallas kernel (compiled here for v5e:2x2 from this CPU
     host, weights FSDP x tensor sharded, the pool's kv heads over `tensor`). Needs libtpu; skipped loudly."""
     try:
-        devices = plan.topology_devices("v5e:2x2")
-    except plan.PlanError as e:
+        devices = topology_devices("v5e:2x2")
+    except PlanError as e:
         pytest.skip(f"LOUD SKIP: cannot compile for a TPU topology here (libtpu missing?): {e}")
     cfg = ModelConfig(
         family="qwen3",

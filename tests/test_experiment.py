@@ -15,7 +15,7 @@ import pytest
 
 from rlvr_jax.config_args import load_config_file
 from rlvr_jax.eval.evaluate import summarize
-from rlvr_jax.study import experiment, layout, render
+from rlvr_jax.study import experiment, layout, render, stages
 from rlvr_jax.study import report as experiment_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,13 +292,13 @@ def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
 
 def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
     config, wd = short_config(), str(tmp_path)
-    one = [s.name for s in experiment.plan(config, wd)]
+    one = [s.name for s in stages.plan(config, wd)]
     rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi"]
     assert one == ["sft"] + rl + ["eval", "analysis", "report"]
 
     config.seeds = "0,3"
     experiment.validate(config)
-    assert [s.name for s in experiment.plan(config, wd)] == (
+    assert [s.name for s in stages.plan(config, wd)] == (
         ["sft"] + rl + [f"{n}_seed3" for n in rl] + ["eval", "analysis", "report"]
     )
     runs = layout.runs_of(config, wd)
@@ -308,15 +308,15 @@ def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
     assert (runs["sft"]["seed"], runs["rl_math"]["seed"]) == (0, 0)
     # seed 3's merge and MT-OPD read seed 3's experts, and its RL runs train with seed 3
     assert layout.model_table(config, wd, 3)["rl_if"]["path"] == os.path.join(wd, "rl_if_seed3", "checkpoints")
-    c = experiment.rl_config(config, domains="math", steps=1, start="a", seed=3)
+    c = stages.rl_config(config, domains="math", steps=1, start="a", seed=3)
     assert (c.seed, config.base.seed) == (3, 0)
 
     # more seeds may join a finished workdir; any other change is refused
-    experiment._check_same_config(short_config(), wd)
-    experiment._check_same_config(config, wd)
+    experiment.check_same_config(short_config(), wd)
+    experiment.check_same_config(config, wd)
     config.single_steps = 2
     with pytest.raises(experiment.ExperimentError, match="single_steps"):
-        experiment._check_same_config(config, wd)
+        experiment.check_same_config(config, wd)
 
     for bad in ("0,x", "1,1"):
         config = short_config()

@@ -18,9 +18,10 @@ LAYERS = [
         "rlvr_jax.metrics",
         "rlvr_jax.cli",
         "rlvr_jax.config_args",
+        "rlvr_jax.pytree",
     },
     {"rlvr_jax.model"},
-    {"rlvr_jax.instructions"},  # the IF instruction registry: data writes and validates with it, verifiers check
+    {"rlvr_jax.instructions"},  # the IF instruction registry: data writes and validates with it, verifiers score
     {"rlvr_jax.data"},
     {"rlvr_jax.verifiers"},
     {"rlvr_jax.rollout"},

@@ -5,12 +5,15 @@ import dataclasses
 import importlib.util
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlvr_jax import sharding
 from rlvr_jax.rl import grpo, optim
 from rlvr_jax.rl import loop as rl_loop
+from rlvr_jax.rl import update as rl_update
 from rlvr_jax.rollout.sampling import Rollout, SamplingParams
 from rlvr_jax.verifiers import Score
 
@@ -127,6 +130,30 @@ def test_build_update_batch_advantages_and_masks(overlong_filter):
     np.testing.assert_allclose(np.asarray(ub.batch["adv"]), adv_B[:, None] * (VALID & keep[:, None]))
     np.testing.assert_array_equal(ub.informative_N, [True, False])
     assert "old_logp" not in ub.batch and "ref_logp" not in ub.batch  # one update per rollout, no KL
+
+
+@pytest.mark.parametrize(
+    "settings,optional",
+    [
+        ({}, ()),
+        ({"updates_per_rollout": 2}, ("old_logp",)),
+        ({"kl_coef": 0.1}, ("ref_logp",)),
+        ({"kl_coef": 0.1, "kl_in_reward": True}, ()),
+        ({"kl_coef": 0.1, "updates_per_rollout": 3}, ("old_logp", "ref_logp")),
+    ],
+)
+def test_build_update_batch_gives_the_arrays_the_update_is_compiled_for(settings, optional):
+    """The loop's batch is update.update_batch_spec's (names, shapes, dtypes), optional arrays included, for the
+    loss settings that add them: what rlvr-plan compiles the update on."""
+    c = _components([1.0, 0.0, 1.0, 1.0])
+    s = _settings(**settings)
+    c.logprob_fn = lambda params, batch: jnp.zeros(batch["completion_tokens"].shape, jnp.float32)
+    c.ref_params = {} if s.kl_coef > 0 else None
+    assert s.optional_arrays == optional
+    ub = rl_loop.build_update_batch(c, s, rl_loop.score(c, s, ITEMS, _rollout(VALID, STOPPED)), params=None)
+    mesh = sharding.make_mesh(sharding.MeshShape(), devices=jax.devices()[:1])
+    want = rl_update.update_batch_spec(mesh, len(VALID), 3, VALID.shape[1], optional)
+    assert {k: (v.shape, v.dtype) for k, v in ub.batch.items()} == {k: (v.shape, v.dtype) for k, v in want.items()}
 
 
 def test_build_update_batch_puts_rows_with_a_gradient_first():

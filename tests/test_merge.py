@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlvr_jax import pytree
 from rlvr_jax.merging import methods as M
 from rlvr_jax.model import params_io
 
@@ -36,7 +37,7 @@ def _tree(flat):
 
 
 def _flat(tree):
-    paths, leaves, _ = M.flatten(tree)
+    paths, leaves, _ = pytree.flatten(tree)
     return {p: np.asarray(x, np.float32) for p, x in zip(paths, leaves)}
 
 
@@ -137,9 +138,11 @@ def test_ties_matches_numpy(scope):
 def test_global_threshold_is_exact_kth_largest_with_ties(mesh):
     a, xs = models(k=4, seed=2, quantized=True)  # many equal |tau|: ties at the threshold
     ts = taus(a, xs)
-    paths, al, _ = M.flatten(shard(_tree(a), mesh))
-    xl = [M.flatten(shard(_tree(x), mesh))[1] for x in xs]
-    items = [(al[i], tuple(x[i] for x in xl), np.uint32(M.path_hash(p)), np.uint32(0)) for i, p in enumerate(paths)]
+    paths, al, _ = pytree.flatten(shard(_tree(a), mesh))
+    xl = [pytree.flatten(shard(_tree(x), mesh))[1] for x in xs]
+    items = [
+        (al[i], tuple(x[i] for x in xl), np.uint32(pytree.path_hash(p)), np.uint32(0)) for i, p in enumerate(paths)
+    ]
     n = sum(v.size for v in a.values())
     ranks = np.array([[1, 7, n // 5, n - 1, n]] * 4)
     got = M.kth_largest(M._v_abs_tau, items, ranks)
@@ -261,11 +264,11 @@ def test_dare_statistics_and_numpy_equivalence():
     ts = taus(a, xs)
     p_drop = 0.2
     mask_fn = jax.jit(M.dare_keep_mask, static_argnums=(0, 1))  # eager RNG compiles op by op
-    masks = [{p: np.asarray(mask_fn(a[p].shape, p_drop, 11, M.path_hash(p), k)) for p in a} for k in range(2)]
+    masks = [{p: np.asarray(mask_fn(a[p].shape, p_drop, 11, pytree.path_hash(p), k)) for p in a} for k in range(2)]
     keep = np.concatenate([m[p].ravel() for m in masks for p in a])
     n = keep.size
     assert abs(keep.mean() - 0.8) < 4 * np.sqrt(0.16 / n)  # Bernoulli(0.8) within 4 sigma
-    m_other = np.concatenate([np.asarray(mask_fn(a[p].shape, p_drop, 12, M.path_hash(p), 0)).ravel() for p in a])
+    m_other = np.concatenate([np.asarray(mask_fn(a[p].shape, p_drop, 12, pytree.path_hash(p), 0)).ravel() for p in a])
     assert (m_other != np.concatenate([masks[0][p].ravel() for p in a])).mean() > 0.2  # seed matters
 
     got = _flat(M.dare_task_arithmetic(_tree(a), [_tree(x) for x in xs], drop_rate=p_drop, seed=11))
@@ -305,8 +308,8 @@ def test_mesh_equals_single_device(mesh, name, kw):
     As, Xs = shard(A, mesh), [shard(x, mesh) for x in X]
     one = _flat(M.MERGE_METHODS[name](A, X, **kw))
     out = M.MERGE_METHODS[name](As, Xs, **kw)
-    want = dict(zip(*M.flatten(As)[:2]))
-    for p, x in zip(*M.flatten(out)[:2]):
+    want = dict(zip(*pytree.flatten(As)[:2]))
+    for p, x in zip(*pytree.flatten(out)[:2]):
         assert x.sharding == want[p].sharding, p
     check(out, one, tol=1e-6 if name not in ("sce", "model_stock", "slerp") else 1e-5)
 
@@ -477,10 +480,11 @@ def test_cli_merges_orbax_checkpoints_and_refuses_other_architectures(tmp_path):
 def test_cli_recipe_is_parsed_by_ml_collections_and_flags_win(monkeypatch, capsys):
     import os
 
+    from rlvr_jax import cli
     from rlvr_jax.merging import cli as merge_cli
 
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    config, rest = merge_cli.parse_config(
+    config, rest = cli.parse_config(
         [
             "--anchor",
             "flag-anchor",
@@ -495,7 +499,8 @@ def test_cli_recipe_is_parsed_by_ml_collections_and_flags_win(monkeypatch, capsy
             "0.1",
             "--out",
             "o",
-        ]
+        ],
+        "rlvr-merge",
     )
     assert rest == ["--anchor", "flag-anchor", "--drop-rate", "0.1", "--out", "o"]  # left for argparse, in order
     r = merge_cli.resolve(merge_cli.build_parser().parse_args(rest), config)

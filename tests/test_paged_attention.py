@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas.ops.tpu import ragged_paged_attention as tpu_rpa
 
-from rlvr_jax import plan, sharding
+from rlvr_jax import sharding
 from rlvr_jax.model import attention
+from rlvr_jax.plan.chips import PlanError, topology_devices
 from rlvr_jax.rollout import paged_attention
 
 H, K, D, PAGE = 4, 2, 16, 4  # query heads, kv heads, head dim, page size
@@ -137,8 +138,8 @@ def test_unknown_impl_is_refused():
 # ---- the TPU kernel path, compiled for a topology from this host ------------------------------------
 def _topology_devices():
     try:
-        return plan.topology_devices("v5e:2x2")
-    except plan.PlanError as e:
+        return topology_devices("v5e:2x2")
+    except PlanError as e:
         pytest.skip(f"LOUD SKIP: cannot compile for a TPU topology here (libtpu missing?): {e}")
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax.rollout import pages as pg
+from rlvr_jax.rollout import scheduler as sc
 
 STOP = 2
 
@@ -75,7 +76,7 @@ def run(prompts, n, max_new_R, *, num_pages, page_size=4, slots=3, chunk=5, burs
     pool = pg.PagePool(num_pages, page_size)
     J = pg.cdiv(max(len(p) for p in prompts) + max(max_new_R), page_size)
     pg.check_fits([len(p) for p in prompts], max_new_R, n, pool)
-    sched = pg.Scheduler(
+    sched = sc.Scheduler(
         pool, prompts, n, max_new_R, num_slots=slots, chunk=chunk, burst=burst, pages_per_seq=J, stop_ids=(STOP,)
     )
     dev = FakeDevice(pool, prompts)
@@ -107,12 +108,12 @@ def test_every_row_gets_its_tokens_and_every_page_comes_back():
         assert row.stopped == (row.tokens[-1] == STOP)
         assert row.q_logp[0] == -0.5 and all(q == -1.0 for q in row.q_logp[1:])
     assert sched.preemptions == 0
-    assert 0 < pg.occupancy(sched) <= 1
+    assert 0 < sc.occupancy(sched) <= 1
 
 
 def test_samples_share_full_prompt_pages_and_copy_the_partial_one():
     pool = pg.PagePool(64, 4)
-    sched = pg.Scheduler(pool, [list(range(10))], 3, [8] * 3, num_slots=4, chunk=16, burst=2, pages_per_seq=8)
+    sched = sc.Scheduler(pool, [list(range(10))], 3, [8] * 3, num_slots=4, chunk=16, burst=2, pages_per_seq=8)
     job = sched.next_prefill()
     assert job.last and len(job.pages) == 3 and len(job.copy_dst) == 2 and job.copy_src == job.pages[2]
     assert pool.used == 5  # 3 prompt pages + 2 copies of the partial third

@@ -10,13 +10,16 @@ import sys
 
 import pytest
 
-from rlvr_jax import config_args, plan
+from rlvr_jax import config_args
+from rlvr_jax.plan import chips, cli, planner
+from rlvr_jax.plan.compile import collective_bytes
+from rlvr_jax.plan.report import table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _have_libtpu() -> bool:
-    plan._find_libtpu()
+    chips.find_libtpu()
     try:
         import libtpu  # noqa: F401  # local: probing the optional dependency is the point
     except ImportError:
@@ -60,7 +63,7 @@ def test_tiny_config_plans_on_v5e_from_the_command_line(tmp_path):
     assert "| rollout/decode (" in res.stdout and "device-hours" in res.stdout
     report = json.loads(out.read_text())
     assert report["topology"] == "v5e:2x2" and report["chips"] == 4
-    assert report["hbm_bytes_per_chip"] == plan.CHIPS["v5e"].hbm_bytes
+    assert report["hbm_bytes_per_chip"] == chips.CHIPS["v5e"].hbm_bytes
     names = [s["name"] for s in report["stages"]]
     for part in ("rollout", "logprob", "update", "sft", "merge"):
         assert any(part in n for n in names), (part, names)
@@ -111,25 +114,25 @@ def ro_kv_bytes_per_token(report) -> int:
 
 def test_a_stage_that_cannot_fit_is_named_with_its_bytes():
     config = _tiny(**{"rollout.num_pages": 1 << 20})  # 2^20 pages of 16 tokens: ~32 GiB per chip of 15.75
-    report = plan.plan(config, "v5e:2x2", only=("rollout",))
+    report = planner.plan(config, "v5e:2x2", only=("rollout",))
     decode = next(s for s in report["stages"] if s["name"].startswith("rollout/decode"))
     assert not decode["fits"] and decode["bytes_per_chip"]["total"] > report["hbm_bytes_per_chip"]
     assert decode["bytes_per_chip"]["kv"] > report["hbm_bytes_per_chip"]
     b = decode["bytes_per_chip"]
     assert set(b) == {"params", "optimizer", "kv", "temp", "total"}
     assert b["total"] == b["temp"] + b["params"] + b["optimizer"] + b["kv"]
-    text = plan.table(report)
+    text = table(report)
     assert "rollout/decode (" in text and "does not fit" in text and "rollout.num_pages" in text
 
 
 def test_bad_input_is_refused_before_compiling(capsys):
-    assert plan.main(["--config=configs/grpo.py:multi,tiny", "--topology=v9x:2x2"]) == 2
+    assert cli.main(["--config=configs/grpo.py:multi,tiny", "--topology=v9x:2x2"]) == 2
     err = capsys.readouterr().err
     assert "unknown topology 'v9x:2x2'" in err and "v5p" in err and "v5e" in err
-    with pytest.raises(plan.PlanError, match="not a multiple of data\\*fsdp"):
-        plan.plan(_tiny(**{"sft.batch_size": 10}), "v5e:2x2")
-    with pytest.raises(plan.PlanError, match="unknown stage group"):
-        plan.plan(_tiny(), "v5e:2x2", only=("rollout", "train"))
+    with pytest.raises(chips.PlanError, match="not a multiple of data\\*fsdp"):
+        planner.plan(_tiny(**{"sft.batch_size": 10}), "v5e:2x2")
+    with pytest.raises(chips.PlanError, match="unknown stage group"):
+        planner.plan(_tiny(), "v5e:2x2", only=("rollout", "train"))
 
 
 def test_collective_bytes_read_from_hlo_text():
@@ -140,7 +143,7 @@ def test_collective_bytes_read_from_hlo_text():
         "  %ags = (f32[256,64]{1,0}, f32[1024,64]{1,0}) all-gather-start(%q), dimensions={0}\n"
         "  %fusion = f32[4096,1024]{1,0} fusion(%all-gather.1), kind=kLoop\n"
     )
-    assert plan.collective_bytes(hlo) == 4096 * 1024 * 4 + (8 * 128 * 2 + 2 * 4) + 1024 * 64 * 4
+    assert collective_bytes(hlo) == 4096 * 1024 * 4 + (8 * 128 * 2 + 2 * 4) + 1024 * 64 * 4
 
 
 def test_experiment_compiles_every_stage_before_running_on_a_tpu():
@@ -152,7 +155,7 @@ def test_experiment_compiles_every_stage_before_running_on_a_tpu():
     config.base.sft.batch_size = 8
     # a KV pool of 2^20 pages of 16 tokens per chip (~32 GiB of 15.75); the training stages stay small
     config.base.rollout.num_pages = 1 << 20
-    devices = plan.topology_devices("v5e:2x2")
+    devices = chips.topology_devices("v5e:2x2")
     with pytest.raises(experiment.ExperimentError, match=r"rollout/decode \(.*does not fit"):
         experiment.check_fit(config, devices)
     config.check_fit = False
@@ -166,17 +169,18 @@ def test_attention_on_a_tpu_mesh_is_the_splash_kernel():
 
     from rlvr_jax import sharding  # noqa: PLC0415
     from rlvr_jax.model import build  # noqa: PLC0415
+    from rlvr_jax.plan.stages import model_parts  # noqa: PLC0415
     from rlvr_jax.rl import update  # noqa: PLC0415
 
-    mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1), devices=plan.topology_devices("v5e:2x2"))
+    mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1), devices=chips.topology_devices("v5e:2x2"))
     counts = {}
     for impl in ("auto", "blocked"):
         cfg = build.model_config("tiny", {}, vocab_size=256, param_dtype="float32", remat=False)
         cfg = dataclasses.replace(cfg, attention_impl=impl)
-        graphdef, params, _ = plan._model_parts(cfg, mesh)
+        graphdef, params, _ = model_parts(cfg, mesh)
         fn = update.make_logprob_fn(graphdef, mesh, 1.0)
         with sharding.activate(mesh):
-            text = fn.fn.lower(params, plan._update_batch(mesh, 8, 32, 96)).compile().as_text()
+            text = fn.fn.lower(params, update.update_batch_spec(mesh, 8, 32, 96)).compile().as_text()
         counts[impl] = text.count('custom_call_target="tpu_custom_call"')
     assert counts["auto"] >= cfg.num_layers and counts["blocked"] == 0, counts
 
@@ -187,7 +191,7 @@ def test_scanned_stages_report_the_costs_of_every_layer():
     reports = {}
     for scan in (False, True):
         config = _tiny(**{"model.scan_layers": scan})
-        reports[scan] = {s["name"]: s for s in plan.plan(config, "v5e:2x2", only=("training",))["stages"]}
+        reports[scan] = {s["name"]: s for s in planner.plan(config, "v5e:2x2", only=("training",))["stages"]}
     for name in ("update (one micro-batch)", "logprob"):
         unrolled, scanned = reports[False][name], reports[True][name]
         assert scanned["flops_per_chip"] == pytest.approx(unrolled["flops_per_chip"], rel=0.05), name

@@ -11,6 +11,7 @@ import pytest
 
 from rlvr_jax.data import cli, sources
 from rlvr_jax.data.records import RecordError, load_records
+from rlvr_jax.data.sources.code import DEFAULT_TIME_LIMIT_S
 
 
 def write(tmp_path, rows, kind, name="src"):
@@ -152,7 +153,7 @@ def test_nemotron_all_domains(tmp_path, kind):
         {"input": "1 2\n", "output": "3\n"},
         {"input": "3 4\n", "output": "7\n"},
     ]
-    assert by_id["c1"]["ground_truth"]["time_limit_s"] == sources.DEFAULT_TIME_LIMIT_S
+    assert by_id["c1"]["ground_truth"]["time_limit_s"] == DEFAULT_TIME_LIMIT_S
     assert skipped == {"out_of_scope:nano_v3_workbench": 1, "out_of_scope:nano_v3_structured_outputs": 1}
 
 

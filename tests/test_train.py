@@ -266,12 +266,12 @@ def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
 
 
 def test_rows_with_a_gradient_move_first_and_keep_their_order():
-    from rlvr_jax.rl.loop import _rows_with_gradient_first
+    from rlvr_jax.rl.loop import rows_with_gradient_first
 
     adv = np.asarray([[0, 0], [1, 0], [0, 0], [-2, 0], [0, 3]], np.float32)
     mask = np.asarray([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]], bool)  # row 4's advantage sits under the mask
     batch = {"adv": jnp.asarray(adv), "loss_mask": jnp.asarray(mask), "row": jnp.arange(5)}
-    out = _rows_with_gradient_first(batch, np.asarray, jnp.asarray)
+    out = rows_with_gradient_first(batch, np.asarray, jnp.asarray)
     assert np.asarray(out["row"]).tolist() == [1, 3, 0, 2, 4]
     np.testing.assert_array_equal(np.asarray(out["adv"]), adv[[1, 3, 0, 2, 4]])
     np.testing.assert_array_equal(np.asarray(out["loss_mask"]), mask[[1, 3, 0, 2, 4]])
@@ -434,7 +434,7 @@ def test_non_finite_loss_stops_with_step_and_checkpoint_named(tmp_path):
 
     pending = (7, {"reward/mean": 0.5}, {"loss/total": jnp.float32(np.nan)})
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 7; last good checkpoint: step 6 in .*ckpt"):
-        rl_loop._flush(MetricsWriter(str(tmp_path)), pending, Bar(), ckpt)
+        rl_loop.flush_metrics(MetricsWriter(str(tmp_path)), pending, Bar(), ckpt)
     ckpt.close()
 
 

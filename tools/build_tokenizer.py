@@ -21,9 +21,7 @@ import io
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rlvr_jax.data import synthetic  # noqa: E402
+from rlvr_jax.data import synthetic  # the installed package (scripts/setup.sh: pip install -e)
 
 OUTPUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rlvr_jax", "data", "assets", "builtin_sp.model"

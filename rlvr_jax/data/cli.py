@@ -15,6 +15,7 @@ from collections import Counter
 
 import numpy as np
 
+from rlvr_jax import cli
 from rlvr_jax.data import records as rec
 from rlvr_jax.data import sources, synthetic
 from rlvr_jax.data.prompts import PromptConfig, render_prompt
@@ -123,7 +124,7 @@ def _export(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlvr-data", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -170,13 +171,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def run(args) -> int:
+    """The chosen subcommand; a bad record is a finding (exit 1), not a usage error."""
     try:
         return args.fn(args)
     except rec.RecordError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    return cli.run_command(build_parser(), argv, run)
 
 
 if __name__ == "__main__":

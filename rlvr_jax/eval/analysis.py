@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax.merging.methods import F32, flatten, path_hash, validate
-from rlvr_jax.merging.tensorwise import host, jitted, replicated
+from rlvr_jax.merging.methods import F32, validate
+from rlvr_jax.pytree import flatten, host, jitted, path_hash, replicated
 
 REL_TOL = 1e-3  # the study's footprint threshold, relative to the larger magnitude
 PROJ_DIM = 256

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from rlvr_jax import sharding
+from rlvr_jax import cli, sharding
 from rlvr_jax.eval import analysis
 from rlvr_jax.model import params_io
 
@@ -138,30 +138,29 @@ def write(report: dict, out: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    return cli.run_command(build_parser(), argv, run, errors=(ValueError, FileNotFoundError, KeyError))
+
+
+def run(args) -> int:
     report = {}
-    try:
-        if args.models:
-            if not args.anchor:
-                raise ValueError("--models needs --anchor")
-            mesh = sharding.make_mesh(sharding.MeshShape(*[int(x) for x in args.mesh.split(",")]))
-            _, _, anchor = params_io.load_params_any(args.anchor, mesh)
-            models = {}
-            for spec in args.models.split(","):
-                name, _, path = spec.rpartition("=")
-                models[name or os.path.basename(os.path.normpath(path))] = params_io.load_params_any(path, mesh)[2]
-            report = {
-                "anchor": args.anchor,
-                **weight_space(anchor, models, dim=args.dim, seed=args.seed, rel_tol=args.rel_tol),
-            }
-        if args.gains:
-            with open(args.gains) as f:
-                report["gain_consistency"] = gains_report(json.load(f))
-        if not report:
-            raise ValueError("nothing to do: give --anchor and --models, and/or --gains")
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"rlvr-analyze: error: {e}", file=sys.stderr)
-        return 2
+    if args.models:
+        if not args.anchor:
+            raise cli.UsageError("--models needs --anchor")
+        mesh = sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
+        _, _, anchor = params_io.load_params_any(args.anchor, mesh)
+        models = {}
+        for spec in args.models.split(","):
+            name, _, path = spec.rpartition("=")
+            models[name or os.path.basename(os.path.normpath(path))] = params_io.load_params_any(path, mesh)[2]
+        report = {
+            "anchor": args.anchor,
+            **weight_space(anchor, models, dim=args.dim, seed=args.seed, rel_tol=args.rel_tol),
+        }
+    if args.gains:
+        with open(args.gains) as f:
+            report["gain_consistency"] = gains_report(json.load(f))
+    if not report:
+        raise cli.UsageError("nothing to do: give --anchor and --models, and/or --gains")
     write(report, args.out)
     print(f"wrote {os.path.join(args.out, 'analysis.json')}", file=sys.stderr)
     return 0

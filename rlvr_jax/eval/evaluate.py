@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlvr_jax import sharding
+from rlvr_jax import cli, sharding
 from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import PromptConfig, render_prompt
 from rlvr_jax.model import build
@@ -140,7 +140,7 @@ def paired_gain(before: dict, after: dict) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-eval",
         description="Evaluate a checkpoint per domain: Avg@K and "
@@ -165,14 +165,19 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="", help="write the JSON results here (default: stdout)")
     p.add_argument("--batch-prompts", type=int, default=64, help="prompts per engine call")
     generate.add_engine_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    # FileNotFoundError / ValueError: a missing checkpoint or tokenizer, an engine the flags cannot size, or
+    # a row the engine's pool cannot hold, each with the numbers
+    return cli.run_command(build_parser(), argv, run, errors=(FileNotFoundError, ValueError))
+
+
+def run(args) -> None:
     mesh = sharding.make_mesh(sharding.MeshShape())
-    try:
-        cfg, graphdef, params, _ = build.load_model(args.checkpoint, mesh, "float32", False)
-        tokenizer = build.load_tokenizer(args.tokenizer, args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"rlvr-eval: error: {e}", file=sys.stderr)
-        return 2
+    cfg, graphdef, params, _ = build.load_model(args.checkpoint, mesh, "float32", False)
+    tokenizer = build.load_tokenizer(args.tokenizer, args.checkpoint)
     domains = tuple(args.domains.split(","))
     records = loading.load_records(args.data, "eval", domains, builtin_size=args.items_per_domain, builtin_up_to=True)
     if args.items_per_domain:
@@ -180,29 +185,21 @@ def main(argv=None) -> int:
     prompt_config = PromptConfig(thinking=args.thinking)
     longest = max((len(tokenizer.encode(render_prompt(r, tokenizer, prompt_config))) for r in records), default=1)
     need = generate.request_pages([longest] * args.batch_prompts, args.samples, args.max_new_tokens, args.page_size)
-    try:
-        engine = generate.engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
-    except ValueError as e:
-        print(f"rlvr-eval: error: {e}", file=sys.stderr)
-        return 2
+    engine = generate.engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
     with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
-        try:
-            res = evaluate(
-                engine,
-                params,
-                tokenizer,
-                records,
-                pool,
-                prompt_config=prompt_config,
-                samples=args.samples,
-                temperature=args.temperature,
-                max_new_tokens=args.max_new_tokens,
-                seed=args.seed,
-                batch_prompts=args.batch_prompts,
-            )
-        except ValueError as e:  # a row the engine's pool cannot hold, with the numbers
-            print(f"rlvr-eval: error: {e}", file=sys.stderr)
-            return 2
+        res = evaluate(
+            engine,
+            params,
+            tokenizer,
+            records,
+            pool,
+            prompt_config=prompt_config,
+            samples=args.samples,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            batch_prompts=args.batch_prompts,
+        )
     res["checkpoint"] = args.checkpoint
     text = json.dumps(res, indent=1)
     if args.output:
@@ -215,7 +212,6 @@ def main(argv=None) -> int:
             f"{d:8s} avg@{args.samples}={m[f'avg@{args.samples}']:.3f} ± {m['stderr']:.3f} (n={m['n_items']})",
             file=sys.stderr,
         )
-    return 0
 
 
 if __name__ == "__main__":

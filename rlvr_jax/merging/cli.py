@@ -16,8 +16,6 @@ import sys
 import time
 
 import jax
-from absl import flags
-from ml_collections import config_flags
 
 from rlvr_jax import checkpoint, cli, sharding
 from rlvr_jax.merging import methods as merge
@@ -45,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.experts.math.path=ckpt/rl-math ... --out ckpt/ties",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # Parsed by ml-collections before argparse sees the rest (parse_config); listed here for --help.
-    p.add_argument(
-        "--config",
-        metavar="FILE.py[:ARG]",
-        help="recipe file with get_config(arg), e.g. configs/merge.py:ties; then --config.a.b=VALUE overrides "
-        "any of its fields (after --config)",
-    )
+    cli.add_config_flag(p, example="configs/merge.py:ties")
     p.add_argument("--anchor", help="anchor checkpoint (HF directory or Orbax)")
     p.add_argument("--experts", help="comma-separated expert checkpoints, each PATH or NAME=PATH")
     p.add_argument("--method", choices=sorted(merge.MERGE_METHODS))
@@ -73,22 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="output dtype (default: the anchor's)")
     p.add_argument("--mesh", help="data,fsdp,tensor sizes of the local mesh (default 1,-1,1)")
     return p
-
-
-def parse_config(argv: list[str]):
-    """`--config=FILE.py[:ARG]` and its `--config.a.b=value` overrides, parsed by ml-collections as every
-    config-driven command parses them; returns (the config or None, the arguments left for argparse)."""
-    fv, argv = flags.FlagValues(), ["rlvr-merge", *cli.quote_keyword_fields(argv)]
-    # sys_argv: ml-collections finds the overrides there (default sys.argv, not the argv of an in-process call)
-    config_flags.DEFINE_config_file(
-        "config", None, "merge recipe file", flag_values=fv, lock_config=True, sys_argv=argv
-    )
-    fv.set_gnu_getopt(True)  # keep reading past the other flags' values
-    rest = fv(argv, known_only=True)[1:]
-    stray = [a for a in rest if a.startswith("--config.")]
-    if stray:
-        raise flags.Error(f"{stray[0]} without --config=FILE.py[:ARG] before it")
-    return fv.config, rest
 
 
 def resolve(args, config=None) -> dict:
@@ -164,7 +140,7 @@ def _arch(cfg) -> dict:
 def run(r: dict, *, log=print) -> dict:
     """Load, validate, merge and write; returns the timings (s) and the recipe as written."""
     check_recipe(r)
-    mesh = sharding.make_mesh(sharding.MeshShape(*[int(x) for x in r["mesh"].split(",")]))
+    mesh = sharding.make_mesh(sharding.MeshShape.parse(r["mesh"]))
     t0 = time.perf_counter()
     cfg, _, anchor = params_io.load_params_any(r["anchor"], mesh)
     experts = []
@@ -207,24 +183,11 @@ def run(r: dict, *, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    if any(a in ("-h", "--help") for a in argv):
-        parser.parse_args(["--help"])  # before a config file is loaded: help never fails on one
-    try:
-        config, rest = parse_config(argv)
-    except flags.Error as e:
-        print(f"rlvr-merge: error: {cli.flag_error(e)}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(rest)
-    if args.config is not None:  # only an abbreviation (--conf=...) gets past ml-collections to argparse
-        parser.error("spell out --config=FILE.py[:ARG]")
-    try:
+    def run_recipe(config, args) -> None:
         run(resolve(args, config), log=lambda s: print(s, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as e:  # MergeError is a ValueError
-        print(f"rlvr-merge: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    # MergeError is a ValueError
+    return cli.run_command(build_parser(), argv, run_recipe, config=True, errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

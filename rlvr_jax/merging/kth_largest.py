@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rlvr_jax.merging.tensorwise import host, jitted, replicated
+from rlvr_jax.pytree import host, jitted, replicated
 
 _LO_BITS = 15
 _HI_BINS = 1 << (31 - _LO_BITS)

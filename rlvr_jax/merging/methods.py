@@ -12,14 +12,13 @@ Legend: M experts; W value streams (one per expert, or one) and R ranks per stre
 from __future__ import annotations
 
 import inspect
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.merging.kth_largest import kth_largest
-from rlvr_jax.merging.tensorwise import jitted
+from rlvr_jax.pytree import flatten, jitted, path_hash
 
 F32 = jnp.float32
 
@@ -29,31 +28,6 @@ class MergeError(ValueError):
 
 
 # ---------------------------------------------------------------- pytree plumbing
-
-
-def path_str(path) -> str:
-    """`layers/3/attn/q_proj/kernel` for a jax key path."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def flatten(tree):
-    """(paths, leaves, treedef) with leaves turned into jax arrays (numpy inputs allowed)."""
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in pairs]
-    return [path_str(p) for p, _ in pairs], leaves, treedef
-
-
-def path_hash(path: str) -> int:
-    """Stable 31-bit hash of a tensor path: seeds per-tensor randomness independent of tree order."""
-    return zlib.crc32(path.encode()) & 0x7FFFFFFF
 
 
 def validate(anchor, experts, names=None) -> None:
@@ -283,6 +257,17 @@ def task_arithmetic(
     treedef, items, w = _prepare(anchor, experts, names, weights, seed)
     coef = jnp.asarray(np.float32(scale) * w)
     return _apply(_k_linear, (("drop_rate", float(drop_rate)),), treedef, items, lambda i: (coef,), out_dtype, consume)
+
+
+def task_arithmetic_program(tensor, num_experts: int, mesh):
+    """(jitted function, abstract arguments) of task arithmetic's per-tensor kernel (no DARE) for an anchor
+    tensor like `tensor` (a ShapeDtypeStruct with its sharding) and `num_experts` experts' tensors alike: what a
+    planner compiles to cost a merge. The arguments are those task_arithmetic passes: the anchor's tensor, the
+    experts', the tensor's path hash and the seed, and the experts' coefficients."""
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    fn = jitted(_k_linear, (("drop_rate", 0.0), ("out_dtype", jnp.dtype(tensor.dtype))), tensor.sharding, False)
+    scalar = lambda dtype, *shape: jax.ShapeDtypeStruct(shape, dtype, sharding=rep)
+    return fn, (tensor, (tensor,) * num_experts, scalar(jnp.uint32), scalar(jnp.uint32), scalar(F32, num_experts))
 
 
 def ties(

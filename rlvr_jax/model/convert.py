@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from rlvr_jax import checkpoint, sharding
+from rlvr_jax import checkpoint, cli, sharding
 from rlvr_jax.model import hf, params_io
 
 
@@ -34,9 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    mesh = sharding.make_mesh(sharding.MeshShape(*[int(x) for x in args.mesh.split(",")]))
+    return cli.run_command(build_parser(), argv, run)
+
+
+def run(args) -> int:
     try:
+        mesh = sharding.make_mesh(sharding.MeshShape.parse(args.mesh))
         bar = tqdm(desc="reading", unit="tensor", file=sys.stderr)
         cfg, _, params = params_io.load_params_any(
             args.src, mesh, param_dtype=args.dtype, progress=lambda name: bar.update()
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
         else:
             params_io.save_params_any(params, cfg, args.dst, "orbax", source_dir=source_tok, dtype=args.dtype)
         bar.close()
-    except (hf.HFFormatError, FileNotFoundError, RuntimeError) as e:
+    except (hf.HFFormatError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"rlvr-convert: error: {e}", file=sys.stderr)
         return 2
     print(

@@ -31,7 +31,7 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one decoder. Field names follow ours; hf.py maps Hugging Face keys."""
+    """Architecture of one decoder. Field names follow ours; hf_config.py maps Hugging Face keys."""
 
     family: str  # "llama" | "qwen2" | "qwen3"
     vocab_size: int

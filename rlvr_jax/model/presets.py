@@ -68,7 +68,7 @@ PRESETS: dict[str, ModelConfig] = {
         qkv_bias=True,
         max_position_embeddings=32768,
     ),
-    # The 50M Qwen3-style shape used by tools/bench.py.
+    # The 50M Qwen3-style shape used by the benchmarks (python -m benchmarks.bench).
     "bench-50m": ModelConfig(
         family="qwen3",
         vocab_size=32768,

@@ -364,6 +364,16 @@ def policy_loss(
     metric_tokens = global_num_tokens if metric_num_tokens is None else metric_num_tokens
     tok_mean = lambda x: sg(jnp.sum(_masked(x, metric_mask)) / jnp.maximum(jnp.asarray(metric_tokens, f32), 1.0))
 
+    pg_BxT, metrics = _policy_term(logp, old_logp_BxT, adv_BxT, mask, st, tok_mean, sampler_logp_BxT)
+    loss = agg(pg_BxT)
+    metrics["loss/policy"] = sg(loss)
+    loss = _with_kl(loss, metrics, logp, ref_logp_BxT, mask, st, agg, tok_mean)
+    loss = _with_entropy(loss, metrics, logp, entropy_BxT, logits_BxTxV, st, agg, tok_mean)
+    return loss, metrics
+
+
+def _policy_term(logp, old_logp_BxT, adv_BxT, mask, st: LossSettings, tok_mean, sampler_logp_BxT):
+    """Per-token clipped surrogate, times the TIS weights when sampler logps are given; (loss_BxT, metrics)."""
     ratio = importance_ratio(logp, old_logp_BxT, mask, level=st.ratio_level)
     pg_BxT, flags = clipped_surrogate(
         ratio, adv_BxT.astype(f32), eps_low=st.eps_low, eps_high=st.eps_high, dual_clip_c=st.dual_clip_c
@@ -381,9 +391,11 @@ def policy_loss(
         )
     else:
         metrics["tis/weight_mean"] = tok_mean(jnp.ones_like(mask))
-    loss = agg(pg_BxT)
-    metrics["loss/policy"] = sg(loss)
+    return pg_BxT, metrics
 
+
+def _with_kl(loss, metrics, logp, ref_logp_BxT, mask, st: LossSettings, agg, tok_mean):
+    """`loss` + kl_coef * KL to the reference (metrics["kl/ref"] whenever reference logps are given)."""
     if ref_logp_BxT is not None:
         kl_BxT = kl_estimate(logp, ref_logp_BxT, mask, estimator=st.kl_estimator)
         metrics["kl/ref"] = tok_mean(kl_BxT)
@@ -391,7 +403,11 @@ def policy_loss(
             loss = loss + st.kl_coef * agg(kl_BxT)
     elif st.kl_coef:
         raise ValueError("st.kl_coef > 0 needs ref_logp_BxT")
+    return loss
 
+
+def _with_entropy(loss, metrics, logp, entropy_BxT, logits_BxTxV, st: LossSettings, agg, tok_mean):
+    """`loss` - entropy_coef * H, and metrics["entropy"]: exact from entropies or logits, else estimated."""
     if entropy_BxT is None and logits_BxTxV is not None:
         entropy_BxT = entropy_from_logits(logits_BxTxV)
     if entropy_BxT is not None:
@@ -404,4 +420,4 @@ def policy_loss(
         # Sampled tokens come from the policy, so -logp is a Monte-Carlo estimate of the entropy
         # (exact in expectation at temperature 1); cheaper than materialising B x T x V logits.
         metrics["entropy"] = tok_mean(-logp)
-    return loss, metrics
+    return loss

@@ -1,32 +1,30 @@
 """The GRPO / MT-OPD step loop: sample -> score (asynchronous pool) -> shape rewards -> advantages ->
 (old / reference / teacher logprobs) -> jitted update -> metrics and checkpoint, host by host.
-Each host reads, scores and shapes only its own rows; the update sees the global batch."""
+Each host reads, scores and shapes only its own rows; the update sees the global batch. What a step
+saves is checkpoint.py's; its host metrics and their combination across processes are host_metrics.py's."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections import defaultdict
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from rlvr_jax import checkpoint
 from rlvr_jax.eval.evaluate import decode_completion
 from rlvr_jax.model import params_io
-from rlvr_jax.rl import grpo, optim
+from rlvr_jax.rl import grpo, host_metrics, optim
 from rlvr_jax.rl import update as rl_step
 from rlvr_jax.rollout.sampling import SamplingParams
-from rlvr_jax.verifiers import DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +40,6 @@ class _Preemption:
         self.event = threading.Event()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-
-
-def arrays(params, opt_state, step, key):
-    return {
-        "params": params,
-        "opt_state": opt_state,
-        # host numpy values: identical on every process, so they need no sharding
-        "train": {"step": np.asarray(step, np.int32), "rng": np.asarray(jax.random.key_data(key), np.uint32)},
-    }
-
-
-def meta(config, cfg, mixture, eval_before):
-    return {
-        "data_state": mixture.get_state(),
-        "config": json.loads(config.to_json_best_effort()),
-        "model_config": params_io.model_config_to_json(cfg),
-        # with its per-item results: a resumed run still pairs them with the after-RL evaluation
-        "eval_before": eval_before,
-    }
 
 
 def loss_settings(config) -> grpo.LossSettings:
@@ -152,8 +131,15 @@ class StepSettings:
         )
 
     @property
+    def optional_arrays(self) -> tuple[str, ...]:
+        """The optional update-batch arrays these settings add (update.OPTIONAL_UPDATE_ARRAYS)."""
+        return rl_step.optional_update_arrays(
+            updates_per_rollout=self.updates_per_rollout, kl_coef=self.kl_coef, kl_in_reward=self.kl_in_reward
+        )
+
+    @property
     def need_old_logp(self) -> bool:
-        return self.updates_per_rollout > 1
+        return "old_logp" in self.optional_arrays
 
 
 @dataclasses.dataclass
@@ -259,8 +245,26 @@ class UpdateBatch:
 def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> UpdateBatch:
     """Shape the rewards, choose the rows, compute advantages (GRPO groups or MT-OPD teachers) and the
     logprob passes the loss needs (reference, old policy). Host arrays are this host's rows; the batch
-    is global."""
+    is global: its arrays are update.UPDATE_BATCH's, with old_logp / ref_logp when the loss needs them."""
     local, to_global = c.engine.local_rows, c.engine.to_global
+    shaped = _shaped_rewards(s, sc)
+    informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=s.group_size))
+    batch, records, shaped, valid, keep = _choose_rows(c, s, sc, shaped, informative_N)
+    loss_mask = valid & keep[:, None]
+    batch["loss_mask"] = to_global(loss_mask)
+    if c.ref_params is not None:
+        shaped = _reference_logp(c, s, batch, shaped, loss_mask)
+    batch["adv"] = to_global(_advantages(c, s, batch, records, shaped, loss_mask))
+    if s.skip_zero_advantage and s.num_micro > 1:  # rows with a gradient first: the update skips whole micro-batches
+        batch = rows_with_gradient_first(batch, local, to_global)
+    if s.need_old_logp:
+        batch["old_logp"] = c.logprob_fn(params, batch)
+        jax.block_until_ready(batch["old_logp"])
+    return UpdateBatch(batch, keep, informative_N, valid)
+
+
+def _shaped_rewards(s: StepSettings, sc: Scored) -> np.ndarray:
+    """[B] this host's rewards, with the soft overlong penalty when it is on."""
     shaped = sc.rewards_B.copy()
     if s.overlong_buffer > 0:
         shaped = shaped + np.asarray(
@@ -271,7 +275,14 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
                 penalty=s.overlong_penalty,
             )
         )
-    informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=s.group_size))
+    return shaped
+
+
+def _choose_rows(c: Components, s: StepSettings, sc: Scored, shaped, informative_N):
+    """The update's rows: a refill's picked groups (draws > 1) or every row, and which of them the loss
+    keeps (dynamic sampling, overlong filter). Returns (global batch of the rollout's arrays, and this
+    host's records, shaped rewards, valid tokens and keep flags of those rows)."""
+    local, to_global = c.engine.local_rows, c.engine.to_global
     r = sc.rollout
     batch = {
         "prompt_tokens": r.prompt_tokens,
@@ -290,42 +301,45 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
         keep &= np.asarray(keep_ds)
     if s.overlong_filter:
         keep &= stopped
-    loss_mask = valid & keep[:, None]
-    batch["loss_mask"] = to_global(loss_mask)
-    if c.ref_params is not None:
-        ref_logp = c.logprob_fn(c.ref_params, batch)
-        if s.kl_in_reward:
-            shaped = np.asarray(
-                grpo.kl_penalized_rewards(
-                    jnp.asarray(shaped),
-                    jnp.asarray(local(batch["sampler_logp"])),
-                    jnp.asarray(local(ref_logp)),
-                    jnp.asarray(loss_mask),
-                    kl_coef=s.kl_coef,
-                    estimator=s.kl_estimator,
-                )
-            )
-        else:
-            batch["ref_logp"] = ref_logp
-    if c.teachers:  # MT-OPD: per-token advantage = log p_teacher(domain) - log p_student, on the student's samples
-        domains_B = np.asarray([rec["domain"] for rec in records])
-        teacher_logp = np.zeros(loss_mask.shape, np.float32)
-        for dom, t_params in c.teachers.items():
-            if np.any(domains_B == dom):
-                teacher_logp = np.where((domains_B == dom)[:, None], local(c.logprob_fn(t_params, batch)), teacher_logp)
-        adv = grpo.opd_advantages(
-            jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(loss_mask)
+    return batch, records, shaped, valid, keep
+
+
+def _reference_logp(c: Components, s: StepSettings, batch: dict, shaped, loss_mask):
+    """The reference policy's logprobs: a KL penalty in the rewards (returned), or batch["ref_logp"] for
+    the loss's KL term (then the rewards come back as they were)."""
+    local = c.engine.local_rows
+    ref_logp = c.logprob_fn(c.ref_params, batch)
+    if not s.kl_in_reward:
+        batch["ref_logp"] = ref_logp
+        return shaped
+    return np.asarray(
+        grpo.kl_penalized_rewards(
+            jnp.asarray(shaped),
+            jnp.asarray(local(batch["sampler_logp"])),
+            jnp.asarray(local(ref_logp)),
+            jnp.asarray(loss_mask),
+            kl_coef=s.kl_coef,
+            estimator=s.kl_estimator,
         )
-        batch["adv"] = to_global(np.asarray(adv).astype(np.float32))
-    else:
+    )
+
+
+def _advantages(c: Components, s: StepSettings, batch: dict, records, shaped, loss_mask) -> np.ndarray:
+    """[B, T] float32 advantages of this host's rows: GRPO's group advantages on every kept token, or
+    MT-OPD's per-token log p_teacher(domain) - log p_student on the student's samples."""
+    local = c.engine.local_rows
+    if not c.teachers:
         adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=s.group_size, estimator=s.advantage))
-        batch["adv"] = to_global((adv_B[:, None] * loss_mask).astype(np.float32))
-    if s.skip_zero_advantage and s.num_micro > 1:  # rows with a gradient first: the update skips whole micro-batches
-        batch = _rows_with_gradient_first(batch, local, to_global)
-    if s.need_old_logp:
-        batch["old_logp"] = c.logprob_fn(params, batch)
-        jax.block_until_ready(batch["old_logp"])
-    return UpdateBatch(batch, keep, informative_N, valid)
+        return (adv_B[:, None] * loss_mask).astype(np.float32)
+    domains_B = np.asarray([rec["domain"] for rec in records])
+    teacher_logp = np.zeros(loss_mask.shape, np.float32)
+    for dom, t_params in c.teachers.items():
+        if np.any(domains_B == dom):
+            teacher_logp = np.where((domains_B == dom)[:, None], local(c.logprob_fn(t_params, batch)), teacher_logp)
+    adv = grpo.opd_advantages(
+        jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(loss_mask)
+    )
+    return np.asarray(adv).astype(np.float32)
 
 
 def update_and_checkpoint(
@@ -335,7 +349,7 @@ def update_and_checkpoint(
     for _ in range(s.updates_per_rollout):
         params, opt_state, dev_metrics = c.update(params, opt_state, ub.batch)
     # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
-    c.ckpt.save(step, arrays(params, opt_state, step, base_key), c.checkpoint_meta(), force=force_save)
+    c.ckpt.save(step, checkpoint.step_arrays(params, opt_state, step, base_key), c.checkpoint_meta(), force=force_save)
     return params, opt_state, dev_metrics
 
 
@@ -352,7 +366,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         t0 = time.perf_counter()
         items, rollout = roll_out(c, s, params, jax.random.fold_in(base_key, step))
         if pending is not None:
-            _flush(c.writer, pending, bar, c.ckpt)
+            flush_metrics(c.writer, pending, bar, c.ckpt)
             pending = None
         jax.block_until_ready(rollout.completion_tokens)  # the rollout's time includes its device time
         t1 = time.perf_counter()
@@ -362,7 +376,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
         times["time/logprobs"] = t3 - t2
-        host = _host_metrics(
+        host = host_metrics.host_metrics(
             records=sc.records,
             rewards=sc.rewards_B,
             scores=sc.scores,
@@ -373,10 +387,10 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         host["groups/informative_frac"] = float(ub.informative_N.mean())
         host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
         host.update(c.pool.counters(reset=True))
-        host = _across_hosts(host)
+        host = host_metrics.across_hosts(host)
         host["lr"] = s.lr_at(step - 1)
         host.update(times)
-        host.update(_rollout_metrics(c.engine))
+        host.update(host_metrics.rollout_metrics(c.engine))
         # Read once: a SIGTERM landing after this line is handled at the next step, never between a
         # save that did not see it and the exit below (which then left no checkpoint of this step).
         preempted = preempt.event.is_set()
@@ -392,12 +406,12 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
             log.warning("SIGTERM: saved checkpoint at step %d; exiting", step)
             break
     if pending is not None:
-        _flush(c.writer, pending, bar, c.ckpt)
+        flush_metrics(c.writer, pending, bar, c.ckpt)
     bar.close()
-    return {"params": params, "last_step": last_step, "update_compilations": c.update._cache_size()}
+    return {"params": params, "last_step": last_step, "update_compilations": c.update.cache_size()}
 
 
-def _rows_with_gradient_first(batch: dict, local, to_global) -> dict:
+def rows_with_gradient_first(batch: dict, local, to_global) -> dict:
     """The same rows, those with a non-zero advantage first (stable), each host reordering its own rows.
     Row order is free here: the update sums over rows and its groups were used up by the advantages."""
     host = {k: local(v) for k, v in batch.items()}
@@ -422,83 +436,9 @@ def _load_teachers(spec: str, mesh, student_cfg) -> dict:
     return teachers
 
 
-def _rollout_metrics(engine) -> dict:
-    """How the step's generation used the engine (this host's): programs compiled so far in the run (a
-    bounded number), decode slots busy, the KV pool's peak use, sequences preempted for lack of pages."""
-    st = engine.stats
-    return {
-        "rollout/compilations": engine.num_compilations,
-        "rollout/slot_occupancy": st["slot_occupancy"],
-        "rollout/peak_pages_frac": st["peak_pages"] / max(1, st["pool_pages"]),
-        "rollout/preemptions": st["preemptions"],
-    }
-
-
-def _across_hosts(host: dict) -> dict:
-    """Combine per-host metrics: counts add up, maxima take the max, the rest average (hosts hold
-    equal row counts, so the average of host means is the global mean)."""
-    if jax.process_count() == 1:
-        return host
-
-    # Hosts may hold different domains this step: gather over one fixed key list, NaN where absent.
-    per_domain = (
-        [f"reward/{d}/mean" for d in DOMAINS]
-        + [f"accuracy/{d}" for d in DOMAINS]
-        + [
-            f"verifier/{d}/{k}"
-            for d in DOMAINS + ("other",)
-            for k in ("scored", "timeouts", "errors", "restarts", "latency_mean_s", "latency_max_s")
-        ]
-    )
-    keys = sorted(
-        set(k for k in host if not k.startswith(("reward/", "accuracy/", "verifier/")))
-        | set(per_domain)
-        | {
-            "reward/mean",
-            "verifier/scored",
-            "verifier/timeouts",
-            "verifier/errors",
-            "verifier/restarts",
-            "verifier/deduplicated",
-        }
-    )
-    local = np.asarray([host.get(k, np.nan) for k in keys], np.float64)
-    values = np.asarray(multihost_utils.process_allgather(local))
-    out = {}
-    for i, k in enumerate(keys):
-        col = values[:, i]
-        if np.all(np.isnan(col)):
-            continue
-        if k.startswith(("verifier/", "prompts/")) and "latency" not in k:
-            out[k] = float(np.nansum(col))
-        elif "max" in k:
-            out[k] = float(np.nanmax(col))
-        else:
-            out[k] = float(np.nanmean(col))
-    return out
-
-
-def _host_metrics(*, records, rewards, scores, lengths, stopped, keep):
-    """Reward and length statistics of every sampled row; kept_frac of the rows the update uses."""
-    out = {
-        "reward/mean": float(rewards.mean()),
-        "response_length/mean": float(lengths.mean()),
-        "response_length/max": float(lengths.max()),
-        "truncated_frac": float((~stopped).mean()),
-        "kept_frac": float(keep.mean()),
-        "verifier/timeouts": float(sum(s.reason == "timeout" for s in scores)),
-        "verifier/errors": float(sum(s.reason == "error" for s in scores)),
-    }
-    by_domain = defaultdict(list)
-    for r, x in zip(records, rewards):
-        by_domain[r["domain"]].append(x)
-    for dom, xs in by_domain.items():
-        out[f"reward/{dom}/mean"] = float(np.mean(xs))
-        out[f"accuracy/{dom}"] = float(np.mean(np.asarray(xs) >= 1.0))
-    return out
-
-
-def _flush(writer, pending, bar, ckpt):
+def flush_metrics(writer, pending, bar, ckpt):
+    """Write a step's host and device metrics (read only now: the next step is dispatched) and show them
+    on the progress bar; a non-finite loss stops the run, naming the step and the last good checkpoint."""
     step, host, dev = pending
     metrics = dict(host)
     metrics.update({k: float(np.asarray(v)) for k, v in dev.items()})

@@ -99,6 +99,21 @@ def make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings):
         )
 
 
+def sft_optimizer(learning_rate: float, *, warmup_steps: int, steps: int, weight_decay: float):
+    """The warm start's AdamW: cosine schedule after a linear warmup, betas (0.9, 0.98), global-norm clip 1."""
+    return optim.make_optimizer(
+        learning_rate=learning_rate,
+        schedule="cosine",
+        warmup_steps=warmup_steps,
+        total_steps=steps,
+        weight_decay=weight_decay,
+        b1=0.9,
+        b2=0.98,
+        eps=1e-8,
+        grad_clip_norm=1.0,
+    )
+
+
 def run_sft(
     graphdef,
     params,
@@ -124,17 +139,7 @@ def run_sft(
     n = len(arrays[0])
     if batch_size > n:
         raise ValueError(f"SFT: batch_size {batch_size} rows > the {n} packed rows of the data")
-    optimizer = optim.make_optimizer(
-        learning_rate=learning_rate,
-        schedule="cosine",
-        warmup_steps=warmup_steps,
-        total_steps=steps,
-        weight_decay=weight_decay,
-        b1=0.9,
-        b2=0.98,
-        eps=1e-8,
-        grad_clip_norm=1.0,
-    )
+    optimizer = sft_optimizer(learning_rate, warmup_steps=warmup_steps, steps=steps, weight_decay=weight_decay)
     opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
     step_fn = make_sft_step(graphdef, optimizer, mesh, param_shardings, opt_shardings)
     batch_sh = sharding.batch_sharding(mesh, 2)
@@ -164,26 +169,21 @@ def run_sft(
     return params, m
 
 
-def run(config, workdir: str) -> str:
-    """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
-    data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
-    m, s = config.model, config.sft
-    mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
-    tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
-    domains = tuple(x for x in config.data.domains.split(",") if x)
-    cfg, graphdef, params, param_shardings = build.build_model(
-        m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
-    )
-    records = loading.load_records(s.data or config.data.train, "train", domains, config.data.builtin_train_size)
-    prompt_config = loading.prompt_config(config.data)
-    params, _ = run_sft(
+def warm_start(config, workdir: str, graphdef, params, param_shardings, mesh, tokenizer):
+    """The supervised warm start a run config's `sft` section describes (its records, else the RL training
+    records' reference responses), from `params`; returns (new params, last metrics). rlvr-sft runs it
+    alone, rlvr-train before its first RL step."""
+    s, d = config.sft, config.data
+    domains = tuple(x for x in d.domains.split(",") if x)
+    records = loading.load_records(s.data or d.train, "train", domains, d.builtin_train_size)
+    return run_sft(
         graphdef,
         params,
         param_shardings,
         mesh,
         tokenizer,
         records,
-        prompt_config=prompt_config,
+        prompt_config=loading.prompt_config(d),
         steps=s.steps,
         batch_size=s.batch_size,
         max_len=s.max_len,
@@ -192,6 +192,18 @@ def run(config, workdir: str) -> str:
         seed=config.seed,
         workdir=workdir,
     )
+
+
+def run(config, workdir: str) -> str:
+    """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
+    data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
+    m = config.model
+    mesh = sharding.make_mesh(sharding.MeshShape.of(config.mesh))
+    tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
+    cfg, graphdef, params, param_shardings = build.build_model(
+        m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
+    )
+    params, _ = warm_start(config, workdir, graphdef, params, param_shardings, mesh, tokenizer)
     out = os.path.join(workdir, "anchor")
     params_io.save_params_any(params, cfg, out, "orbax")
     tok_dir = os.path.join(out, "tokenizer")

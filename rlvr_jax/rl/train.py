@@ -5,10 +5,12 @@ and evaluates again. No math here: see grpo.py (losses), update.py (the jitted u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
+from typing import Any
 
 import jax
 import numpy as np
@@ -19,22 +21,22 @@ from rlvr_jax.data.mixture import PromptMixture
 from rlvr_jax.data.prompts import build_prompts
 from rlvr_jax.eval.evaluate import evaluate, first_per_domain, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
-from rlvr_jax.model import build
+from rlvr_jax.model import build, params_io
 from rlvr_jax.rl import grpo
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl.loop import ConfigError
-from rlvr_jax.rl.sft import run_sft
+from rlvr_jax.rl.sft import warm_start
 from rlvr_jax.rollout.engine import Engine
 from rlvr_jax.rollout.sampling import next_pow2
-from rlvr_jax.verifiers import VerifierConfig
-from rlvr_jax.verifiers.pool import VerifierPool
+from rlvr_jax.rollout.settings import engine_config
+from rlvr_jax.verifiers.pool import pool_from_config
 
 log = logging.getLogger(__name__)
 
 
 def validate(config, num_devices: int) -> dict:
     """Check the config against the devices before anything compiles; returns derived sizes."""
-    mesh_sizes = sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor).resolve(num_devices)
+    mesh_sizes = sharding.MeshShape.of(config.mesh).resolve(num_devices)
     batch_shards = mesh_sizes[0] * mesh_sizes[1]
     ro, g = config.rollout, config.grpo
     rows = ro.prompts_per_step * ro.samples_per_prompt
@@ -69,22 +71,8 @@ def validate(config, num_devices: int) -> dict:
 
 
 def make_engine(ro, graphdef, cfg, mesh, pad_id: int, min_prompt_bucket: int = 16) -> Engine:
-    """The rollout engine a `rollout` config section describes (configs/grpo.py)."""
-    return Engine(
-        graphdef,
-        cfg,
-        mesh,
-        num_slots=ro.num_slots,
-        page_size=ro.page_size,
-        num_pages=ro.num_pages,
-        memory_fraction=ro.memory_fraction,
-        prefill_chunk=ro.prefill_chunk,
-        decode_burst=ro.decode_burst,
-        cache_dtype=ro.cache_dtype or None,
-        weights_dtype=ro.weights_dtype or None,
-        pad_id=pad_id,
-        min_prompt_bucket=min_prompt_bucket,
-    )
+    """The rollout engine a `rollout` config section describes (configs/grpo.py), sized by engine_config."""
+    return Engine(graphdef, cfg, mesh, engine_config(ro), pad_id=pad_id, min_prompt_bucket=min_prompt_bucket)
 
 
 def _eval(config, engine, params, tokenizer, pool, prompt_config, domains, tag):
@@ -142,13 +130,59 @@ def _table(before, after, samples) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class _Parts:
+    """What a run builds once, before its first step (the weights and optimizer state travel apart)."""
+
+    mesh: Any
+    tokenizer: Any
+    domains: tuple[str, ...]
+    prompt_config: Any  # data.prompts.PromptConfig
+    cfg: Any  # model config
+    graphdef: Any
+    param_shardings: Any
+    optimizer: Any
+    opt_shardings: Any
+    mixture: PromptMixture
+    prompt_counts: dict
+    engine: Engine
+    pool: Any  # verifiers.VerifierPool
+    ckpt: checkpoint.Checkpointer
+    writer: MetricsWriter
+
+
 def run(config, workdir: str) -> dict:
     """Train as configured; returns a summary (also written to workdir/summary.json)."""
     d = config.distributed
     cli.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
     sizes = validate(config, jax.device_count())
     os.makedirs(workdir, exist_ok=True)
-    mesh = sharding.make_mesh(sharding.MeshShape(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+    p, params, opt_state = _build(config, workdir)
+    base_key = jax.random.key(config.seed)
+    try:
+        start, params, opt_state, eval_before = _start(config, workdir, p, params, opt_state, base_key)
+        summary = _train(config, sizes, p, params, opt_state, start=start, base_key=base_key, eval_before=eval_before)
+        params = summary.pop("params")
+        p.ckpt.wait()
+        eval_after = _eval(config, p.engine, params, p.tokenizer, p.pool, p.prompt_config, p.domains, "after RL")
+    finally:
+        p.pool.close()
+        p.writer.close()
+        p.ckpt.close()
+    summary.update(eval_before=eval_before, eval_after=eval_after, compilations={"sampler": p.engine.num_compilations})
+    if eval_before and eval_after:
+        summary["table"] = _table(eval_before, eval_after, config.eval.samples)
+        summary["gain"] = _gain(eval_before, eval_after)
+        _print_table(config, eval_after, summary["table"])
+    if jax.process_index() == 0:
+        _write_summary(workdir, summary, eval_before, eval_after)
+    return summary
+
+
+def _build(config, workdir: str):
+    """The mesh, tokenizer, model, optimizer, prompt mixture, engine, verifier pool, checkpointer and metrics
+    writer of a run. Returns (parts, params, opt_state)."""
+    mesh = sharding.make_mesh(sharding.MeshShape.of(config.mesh))
     m, ro, t = config.model, config.rollout, config.train
     tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
     domains = tuple(x for x in config.data.domains.split(",") if x)
@@ -159,7 +193,42 @@ def run(config, workdir: str) -> dict:
     )
     optimizer = rl_loop.run_optimizer(config)
     opt_state, opt_shardings = sharding.init_optimizer_state(optimizer, params, param_shardings, mesh)
+    mixture, prompt_counts, longest = _prompt_mixture(config, tokenizer, domains, prompt_config)
+    # One prompt bucket for the whole run: the update compiles exactly once. The in-run evaluation samples
+    # with the same engine: one KV pool (its sampling parameters add their own programs).
+    prompt_bucket = next_pow2(longest, 16)
+    engine = make_engine(ro, graphdef, cfg, mesh, tokenizer.pad_id, min_prompt_bucket=prompt_bucket)
 
+    pool = pool_from_config(config.verifier, thinking=config.data.thinking)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every, keep=t.keep)
+    if jax.process_index() == 0:  # beside the steps, so rlvr-generate / rlvr-eval / rlvr-convert find it
+        tokenizer.save(os.path.join(workdir, "checkpoints", "tokenizer"))
+    writer = MetricsWriter(workdir, "train")
+    writer.hparams(flatten_config(config))
+    parts = _Parts(
+        mesh=mesh,
+        tokenizer=tokenizer,
+        domains=domains,
+        prompt_config=prompt_config,
+        cfg=cfg,
+        graphdef=graphdef,
+        param_shardings=param_shardings,
+        optimizer=optimizer,
+        opt_shardings=opt_shardings,
+        mixture=mixture,
+        prompt_counts=prompt_counts,
+        engine=engine,
+        pool=pool,
+        ckpt=ckpt,
+        writer=writer,
+    )
+    return parts, params, opt_state
+
+
+def _prompt_mixture(config, tokenizer, domains, prompt_config):
+    """This process's prompt stream over the training records. Returns (mixture, prompts per domain, the
+    longest prompt's length in tokens)."""
+    ro = config.rollout
     train_records = loading.load_records(config.data.train, "train", domains, config.data.builtin_train_size)
     weights = None
     if config.data.weights:
@@ -174,113 +243,91 @@ def run(config, workdir: str) -> dict:
         process_count=jax.process_count(),
     )
     longest = max(len(it["prompt_ids"]) for items in by_domain.values() for it in items)
-    # One prompt bucket for the whole run: the update compiles exactly once. The in-run evaluation samples
-    # with the same engine: one KV pool (its sampling parameters add their own programs).
-    prompt_bucket = next_pow2(longest, 16)
-    engine = make_engine(ro, graphdef, cfg, mesh, tokenizer.pad_id, min_prompt_bucket=prompt_bucket)
+    return mixture, prompt_counts, longest
 
-    pool = VerifierPool(
-        config.verifier.workers or None,
-        deadline_s=config.verifier.deadline_s,
-        config=VerifierConfig(thinking=config.data.thinking, allow_unsandboxed=config.verifier.allow_unsandboxed),
+
+def _start(config, workdir: str, p: _Parts, params, opt_state, base_key):
+    """A new run: the optional SFT warm start, the before-RL evaluation and checkpoint step 0. Else the
+    newest readable step. Returns (start step, params, opt_state, the before-RL evaluation)."""
+    start = p.ckpt.latest_step()
+    if start is None:
+        if config.sft.steps > 0:
+            params = _warm_start(config, workdir, p, params)
+        eval_before = _eval(config, p.engine, params, p.tokenizer, p.pool, p.prompt_config, p.domains, "before RL")
+        p.ckpt.save(
+            0,
+            checkpoint.step_arrays(params, opt_state, 0, base_key),
+            _checkpoint_meta(config, p, eval_before),
+            force=True,
+        )
+        return 0, params, opt_state, eval_before
+    abstract = checkpoint.abstract_step_arrays(params, opt_state, p.param_shardings, p.opt_shardings)
+    start, restored, meta = p.ckpt.restore(abstract)
+    p.mixture.set_state(meta["data_state"])
+    log.info("resumed from step %d in %s", start, p.ckpt.directory)
+    return start, restored["params"], restored["opt_state"], meta.get("eval_before")
+
+
+def _warm_start(config, workdir: str, p: _Parts, params):
+    """The supervised warm start of the `sft` block; returns the new params."""
+    params, _ = warm_start(config, workdir, p.graphdef, params, p.param_shardings, p.mesh, p.tokenizer)
+    return params
+
+
+def _checkpoint_meta(config, p: _Parts, eval_before) -> dict:
+    """The JSON metadata every step saves (checkpoint.step_meta), the data iterator's state as of now."""
+    return checkpoint.step_meta(
+        data_state=p.mixture.get_state(),
+        config=config,
+        model_config=params_io.model_config_to_json(p.cfg),
+        eval_before=eval_before,
     )
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every, keep=t.keep)
-    if jax.process_index() == 0:  # beside the steps, so rlvr-generate / rlvr-eval / rlvr-convert find it
-        tokenizer.save(os.path.join(workdir, "checkpoints", "tokenizer"))
-    writer = MetricsWriter(workdir, "train")
-    writer.hparams(flatten_config(config))
-    base_key = jax.random.key(config.seed)
-    start = ckpt.latest_step()
-    try:
-        if start is None:
-            if config.sft.steps > 0:
-                s = config.sft
-                sft_records = loading.load_records(
-                    s.data or config.data.train, "train", domains, config.data.builtin_train_size
-                )
-                params, _ = run_sft(
-                    graphdef,
-                    params,
-                    param_shardings,
-                    mesh,
-                    tokenizer,
-                    sft_records,
-                    prompt_config=prompt_config,
-                    steps=s.steps,
-                    batch_size=s.batch_size,
-                    max_len=s.max_len,
-                    learning_rate=s.learning_rate,
-                    warmup_steps=s.warmup_steps,
-                    seed=config.seed,
-                    workdir=workdir,
-                )
-            eval_before = _eval(config, engine, params, tokenizer, pool, prompt_config, domains, "before RL")
-            start = 0
-            ckpt.save(
-                0,
-                rl_loop.arrays(params, opt_state, 0, base_key),
-                rl_loop.meta(config, cfg, mixture, eval_before),
-                force=True,
-            )
-        else:
-            abstract = {
-                "params": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: params), param_shardings),
-                "opt_state": checkpoint.abstract_with_shardings(jax.eval_shape(lambda: opt_state), opt_shardings),
-                "train": {"step": np.zeros((), np.int32), "rng": np.zeros((2,), np.uint32)},
-            }
-            start, restored, meta = ckpt.restore(abstract)
-            params, opt_state = restored["params"], restored["opt_state"]
-            mixture.set_state(meta["data_state"])
-            eval_before = meta.get("eval_before")
-            log.info("resumed from step %d in %s", start, ckpt.directory)
-        settings, components = rl_loop.build_components(
-            config,
-            sizes=sizes,
-            graphdef=graphdef,
-            params=params,
-            optimizer=optimizer,
-            param_shardings=param_shardings,
-            opt_shardings=opt_shardings,
-            mesh=mesh,
-            cfg=cfg,
-            engine=engine,
-            pool=pool,
-            tokenizer=tokenizer,
-            mixture=mixture,
-            ckpt=ckpt,
-            writer=writer,
-            checkpoint_meta=lambda: rl_loop.meta(config, cfg, mixture, eval_before),
-            prompt_counts=prompt_counts,
-        )
-        summary = rl_loop.loop(settings, components, params, opt_state, start=start, base_key=base_key)
-        params = summary.pop("params")
-        ckpt.wait()
-        eval_after = _eval(config, engine, params, tokenizer, pool, prompt_config, domains, "after RL")
-    finally:
-        pool.close()
-        writer.close()
-        ckpt.close()
-    summary.update(eval_before=eval_before, eval_after=eval_after, compilations={"sampler": engine.num_compilations})
-    if eval_before and eval_after:
-        summary["table"] = _table(eval_before, eval_after, config.eval.samples)
-        summary["gain"] = _gain(eval_before, eval_after)
-        items = ", ".join(f"{d} {m['n_items']}" for d, m in eval_after["per_domain"].items())
-        print(
-            "\nHeld-out accuracy per domain (Avg@%d, temperature %g; items: %s):\n%s\n"
-            % (config.eval.samples, config.eval.temperature, items, summary["table"]),
-            file=sys.stderr,
-        )
-    if jax.process_index() == 0:
-        slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
-        slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
-        slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(slim, f, indent=1)
-        for tag, res in (("before", eval_before), ("after", eval_after)):
-            if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
-                with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
-                    json.dump(res, f)
-    return summary
+
+
+def _train(config, sizes, p: _Parts, params, opt_state, *, start: int, base_key, eval_before) -> dict:
+    """The GRPO steps after `start` (loop.py); returns loop.loop's summary."""
+    settings, components = rl_loop.build_components(
+        config,
+        sizes=sizes,
+        graphdef=p.graphdef,
+        params=params,
+        optimizer=p.optimizer,
+        param_shardings=p.param_shardings,
+        opt_shardings=p.opt_shardings,
+        mesh=p.mesh,
+        cfg=p.cfg,
+        engine=p.engine,
+        pool=p.pool,
+        tokenizer=p.tokenizer,
+        mixture=p.mixture,
+        ckpt=p.ckpt,
+        writer=p.writer,
+        checkpoint_meta=lambda: _checkpoint_meta(config, p, eval_before),
+        prompt_counts=p.prompt_counts,
+    )
+    return rl_loop.loop(settings, components, params, opt_state, start=start, base_key=base_key)
+
+
+def _print_table(config, eval_after, table: str) -> None:
+    items = ", ".join(f"{d} {m['n_items']}" for d, m in eval_after["per_domain"].items())
+    print(
+        "\nHeld-out accuracy per domain (Avg@%d, temperature %g; items: %s):\n%s\n"
+        % (config.eval.samples, config.eval.temperature, items, table),
+        file=sys.stderr,
+    )
+
+
+def _write_summary(workdir: str, summary: dict, eval_before, eval_after) -> None:
+    """summary.json (the evaluations without their per-item results) and eval_{before,after}.json."""
+    slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
+    slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
+    slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(slim, f, indent=1)
+    for tag, res in (("before", eval_before), ("after", eval_after)):
+        if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
+            with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
+                json.dump(res, f)
 
 
 def main(argv=None) -> int:

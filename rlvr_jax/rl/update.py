@@ -23,6 +23,39 @@ from rlvr_jax import sharding
 from rlvr_jax.rl import grpo
 from rlvr_jax.rollout.sampling import completion_logprobs
 
+# The update batch's required arrays, each [B, P] or [B, T]: name -> (its second axis, dtype). The loop builds
+# them (loop.build_update_batch) and the planner compiles the logprob pass and the update on update_batch_spec.
+UPDATE_BATCH = {
+    "prompt_tokens": ("P", jnp.int32),
+    "prompt_valid": ("P", jnp.bool_),
+    "completion_tokens": ("T", jnp.int32),
+    "loss_mask": ("T", jnp.bool_),
+    "adv": ("T", jnp.float32),
+    "sampler_logp": ("T", jnp.float32),
+}
+
+
+# Arrays that join the batch when the loss needs them: the old policy's logprobs (several updates per
+# rollout) and the reference policy's (a KL term in the loss).
+OPTIONAL_UPDATE_ARRAYS = {"old_logp": ("T", jnp.float32), "ref_logp": ("T", jnp.float32)}
+
+
+def optional_update_arrays(*, updates_per_rollout: int, kl_coef: float, kl_in_reward: bool) -> tuple[str, ...]:
+    """The optional arrays the loop adds to the update batch for these loss settings."""
+    return (("old_logp",) if updates_per_rollout > 1 else ()) + (
+        ("ref_logp",) if kl_coef > 0 and not kl_in_reward else ()
+    )
+
+
+def update_batch_spec(mesh, B: int, P: int, T: int, optional: tuple[str, ...] = ()) -> dict:
+    """ShapeDtypeStructs of the update batch for B rows, a prompt bucket of P and T completion slots, rows
+    over the mesh's batch axes (the required arrays and the `optional` ones named): what a planner compiles
+    the update on."""
+    width = {"P": P, "T": T}
+    rows = sharding.batch_sharding(mesh, 2)
+    arrays = {**UPDATE_BATCH, **{k: OPTIONAL_UPDATE_ARRAYS[k] for k in optional}}
+    return {k: jax.ShapeDtypeStruct((B, width[ax]), dt, sharding=rows) for k, (ax, dt) in arrays.items()}
+
 
 def _split_micro(x, num_micro: int):
     B = x.shape[0]
@@ -69,6 +102,47 @@ def rows_with_gradient(adv_BxT, loss_mask_BxT):
     return jnp.any((adv_BxT != 0) & loss_mask_BxT, axis=-1)
 
 
+def accumulated_gradients(graphdef, params, batch: dict, settings: grpo.LossSettings, *, num_micro: int, skip: bool):
+    """The batch's f32 gradient, loss and metric sums over `num_micro` micro-batches in a scan (normalised by
+    the global batch's counts), skipping micro-batches without a gradient when `skip`. Returns (grads, loss,
+    metrics, computed_U: which micro-batches were computed)."""
+    mask = batch["loss_mask"]
+    counts = {"tokens": mask.sum().astype(jnp.float32), "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
+    micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
+    computed_U = jnp.ones((num_micro,), bool)
+    if skip:
+        computed_U = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
+        counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(jnp.float32)
+    grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    zero_metrics = jax.tree_util.tree_map(
+        jnp.zeros_like, jax.eval_shape(lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1])
+    )
+    zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+    def micro_step(mb):
+        (loss_mb, m), g = grad_fn(params, mb)
+        return g, loss_mb, m
+
+    def accumulate(carry, xs):
+        grads, loss, metrics = carry
+        mb, computed = xs
+        if skip:  # a skipped micro-batch's gradient, loss and metric sums are exactly zero
+            g, loss_mb, m = jax.lax.cond(computed, micro_step, lambda _: (zero_grads, jnp.float32(0), zero_metrics), mb)
+        else:
+            g, loss_mb, m = micro_step(mb)
+        return (
+            jax.tree_util.tree_map(jnp.add, grads, g),
+            loss + loss_mb,
+            jax.tree_util.tree_map(jnp.add, metrics, m),
+        ), None
+
+    (grads, loss, metrics), _ = jax.lax.scan(
+        accumulate, (zero_grads, jnp.float32(0), zero_metrics), (micro, computed_U)
+    )
+    return grads, loss, metrics, computed_U
+
+
 def make_update_step(
     graphdef,
     optimizer: optax.GradientTransformation,
@@ -86,43 +160,8 @@ def make_update_step(
     skip = skip_zero_advantage and settings.gradient_scales_with_advantage
 
     def step(params, opt_state, batch):
-        mask = batch["loss_mask"]
-        counts = {"tokens": mask.sum().astype(jnp.float32), "seqs": jnp.any(mask, axis=-1).sum().astype(jnp.float32)}
-        micro = jax.tree_util.tree_map(lambda x: _split_micro(x, num_micro), batch)
-        computed_U = jnp.ones((num_micro,), bool)
-        if skip:
-            computed_U = jnp.any(rows_with_gradient(micro["adv"], micro["loss_mask"]), axis=-1)
-            counts["metric_tokens"] = jnp.sum(mask & rows_with_gradient(batch["adv"], mask)[:, None]).astype(
-                jnp.float32
-            )
-        grad_fn = jax.value_and_grad(lambda p, mb: loss_and_metrics(graphdef, p, mb, counts, settings), has_aux=True)
-        first = jax.tree_util.tree_map(lambda x: x[0], micro)
-        zero_metrics = jax.tree_util.tree_map(
-            jnp.zeros_like, jax.eval_shape(lambda: loss_and_metrics(graphdef, params, first, counts, settings)[1])
-        )
-        zero_grads = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-
-        def micro_step(mb):
-            (loss_mb, m), g = grad_fn(params, mb)
-            return g, loss_mb, m
-
-        def accumulate(carry, xs):
-            grads, loss, metrics = carry
-            mb, computed = xs
-            if skip:  # a skipped micro-batch's gradient, loss and metric sums are exactly zero
-                g, loss_mb, m = jax.lax.cond(
-                    computed, micro_step, lambda _: (zero_grads, jnp.float32(0), zero_metrics), mb
-                )
-            else:
-                g, loss_mb, m = micro_step(mb)
-            return (
-                jax.tree_util.tree_map(jnp.add, grads, g),
-                loss + loss_mb,
-                jax.tree_util.tree_map(jnp.add, metrics, m),
-            ), None
-
-        (grads, loss, metrics), _ = jax.lax.scan(
-            accumulate, (zero_grads, jnp.float32(0), zero_metrics), (micro, computed_U)
+        grads, loss, metrics, computed_U = accumulated_gradients(
+            graphdef, params, batch, settings, num_micro=num_micro, skip=skip
         )
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, opt_state = optimizer.update(grads, opt_state, params)

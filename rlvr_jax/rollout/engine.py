@@ -1,6 +1,7 @@
 """The paged rollout engine: continuous batching over decode slots on a paged KV pool, returning the
-sampler's `Rollout`. pages.py schedules on the host; programs.py holds the jitted programs that run on the
-devices: a prefill chunk (one sequence per batch shard) and a burst of decode steps over every slot.
+sampler's `Rollout`. scheduler.py schedules on the host (pages.py keeps the pool's books); programs.py holds
+the jitted programs that run on the devices: a prefill chunk (one sequence per batch shard) and a burst of
+decode steps over every slot; settings.py sizes it (`EngineConfig`).
 
 Sharding. The mesh's batch axes (data x fsdp) give G batch shards. Each shard has its own pool of pages,
 its own `num_slots` decode slots and its own scheduler, and a prompt (with its n samples, which share its
@@ -20,6 +21,7 @@ J pages per sequence, C prefill chunk, S decode slots per shard, N samples per p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -35,27 +37,20 @@ from rlvr_jax import sharding
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.rollout import pages as pg
 from rlvr_jax.rollout import programs
+from rlvr_jax.rollout import scheduler as sched_lib
 from rlvr_jax.rollout.sampling import (
     Rollout,
     SamplingParams,
+    assemble_rollout,
     batch_multiple,
-    device_memory_bytes,
+    device_free_bytes,
     local_rows,
     next_pow2,
     to_global,
 )
+from rlvr_jax.rollout.settings import EngineConfig
 
 log = logging.getLogger(__name__)
-
-
-def device_free_bytes() -> int:
-    """Memory a device has left: its limit less what is in use (the weights, the optimizer state, ...), or
-    the host's available RAM per device on CPU."""
-    dev = jax.local_devices()[0]
-    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    return device_memory_bytes()
 
 
 class Engine:
@@ -70,67 +65,67 @@ class Engine:
         graphdef,
         cfg: ModelConfig,
         mesh,
+        config: EngineConfig | None = None,
         *,
-        num_slots: int = 64,
-        page_size: int = 16,
-        num_pages: int = 0,
-        memory_fraction: float = 0.5,
-        prefill_chunk: int = 128,
-        decode_burst: int = 8,
-        cache_dtype: str | None = None,
-        weights_dtype: str | None = None,
         pad_id: int = 0,
         min_prompt_bucket: int = 16,
+        **sizes,
     ):
-        for name, value in dict(
-            num_slots=num_slots,
-            page_size=page_size,
-            prefill_chunk=prefill_chunk,
-            decode_burst=decode_burst,
-        ).items():
-            if value < 1:
-                raise ValueError(f"rollout engine: {name}={value} must be >= 1")
+        """`config` sizes the engine (settings.engine_config reads it from a config's `rollout`); keywords
+        name EngineConfig fields that replace its (`Engine(graphdef, cfg, mesh, num_slots=8)`)."""
+        self.config = c = dataclasses.replace(config if config is not None else EngineConfig(), **sizes)
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
-        self.num_slots, self.page_size, self.chunk, self.burst = num_slots, page_size, prefill_chunk, decode_burst
-        self.dtype = jnp.dtype(cache_dtype or cfg.param_dtype)
-        self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
+        self.num_slots, self.page_size = c.num_slots, c.page_size
+        self.chunk, self.burst = c.prefill_chunk, c.decode_burst
+        self.dtype = jnp.dtype(c.cache_dtype or cfg.param_dtype)
+        self.weights_dtype = jnp.dtype(c.weights_dtype) if c.weights_dtype else None
         self.pad_id, self.min_prompt_bucket = pad_id, min_prompt_bucket
-        sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
         self.local_shards = batch_multiple(mesh)
         self.num_shards = self.local_shards * jax.process_count()
-        K = cfg.num_kv_heads
-        self.kv_spec = sharding.logical_to_spec(
-            ("batch", None, None, "kv_heads", None), (self.num_shards, 1, 1, 2 * K, 1), sizes, where="KV pool"
-        )
-        tensor = sizes.get("tensor", 1) if self.kv_spec[3] is not None else 1
-        if tensor > 1 and K % tensor:
-            raise ValueError(f"rollout engine: {K} kv heads do not split over tensor={tensor}")
-        self.page_bytes = pg.page_bytes(cfg.num_layers, K, cfg.head_dim, page_size, self.dtype.itemsize, tensor)
-        self.num_pages = pg.pool_pages(
-            self.page_bytes,
-            num_pages=num_pages,
-            memory_fraction=memory_fraction,
-            free_bytes=0 if num_pages else device_free_bytes(),
-        )
-        if self.num_pages < 2:
-            raise ValueError(
-                f"rollout engine: a pool of {self.num_pages} pages ({self.page_bytes} bytes each per device) "
-                f"holds no sequence; raise num_pages or memory_fraction"
-            )
+        self.kv_spec, self.page_bytes = self._kv_layout()
+        self.num_pages = self._pool_pages()
         _, _, self.decode_shardings = model_shardings(cfg, mesh, sharding.DECODE_RULES)
         log.info(
             "KV pool: %d pages x %d tokens = %.1f MiB per device, %d batch shards x %d decode slots",
             self.num_pages,
-            page_size,
+            c.page_size,
             self.num_pages * self.page_bytes / 2**20,
             self.num_shards,
-            num_slots,
+            c.num_slots,
         )
         self.pool = None
         self._compiled: dict = {}
         self.num_compilations = 0
         self.last_compile_seconds = 0.0
         self.stats: dict = {}
+
+    def _kv_layout(self):
+        """(the pool's PartitionSpec, a page's bytes per device): kv heads split over `tensor` when they can."""
+        sizes = dict(zip(self.mesh.axis_names, self.mesh.devices.shape))
+        cfg, K = self.cfg, self.cfg.num_kv_heads
+        spec = sharding.logical_to_spec(
+            ("batch", None, None, "kv_heads", None), (self.num_shards, 1, 1, 2 * K, 1), sizes, where="KV pool"
+        )
+        tensor = sizes.get("tensor", 1) if spec[3] is not None else 1
+        if tensor > 1 and K % tensor:
+            raise ValueError(f"rollout engine: {K} kv heads do not split over tensor={tensor}")
+        return spec, pg.page_bytes(cfg.num_layers, K, cfg.head_dim, self.page_size, self.dtype.itemsize, tensor)
+
+    def _pool_pages(self) -> int:
+        """Pages per batch shard: config.num_pages, or memory_fraction of what a device has left."""
+        c = self.config
+        num_pages = pg.pool_pages(
+            self.page_bytes,
+            num_pages=c.num_pages,
+            memory_fraction=c.memory_fraction,
+            free_bytes=0 if c.num_pages else device_free_bytes(),
+        )
+        if num_pages < 2:
+            raise ValueError(
+                f"rollout engine: a pool of {num_pages} pages ({self.page_bytes} bytes each per device) "
+                f"holds no sequence; raise num_pages or memory_fraction"
+            )
+        return num_pages
 
     # ---- rows in and out ----------------------------------------------------------------------------
     def to_global(self, local: np.ndarray):
@@ -154,7 +149,7 @@ class Engine:
         return [int(v) for v in np.asarray(allv).reshape(jax.process_count(), -1).max(0)]
 
     # ---- weights laid out for decoding --------------------------------------------------------------
-    def _decode_abstract(self, params):
+    def decode_abstract(self, params):
         """ShapeDtypeStructs of the weights in the decode layout and dtype (params concrete or abstract)."""
 
         def one(x, sh):
@@ -165,7 +160,7 @@ class Engine:
 
     def _reshard_jitted(self, params):
         """(jitted function, abstract arguments) laying the trainer's weights (maybe abstract) out for decoding."""
-        target = self._decode_abstract(params)
+        target = self.decode_abstract(params)
         cast = lambda p: jax.tree_util.tree_map(lambda x, t: x.astype(t.dtype), p, target)
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), params
@@ -181,7 +176,7 @@ class Engine:
     def decode_params(self, params):
         """The weights in the decode layout: resharded (and cast to weights_dtype) on the devices, or as they
         are when they already are."""
-        target = self._decode_abstract(params)
+        target = self.decode_abstract(params)
         same = all(
             x.dtype == t.dtype and x.sharding.is_equivalent_to(t.sharding, x.ndim)
             for x, t in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))
@@ -256,7 +251,7 @@ class Engine:
         block-table width and a call of `rows` rows (0: every slot), for a planner to compile and cost
         (params: the trainer's, maybe abstract)."""
         J = next_pow2(pages_per_seq, 1)
-        target = self._decode_abstract(params)
+        target = self.decode_abstract(params)
         return {
             "reshard": self._reshard_jitted(params),
             "prefill": self._jitted("prefill", target, sp, J),
@@ -273,27 +268,17 @@ class Engine:
         params may be abstract (ShapeDtypeStructs with the trainer's shardings), so a planner can compile for
         a TPU topology from a CPU host (under `jax.default_device(<a topology device>)`)."""
         J = next_pow2(pages_per_seq, 1)
-        target = self._decode_abstract(params)
+        target = self.decode_abstract(params)
         return self._program("prefill", target, sp, J), self._program("decode", target, sp, J)
 
     def with_burst(self, burst: int) -> "Engine":
         """This engine with another decode burst (its own programs and pool; for a planner's costing)."""
         other = copy.copy(self)
         other.burst, other._compiled, other.pool = burst, {}, None
+        other.config = dataclasses.replace(self.config, decode_burst=burst)
         return other
 
     # ---- generation ---------------------------------------------------------------------------------
-    def _assign(self, prompts, max_new_R, n: int) -> list[list[int]]:
-        """Prompts (with their n samples) to this host's batch shards: longest work first, each to the
-        shard with the least work so far (work = prompt + new tokens of its rows)."""
-        work = [n * len(p) + sum(max_new_R[i * n : (i + 1) * n]) for i, p in enumerate(prompts)]
-        load, shards = [0] * self.local_shards, [[] for _ in range(self.local_shards)]
-        for i in sorted(range(len(prompts)), key=lambda i: (-work[i], i)):
-            g = min(range(self.local_shards), key=lambda g: (load[g], g))
-            shards[g].append(i)
-            load[g] += work[i]
-        return [sorted(s) for s in shards]
-
     def generate(
         self,
         params,
@@ -306,23 +291,40 @@ class Engine:
         """Rows are this host's prompts x sp.n in order (a prompt's samples adjacent), as global
         batch-sharded arrays. `max_new_tokens`, one per row, caps each row (at most sp.max_new_tokens, the
         rollout's T). `progress`: a bar of generated tokens on stderr."""
-        N, n, T = len(prompts), sp.n, sp.max_new_tokens
         self.last_compile_seconds = 0.0
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
-        max_new_R = [T] * (N * n) if max_new_tokens is None else [int(m) for m in max_new_tokens]
-        if len(max_new_R) != N * n or any(not 1 <= m <= T for m in max_new_R):
-            raise ValueError(f"max_new_tokens: one value in [1, {T}] per row ({N} prompts x {n} samples)")
-        if N == 0:
-            return self._rollout([], {}, n, T)
-        pg.check_fits([len(p) for p in prompts], max_new_R, n, pg.PagePool(self.num_pages, self.page_size))
-        longest = max(len(prompts[r // n]) + m for r, m in enumerate(max_new_R))
+        max_new_R = sched_lib.row_budgets([len(p) for p in prompts], sp.n, sp.max_new_tokens, max_new_tokens)
+        if len(prompts) == 0:
+            return self._result([], {}, sp)
+        call = self._start_call(params, prompts, sp, key, max_new_R, progress)
+        t0 = time.perf_counter()
+        while self._agree([not call.done()])[0]:
+            # prefill first: every slot that would decode empty is filled before the next burst (a burst
+            # costs the same with its slots full; the scheduler starts no prefill without a slot for it)
+            chunks = self._prefill_round(call)
+            decoding = self._decode_round(call)
+            if not chunks and not decoding and self._agree([not call.done()])[0]:
+                raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
+        call.bar.close()
+        rows = call.finished_rows()
+        self.stats = self._call_stats(call, rows, time.perf_counter() - t0, resharded=call.weights is not params)
+        return self._result(prompts, rows, sp)
+
+    def _result(self, prompts, rows: dict, sp: SamplingParams) -> Rollout:
+        T, bucket = sp.max_new_tokens, self.min_prompt_bucket
+        return assemble_rollout(self.mesh, prompts, rows, sp.n, T, pad_id=self.pad_id, min_prompt_bucket=bucket)
+
+    def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool) -> _Call:
+        """Admits a call: checks it fits, picks its block-table width and slots (agreed over the hosts), gives
+        each of this host's shards its prompts and a scheduler, and lays the weights and the pool out."""
+        n, lens = sp.n, [len(p) for p in prompts]
+        pg.check_fits(lens, max_new_R, n, pg.PagePool(self.num_pages, self.page_size))
+        longest = max(lens[r // n] + m for r, m in enumerate(max_new_R))
         J = self._agree([next_pow2(pg.cdiv(longest, self.page_size), 1)])[0]
-        ids = self._assign(prompts, max_new_R, n)  # ids[g]: this host's prompts on its shard g
+        ids = sched_lib.assign_shards(lens, max_new_R, n, self.local_shards)  # ids[g]: this host's prompts on shard g
         # slots per shard: num_slots, or as many (a power of two) as the fullest shard's rows need
         S = min(self.num_slots, self._agree([next_pow2(max(len(i) for i in ids) * n, 1)])[0])
         scheds = [
-            pg.Scheduler(
+            sched_lib.Scheduler(
                 pg.PagePool(self.num_pages, self.page_size),
                 [prompts[i] for i in ids_g],
                 n,
@@ -336,72 +338,80 @@ class Engine:
             for ids_g in ids
         ]
         weights = self.decode_params(params)
-        target = self._decode_abstract(weights)
         if self.pool is None:
             self.pool = self._alloc_pool()
-        base_key = jax.random.key(sp.seed) if key is None else key
         # draws are keyed by the prompt's index in the global batch (the hosts' prompts in process order), so
         # the tokens do not depend on the number of processes
-        offset = self._prompt_offset(N)
-        ids = [[offset + i for i in ids_g] for ids_g in ids]
-        bar = tqdm(total=sum(max_new_R), unit="tok", desc="rollout", file=sys.stderr, disable=not progress)
-        t0 = time.perf_counter()
-        counts = dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
-        while self._agree([not all(s.done() for s in scheds)])[0]:
-            # prefill first: every slot that would decode empty is filled before the next burst (a burst
-            # costs the same with its slots full; the scheduler starts no prefill without a slot for it)
-            chunks = 0
-            while True:
-                jobs = [s.next_prefill() for s in scheds]
-                if not self._agree([any(j is not None for j in jobs)])[0]:
-                    break
-                firsts = self._run_prefill(weights, target, sp, J, base_key, jobs, ids)
-                for g, job in enumerate(jobs):
-                    if job is not None and job.last:
-                        scheds[g].finish_prefill(job, *(x[g] for x in firsts))
-                        bar.update(0 if job.row is not None else n)
-                chunks += 1
-            djobs = [s.next_decode() for s in scheds]
-            decoding = self._agree([any(d is not None for d in djobs)])[0]
-            if decoding:  # the call's block-table width J: decode attention costs each row its own pages
-                valid = self._run_decode(weights, target, sp, J, base_key, djobs, ids, scheds, counts)
-                counts["decode_steps"] += self.burst
-                counts["slot_steps"] += int(valid)
-                bar.update(int(valid))
-            if not chunks and not decoding and self._agree([not all(s.done() for s in scheds)])[0]:
-                raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
-        bar.close()
-        rows = {}
-        for ids_g, s in zip(ids, scheds):
-            for r, row in s.finished.items():
-                rows[(ids_g[r // n] - offset) * n + r % n] = row
-        self.stats = dict(
-            seconds=time.perf_counter() - t0,
+        offset = self._prompt_offset(len(prompts))
+        return _Call(
+            weights=weights,
+            target=self.decode_abstract(weights),
+            sp=sp,
+            J=J,
+            S=S,
+            base_key=jax.random.key(sp.seed) if key is None else key,
+            ids=[[offset + i for i in ids_g] for ids_g in ids],
+            offset=offset,
+            scheds=scheds,
+            bar=tqdm(total=sum(max_new_R), unit="tok", desc="rollout", file=sys.stderr, disable=not progress),
+        )
+
+    def _prefill_round(self, call: _Call) -> int:
+        """Prefill chunks (one per shard per program) until no shard starts another; returns how many ran."""
+        chunks = 0
+        while True:
+            jobs = [s.next_prefill() for s in call.scheds]
+            if not self._agree([any(j is not None for j in jobs)])[0]:
+                return chunks
+            firsts = self._run_prefill(call, jobs)
+            for g, job in enumerate(jobs):
+                if job is not None and job.last:
+                    call.scheds[g].finish_prefill(job, *(x[g] for x in firsts))
+                    call.bar.update(0 if job.row is not None else call.sp.n)
+            chunks += 1
+
+    def _decode_round(self, call: _Call) -> bool:
+        """One decode burst over every shard's slots, if any shard has a row seated; returns whether it ran."""
+        djobs = [s.next_decode() for s in call.scheds]
+        if not self._agree([any(d is not None for d in djobs)])[0]:
+            return False
+        # the call's block-table width J: decode attention costs each row its own pages
+        valid = self._run_decode(call, djobs)
+        call.counts["decode_steps"] += self.burst
+        call.counts["slot_steps"] += int(valid)
+        call.bar.update(int(valid))
+        return True
+
+    def _call_stats(self, call: _Call, rows: dict, seconds: float, resharded: bool) -> dict:
+        """The `stats` of a finished call: time, the pool's size and peak use, preemptions, slot occupancy."""
+        scheds, counts = call.scheds, call.counts
+        return dict(
+            seconds=seconds,
             compile_seconds=self.last_compile_seconds,
             batch_shards=self.local_shards,
-            resharded_weights=weights is not params,
+            resharded_weights=resharded,
             pool_pages=self.num_pages - 1,
             pool_mib=self.num_pages * self.page_bytes / 2**20,
             peak_pages=max(s.pool.peak_used for s in scheds),
             peak_live_tokens=counts["live_at_peak"],
             peak_pages_all_shards=counts["peak_pages"],
             preemptions=sum(s.preemptions for s in scheds),
-            slots=S,
-            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * S * len(scheds)),
+            slots=call.S,
+            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * call.S * len(scheds)),
             decode_steps=counts["decode_steps"],
             tokens=sum(len(r.tokens) for r in rows.values()),
         )
-        return self._rollout(prompts, rows, n, T)
 
-    def _track_peak(self, scheds, counts, written: int) -> None:
+    def _track_peak(self, call: _Call, written: int) -> None:
         """Pages in use over this host's shards at their peak, and the token positions they hold then: read
         after a burst wrote its `written` tokens into the pages secured for it, before finished rows free theirs."""
-        used = sum(s.pool.used for s in scheds)
-        if used > counts["peak_pages"]:
-            counts["peak_pages"], counts["live_at_peak"] = used, written + sum(s.live_tokens() for s in scheds)
+        used = sum(s.pool.used for s in call.scheds)
+        if used > call.counts["peak_pages"]:
+            live = written + sum(s.live_tokens() for s in call.scheds)
+            call.counts["peak_pages"], call.counts["live_at_peak"] = used, live
 
-    def _run_prefill(self, weights, target, sp, J, base_key, jobs, ids):
-        G, C, n = self.local_shards, self.chunk, sp.n
+    def _run_prefill(self, call: _Call, jobs):
+        G, C, n, J = self.local_shards, self.chunk, call.sp.n, call.J
         tokens = np.full((G, C), self.pad_id, np.int32)
         start, q_len, prompt = (np.zeros(G, np.int32) for _ in range(3))
         copy_from = np.full(G, np.iinfo(np.int32).max, np.int32)
@@ -411,21 +421,24 @@ class Engine:
             if job is None:
                 continue
             tokens[g, : len(job.tokens)] = job.tokens
-            start[g], q_len[g], prompt[g] = job.start, len(job.tokens), ids[g][job.prompt]
+            start[g], q_len[g], prompt[g] = job.start, len(job.tokens), call.ids[g][job.prompt]
             if job.copy_dst:  # the partial last page's first position
                 copy_from[g] = (len(job.pages) - 1) * self.page_size
             pages[g, : len(job.pages)] = job.pages
             copy_dst[g, : len(job.copy_dst)] = job.copy_dst
-        program = self._program("prefill", target, sp, J)
+        program = self._program("prefill", call.target, call.sp, J)
         glob = self.to_global
         self.pool, *firsts = program(
-            weights, self.pool, base_key, *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_from, copy_dst))
+            call.weights,
+            self.pool,
+            call.base_key,
+            *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_from, copy_dst)),
         )
         return [self.local_rows(x) for x in firsts]
 
-    def _run_decode(self, weights, target, sp, J, base_key, djobs, ids, scheds, counts) -> int:
+    def _run_decode(self, call: _Call, djobs) -> int:
         """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
-        G, S = self.local_shards, scheds[0].num_slots
+        G, S, J, ids = self.local_shards, call.S, call.J, call.ids
         names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
         arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
         pages = np.zeros((G, S, J), np.int32)
@@ -436,50 +449,46 @@ class Engine:
                 arrays[k][g] = getattr(job, k)
             arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
             pages[g] = job.pages_SxJ
-        program = self._program("decode", target, sp, J, S)
+        program = self._program("decode", call.target, call.sp, J, S)
         glob = self.to_global
-        self.pool, *outs = program(weights, self.pool, base_key, *(glob(arrays[k]) for k in names), glob(pages))
+        self.pool, *outs = program(
+            call.weights, self.pool, call.base_key, *(glob(arrays[k]) for k in names), glob(pages)
+        )
         tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
-        self._track_peak(scheds, counts, int(valid.sum()))
+        self._track_peak(call, int(valid.sum()))
         for g, job in enumerate(djobs):
             if job is not None:
-                scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
+                call.scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
         return int(valid.sum())
 
-    def _rollout(self, prompts, rows: dict, n: int, T: int) -> Rollout:
-        """The host's rows (padded to its batch shards with empty rows, dropped again on one host) as global
-        batch-sharded arrays."""
-        B = len(prompts) * n
-        Bp = -(-B // self.local_shards) * self.local_shards if B else 0
-        if jax.process_count() > 1 and Bp != B:
-            raise ValueError(
-                f"multi-host generation needs this host's {B} rows to be a multiple of its {self.local_shards} batch shards"
-            )
-        P = next_pow2(max((len(p) for p in prompts), default=1), self.min_prompt_bucket)
-        prompt_tokens = np.full((Bp, P), self.pad_id, np.int32)
-        prompt_valid = np.zeros((Bp, P), bool)
-        tokens = np.zeros((Bp, T), np.int32)
-        valid = np.zeros((Bp, T), bool)
-        q_logp = np.zeros((Bp, T), np.float32)
-        p_logp = np.zeros((Bp, T), np.float32)
-        stopped = np.zeros(Bp, bool)
-        for b in range(Bp):
-            p = prompts[min(b, B - 1) // n]
-            prompt_tokens[b, P - len(p) :] = p
-            prompt_valid[b, P - len(p) :] = True
-            row = rows.get(b)
-            if row is None:
-                continue
-            m = len(row.tokens)
-            tokens[b, :m], valid[b, :m] = row.tokens, True
-            q_logp[b, :m], p_logp[b, :m] = row.q_logp, row.p_logp
-            stopped[b] = row.stopped
-        lengths = valid.sum(-1).astype(np.int32)
-        index = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
-        arrays = (prompt_tokens, prompt_valid, tokens, valid, q_logp, p_logp, lengths, stopped)
-        if not B:
-            return Rollout(*(jnp.asarray(x) for x in arrays), index)
-        out = tuple(self.to_global(x) for x in arrays)
-        if Bp != B:
-            out = tuple(x[:B] for x in out)
-        return Rollout(*out, index)
+
+@dataclasses.dataclass
+class _Call:
+    """One generate call on this host: the weights in the decode layout (and their abstract form), the
+    sampling, block-table width J and slots per shard S (agreed over the hosts), each shard's prompts as
+    global prompt indices (`offset` is this host's first) and its scheduler, counters and progress bar."""
+
+    weights: object
+    target: object
+    sp: SamplingParams
+    J: int
+    S: int
+    base_key: object
+    ids: list
+    offset: int
+    scheds: list
+    bar: object
+    counts: dict = dataclasses.field(
+        default_factory=lambda: dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
+    )
+
+    def done(self) -> bool:
+        return all(s.done() for s in self.scheds)
+
+    def finished_rows(self) -> dict:
+        """{this host's output row: its scheduler Row} (row = local prompt x n + sample)."""
+        n, rows = self.sp.n, {}
+        for ids_g, s in zip(self.ids, self.scheds):
+            for r, row in s.finished.items():
+                rows[(ids_g[r // n] - self.offset) * n + r % n] = row
+        return rows

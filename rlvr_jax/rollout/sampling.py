@@ -1,6 +1,6 @@
 """What the rollout engine (engine.py) samples with and returns: sampling parameters, the `Rollout`, one
-decoding step's draw (temperature, top-k, top-p), the trainer's teacher-forced logprobs of a completion, and
-the rows of a batch-sharded array on each host.
+decoding step's draw (temperature, top-k, top-p), the trainer's teacher-forced logprobs of a completion, the
+rows of a batch-sharded array on each host (and a `Rollout` assembled from them), a device's memory.
 
 Which logprobs: `Rollout.logprobs` is log q(token), q = the distribution actually sampled from
 (softmax(logits / temperature), restricted to top-k / top-p and renormalised). `policy_logprobs` is
@@ -124,6 +124,16 @@ def device_memory_bytes() -> int:
     return int(psutil.virtual_memory().available // max(1, jax.local_device_count()))
 
 
+def device_free_bytes() -> int:
+    """Memory a device has left: its limit less what is in use (the weights, the optimizer state, ...), or
+    the host's available RAM per device on CPU."""
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return device_memory_bytes()
+
+
 def batch_multiple(mesh) -> int:
     """Rows this host must supply: its share of the data x fsdp batch shards."""
     sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
@@ -145,6 +155,47 @@ def local_rows(mesh, x) -> np.ndarray:
         return np.asarray(x)
     spec = sharding.batch_sharding(mesh, x.ndim).spec
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
+def assemble_rollout(mesh, prompts, rows: dict, n: int, T: int, *, pad_id: int, min_prompt_bucket: int) -> Rollout:
+    """The host's rows ({row: an object with tokens, q_logp, p_logp, stopped}; rows = prompts x n) as a
+    `Rollout` of global batch-sharded arrays: padded to the host's batch shards with empty rows, dropped
+    again on one host; prompts left-padded to a power of two of at least `min_prompt_bucket`."""
+    shards = batch_multiple(mesh)
+    B = len(prompts) * n
+    Bp = -(-B // shards) * shards if B else 0
+    if jax.process_count() > 1 and Bp != B:
+        raise ValueError(
+            f"multi-host generation needs this host's {B} rows to be a multiple of its {shards} batch shards"
+        )
+    P = next_pow2(max((len(p) for p in prompts), default=1), min_prompt_bucket)
+    prompt_tokens = np.full((Bp, P), pad_id, np.int32)
+    prompt_valid = np.zeros((Bp, P), bool)
+    tokens = np.zeros((Bp, T), np.int32)
+    valid = np.zeros((Bp, T), bool)
+    q_logp = np.zeros((Bp, T), np.float32)
+    p_logp = np.zeros((Bp, T), np.float32)
+    stopped = np.zeros(Bp, bool)
+    for b in range(Bp):
+        p = prompts[min(b, B - 1) // n]
+        prompt_tokens[b, P - len(p) :] = p
+        prompt_valid[b, P - len(p) :] = True
+        row = rows.get(b)
+        if row is None:
+            continue
+        m = len(row.tokens)
+        tokens[b, :m], valid[b, :m] = row.tokens, True
+        q_logp[b, :m], p_logp[b, :m] = row.q_logp, row.p_logp
+        stopped[b] = row.stopped
+    lengths = valid.sum(-1).astype(np.int32)
+    index = np.repeat(np.arange(len(prompts), dtype=np.int32), n)
+    arrays = (prompt_tokens, prompt_valid, tokens, valid, q_logp, p_logp, lengths, stopped)
+    if not B:
+        return Rollout(*(jnp.asarray(x) for x in arrays), index)
+    out = tuple(to_global(mesh, x) for x in arrays)
+    if Bp != B:
+        out = tuple(x[:B] for x in out)
+    return Rollout(*out, index)
 
 
 def completion_logprobs(

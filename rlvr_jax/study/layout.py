@@ -1,6 +1,6 @@
 """Where an experiment keeps its things: the model table (every model the study evaluates, by name),
-the domains, merge methods and RL seeds of a config, each stage's finished marker and evaluation files
-(pooled over seeds). Shared by the experiment's stages and its report.
+the domains, merge methods and RL seeds of a config, and the evaluation files (pooled over seeds).
+Shared by the experiment's stages and its report; each stage's DONE.json is the runner's (runner.py).
 
 Seeds: the main seed (`config.seed`) names its stages and models plainly (rl_math, merge_ties, ...), so a
 single-seed workdir keeps the layout it always had; another seed n appends `_seed<n>` (rl_math_seed1, ...).
@@ -101,11 +101,3 @@ def pooled_evals(config, workdir: str) -> dict[str, dict]:
         name: stats.pool_seeds([evals[r] for r, m in runs.items() if m["model"] == name])
         for name in model_table(config, workdir)
     }
-
-
-def stage_done(workdir: str, name: str) -> dict | None:
-    path = os.path.join(workdir, name, "DONE.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)

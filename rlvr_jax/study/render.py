@@ -46,21 +46,41 @@ def main_table_models(results: dict) -> list[str]:
 
 
 def render(results: dict) -> str:
-    K = results["eval"]["samples"]
-    models, pm = results["models"], results["eval"]["per_model"]
-    domains = list(results["eval"]["items_per_domain"])
-    avg = f"avg@{K}"
-    mc = results["machine"]
-    out = [
+    """report.md: the title and setup, the verdict, findings and gains, then the tables and the plots."""
+    out = _title(results) + _setup_section(results)
+    out += _verdict_section(results)
+    out += _findings_section(results)
+    out += _anchor_gains_section(results)
+    out += _main_results_section(results)
+    out += _merge_methods_section(results)
+    out += _pass_at_k_section(results)
+    out += _cost_section(results)
+    out += _weight_space_section(results)
+    out += _gains_section(results)
+    out += _kl_section(results)
+    out += _plots_section(results)
+    return "\n".join(out)
+
+
+def _title(results: dict) -> list[str]:
+    return [
         f"# Mix or merge? The experiment on `{results['config']['base']['model']['preset']}`"
         f"{' from ' + results['config']['anchor'] if results['config']['anchor'] else ''}",
         "",
     ]
+
+
+def _setup_section(results: dict) -> list[str]:
+    """How the models were trained, on what machine, how they were evaluated, and how seeds are pooled."""
+    K = results["eval"]["samples"]
+    models, pm = results["models"], results["eval"]["per_model"]
+    domains = list(results["eval"]["items_per_domain"])
+    mc = results["machine"]
     loads = [x for s in results["stages"].values() for x in s["loadavg_1min_range"]]
     cfg = results["config"]
     b, ro = cfg["base"], cfg["base"]["rollout"]
     anchor = cfg["anchor"] or f"SFT of the base model on all domains, {b['sft']['steps']} steps"
-    out += [
+    out = [
         f"Setup: anchor = {anchor}; "
         f"GRPO with {ro['prompts_per_step']} prompts x {ro['samples_per_prompt']} samples per step, "
         f"lr {b['optim']['learning_rate']:g}, up to {ro['max_new_tokens']} response tokens; "
@@ -94,26 +114,38 @@ def render(results: dict) -> str:
             f"{results['seeds'][0]}'s models; learning curves are seed {results['seeds'][0]}'s.",
             "",
         ]
-    out += _verdict_section(results)
-    out += _findings_section(results)
-    out += _anchor_gains_section(results)
+    return out
 
+
+def _main_results_section(results: dict) -> list[str]:
+    """Avg@K per domain of the anchor, the experts, the main merge, MT-OPD and RL-Multi."""
+    K = results["eval"]["samples"]
+    models, pm = results["models"], results["eval"]["per_model"]
+    domains = list(results["eval"]["items_per_domain"])
+    avg = f"avg@{K}"
     cols = main_table_models(results)
     rows = [[DOMAIN_LABELS.get(d, d)] + [pct(pm[n][d][avg]) for n in cols] for d in domains]
     rows.append(["**Mean**"] + [pct(results["eval"]["mean_avg"][n]) for n in cols])
-    out += [
+    return [
         "## Main results (Avg@%d, %%)" % K,
         "",
         _table(["benchmark"] + [models[n]["label"] for n in cols], rows),
         "",
     ]
 
+
+def _merge_methods_section(results: dict) -> list[str]:
+    """Avg@K per domain of every merge, MT-OPD and RL-Multi."""
+    K = results["eval"]["samples"]
+    models, pm = results["models"], results["eval"]["per_model"]
+    domains = list(results["eval"]["items_per_domain"])
+    avg = f"avg@{K}"
     merge_rows = [n for n, m in models.items() if m["kind"] in ("merge", "opd", "multi")]
     rows = [
         [models[n]["label"]] + [pct(pm[n][d][avg]) for d in domains] + [pct(results["eval"]["mean_avg"][n])]
         for n in merge_rows
     ]
-    out += [
+    return [
         "## Merge methods (Avg@%d, %%)" % K,
         "",
         "All merges are anchored on the SFT model, over all parameters, "
@@ -123,15 +155,18 @@ def render(results: dict) -> str:
         "",
     ]
 
+
+def _pass_at_k_section(results: dict) -> list[str]:
+    K = results["eval"]["samples"]
+    models, pm = results["models"], results["eval"]["per_model"]
+    domains = list(results["eval"]["items_per_domain"])
     pk = f"pass@{K}"
     rows = [[models[n]["label"]] + [pct(pm[n][d][pk]) for d in domains] for n in models]
-    out += [f"## pass@{K} (unbiased, %)", "", _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
+    return [f"## pass@{K} (unbiased, %)", "", _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
 
-    out += _cost_section(results)
-    out += _weight_space_section(results)
-    out += _gains_section(results)
-    out += _kl_section(results)
-    out += [
+
+def _plots_section(results: dict) -> list[str]:
+    out = [
         "## Plots",
         "",
         "![learning curves](learning_curves.png)",
@@ -151,7 +186,7 @@ def render(results: dict) -> str:
         "Per-item correctness of every model: `eval/<model>.json` in the workdir; every number above: `results.json`.",
         "",
     ]
-    return "\n".join(out)
+    return out
 
 
 VERDICT_WORDS = {stats.BETTER: "better", stats.WORSE: "worse", stats.TIED: "indistinguishable"}

@@ -8,33 +8,15 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 
 import jax
 import numpy as np
 
 from rlvr_jax.study import findings, stats
-from rlvr_jax.study.layout import domains_of, model_table, pooled_evals, seeds_of, stage_done, suffix
+from rlvr_jax.study.layout import domains_of, model_table, pooled_evals, seeds_of, suffix
 from rlvr_jax.study.plots import plot_accuracy, plot_curves, plot_kl
 from rlvr_jax.study.render import render
-
-
-def provenance() -> dict:
-    """The code the numbers came from: commit and whether the work tree had changes (None outside git)."""
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": None, "dirty": None}
-    return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+from rlvr_jax.study.runner import provenance, stage_done
 
 
 def machine_info(note: str) -> dict:
@@ -128,13 +110,10 @@ def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
     return cost
 
 
-def build_results(config, workdir: str) -> dict:
-    """Everything the report shows, gathered from the stage outputs."""
-    models = model_table(config, workdir)
-    seeds = seeds_of(config)
-    K = config.eval.samples
+def _shown_models(models: dict, workdir: str) -> dict:
+    """The model table with the paths inside the workdir relative to it."""
     root = os.path.abspath(workdir)
-    shown = {
+    return {
         n: dict(
             m,
             path=os.path.relpath(os.path.abspath(m["path"]), root)
@@ -142,11 +121,12 @@ def build_results(config, workdir: str) -> dict:
             else m["path"],
         )
         for n, m in models.items()
-    }  # paths inside the workdir are kept relative to it
-    evals = pooled_evals(config, workdir)
-    per_model = {n: evals[n]["per_domain"] for n in models}
-    domains = domains_of(config)
-    mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
+    }
+
+
+def _finished_stages(workdir: str) -> dict:
+    """name -> wall and device time, the load average's range and the code of each attempt, of every
+    finished stage (DONE.json)."""
     stages = {}
     for name in os.listdir(workdir):
         done = stage_done(workdir, name)
@@ -158,6 +138,19 @@ def build_results(config, workdir: str) -> dict:
             stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
             # the code of each attempt (stages finished before this field existed have none)
             stages[name]["code"] = [a["code"] for a in done["attempts"] if "code" in a]
+    return stages
+
+
+def build_results(config, workdir: str) -> dict:
+    """Everything the report shows, gathered from the stage outputs."""
+    models = model_table(config, workdir)
+    seeds = seeds_of(config)
+    K = config.eval.samples
+    evals = pooled_evals(config, workdir)
+    per_model = {n: evals[n]["per_domain"] for n in models}
+    domains = domains_of(config)
+    mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
+    stages = _finished_stages(workdir)
     with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
         analysis = json.load(f)
     merges = [n for n in models if n.startswith("merge_")]
@@ -166,7 +159,7 @@ def build_results(config, workdir: str) -> dict:
         "machine": machine_info(config.report.machine),
         "provenance": provenance(),
         "config": json.loads(config.to_json_best_effort()),
-        "models": shown,
+        "models": _shown_models(models, workdir),
         # RL seeds, the main one first; stage and model files of seed n end with stage_suffix[n]
         "seeds": seeds,
         "stage_suffix": [suffix(config, s) for s in seeds],

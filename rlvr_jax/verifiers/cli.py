@@ -17,6 +17,7 @@ import sys
 
 from tqdm import tqdm
 
+from rlvr_jax import cli
 from rlvr_jax.data.records import EXTRA_FIELDS, validate_record
 from rlvr_jax.verifiers import VerifierConfig, score
 from rlvr_jax.verifiers.pool import VerifierPool
@@ -103,7 +104,7 @@ def _summary(rows: list[dict], scores: list, counters: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rlvr-verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="JSONL: records (DESIGN.md schema) plus a `response` field")
     ap.add_argument("--output", default="-", help="where to write one JSON line per input (default stdout)")
@@ -122,8 +123,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--deadline", type=float, default=10.0, help="seconds per non-code sample")
     ap.add_argument("--allow-unsandboxed", action="store_true", help="run code WITHOUT bubblewrap (trusted data only)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv=None) -> int:
+    return cli.run_command(build_parser(), argv, run)
+
+
+def run(args) -> int:
     rows, errors = read_input(args.input)
     if errors:
         for e in errors[:_MAX_ERRORS_SHOWN]:

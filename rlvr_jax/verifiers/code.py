@@ -89,7 +89,7 @@ def values_match(expected, got, tol: float = 0.0) -> bool:
     return expected == got
 
 
-def _select_tests(tests: list, k: int) -> list:
+def select_tests(tests: list, k: int) -> list:
     # A fixed subset per problem (seeded by the tests themselves) so every sample of a group, and
     # every rerun, is graded on the same tests.
     if k <= 0 or len(tests) <= k:
@@ -164,7 +164,7 @@ def score_code(gt: dict, text: str, config: VerifierConfig) -> Score:
     program = last_code_block(text, config.code_block_language)
     if program is None or not program.strip():
         return Score(0.0, "no_answer", {"error": f"no ```{config.code_block_language} block"})
-    tests = _select_tests(list(gt.get("tests") or []), config.code_max_tests)
+    tests = select_tests(list(gt.get("tests") or []), config.code_max_tests)
     if not tests:
         return Score(0.0, "error", {"error": "record has no tests"})
     sandbox.check_available(config.allow_unsandboxed, config.sandbox_python, config.sandbox_uid_base)

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlvr_jax.instructions import registry
 from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
 from rlvr_jax.verifiers.code import score_code
 from rlvr_jax.verifiers.format import gate
+from rlvr_jax.verifiers.instruction import score_if
 from rlvr_jax.verifiers.math import score_math
 from rlvr_jax.verifiers.sandbox import SandboxUnavailable
 from rlvr_jax.verifiers.science import score_science
-
-
-def _score_if(gt: dict, text: str) -> Score:
-    ids = list(gt["instruction_ids"])
-    kwargs = [dict(k or {}) for k in gt.get("kwargs") or [{}] * len(ids)]
-    held = [bool(x) for x in registry.check_all(ids, kwargs, text, prompt=gt.get("prompt", ""), strict=True)]
-    ok = all(held)
-    return Score(
-        float(ok),
-        "ok" if ok else "wrong",
-        {"fraction": sum(held) / max(len(held), 1), "failed": [i for i, h in zip(ids, held) if not h]},
-    )
 
 
 def score(record: dict, response: str, *, thinking: bool | None = None, config: VerifierConfig | None = None) -> Score:
@@ -46,7 +34,7 @@ def score(record: dict, response: str, *, thinking: bool | None = None, config: 
             return score_science(gt, text)
         if domain == "code":
             return score_code(gt, text, config)
-        return _score_if(gt, text)
+        return score_if(gt, text)
     except SandboxUnavailable:
         raise
     except Exception as e:  # a verifier bug or odd record must not stop the batch; it is counted

@@ -26,6 +26,11 @@ def _mv():
     return _MV
 
 
+def warm_up() -> None:
+    """Import math-verify and sympy now: a pool worker does this before it reports ready."""
+    _mv()
+
+
 def _timeout(config: VerifierConfig) -> int | None:
     # math-verify's timeout is signal.alarm: only usable on the main thread. Elsewhere (a caller's
     # thread) it would raise, so it is switched off and the pool deadline is the only bound.

@@ -23,11 +23,10 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 
-from rlvr_jax.instructions import registry as _if_registry  # noqa: F401  (warm imports)
-from rlvr_jax.verifiers import math as _m
+from rlvr_jax.verifiers import math as math_verifier
 from rlvr_jax.verifiers import sandbox
 from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
-from rlvr_jax.verifiers.code import _select_tests, limits_for
+from rlvr_jax.verifiers.code import limits_for, select_tests
 from rlvr_jax.verifiers.dispatch import score
 
 _MAX_CHUNK = 16  # samples per message for cheap domains (amortises the pipe round trip)
@@ -46,7 +45,7 @@ def worker_main(fd: int, owner_pid: int, slot: int) -> None:
     conn = Connection(fd)
     config = conn.recv()
     sandbox.set_identity(owner_pid, slot)
-    _m._mv()
+    math_verifier.warm_up()
     conn.send("ready")
     while True:
         try:
@@ -229,7 +228,7 @@ class VerifierPool:
         if record.get("domain") != "code":
             return self.deadline_s
         gt = record.get("ground_truth") or {}
-        tests = _select_tests(list(gt.get("tests") or []), self.config.code_max_tests)
+        tests = select_tests(list(gt.get("tests") or []), self.config.code_max_tests)
         lim = limits_for(gt, self.config, 0)
         return self.deadline_s + len(tests) * (lim.wall_s + 0.5)
 
@@ -394,3 +393,14 @@ class VerifierPool:
         for b in batches.values():
             if not b.future.done():
                 b.future.set_exception(err)
+
+
+def pool_from_config(verifier_section, *, thinking: bool) -> VerifierPool:
+    """The pool a run config asks for: its `verifier` section (workers, deadline_s, allow_unsandboxed) and
+    the data's thinking format gate. The trainer and the study both start theirs here."""
+    v = verifier_section
+    return VerifierPool(
+        v.workers or None,
+        deadline_s=v.deadline_s,
+        config=VerifierConfig(thinking=bool(thinking), allow_unsandboxed=bool(v.allow_unsandboxed)),
+    )

@@ -5,7 +5,7 @@ single read-all/write-once pass must move, divided by wall time), the memory-ban
 (those bytes / np.copyto bandwidth measured in the same run), and peak RSS above the inputs;
 each beside a straightforward per-tensor numpy merge of the same tensors. Ours consumes its
 inputs as `rlvr-merge` does (fresh copies made untimed before each run). No disk I/O is timed.
-`run(quick)` returns rows for tools/bench.py.
+`run(quick)` returns rows for benchmarks/bench.py.
 """
 
 from __future__ import annotations

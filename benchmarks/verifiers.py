@@ -1,6 +1,6 @@
 """Verifier throughput: verifications/s per domain through the pool (1 and 2 workers) against
 sequential in-process `score()` on the same samples, and the sandbox's cost per execution
-against a bare interpreter start. `run(quick)` returns rows for tools/bench.py."""
+against a bare interpreter start. `run(quick)` returns rows for benchmarks/bench.py."""
 
 from __future__ import annotations
 

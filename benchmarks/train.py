@@ -1,4 +1,4 @@
-"""Training section of tools/bench.py: GRPO update tokens/s and MFU on the 50M Qwen3-style shape
+"""Training section of benchmarks/bench.py: GRPO update tokens/s and MFU on the 50M Qwen3-style shape
 (peer: a plain PyTorch forward + backward + AdamW step of the same transformers model, same run),
 and the time split per phase of one GRPO step at the built-in default (configs/default.py:tiny)."""
 
@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo: configs/ lives there
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -30,8 +28,8 @@ def _update_rows(quick: bool) -> list[dict]:
     import jax
     import jax.numpy as jnp
     import torch
-    from bench_generation import save_random_hf_model
 
+    from benchmarks.generation import save_random_hf_model
     from rlvr_jax import sharding
     from rlvr_jax.model.decoder import count_params, model_shardings
     from rlvr_jax.model.presets import PRESETS

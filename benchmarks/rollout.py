@@ -1,6 +1,7 @@
-"""Rollout section of tools/bench.py: the paged engine (rlvr_jax/rollout/engine.py) on an RL-shaped workload,
-many rows whose lengths have a long tail, against the static engine it replaced (tools/static_engine.py) and
-`transformers` generate, all on the same random weights (fp32, temperature 1, no stop tokens).
+"""Rollout section of benchmarks/bench.py: the paged engine (rlvr_jax/rollout/engine.py) on an RL-shaped
+workload, many rows whose lengths have a long tail, against the static engine it replaced
+(benchmarks/baselines/static_engine.py) and `transformers` generate, all on the same random weights (fp32,
+temperature 1, no stop tokens).
 
 Workload: `prompts` x `n` rows of `prompt_len` random tokens. Each row's budget of new tokens is drawn once
 (numpy seed `seed`) from a geometric distribution with mean `max_new / 6`, clipped to [1, max_new], and every
@@ -31,29 +32,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-for path in (os.path.dirname(TOOLS), TOOLS):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import static_engine  # noqa: E402
-from bench_generation import Peer, save_random_hf_model  # noqa: E402
-
-from rlvr_jax import sharding  # noqa: E402
-from rlvr_jax.model import hf  # noqa: E402
-from rlvr_jax.model.decoder import ModelConfig, count_params  # noqa: E402
-from rlvr_jax.model.presets import PRESETS  # noqa: E402
-from rlvr_jax.rollout import engine as engine_lib  # noqa: E402
-from rlvr_jax.rollout import pages as pg  # noqa: E402
-from rlvr_jax.rollout import sampling  # noqa: E402
+from benchmarks.baselines import static_engine
+from benchmarks.generation import Peer, save_random_hf_model
+from rlvr_jax import sharding
+from rlvr_jax.model import hf
+from rlvr_jax.model.decoder import ModelConfig, count_params
+from rlvr_jax.model.presets import PRESETS
+from rlvr_jax.rollout import engine as engine_lib
+from rlvr_jax.rollout import pages as pg
+from rlvr_jax.rollout import sampling
+from rlvr_jax.rollout import scheduler as sched_lib
+from rlvr_jax.rollout.settings import EngineConfig
 
 FIG_STATIC = "rollout, long-tailed lengths, vs static engine"
 FIG_HF = "rollout, long-tailed lengths, vs transformers"
@@ -124,9 +119,7 @@ def _live_tokens(sched, written: dict) -> int:
     into it (a prompt's shared pages once), over seated rows (`written`: row id -> positions written), rows
     waiting for a slot, and a prefill in progress."""
     ps = sched.pool.page_size
-    holders = [(r.pages, written.get(id(r), r.fed)) for r in list(sched.slots) + list(sched.ready) if r is not None]
-    if sched._prefill is not None:
-        holders.append((sched._prefill["pages"], sched._prefill["done"]))
+    holders = [(pages, written.get(id(r), fed) if r is not None else fed) for r, pages, fed in sched.page_holders()]
     filled: dict[int, int] = {}
     for pages, w in holders:
         for j, p in enumerate(pages):
@@ -139,7 +132,7 @@ def live_token_probe():
     """While active, each engine call's scheduler appends (pages in use, live tokens) after every decode burst,
     before finished rows release their pages: the moments the pool is at its fullest."""
     snaps: list[tuple[int, int]] = []
-    base = pg.Scheduler
+    base = sched_lib.Scheduler
 
     class Probed(base):
         def finish_decode(self, job, tokens_KxS, valid_KxS, *rest):
@@ -148,11 +141,11 @@ def live_token_probe():
             snaps.append((self.pool.used, _live_tokens(self, written)))
             return super().finish_decode(job, tokens_KxS, valid_KxS, *rest)
 
-    pg.Scheduler = Probed
+    sched_lib.Scheduler = Probed
     try:
         yield snaps
     finally:
-        pg.Scheduler = base
+        sched_lib.Scheduler = base
 
 
 def static_kv_ratio(budgets, n: int, batch_rows: int, prompt_len: int, prompt_bucket: int) -> float:
@@ -189,15 +182,13 @@ def measure(setup: Setup) -> list[dict]:
 
     # ours: a pool that holds num_slots whole rows (never preempts at this size)
     per_row = pg.cdiv(P + T, setup.page_size)
-    eng = engine_lib.Engine(
-        graphdef,
-        cfg,
-        mesh,
+    sizes = EngineConfig(
         num_slots=setup.num_slots,
         page_size=setup.page_size,
         num_pages=setup.num_slots * per_row + 1,
         cache_dtype="float32",
     )
+    eng = engine_lib.Engine(graphdef, cfg, mesh, sizes)
     pool_bytes = (eng.num_pages - 1) * eng.page_bytes
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=n, seed=setup.seed)
 
@@ -275,8 +266,8 @@ def measure(setup: Setup) -> list[dict]:
             common,
             figure=FIG_STATIC,
             peer=useful / med(static_s),
-            note=f"{shape}; {ours_note}; peer: tools/static_engine.py, {len(batches)} batches of {batch_rows} "
-            f"rows (the most whose [B, {bucket}+{T}] cache fits the pool), each decoding its longest row; "
+            note=f"{shape}; {ours_note}; peer: benchmarks/baselines/static_engine.py, {len(batches)} batches of "
+            f"{batch_rows} rows (the most whose [B, {bucket}+{T}] cache fits the pool), each decoding its longest row; "
             f"{timing}; target {TARGETS[FIG_STATIC]}",
             samples={"ours_s": ours_s, "peer_s": static_s},
         ),

@@ -2,7 +2,7 @@
 the same run and the physical floor from this machine's memory bandwidth and matmul rate, both
 measured first in the same run. Prints markdown; `--json OUT` writes the rows and the machine.
 
-Section contract: a module `tools/bench_<name>.py` with `run(quick: bool) -> list[dict]`; each row has
+Section contract: a module `benchmarks/<name>.py` with `run(quick: bool) -> list[dict]`; each row has
 `figure` (or `name`), `ours`, `peer` (None if there is none), `unit`, `note`, and for the floor either `floor`
 (in `unit`) or the work behind one unit: `floor_bytes` / `floor_flops` per item for a rate unit
 ("tok/s": per token), per measured operation for a time unit ("s", "ms"). Rates are better higher,
@@ -13,7 +13,7 @@ Sections: generation (fixed-length decoding: the paged engine vs transformers an
 rollout (long-tailed RL-shaped rollouts: the paged engine vs the static engine and transformers, and the KV
 pool's allocated over live tokens), verifiers, merge, train.
 
-  python tools/bench.py [--quick] [--only generation] [--json bench.json]
+  python -m benchmarks.bench [--quick] [--only generation] [--json bench.json]   (from the repo root)
 """
 
 from __future__ import annotations
@@ -27,18 +27,13 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-# section name -> module in tools/ with run(quick) -> rows; a missing module is skipped with a note.
+# section name -> module with run(quick) -> rows; a missing module is skipped with a note.
 SECTIONS: dict[str, str] = {
-    "generation": "bench_generation",
-    "rollout": "bench_rollout",
-    "verifiers": "bench_verifiers",
-    "merge": "bench_merge",
-    "train": "bench_train",
+    "generation": "benchmarks.generation",
+    "rollout": "benchmarks.rollout",
+    "verifiers": "benchmarks.verifiers",
+    "merge": "benchmarks.merge",
+    "train": "benchmarks.train",
 }
 TIME_UNITS = {"s": 1.0, "ms": 1e-3}
 
@@ -146,7 +141,7 @@ def run_sections(names, quick: bool, machine: dict) -> list[dict]:
         except ModuleNotFoundError as e:
             if e.name != SECTIONS[name]:
                 raise
-            print(f"[bench] section {name!r}: tools/{SECTIONS[name]}.py is absent; skipped", file=sys.stderr)
+            print(f"[bench] section {name!r}: {SECTIONS[name]} is absent; skipped", file=sys.stderr)
             continue
         print(f"[bench] running section {name!r}{' (quick)' if quick else ''} ...", file=sys.stderr)
         t0 = time.perf_counter()

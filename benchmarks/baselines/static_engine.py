@@ -1,6 +1,6 @@
-"""The static rollout engine the paged one (rlvr_jax/rollout/engine.py) replaced, kept here in tools/ only
-as the benchmark's peer ("the static engine the paged one replaced"): tools/bench_rollout.py and
-tools/bench_generation.py time it beside the paged engine. Nothing in rlvr_jax/ imports it.
+"""A baseline, not part of the trainer: the static rollout engine the paged one (rlvr_jax/rollout/engine.py)
+replaced, kept only as the benchmarks' peer ("the static engine the paged one replaced"): benchmarks/rollout.py
+and benchmarks/generation.py time it beside the paged engine. Nothing in rlvr_jax/ imports it.
 
 A verbatim copy of `Sampler`, `_generate_program` and `kv_cache_bytes_per_device` from
 rlvr_jax/rollout/sampling.py as of commit eea5403: one jitted program per (rows, prompt bucket, sampling
@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
-import sys
 import time
 from typing import Sequence
 
@@ -28,13 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from rlvr_jax import sharding  # noqa: E402
-from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, left_padded_positions  # noqa: E402
-from rlvr_jax.rollout.sampling import (  # noqa: E402
+from rlvr_jax import sharding
+from rlvr_jax.model.decoder import KV_CACHE_LOGICAL_AXES, KVCache, ModelConfig, left_padded_positions
+from rlvr_jax.rollout.sampling import (
     Rollout,
     SamplingParams,
     batch_multiple,

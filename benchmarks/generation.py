@@ -1,7 +1,7 @@
-"""Generation section of tools/bench.py: our paged rollout engine (rlvr_jax/rollout/engine.py) against
+"""Generation section of benchmarks/bench.py: our paged rollout engine (rlvr_jax/rollout/engine.py) against
 `transformers` `generate` (torch CPU, fp32, the same random weights) and the static engine it replaced
-(tools/static_engine.py), sampling at temperature 1 with no stop tokens, every row the same fixed length
-(the long-tailed, RL-shaped workload is tools/bench_rollout.py's). Ours runs with one decode slot per row on
+(benchmarks/baselines/static_engine.py), sampling at temperature 1 with no stop tokens, every row the same fixed length
+(the long-tailed, RL-shaped workload is benchmarks/rollout.py's). Ours runs with one decode slot per row on
 a pool that holds every row whole (pages of 16 tokens), so all rows decode together as in a static batch.
 
 Rows follow bench.py's contract; the floor is given as bytes and FLOPs per generated token.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -20,18 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.baselines import static_engine
 from rlvr_jax import sharding
 from rlvr_jax.model import hf
 from rlvr_jax.model.decoder import ModelConfig, count_params
 from rlvr_jax.model.presets import PRESETS
 from rlvr_jax.rollout import engine as engine_lib
 from rlvr_jax.rollout import sampling
-
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-
-import static_engine  # noqa: E402
+from rlvr_jax.rollout.settings import EngineConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,15 +91,8 @@ class Ours:
         B, P = len(prompts), max(len(p) for p in prompts)
         if B not in self.engines:
             pages = B * -(-(P + self.sp.max_new_tokens) // PAGE_SIZE) + 1  # +1: the scratch page
-            self.engines[B] = engine_lib.Engine(
-                self.graphdef,
-                self.cfg,
-                self.mesh,
-                num_slots=B,
-                page_size=PAGE_SIZE,
-                num_pages=pages,
-                cache_dtype="float32",
-            )
+            sizes = EngineConfig(num_slots=B, page_size=PAGE_SIZE, num_pages=pages, cache_dtype="float32")
+            self.engines[B] = engine_lib.Engine(self.graphdef, self.cfg, self.mesh, sizes)
         return self.engines[B]
 
     def compile(self, prompts) -> float:
@@ -126,7 +114,7 @@ class Ours:
 
 
 class Static:
-    """The static engine the paged one replaced (tools/static_engine.py): one program per batch shape."""
+    """The static engine the paged one replaced (benchmarks/baselines/static_engine.py): one program per batch shape."""
 
     def __init__(self, ours: Ours):
         self.params, self.sp = ours.params, ours.sp
@@ -282,8 +270,9 @@ def measure(setup: Setup, seed: int = 0) -> list[dict]:
                     peer=generated / statistics.median(static_s),
                     floor_bytes=floor_bytes,
                     floor_flops=floor_flops,
-                    note="the same runs; peer: the static engine the paged one replaced (tools/static_engine.py: "
-                    "one program, prefill + while-loop decode over a [B, P + T] cache), the same weights on 1 device",
+                    note="the same runs; peer: the static engine the paged one replaced "
+                    "(benchmarks/baselines/static_engine.py: one program, prefill + while-loop decode over a "
+                    "[B, P + T] cache), the same weights on 1 device",
                     samples={"ours_s": ours_s, "peer_s": static_s},
                 )
             )

@@ -1,0 +1,1 @@
+"""Benchmarks: the performance table (`python -m benchmarks.bench`), one module per section."""

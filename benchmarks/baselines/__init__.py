@@ -1,0 +1,1 @@
+"""Baselines the benchmarks time ours against: retired implementations kept only as peers."""

@@ -1,0 +1,89 @@
+"""A GRPO step's metrics on the host: statistics of this host's rows (rewards, lengths, verifier outcomes),
+how the rollout used the engine, and their combination across processes into the global step's values
+(metric names: docs/CONTRACTS.md). Device metrics come from the update (update.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from rlvr_jax.verifiers import DOMAINS
+
+
+def host_metrics(*, records, rewards, scores, lengths, stopped, keep):
+    """Reward and length statistics of every sampled row; kept_frac of the rows the update uses."""
+    out = {
+        "reward/mean": float(rewards.mean()),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "truncated_frac": float((~stopped).mean()),
+        "kept_frac": float(keep.mean()),
+        "verifier/timeouts": float(sum(s.reason == "timeout" for s in scores)),
+        "verifier/errors": float(sum(s.reason == "error" for s in scores)),
+    }
+    by_domain = defaultdict(list)
+    for r, x in zip(records, rewards):
+        by_domain[r["domain"]].append(x)
+    for dom, xs in by_domain.items():
+        out[f"reward/{dom}/mean"] = float(np.mean(xs))
+        out[f"accuracy/{dom}"] = float(np.mean(np.asarray(xs) >= 1.0))
+    return out
+
+
+def across_hosts(host: dict) -> dict:
+    """Combine per-host metrics: counts add up, maxima take the max, the rest average (hosts hold
+    equal row counts, so the average of host means is the global mean)."""
+    if jax.process_count() == 1:
+        return host
+
+    # Hosts may hold different domains this step: gather over one fixed key list, NaN where absent.
+    per_domain = (
+        [f"reward/{d}/mean" for d in DOMAINS]
+        + [f"accuracy/{d}" for d in DOMAINS]
+        + [
+            f"verifier/{d}/{k}"
+            for d in DOMAINS + ("other",)
+            for k in ("scored", "timeouts", "errors", "restarts", "latency_mean_s", "latency_max_s")
+        ]
+    )
+    keys = sorted(
+        set(k for k in host if not k.startswith(("reward/", "accuracy/", "verifier/")))
+        | set(per_domain)
+        | {
+            "reward/mean",
+            "verifier/scored",
+            "verifier/timeouts",
+            "verifier/errors",
+            "verifier/restarts",
+            "verifier/deduplicated",
+        }
+    )
+    local = np.asarray([host.get(k, np.nan) for k in keys], np.float64)
+    values = np.asarray(multihost_utils.process_allgather(local))
+    out = {}
+    for i, k in enumerate(keys):
+        col = values[:, i]
+        if np.all(np.isnan(col)):
+            continue
+        if k.startswith(("verifier/", "prompts/")) and "latency" not in k:
+            out[k] = float(np.nansum(col))
+        elif "max" in k:
+            out[k] = float(np.nanmax(col))
+        else:
+            out[k] = float(np.nanmean(col))
+    return out
+
+
+def rollout_metrics(engine) -> dict:
+    """How the step's generation used the engine (this host's): programs compiled so far in the run (a
+    bounded number), decode slots busy, the KV pool's peak use, sequences preempted for lack of pages."""
+    st = engine.stats
+    return {
+        "rollout/compilations": engine.num_compilations,
+        "rollout/slot_occupancy": st["slot_occupancy"],
+        "rollout/peak_pages_frac": st["peak_pages"] / max(1, st["pool_pages"]),
+        "rollout/preemptions": st["preemptions"],
+    }

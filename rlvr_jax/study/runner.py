@@ -1,0 +1,184 @@
+"""A resumable stage runner: each stage writes into its own subdirectory of a workdir and finishes with
+DONE.json (outputs, measured wall time over its attempts, device count), so a rerun skips finished stages,
+continues resumable ones and redoes those whose inputs ran again. It knows nothing of what the stages do."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # subdirectory of the workdir
+    what: str  # one line of progress output
+    fn: Callable[[str], dict]  # stage dir -> JSON-able outputs (recorded in DONE.json)
+    resumable: bool  # True: a rerun continues the partial stage; False: its partial directory is wiped
+    deps: tuple[str, ...] = ()  # stages whose outputs it reads: if one of them runs, this one is redone
+
+
+def stage_done(workdir: str, name: str) -> dict | None:
+    """A finished stage's DONE.json, or None while it has not finished."""
+    path = os.path.join(workdir, name, "DONE.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def provenance() -> dict:
+    """The code the numbers came from: commit and whether the work tree had changes (None outside git)."""
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "dirty": None}
+    return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def write_json(path: str, obj) -> None:
+    """Write `obj` on process 0 only, atomically."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)  # a marker is either whole or absent
+
+
+def config_changes(workdir: str, now: dict, *, ignore: Callable[[str], bool]) -> list[str]:
+    """The (dotted) fields in which `now` differs from the workdir's config.json, `ignore`d ones aside;
+    none when the workdir has no config.json yet."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        before = _flat(json.load(f))
+    now = _flat(now)
+    return sorted(k for k in set(before) | set(now) if not ignore(k) and before.get(k) != now.get(k))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@contextlib.contextmanager
+def xla_cache(path: str):
+    """The persistent compilation cache on `path` for the duration only (restored afterwards)."""
+    if not path:
+        yield
+        return
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+        compilation_cache.reset_cache()
+
+
+def run_stages(stages: list[Stage], workdir: str, *, label: str = "stages", epilogue: str = "") -> None:
+    """Run, in order, every stage that has not finished or whose inputs ran again in this call. Progress
+    lines start with `[label i/n]`; `epilogue` ends the last one."""
+    t_all = time.perf_counter()
+    ran: set[str] = set()
+    for i, st in enumerate(stages, 1):
+        tag = f"[{label} {i}/{len(stages)}] {st.name}"
+        stale = sorted(set(st.deps) & ran)
+        if stage_done(workdir, st.name) and not stale:
+            print(f"{tag}: done before, skipped", file=sys.stderr)
+            continue
+        d = _fresh_stage_dir(workdir, st, stale, tag)
+        ran.add(st.name)
+        outputs = _attempt(st, d)
+        wall = _finish(st, d, outputs)
+        print(f"{tag}: finished in {wall:.1f} s", file=sys.stderr, flush=True)
+    print(f"[{label}] all stages done ({time.perf_counter() - t_all:.1f} s in this call){epilogue}", file=sys.stderr)
+
+
+def _fresh_stage_dir(workdir: str, st: Stage, stale: list[str], tag: str) -> str:
+    """The stage's directory, emptied first when its inputs changed or it cannot resume; says what runs."""
+    d = os.path.join(workdir, st.name)
+    redo = os.path.exists(d) and bool(stale)
+    if os.path.exists(d) and (stale or not st.resumable):
+        # Inputs that changed make every output stale; a partial non-resumable stage starts over.
+        shutil.rmtree(d)
+    os.makedirs(d, exist_ok=True)
+    print(
+        f"{tag}: {st.what}" + (f" (redone: {', '.join(stale)} ran again)" if redo else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return d
+
+
+def _attempt(st: Stage, d: str) -> dict:
+    """Run the stage's body once, appending the attempt (wall time, load, code) to attempts.jsonl."""
+    code = provenance()  # the code this attempt runs (the report names every commit used)
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    try:
+        return st.fn(d)
+    finally:  # an interrupted attempt still counts toward the stage's cost
+        if jax.process_index() == 0:
+            with open(os.path.join(d, "attempts.jsonl"), "a") as f:
+                f.write(
+                    json.dumps(
+                        {
+                            "wall_s": time.perf_counter() - t0,
+                            "loadavg_start": load0,
+                            "loadavg_end": os.getloadavg(),
+                            "code": code,
+                        }
+                    )
+                    + "\n"
+                )
+
+
+def _finish(st: Stage, d: str, outputs: dict) -> float:
+    """Write the stage's DONE.json (outputs, wall and device time summed over its attempts); returns the wall."""
+    with open(os.path.join(d, "attempts.jsonl")) as f:
+        attempts = [json.loads(x) for x in f if x.strip()]
+    wall = sum(a["wall_s"] for a in attempts)
+    n_dev = jax.device_count()
+    write_json(
+        os.path.join(d, "DONE.json"),
+        {
+            "stage": st.name,
+            "wall_s": wall,
+            "device_count": n_dev,
+            "device_seconds": wall * n_dev,
+            "device_kind": jax.devices()[0].device_kind,
+            "attempts": attempts,
+            "outputs": outputs,
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    return wall
