@@ -33,6 +33,9 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
         {k: ml_collections.config_dict.placeholder(int) for k in ARCHITECTURE_FIELDS}
     )
     c.model.param_dtype = "float32"  # fp32 masters: AdamW at lr 2e-6 would round most bf16 updates away
+    # The study's bf16 compute: activations and matmul operands in bf16 (weights cast at use); softmax, norm
+    # statistics, logits, log-probabilities, the loss and the gradients (and their reduction) in fp32.
+    c.model.compute_dtype = "bfloat16"
     c.model.remat = True  # rematerialise layers in the backward pass: activations of one layer at a time
     c.model.remat_policy = "full"  # what a rematerialised layer keeps: "full" (nothing) | "dots" (its matmuls)
     c.model.scan_layers = True  # cache-free passes scan the layers: compile time independent of depth
@@ -45,7 +48,9 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.data.weights = ""  # "" = proportional to size (the study's pooled shuffle); or "math=1,code=2"
     c.data.thinking = True  # <think>...</think> format gate: only the text after it is graded
     c.data.system_prompt = ""  # prepended as a system message when set
-    c.data.domain_prefixes = True  # per-domain answer-format instructions on dataset prompts
+    # False: dataset prompts as given (the study; they carry their own format instructions); True: prepend our
+    # per-domain answer-format wording (data/prompts.py DOMAIN_PREFIXES)
+    c.data.domain_prefixes = False
     c.data.max_prompt_tokens = 2048  # tokens; longer prompts are dropped (and counted in metrics)
 
     c.rollout = ml_collections.ConfigDict()
@@ -120,6 +125,9 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
 
     c.opd = ml_collections.ConfigDict()  # MT-OPD (on-policy distillation from per-domain experts)
     c.opd.teachers = ""  # "math=CKPT,code=CKPT,..."; non-empty switches the advantage to teacher - student logp
+    # "trainer": the student's logp from the trainer's teacher-forced pass, the teachers' numerics (the study);
+    # "sampler": the rollout's (no extra pass, but its mismatch can be as large as the teacher-student gap)
+    c.opd.student_logp = "trainer"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.items_per_domain = 0  # held-out items per domain, before and after RL; 0 = skip
@@ -133,6 +141,11 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.verifier.workers = 0  # 0 = one per core
     c.verifier.deadline_s = 10.0  # seconds per math / science / if sample (code adds its tests' limits)
     c.verifier.allow_unsandboxed = False  # run code without bubblewrap: trusted data only
+    # The reward rules (REFERENCE.md "Rewards"); each key's alternative is what the verifiers did before.
+    c.verifier.code_max_tests = 20  # the study drew 20 tests at random per problem (seeded, in details); 0 = all
+    c.verifier.truncated_zero = True  # a response cut at max_new_tokens scores 0, reason "truncated" (the study)
+    c.verifier.math_form = "study"  # the last \boxed{} after the final "Answer:" | "lenient": any last box/Answer line
+    c.verifier.science_form = "study"  # the letter of "Answer: X" or \boxed{X} | "lenient": also "answer is X", ...
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.enabled = "auto"  # auto (when the environment names a coordinator) | on | off
@@ -153,7 +166,7 @@ TINY = {
     "model.preset": "tiny",
     "model.remat": False,  # a tiny model's activations fit; remat only costs time
     "model.scan_layers": False,  # two layers compile fast unrolled
-    "data.domain_prefixes": False,  # built-in prompts carry their own format instructions
+    "model.compute_dtype": "float32",  # XLA:CPU has no fast bf16 matmul, and the main job's numbers are fp32's
     "data.max_prompt_tokens": 64,  # the built-in prompts fit; halves a CPU step against 128
     "rollout.prompts_per_step": 16,
     "rollout.samples_per_prompt": 8,
@@ -176,6 +189,11 @@ TINY = {
     "sft.data": "builtin-sft",  # disjoint from the RL records
     "eval.items_per_domain": 500,  # the gain's noise is which items flip: items cut it where samples do not
     "eval.max_new_tokens": 64,
+    # The main job's numbers were measured under the lenient rules: its references end "Answer: \boxed{N}" /
+    # "Answer: X", but a tiny policy sampled at 1.0 in 64 tokens drifts from them and hits the limit.
+    "verifier.truncated_zero": False,
+    "verifier.math_form": "lenient",
+    "verifier.science_form": "lenient",
     "plan.topology": "v5e:2x2",
     "plan.mean_response_tokens": 0,
 }

@@ -49,6 +49,39 @@ def test_blocked_equals_dense(T, block, packed):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+def test_bf16_inputs_attend_with_an_fp32_softmax(impl):
+    """bf16 queries, keys and values (compute_dtype=bfloat16): scores and softmax in fp32, an fp32 output equal
+    to the fp32 computation on the same (bf16) inputs up to the probabilities' bf16 rounding before the
+    product with V (8 bits: 4e-3 relative); gradients reach the bf16 inputs."""
+    q, k, v, valid, segments = _inputs(16, packed=True)
+    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    fn = lambda q, k, v: attention.IMPLEMENTATIONS[impl](q, k, v, valid, segments)
+    got = fn(q16, k16, v16)
+    assert got.dtype == jnp.float32
+    want = attention.dense(*(x.astype(jnp.float32) for x in (q16, k16, v16)), valid, segments)
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=1e-2)
+    assert not np.allclose(got, want, atol=1e-6, rtol=1e-6)  # bf16 probabilities: not the fp32 computation
+    exps = [e for e in _walk(jax.make_jaxpr(fn)(q16, k16, v16).jaxpr) if e.primitive.name == "exp"]
+    assert exps and all(e.invars[0].aval.dtype == jnp.float32 for e in exps)
+    grads = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * valid[:, :, None, None, None]), argnums=(0, 1, 2))(
+        q16, k16, v16
+    )
+    assert all(
+        g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0 for g in grads
+    )
+
+
+def _walk(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for val in e.params.values():
+            for sub in val if isinstance(val, (tuple, list)) else (val,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _walk(inner)
+
+
 def _temp_bytes(fn, T):
     q, k, v, valid, _ = _inputs(T)
 

@@ -15,7 +15,8 @@ from rlvr_jax.rl import grpo, optim
 from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl import update as rl_update
 from rlvr_jax.rollout.sampling import Rollout, SamplingParams
-from rlvr_jax.verifiers import Score
+from rlvr_jax.verifiers import Score, score
+from rlvr_jax.verifiers.pool import verifier_config
 
 
 class _Engine:
@@ -29,8 +30,9 @@ class _Pool:
     def __init__(self, rewards):
         self.rewards, self.seen = rewards, []
 
-    def submit(self, records, texts, *, thinking):
+    def submit(self, records, texts, *, thinking, truncated=None):
         self.seen.append((records, texts, thinking))
+        self.truncated = truncated
 
         class _Done:
             result = staticmethod(lambda: [Score(r, "ok" if r else "wrong") for r in self.rewards])
@@ -60,6 +62,7 @@ def _settings(**kw):
         kl_coef=0.0,
         kl_in_reward=False,
         kl_estimator="k3",
+        opd_student_logp="trainer",
         updates_per_rollout=1,
         skip_zero_advantage=False,
         num_micro=1,
@@ -112,8 +115,58 @@ def test_score_grades_each_row_against_its_prompts_record():
     records, texts, thinking = c.pool.seen[0]
     assert [r["id"] for r in records] == ["a", "a", "b", "b"] and thinking
     assert texts[0] == "0 1" and texts[1] == "4 5 6 7"  # only the valid tokens are decoded
+    np.testing.assert_array_equal(c.pool.truncated, ~STOPPED)  # the pool is told which rows hit the limit
     np.testing.assert_array_equal(sc.rewards_B, [1, 0, 1, 1])
     np.testing.assert_array_equal(sc.lengths_B, [2, 4, 1, 3])
+
+
+class _InProcessPool:
+    """The verifiers' own scoring, in this process, under one VerifierConfig."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def submit(self, records, texts, *, thinking, truncated):
+        scores = [
+            score(r, t, thinking=thinking, config=self.config, truncated=cut)
+            for r, t, cut in zip(records, texts, truncated)
+        ]
+
+        class _Done:
+            result = staticmethod(lambda: scores)
+
+        return _Done()
+
+
+class _AnswerTokenizer(_Tokenizer):
+    def decode(self, ids):
+        return "Answer: \\boxed{5}"  # every row writes the right answer; row 1 then runs into the limit
+
+
+@pytest.mark.parametrize("preset", ["study", "alternative"])
+def test_a_truncated_correct_response_scores_0_under_the_study_preset_only(preset):
+    config = _grpo_config("math")
+    if preset == "alternative":
+        config.verifier.truncated_zero = False
+    c = dataclasses.replace(
+        _components([]),
+        pool=_InProcessPool(verifier_config(config.verifier, thinking=False)),
+        tokenizer=_AnswerTokenizer(),
+    )
+    items = [{"record": {"domain": "math", "id": i, "ground_truth": {"answers": ["5"]}}} for i in "ab"]
+    sc = rl_loop.score(c, _settings(), items, _rollout(VALID, STOPPED))
+    if preset == "study":
+        np.testing.assert_array_equal(sc.rewards_B, [1, 0, 1, 1])
+        assert [x.reason for x in sc.scores] == ["ok", "truncated", "ok", "ok"]
+    else:
+        np.testing.assert_array_equal(sc.rewards_B, [1, 1, 1, 1])
+
+
+def _grpo_config(arg):
+    spec = importlib.util.spec_from_file_location("grpo_config", pathlib.Path(__file__).parents[1] / "configs/grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 @pytest.mark.parametrize("overlong_filter", [False, True])
@@ -165,6 +218,36 @@ def test_build_update_batch_puts_rows_with_a_gradient_first():
     assert np.all(np.asarray(ub.batch["adv"])[2:] == 0) and np.any(np.asarray(ub.batch["adv"])[:2] != 0)
 
 
+@pytest.mark.parametrize("student_logp", ["trainer", "sampler"])
+@pytest.mark.parametrize("updates_per_rollout", [1, 2])
+def test_opd_advantage_takes_the_student_logp_the_settings_name(student_logp, updates_per_rollout):
+    """Sampler and trainer disagree on the student's log-probabilities: MT-OPD's advantage is the teacher's
+    minus the trainer's pass under "trainer", minus the sampler's under "sampler"; the student's pass runs
+    only under "trainer", and old_logp (several updates per rollout) reuses it."""
+    T = VALID.shape[1]
+    trainer_T = -0.3 - 0.01 * np.arange(T, dtype=np.float32)  # the rollout's sampler_logp is -0.5 everywhere
+    by_model = {"student": trainer_T, "math": np.full(T, -0.1, np.float32), "if": np.full(T, -0.2, np.float32)}
+    calls = []
+
+    def logprob_fn(params, batch):
+        calls.append(params["who"])
+        return jnp.broadcast_to(jnp.asarray(by_model[params["who"]]), batch["completion_tokens"].shape)
+
+    c = _components([1.0, 0.0, 1.0, 1.0])
+    c.logprob_fn, c.teachers = logprob_fn, {"math": {"who": "math"}, "if": {"who": "if"}}
+    s = _settings(opd_student_logp=student_logp, updates_per_rollout=updates_per_rollout)
+    sc = rl_loop.score(c, s, ITEMS, _rollout(VALID, STOPPED))
+    ub = rl_loop.build_update_batch(c, s, sc, params={"who": "student"})
+    teacher_B = np.array([-0.1, -0.1, -0.2, -0.2], np.float32)  # rows 0, 1 are math's, rows 2, 3 IF's
+    student_T = trainer_T if student_logp == "trainer" else np.full(T, -0.5, np.float32)
+    np.testing.assert_allclose(np.asarray(ub.batch["adv"]), (teacher_B[:, None] - student_T) * VALID, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(ub.batch["sampler_logp"]), -0.5)  # TIS still sees the sampler's
+    want_calls = {"trainer": 1, "sampler": updates_per_rollout - 1}[student_logp]
+    assert sorted(calls) == sorted(["math", "if"] + ["student"] * want_calls)
+    if updates_per_rollout > 1:
+        np.testing.assert_allclose(np.asarray(ub.batch["old_logp"]), np.broadcast_to(trainer_T, VALID.shape))
+
+
 def test_step_settings_from_a_config_file():
     spec = importlib.util.spec_from_file_location("grpo_config", pathlib.Path(__file__).parents[1] / "configs/grpo.py")
     module = importlib.util.module_from_spec(spec)
@@ -184,3 +267,7 @@ def test_step_settings_from_a_config_file():
     )
     assert s.lr_at(3) == pytest.approx(want)
     assert dataclasses.replace(loss, temperature=1.0).eps_high == config.grpo.eps_high
+    assert s.opd_student_logp == config.opd.student_logp == "trainer"
+    config.opd.student_logp = "teacher"
+    with pytest.raises(rl_loop.ConfigError, match="opd.student_logp"):
+        rl_loop.StepSettings.from_config(config, num_micro=4, loss=loss)

@@ -164,7 +164,7 @@ def test_experiment_compiles_every_stage_before_running_on_a_tpu():
 
 def test_attention_on_a_tpu_mesh_is_the_splash_kernel():
     """Traced on a TPU topology's mesh, "auto" attention compiles jax's Pallas splash kernel (a TPU custom
-    call, one per layer in the logprob pass); "blocked" compiles none."""
+    call, one per layer in the logprob pass), at both compute dtypes (bf16 q/k/v); "blocked" compiles none."""
     import dataclasses  # noqa: PLC0415  # local: only this test
 
     from rlvr_jax import sharding  # noqa: PLC0415
@@ -174,15 +174,16 @@ def test_attention_on_a_tpu_mesh_is_the_splash_kernel():
 
     mesh = sharding.make_mesh(sharding.MeshShape(1, -1, 1), devices=chips.topology_devices("v5e:2x2"))
     counts = {}
-    for impl in ("auto", "blocked"):
-        cfg = build.model_config("tiny", {}, vocab_size=256, param_dtype="float32", remat=False)
+    for impl, dtype in (("auto", "float32"), ("auto", "bfloat16"), ("blocked", "float32")):
+        cfg = build.model_config("tiny", {}, vocab_size=256, param_dtype="float32", remat=False, compute_dtype=dtype)
         cfg = dataclasses.replace(cfg, attention_impl=impl)
         graphdef, params, _ = model_parts(cfg, mesh)
         fn = update.make_logprob_fn(graphdef, mesh, 1.0)
         with sharding.activate(mesh):
             text = fn.fn.lower(params, update.update_batch_spec(mesh, 8, 32, 96)).compile().as_text()
-        counts[impl] = text.count('custom_call_target="tpu_custom_call"')
-    assert counts["auto"] >= cfg.num_layers and counts["blocked"] == 0, counts
+        counts[impl, dtype] = text.count('custom_call_target="tpu_custom_call"')
+    assert counts["auto", "float32"] >= cfg.num_layers and counts["blocked", "float32"] == 0, counts
+    assert counts["auto", "bfloat16"] >= cfg.num_layers, counts
 
 
 def test_scanned_stages_report_the_costs_of_every_layer():
@@ -196,3 +197,20 @@ def test_scanned_stages_report_the_costs_of_every_layer():
         unrolled, scanned = reports[False][name], reports[True][name]
         assert scanned["flops_per_chip"] == pytest.approx(unrolled["flops_per_chip"], rel=0.05), name
         assert scanned["roofline_s"] == pytest.approx(unrolled["roofline_s"], rel=0.1), name
+
+
+@pytest.mark.parametrize(
+    "overrides,passes",
+    [
+        ({}, 0),  # the study: one update per rollout, no KL, no teachers
+        ({"grpo.updates_per_rollout": 2}, 1),
+        ({"grpo.kl_coef": 0.1}, 1),
+        ({"opd.teachers": "math=a,code=b,science=c,if=d"}, 5),  # four teachers and the trainer-side student
+        ({"opd.teachers": "math=a,code=b", "opd.student_logp": "sampler"}, 2),
+        ({"opd.teachers": "math=a", "grpo.updates_per_rollout": 2, "grpo.kl_coef": 0.1}, 3),  # student = old pass
+    ],
+)
+def test_the_plan_counts_every_teacher_forced_pass_a_step_runs(overrides, passes):
+    from rlvr_jax.plan import stages
+
+    assert stages.logprob_passes(_tiny(**overrides)) == passes

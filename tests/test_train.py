@@ -220,13 +220,14 @@ def _random_batch(rows, P, N, vocab, seed=0):
     }
 
 
-def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False):
+def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False, compute_dtype="float32"):
     cfg = build.model_config(
         "tiny",
         dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=64),
         vocab_size=64,
         param_dtype="float32",
         remat=num_micro > 1,
+        compute_dtype=compute_dtype,
     )
     graphdef, params, shardings = build.init_model(cfg, mesh, seed=0)
     # Plain SGD: the update is the gradient itself. (Adam's first step is ~lr*sign(g), which turns
@@ -250,19 +251,31 @@ def _one_update(mesh, num_micro, batch, loss_agg, skip_zero_advantage=False):
     return jax.tree_util.tree_map(np.asarray, new_params), {k: float(v) for k, v in metrics.items()}
 
 
+# (atol, rtol) of the updated params, rtol of the gradient norm and of the loss, per compute dtype. bf16: the
+# sums a mesh or micro-batch split reorders are fp32 (matmul accumulation, weight gradients and their
+# reduction, the loss), but an activation within rounding noise of a bf16 rounding boundary lands on the other
+# side, one bf16 ulp (0.4%) away, and carries that on. Measured 2026-12-06 against the one-device,
+# one-micro-batch run: params (plain SGD at lr 1: the gradient) 7.8e-4 absolute at most, gradient norm 2.3e-4
+# relative, loss 1.4e-3 relative; bf16 against fp32 itself moved the params by 1.2e-3. A sharding or
+# accumulation bug (a missing reduction, a micro-batch counted twice) moves them by the gradient's own size.
+INVARIANCE_TOL = {"float32": (1e-6, 1e-5, 1e-5, 1e-5), "bfloat16": (2e-3, 1e-2, 1e-3, 5e-3)}
+
+
 # grpo's own tests check every aggregation mode's micro-batch invariance on the math; here two modes
-# go through the whole jitted, sharded update.
+# go through the whole jitted, sharded update, at both compute dtypes.
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
-def test_update_invariant_to_micro_batches_and_mesh(loss_agg):
+def test_update_invariant_to_micro_batches_and_mesh(loss_agg, compute_dtype):
+    atol, rtol, norm_rtol, loss_rtol = INVARIANCE_TOL[compute_dtype]
     batch = _random_batch(16, 8, 6, 64)
     mesh8 = sharding.make_mesh(sharding.MeshShape(2, 2, 2))
     mesh1 = sharding.make_mesh(sharding.MeshShape(1, 1, 1), devices=jax.devices()[:1])
-    ref, ref_m = _one_update(mesh1, 1, batch, loss_agg)
+    ref, ref_m = _one_update(mesh1, 1, batch, loss_agg, compute_dtype=compute_dtype)
     for mesh, micro in ((mesh1, 4), (mesh8, 2)):
-        got, got_m = _one_update(mesh, micro, batch, loss_agg)
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), got, ref)
-        np.testing.assert_allclose(got_m["grad/global_norm"], ref_m["grad/global_norm"], rtol=1e-5)
-        np.testing.assert_allclose(got_m["loss/policy"], ref_m["loss/policy"], rtol=1e-5, atol=1e-7)
+        got, got_m = _one_update(mesh, micro, batch, loss_agg, compute_dtype=compute_dtype)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol, rtol=rtol), got, ref)
+        np.testing.assert_allclose(got_m["grad/global_norm"], ref_m["grad/global_norm"], rtol=norm_rtol)
+        np.testing.assert_allclose(got_m["loss/policy"], ref_m["loss/policy"], rtol=loss_rtol, atol=1e-7)
 
 
 def test_rows_with_a_gradient_move_first_and_keep_their_order():
@@ -299,6 +312,93 @@ def test_skipping_zero_advantage_micro_batches_leaves_the_update_unchanged():
         assert got_m[k] == pytest.approx(sub_m[k], rel=1e-5), k
         assert mixed_m[k] == pytest.approx(sub_m[k], rel=1e-5), k
     assert got_m["entropy"] != pytest.approx(ref_m["entropy"], rel=1e-3)  # the unskipped mean differs
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (jit, scan, checkpoint, cond branches), each with
+    a function giving an operand's dtype before a widening convert_element_type in the same jaxpr."""
+    made_by = {v: e for e in jaxpr.eqns for v in e.outvars}
+
+    def unwidened(x):
+        e = made_by.get(x)
+        widening = e is not None and e.primitive.name == "convert_element_type" and x.aval.dtype == jnp.float32
+        return e.invars[0].aval.dtype if widening else x.aval.dtype
+
+    for e in jaxpr.eqns:
+        yield e, unwidened
+        for v in e.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+def test_bf16_compute_keeps_fp32_masters_and_fp32_softmax():
+    """compute_dtype=bfloat16: every matmul of the trainer's forward takes bf16 operands and accumulates in
+    fp32 (attention's batched products on XLA:CPU widen theirs to fp32 first: attention._einsum_f32); softmax (attention, log-softmax over the vocabulary) and norm statistics are fp32; the backward has
+    no fp32 x fp32 matmul and its kernel gradients leave bf16 x bf16 products in fp32; after an AdamW step
+    the params and the optimizer state are still fp32."""
+    from rlvr_jax.rl import optim
+    from rlvr_jax.rollout.sampling import completion_logprobs
+
+    V = 96  # unlike any other width here, so the vocabulary axis is recognisable
+    cfg = build.model_config(
+        "tiny",
+        dict(hidden_size=32, intermediate_size=64, num_layers=2, vocab_size=V),
+        vocab_size=V,
+        param_dtype="float32",
+        remat=False,
+        compute_dtype="bfloat16",
+    )
+    mesh = sharding.make_mesh(sharding.MeshShape(2, 2, 2))
+    graphdef, params, shardings = build.init_model(cfg, mesh, seed=0)
+    b = {k: jnp.asarray(v) for k, v in _random_batch(8, 6, 5, V).items()}
+    args = (b["prompt_tokens"], b["prompt_valid"], b["completion_tokens"], b["loss_mask"])
+
+    traced = list(_eqns(jax.make_jaxpr(lambda p: completion_logprobs(graphdef, p, *args))(params).jaxpr))
+    fwd = [e for e, _ in traced]
+    dots = [(e, unwidened) for e, unwidened in traced if e.primitive.name == "dot_general"]
+    weights = [e for e, _ in dots if not e.params["dimension_numbers"][1][0]]  # no batch dims: x @ kernel
+    assert len(weights) >= 7 * cfg.num_layers + 1  # q k v o gate up down per layer, the LM head
+    assert all(x.aval.dtype == jnp.bfloat16 for e in weights for x in e.invars), weights
+    assert all(unwidened(x) == jnp.bfloat16 for e, unwidened in dots for x in e.invars), dots
+    assert all(e.outvars[0].aval.dtype == jnp.float32 for e, _ in dots)
+    for name in ("exp", "log", "reduce_max", "rsqrt"):  # softmaxes, logsumexp, RMSNorm statistics
+        found = [e for e in fwd if e.primitive.name == name]
+        assert found and all(e.invars[0].aval.dtype == jnp.float32 for e in found), (name, found)
+    vocab_lse = [e for e in fwd if e.primitive.name == "reduce_max" and e.invars[0].aval.shape[-1] == V]
+    assert vocab_lse, "no log-softmax over the vocabulary found"
+
+    loss = lambda p: jnp.sum(completion_logprobs(graphdef, p, *args) * b["adv"])
+    bwd = list(_eqns(jax.make_jaxpr(jax.grad(loss))(params).jaxpr))
+    dots = [e for e, _ in bwd if e.primitive.name == "dot_general" and not e.params["dimension_numbers"][1][0]]
+    assert not [e for e in dots if all(x.aval.dtype == jnp.float32 for x in e.invars)], "an fp32 x fp32 matmul"
+    kernel_grads = [e for e in dots if e.params["dimension_numbers"][0] == ((0,), (0,)) and len(e.invars) == 2]
+    assert kernel_grads and all(
+        e.outvars[0].aval.dtype == jnp.float32 and {x.aval.dtype for x in e.invars} == {jnp.dtype(jnp.bfloat16)}
+        for e in kernel_grads
+    )
+
+    opt = optim.make_optimizer(learning_rate=1e-3)
+    opt_state, opt_shardings = sharding.init_optimizer_state(opt, params, shardings, mesh)
+    step = rl_step.make_update_step(
+        graphdef,
+        opt,
+        grpo.LossSettings(),
+        num_micro=2,
+        param_shardings=shardings,
+        opt_shardings=opt_shardings,
+        mesh=mesh,
+    )
+    before = jax.tree_util.tree_map(np.asarray, params)
+    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in b.items()}
+    new_params, new_opt, metrics = step(params, opt_state, batch)
+    assert np.isfinite(float(metrics["loss/total"])) and float(metrics["grad/global_norm"]) > 0
+    floats = [x for x in jax.tree_util.tree_leaves((new_params, new_opt)) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert len(floats) > 2 * len(jax.tree_util.tree_leaves(new_params))  # params and both Adam moments
+    assert all(x.dtype == jnp.float32 for x in floats), {x.dtype for x in floats}
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), new_params, before)
+    assert max(jax.tree_util.tree_leaves(moved)) > 0
 
 
 @pytest.mark.parametrize("coef", [-0.5, 0.5])

@@ -1,7 +1,9 @@
 """VerifierPool: order, parity with in-process scoring, async futures, deadlines, crash recovery,
 counters, clean shutdown, IF routing."""
 
+import importlib.util
 import os
+import pathlib
 import signal
 import time
 
@@ -9,7 +11,7 @@ import psutil
 import pytest
 
 from rlvr_jax.verifiers import Score, VerifierConfig, score
-from rlvr_jax.verifiers.pool import VerifierPool
+from rlvr_jax.verifiers.pool import VerifierPool, pool_from_config, verifier_config
 
 SLOW = r"\boxed{10^{10^{10^{10}}}}"  # hangs inside C big-int code: only a kill stops it
 CFG = VerifierConfig(math_timeout_s=60)
@@ -159,3 +161,36 @@ def test_workers_start_without_runtime_warnings(monkeypatch):
     with VerifierPool(1, deadline_s=10.0, config=CFG) as p:
         got = p.submit([_math("3")], [r"\boxed{3}"]).result(timeout=60)
     assert got[0].reward == 1.0
+
+
+def _grpo_verifier_section(arg):
+    spec = importlib.util.spec_from_file_location("grpo_config", pathlib.Path(__file__).parents[1] / "configs/grpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg).verifier
+
+
+def test_the_study_preset_resolves_to_the_study_reward_rules():
+    c = verifier_config(_grpo_verifier_section("math"), thinking=True)
+    assert (c.code_max_tests, c.truncated_zero, c.math_form, c.science_form) == (20, True, "study", "study")
+    assert c.thinking and not c.allow_unsandboxed
+    tiny = verifier_config(_grpo_verifier_section("multi,tiny"), thinking=False)
+    assert (tiny.truncated_zero, tiny.math_form, tiny.science_form) == (False, "lenient", "lenient")
+
+
+def test_truncated_rows_score_0_in_the_pool_without_reaching_a_worker():
+    section = _grpo_verifier_section("math")
+    section.workers = 1
+    recs = [_math("5"), _sci("B"), _math("5"), _sci("B")]
+    resps = ["Answer: \\boxed{5}", "Answer: B", "Answer: \\boxed{5}", "Answer: B"]
+    cut = [False, True, True, False]
+    with pool_from_config(section, thinking=False) as p:
+        got = p.submit(recs, resps, truncated=cut).result(timeout=60)
+        assert [(s.reward, s.reason) for s in got] == [(1.0, "ok"), (0.0, "truncated"), (0.0, "truncated"), (1.0, "ok")]
+        assert p.counters()["verifier/scored"] == 2  # the cut rows were never graded
+        assert [s.reward for s in p.submit(recs, resps).result(timeout=60)] == [1.0] * 4  # no flags: none cut
+        with pytest.raises(ValueError, match="truncated flags"):
+            p.submit(recs, resps, truncated=cut[:2])
+    section.truncated_zero = False  # the alternative: graded like any other response
+    with pool_from_config(section, thinking=False) as p:
+        assert [s.reward for s in p.submit(recs, resps, truncated=cut).result(timeout=60)] == [1.0] * 4

@@ -2,10 +2,11 @@
 
 import shutil
 
+import numpy as np
 import pytest
 
 from rlvr_jax.verifiers import VerifierConfig, sandbox, score
-from rlvr_jax.verifiers.code import stdout_matches, values_match
+from rlvr_jax.verifiers.code import drawn_tests, stdout_matches, values_match
 
 requires_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None,
@@ -186,3 +187,38 @@ def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, rea
     monkeypatch.setattr(sandbox.time, "sleep", lambda s: None)
     s = _code([{"input": "2 3\n", "output": "5\n"}], "```python\na, b = map(int, input().split())\nprint(a + b)\n```")
     assert (s.reward, s.reason) == (reward, reason)
+
+
+ECHO50 = [{"input": f"{i}\n", "output": str(i)} for i in range(50)]
+
+
+def test_drawn_tests_are_a_seeded_random_draw_per_problem():
+    drawn = drawn_tests(ECHO50, 20)
+    assert len(drawn) == 20 == len(set(drawn)) and drawn == sorted(drawn) and drawn != list(range(20))
+    # the same problem draws the same tests on a rerun (pinned: the seed is the tests' own CRC, not the run's)
+    assert drawn == drawn_tests([dict(t) for t in ECHO50], 20)
+    assert drawn == [0, 1, 2, 4, 6, 9, 10, 12, 13, 18, 21, 24, 28, 30, 33, 37, 42, 44, 48, 49]
+    # other problems draw independently: every test is drawn about 20/50 of the time over many problems
+    draws = [drawn_tests([{"input": f"{p} {i}\n", "output": str(i)} for i in range(50)], 20) for p in range(400)]
+    assert len({tuple(d) for d in draws}) == 400
+    counts = np.bincount(np.concatenate(draws), minlength=50)
+    assert counts.min() > 0.4 * 400 - 50 and counts.max() < 0.4 * 400 + 50  # 160 +- 5 sigma
+    assert drawn_tests(ECHO50, 0) == list(range(50)) and drawn_tests(ECHO50[:7], 20) == list(range(7))
+
+
+@requires_bwrap
+def test_code_max_tests_runs_the_drawn_tests_and_records_them():
+    echo = BLOCK.format("print(input())")
+    cfg = VerifierConfig(code_max_tests=20, code_stop_at_first_failure=False)
+    s = _code(ECHO50, echo, config=cfg)
+    assert (s.reward, s.details["run"], s.details["of"]) == (1.0, 20, 50)
+    assert s.details["tests"] == drawn_tests(ECHO50, 20) == _code(ECHO50, echo, config=cfg).details["tests"]
+    # a program wrong on every test outside the draw passes (the study's 20 of ~50), wrong on one inside fails,
+    # and the failure names the test's index in the record
+    outside = min(set(range(50)) - set(s.details["tests"]))
+    inside = s.details["tests"][-1]
+    wrong_on = BLOCK.format("x = input()\nprint(x if int(x) != {} else -1)")
+    assert _code(ECHO50, wrong_on.format(outside), config=cfg).reward == 1.0
+    failed = _code(ECHO50, wrong_on.format(inside), config=cfg)
+    assert (failed.reward, failed.details["failure"]["test"]) == (0.0, inside)
+    assert _code(ECHO50, wrong_on.format(outside)).reward == 0.0  # all tests: the default

@@ -158,3 +158,47 @@ def test_distinct_exact_values_score_0(gold, answer):
 def test_equal_values_in_other_forms_score_1(gold, answer):
     s = _math([gold], f"\\boxed{{{answer}}}")
     assert (s.reward, s.reason) == (1.0, "ok"), s
+
+
+STUDY = VerifierConfig(math_form="study")
+
+# (response, study-form reward and reason, lenient-form reward and reason): gold 5
+FORMS = [
+    ("Answer: \\boxed{5}", (1.0, "ok"), (1.0, "ok")),
+    ("**Final Answer:** $\\boxed{5}$", (1.0, "ok"), (1.0, "ok")),
+    ("\\boxed{5}", (0.0, "no_answer"), (1.0, "ok")),  # a bare box: no "Answer:" before it
+    ("Answer: 5", (0.0, "no_answer"), (1.0, "ok")),  # an Answer: line without a box
+    ("\\boxed{5} so\nAnswer: it is five", (0.0, "no_answer"), (1.0, "ok")),  # no box after the final Answer:
+    ("Answer: \\boxed{4}, no: \\boxed{5}", (1.0, "ok"), (1.0, "ok")),  # the last box after it
+    ("Answer: \\boxed{5}\nhmm \\boxed{4}", (0.0, "wrong"), (0.0, "wrong")),  # a later box, on any line, wins
+    ("\\boxed{5} then Answer: \\boxed{4}", (0.0, "wrong"), (0.0, "wrong")),
+]
+
+
+@pytest.mark.parametrize("response,study,lenient", FORMS)
+def test_study_form_takes_the_last_box_after_the_final_answer(response, study, lenient):
+    s = _math(["5"], response, config=STUDY)
+    assert (s.reward, s.reason) == study, s
+    s = _math(["5"], response)
+    assert (s.reward, s.reason) == lenient, s
+
+
+def test_study_form_says_why_there_is_no_answer():
+    assert _math(["5"], "\\boxed{5}", config=STUDY).details["why"] == "no Answer: marker"
+    assert _math(["5"], "Answer: 5", config=STUDY).details["why"] == "no \\boxed{} after the final Answer:"
+    assert _math(["5"], "Answer: \\boxed{5}", config=STUDY).details["source"] == "answer_boxed"
+
+
+def test_unknown_forms_are_refused():
+    with pytest.raises(ValueError, match="math_form"):
+        VerifierConfig(math_form="strict")
+    with pytest.raises(ValueError, match="science_form"):
+        VerifierConfig(science_form="")
+
+
+@pytest.mark.parametrize("truncated_zero,reward,reason", [(True, 0.0, "truncated"), (False, 1.0, "ok")])
+def test_a_truncated_correct_answer_scores_0_only_under_truncated_zero(truncated_zero, reward, reason):
+    cfg = VerifierConfig(truncated_zero=truncated_zero, math_form="study")
+    s = _math(["5"], "Answer: \\boxed{5} and some more words that ran in", config=cfg, truncated=True)
+    assert (s.reward, s.reason) == (reward, reason), s
+    assert _math(["5"], "Answer: \\boxed{5}", config=cfg, truncated=False).reward == 1.0  # only cut rows

@@ -21,7 +21,7 @@ from rlvr_jax.model import build
 from rlvr_jax.rollout import generate
 from rlvr_jax.rollout.engine import Engine
 from rlvr_jax.rollout.sampling import SamplingParams
-from rlvr_jax.verifiers import VerifierConfig
+from rlvr_jax.verifiers.cli import add_reward_rule_args, reward_rules_config
 from rlvr_jax.verifiers.pool import VerifierPool
 
 
@@ -52,7 +52,8 @@ def evaluate(
     batch_prompts: int = 64,
     progress: bool = True,
 ) -> dict:
-    """Sample `samples` completions per record, score them with `pool`, and summarise per domain."""
+    """Sample `samples` completions per record, score them with `pool` (under its reward rules: the trainer's
+    and the study's pools follow their run config's `verifier` section), and summarise per domain."""
     sp = SamplingParams(
         temperature=temperature,
         max_new_tokens=max_new_tokens,
@@ -77,11 +78,12 @@ def evaluate(
         key = jax.random.fold_in(jax.random.key(seed), start)
         out = engine.generate(params, prompts, dataclasses.replace(sp, seed=seed + start), key=key)
         toks, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
+        cut = ~np.asarray(out.stopped)  # the pool zeroes these when its config's truncated_zero says so
         if in_flight is not None:
             collect(*in_flight)
         texts = [decode_completion(tokenizer, t, v) for t, v in zip(toks, valid)]
         row_records = [chunk[i] for i in np.asarray(out.prompt_index)]
-        in_flight = (chunk, pool.submit(row_records, texts, thinking=prompt_config.thinking))
+        in_flight = (chunk, pool.submit(row_records, texts, thinking=prompt_config.thinking, truncated=cut))
     if in_flight is not None:
         collect(*in_flight)
     bar.close()
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
+    add_reward_rule_args(p)
     p.add_argument("--output", default="", help="write the JSON results here (default: stdout)")
     p.add_argument("--batch-prompts", type=int, default=64, help="prompts per engine call")
     generate.add_engine_args(p)
@@ -186,7 +189,7 @@ def run(args) -> None:
     longest = max((len(tokenizer.encode(render_prompt(r, tokenizer, prompt_config))) for r in records), default=1)
     need = generate.request_pages([longest] * args.batch_prompts, args.samples, args.max_new_tokens, args.page_size)
     engine = generate.engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
-    with VerifierPool(args.workers or None, config=VerifierConfig(thinking=args.thinking)) as pool:
+    with VerifierPool(args.workers or None, config=reward_rules_config(args, thinking=args.thinking)) as pool:
         res = evaluate(
             engine,
             params,

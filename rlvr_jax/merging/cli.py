@@ -132,7 +132,7 @@ def check_recipe(r: dict) -> None:
 
 def _arch(cfg) -> dict:
     d = dataclasses.asdict(cfg)
-    for k in ("param_dtype", "remat"):  # storage and training choices, not the architecture
+    for k in ("param_dtype", "compute_dtype", "remat"):  # storage and training choices, not the architecture
         d.pop(k, None)
     return d
 

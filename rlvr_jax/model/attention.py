@@ -24,12 +24,22 @@ def _mask_CxS(query_pos_C, key_valid_BxS, query_seg_BxC, key_seg_BxS):
     return mask
 
 
+def _einsum_f32(spec, a, b):
+    """einsum accumulated in, and returning, fp32, for operands of any one dtype (bf16 with compute_dtype
+    bfloat16). XLA:CPU has no bf16 x bf16 -> fp32 batched dot: there bf16 operands are widened first, which
+    changes no product (one of two bf16 numbers is exact in fp32)."""
+    if a.dtype != jnp.float32 and _platform() == "cpu":
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
 def _attend(q_BxCxKxQxD, k_BxKxSxD, v_BxKxSxD, mask_BxCxS):
+    """Scores and softmax in fp32 whatever the operands' dtype; the probabilities meet V in V's dtype."""
     scale = 1.0 / math.sqrt(q_BxCxKxQxD.shape[-1])
-    scores = jnp.einsum("bckqd,bksd->bkqcs", q_BxCxKxQxD, k_BxKxSxD, preferred_element_type=jnp.float32) * scale
+    scores = _einsum_f32("bckqd,bksd->bkqcs", q_BxCxKxQxD, k_BxKxSxD) * scale
     scores = jnp.where(mask_BxCxS[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("bkqcs,bksd->bckqd", probs.astype(v_BxKxSxD.dtype), v_BxKxSxD, preferred_element_type=jnp.float32)
+    return _einsum_f32("bkqcs,bksd->bckqd", probs.astype(v_BxKxSxD.dtype), v_BxKxSxD)
 
 
 def dense(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None):
@@ -113,10 +123,15 @@ def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, 
     return out_BxKxQxTxD.transpose(0, 3, 1, 2, 4)[:, :T].astype(jnp.float32)
 
 
-def _on_tpu() -> bool:
+def _platform() -> str:
+    """The platform the traced computation runs on: the active mesh's devices, else the default backend."""
     mesh = sharding.active_mesh()
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-    return device.platform == "tpu"
+    return device.platform
+
+
+def _on_tpu() -> bool:
+    return _platform() == "tpu"
 
 
 IMPLEMENTATIONS = {"dense": dense, "blocked": blocked, "splash": splash}
@@ -124,8 +139,8 @@ IMPLEMENTATIONS = {"dense": dense, "blocked": blocked, "splash": splash}
 
 def self_attention(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, impl: str = "auto"):
     """Causal self-attention over T positions: queries [B, T, K, Q, D] (Q query heads per kv head), keys and
-    values [B, K, T, D]; padding keys masked by key_valid, packed rows by segment ids. Returns the fp32
-    output [B, T, K, Q, D]. impl "auto": splash on TPU (the active mesh's devices, else the default
+    values [B, K, T, D], fp32 or bf16 (the softmax is fp32 either way); padding keys masked by key_valid, packed
+    rows by segment ids. Returns the fp32 output [B, T, K, Q, D]. impl "auto": splash on TPU (the active mesh's devices, else the default
     backend), blocked elsewhere."""
     if impl == "auto":
         impl = "splash" if _on_tpu() else "blocked"

@@ -40,9 +40,11 @@ def model_config(
     remat: bool,
     remat_policy: str = "full",
     scan_layers: bool = False,
+    compute_dtype: str = "float32",
 ) -> ModelConfig:
     """A preset by name (see presets.PRESETS) with field overrides; 'tiny' builds a small Qwen3-style
-    model sized to the tokenizer. remat, remat_policy and scan_layers say how to run it, not what it is."""
+    model sized to the tokenizer. remat, remat_policy, scan_layers and compute_dtype say how to run it,
+    not what it is."""
     if preset == "tiny":
         base = ModelConfig(
             family="qwen3",
@@ -62,9 +64,8 @@ def model_config(
         base = PRESETS[preset]
     else:
         raise ValueError(f"unknown model preset {preset!r}; known: tiny, {', '.join(sorted(PRESETS))}")
-    return dataclasses.replace(
-        base, param_dtype=param_dtype, remat=remat, remat_policy=remat_policy, scan_layers=scan_layers, **overrides
-    )
+    run = dict(remat=remat, remat_policy=remat_policy, scan_layers=scan_layers, compute_dtype=compute_dtype)
+    return dataclasses.replace(base, param_dtype=param_dtype, **run, **overrides)
 
 
 def init_model(cfg: ModelConfig, mesh, seed: int):
@@ -72,10 +73,20 @@ def init_model(cfg: ModelConfig, mesh, seed: int):
     return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)), mesh)
 
 
-def load_model(path: str, mesh, param_dtype: str, remat: bool, remat_policy: str = "full", scan_layers: bool = False):
-    """A checkpoint's model, run as asked (remat, its policy, scanned layers) whatever the run that saved it did."""
+def load_model(
+    path: str,
+    mesh,
+    param_dtype: str,
+    remat: bool,
+    remat_policy: str = "full",
+    scan_layers: bool = False,
+    compute_dtype: str = "float32",
+):
+    """A checkpoint's model, run as asked (remat, its policy, scanned layers, compute dtype) whatever the run
+    that saved it did."""
     cfg, graphdef, params = params_io.load_params_any(path, mesh, param_dtype=param_dtype)
-    cfg = dataclasses.replace(cfg, remat=remat, remat_policy=remat_policy, scan_layers=scan_layers)
+    run = dict(remat=remat, remat_policy=remat_policy, scan_layers=scan_layers, compute_dtype=compute_dtype)
+    cfg = dataclasses.replace(cfg, **run)
     graphdef, _, shardings = model_shardings(cfg, mesh)
     return cfg, graphdef, params, shardings
 
@@ -85,7 +96,7 @@ def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
     init of its preset with the set `overrides`."""
     m = model_config_dict
     if m.checkpoint:
-        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat, m.remat_policy, m.scan_layers)
+        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat, m.remat_policy, m.scan_layers, m.compute_dtype)
     overrides = {k: v for k, v in m.overrides.items() if v is not None}
     cfg = model_config(
         m.preset,
@@ -95,6 +106,7 @@ def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
         remat=m.remat,
         remat_policy=m.remat_policy,
         scan_layers=m.scan_layers,
+        compute_dtype=m.compute_dtype,
     )
     graphdef, params, shardings = init_model(cfg, mesh, seed)
     return cfg, graphdef, params, shardings

@@ -50,7 +50,11 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2
     qk_norm: bool = False  # Qwen3
     max_position_embeddings: int = 32768
-    param_dtype: str = "float32"  # "float32" | "bfloat16"; softmax, norms and logits are fp32 always
+    param_dtype: str = "float32"  # "float32" | "bfloat16": the stored weights (the optimizer's masters)
+    # "float32" | "bfloat16": the activations and matmul operands of Decoder.__call__ (each weight cast at its
+    # use, its gradient fp32); matmuls accumulate, and softmax, norm statistics and logits run, in fp32 always.
+    # The rollout engine computes in its own weights' dtype (rollout.weights_dtype), not this.
+    compute_dtype: str = "float32"
     remat: bool = False  # rematerialise each layer in the backward pass
     remat_policy: str = "full"  # with remat, what a layer keeps for the backward pass: REMAT_POLICIES
     # Cache-free passes (update, teacher-forced logprobs, SFT) run the layers as one lax.scan over their
@@ -65,8 +69,9 @@ class ModelConfig:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.param_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"param_dtype={self.param_dtype!r}: expected 'float32' or 'bfloat16'")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16"):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected 'float32' or 'bfloat16'")
         if self.attention_impl != "auto" and self.attention_impl not in attention.IMPLEMENTATIONS:
             raise ValueError(
                 f"attention_impl={self.attention_impl!r}: expected one of {sorted(attention.IMPLEMENTATIONS)}"
@@ -133,14 +138,48 @@ class Proj(nnx.Module):
 
 
 def flat_matmul(x_BTxC, kernel, contract_dims: int):
-    """fp32 x @ kernel with every token in one leading axis. Batch and length are flattened first:
-    the weight gradient of a dot over [B, T, ...] contracts two axes, and XLA:CPU then copies its
-    operands to a transposed layout (the GRPO update of the tiny default spent a third of its time
-    there); over one axis the backward dot reads them in place (MLP fwd+bwd 217 -> 93 ms)."""
-    n = contract_dims
+    """x @ kernel accumulated in fp32 (an fp32 result), with every token in one leading axis. Batch and length
+    are flattened first: the weight gradient of a dot over [B, T, ...] contracts two axes, and XLA:CPU then
+    copies its operands to a transposed layout (the GRPO update of the tiny default spent a third of its time
+    there); over one axis the backward dot reads them in place (MLP fwd+bwd 217 -> 93 ms).
+    A kernel of another dtype than x (fp32 masters, bf16 compute) is cast to x's at use: `_cast_matmul`."""
+    if kernel.dtype != x_BTxC.dtype:  # as one [N, C] x [C, O] product (XLA:CPU runs no other bf16 -> f32 dot)
+        n = contract_dims
+        C = math.prod(kernel.shape[:n])
+        y = _cast_matmul(x_BTxC.reshape(x_BTxC.shape[0], C), kernel.reshape(C, -1))
+        return y.reshape(x_BTxC.shape[0], *kernel.shape[n:])
+    return _dot(x_BTxC, kernel, contract_dims)
+
+
+def _dot(x_BTxC, kernel, n: int):
     return jax.lax.dot_general(
         x_BTxC, kernel, ((tuple(range(1, 1 + n)), tuple(range(n))), ((), ())), preferred_element_type=jnp.float32
     )
+
+
+# The matmul of mixed precision, with its gradient written out: both backward products take operands in x's
+# dtype (autodiff's would multiply the fp32 output cotangent by them: an fp32 matmul), and the kernel's gradient
+# leaves its fp32-accumulating product in fp32, so the sum over the batch (and over the data-parallel shards,
+# which the partitioner reduces at that product) is fp32 and never rounded to bf16 on its way to the masters.
+@jax.custom_vjp
+def _cast_matmul(x_NxC, kernel_CxO):
+    return _dot(x_NxC, kernel_CxO.astype(x_NxC.dtype), 1)
+
+
+def _cast_matmul_fwd(x_NxC, kernel_CxO):
+    cast = kernel_CxO.astype(x_NxC.dtype)
+    return _dot(x_NxC, cast, 1), (x_NxC, cast, jnp.zeros((0,), kernel_CxO.dtype))
+
+
+def _cast_matmul_bwd(res, g_NxO):
+    x_NxC, cast_CxO, kernel_dtype = res
+    g_NxO = g_NxO.astype(x_NxC.dtype)
+    dx = jax.lax.dot_general(g_NxO, cast_CxO, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dk = jax.lax.dot_general(x_NxC, g_NxO, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x_NxC.dtype), dk.astype(kernel_dtype.dtype)
+
+
+_cast_matmul.defvjp(_cast_matmul_fwd, _cast_matmul_bwd)
 
 
 class RMSNorm(nnx.Module):
@@ -325,7 +364,8 @@ def _scan_blocks(blocks, hidden, positions, inv_freq, key_valid, segments, cfg):
 
 
 class Decoder(nnx.Module):
-    """Causal LM. ``__call__`` returns fp32 logits [B, T, V] and the updated cache (or None)."""
+    """Causal LM. ``__call__`` returns fp32 logits [B, T, V] and the updated cache (or None); its hidden states
+    are in cfg.compute_dtype (the embedding rows gathered from the stored weights, then cast)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -360,7 +400,7 @@ class Decoder(nnx.Module):
         if segments_BxT is not None and cache is not None:
             raise ValueError("packed segments are for cache-free forward passes only")
         cfg = self.cfg
-        hidden = jnp.take(self.embed.embedding[...], tokens_BxT, axis=0)
+        hidden = jnp.take(self.embed.embedding[...], tokens_BxT, axis=0).astype(cfg.compute_dtype)
         hidden = sharding.constrain(hidden, ("batch", "length", "act_embed"))
         inv_freq = rope_inverse_frequencies(cfg)
         key_valid = valid_BxT if cache is None else cache_valid_BxS

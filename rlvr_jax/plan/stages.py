@@ -41,7 +41,7 @@ class Shapes:
     prefill_chunk: int
     decode_burst: int
     temperature: float
-    needs_logprob_pass: bool  # old policy (several updates per rollout), reference or teachers
+    logprob_passes: int  # full-batch teacher-forced passes per step: old policy / MT-OPD student, reference, teachers
 
 
 def shapes_of(config, mean_response_len: int) -> Shapes:
@@ -68,8 +68,17 @@ def shapes_of(config, mean_response_len: int) -> Shapes:
         prefill_chunk=ro.prefill_chunk,
         decode_burst=ro.decode_burst,
         temperature=ro.temperature if ro.temperature > 0 else 1.0,
-        needs_logprob_pass=g.updates_per_rollout > 1 or g.kl_coef > 0 or bool(config.opd.teachers),
+        logprob_passes=logprob_passes(config),
     )
+
+
+def logprob_passes(config) -> int:
+    """Teacher-forced passes over the whole batch a step runs besides the update (rl/loop.py
+    build_update_batch): one for the old policy or MT-OPD's trainer-side student (shared), one for the
+    reference model, one per MT-OPD teacher."""
+    g, teachers = config.grpo, [t for t in config.opd.teachers.split(",") if t]
+    student = bool(teachers) and config.opd.student_logp == "trainer"
+    return int(g.updates_per_rollout > 1 or student) + int(g.kl_coef > 0) + len(teachers)
 
 
 def shape_problems(s: Shapes, mesh) -> list[str]:
@@ -102,6 +111,7 @@ def model_config_of(config) -> ModelConfig:
         remat=m.remat,
         remat_policy=m.remat_policy,
         scan_layers=m.scan_layers,
+        compute_dtype=m.compute_dtype,
     )
 
 

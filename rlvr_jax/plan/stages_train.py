@@ -49,7 +49,7 @@ def training_programs(config, cfg: ModelConfig, mesh, s: Shapes) -> list[dict]:
             args=(params, batch),
             tokens=B * (P + T),
             parts={"params": param_bytes, "optimizer": 0, "kv": 0},
-            runs_per_step=(s.rows / B) if s.needs_logprob_pass else 0.0,
+            runs_per_step=s.logprob_passes * s.rows / B,
         ),
         dict(
             name="update (one micro-batch)",

@@ -23,6 +23,8 @@ def host_metrics(*, records, rewards, scores, lengths, stopped, keep):
         "kept_frac": float(keep.mean()),
         "verifier/timeouts": float(sum(s.reason == "timeout" for s in scores)),
         "verifier/errors": float(sum(s.reason == "error" for s in scores)),
+        # rows scored 0 ungraded because they hit max_new_tokens (verifier.truncated_zero); of truncated_frac
+        "verifier/truncated": float(sum(s.reason == "truncated" for s in scores)),
     }
     by_domain = defaultdict(list)
     for r, x in zip(records, rewards):
@@ -57,6 +59,7 @@ def across_hosts(host: dict) -> dict:
             "verifier/scored",
             "verifier/timeouts",
             "verifier/errors",
+            "verifier/truncated",
             "verifier/restarts",
             "verifier/deduplicated",
         }

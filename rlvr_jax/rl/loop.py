@@ -33,6 +33,12 @@ class ConfigError(ValueError):
     pass
 
 
+# Where MT-OPD's student log-probabilities come from: the trainer's teacher-forced pass of the current
+# params (the teachers' numerics: the study) or the sampler's (no extra pass, but its numerics differ
+# from the teachers' by as much as the per-token teacher-student gap of experts close to the anchor).
+OPD_STUDENT_LOGP = ("trainer", "sampler")
+
+
 class _Preemption:
     """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits cleanly."""
 
@@ -96,6 +102,7 @@ class StepSettings:
     kl_coef: float  # > 0: a reference model exists (in the loss or in the reward)
     kl_in_reward: bool
     kl_estimator: str
+    opd_student_logp: str  # OPD_STUDENT_LOGP: MT-OPD's student log-probabilities (used only with teachers)
     updates_per_rollout: int
     skip_zero_advantage: bool  # effective: the loss has no term that acts on zero-advantage rows
     num_micro: int
@@ -104,6 +111,8 @@ class StepSettings:
     @classmethod
     def from_config(cls, config, num_micro: int, loss: grpo.LossSettings) -> StepSettings:
         ro, g, o = config.rollout, config.grpo, config.optim
+        if config.opd.student_logp not in OPD_STUDENT_LOGP:
+            raise ConfigError(f"opd.student_logp={config.opd.student_logp!r}: expected one of {OPD_STUDENT_LOGP}")
         return cls(
             steps=config.train.steps,
             group_size=ro.samples_per_prompt,
@@ -118,6 +127,7 @@ class StepSettings:
             kl_coef=g.kl_coef,
             kl_in_reward=g.kl_in_reward,
             kl_estimator=g.kl_estimator,
+            opd_student_logp=config.opd.student_logp,
             updates_per_rollout=g.updates_per_rollout,
             skip_zero_advantage=g.skip_zero_advantage and loss.gradient_scales_with_advantage,
             num_micro=num_micro,
@@ -152,7 +162,7 @@ class Components:
     tokenizer: Any
     mixture: Any  # data.mixture.PromptMixture
     update: Callable  # jitted (params, opt_state, batch) -> (params, opt_state, device metrics)
-    logprob_fn: Callable | None  # jitted teacher-forced logprobs (old / reference / teacher), when needed
+    logprob_fn: Callable | None  # jitted teacher-forced logprobs (old / reference / teacher / student), when needed
     ref_params: Any  # the reference policy's params, when a KL term uses them
     teachers: dict  # MT-OPD: domain -> teacher params
     ckpt: Any  # checkpoint.Checkpointer
@@ -222,14 +232,16 @@ def roll_out(c: Components, s: StepSettings, params, key):
 
 
 def score(c: Components, s: StepSettings, items, rollout) -> Scored:
-    """Decode and score this host's rows in the verifier pool."""
+    """Decode and score this host's rows in the verifier pool (which zeroes the rows cut at max_new_tokens
+    when its config's truncated_zero says so: the study's rule, in one place for training and evaluation)."""
     local = c.engine.local_rows  # each host reads, scores and shapes only its own rows
     comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
+    stopped = local(rollout.stopped)
     records = [items[i]["record"] for i in rollout.prompt_index]
     texts = [decode_completion(c.tokenizer, t, v) for t, v in zip(comp, valid)]
-    scores = c.pool.submit(records, texts, thinking=s.thinking).result()
+    scores = c.pool.submit(records, texts, thinking=s.thinking, truncated=~stopped).result()
     rewards = np.asarray([x.reward for x in scores], np.float32)
-    return Scored(rollout, records, comp, valid, local(rollout.stopped), local(rollout.lengths), scores, rewards)
+    return Scored(rollout, records, comp, valid, stopped, local(rollout.lengths), scores, rewards)
 
 
 @dataclasses.dataclass
@@ -244,8 +256,9 @@ class UpdateBatch:
 
 def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> UpdateBatch:
     """Shape the rewards, choose the rows, compute advantages (GRPO groups or MT-OPD teachers) and the
-    logprob passes the loss needs (reference, old policy). Host arrays are this host's rows; the batch
-    is global: its arrays are update.UPDATE_BATCH's, with old_logp / ref_logp when the loss needs them."""
+    logprob passes the loss needs (reference, old policy, MT-OPD's student). Host arrays are this host's
+    rows; the batch is global: its arrays are update.UPDATE_BATCH's, with old_logp / ref_logp when the
+    loss needs them."""
     local, to_global = c.engine.local_rows, c.engine.to_global
     shaped = _shaped_rewards(s, sc)
     informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=s.group_size))
@@ -254,12 +267,15 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
     batch["loss_mask"] = to_global(loss_mask)
     if c.ref_params is not None:
         shaped = _reference_logp(c, s, batch, shaped, loss_mask)
-    batch["adv"] = to_global(_advantages(c, s, batch, records, shaped, loss_mask))
+    # MT-OPD's student on the teachers' numerics: the current params teacher-forced, the pass that old_logp
+    # (the same params on the same rows) then reuses
+    trainer_logp = c.logprob_fn(params, batch) if c.teachers and s.opd_student_logp == "trainer" else None
+    batch["adv"] = to_global(_advantages(c, s, batch, records, shaped, loss_mask, trainer_logp))
+    if s.need_old_logp:
+        batch["old_logp"] = c.logprob_fn(params, batch) if trainer_logp is None else trainer_logp
+        jax.block_until_ready(batch["old_logp"])
     if s.skip_zero_advantage and s.num_micro > 1:  # rows with a gradient first: the update skips whole micro-batches
         batch = rows_with_gradient_first(batch, local, to_global)
-    if s.need_old_logp:
-        batch["old_logp"] = c.logprob_fn(params, batch)
-        jax.block_until_ready(batch["old_logp"])
     return UpdateBatch(batch, keep, informative_N, valid)
 
 
@@ -324,9 +340,10 @@ def _reference_logp(c: Components, s: StepSettings, batch: dict, shaped, loss_ma
     )
 
 
-def _advantages(c: Components, s: StepSettings, batch: dict, records, shaped, loss_mask) -> np.ndarray:
+def _advantages(c: Components, s: StepSettings, batch: dict, records, shaped, loss_mask, trainer_logp) -> np.ndarray:
     """[B, T] float32 advantages of this host's rows: GRPO's group advantages on every kept token, or
-    MT-OPD's per-token log p_teacher(domain) - log p_student on the student's samples."""
+    MT-OPD's per-token log p_teacher(domain) - log p_student on the student's samples, the student's from
+    `trainer_logp` (global [B, T], the trainer's pass) or, when it is None, from the sampler."""
     local = c.engine.local_rows
     if not c.teachers:
         adv_B = np.asarray(grpo.advantages(jnp.asarray(shaped), group_size=s.group_size, estimator=s.advantage))
@@ -336,9 +353,8 @@ def _advantages(c: Components, s: StepSettings, batch: dict, records, shaped, lo
     for dom, t_params in c.teachers.items():
         if np.any(domains_B == dom):
             teacher_logp = np.where((domains_B == dom)[:, None], local(c.logprob_fn(t_params, batch)), teacher_logp)
-    adv = grpo.opd_advantages(
-        jnp.asarray(teacher_logp), jnp.asarray(local(batch["sampler_logp"])), jnp.asarray(loss_mask)
-    )
+    student_logp = batch["sampler_logp"] if trainer_logp is None else trainer_logp
+    adv = grpo.opd_advantages(jnp.asarray(teacher_logp), jnp.asarray(local(student_logp)), jnp.asarray(loss_mask))
     return np.asarray(adv).astype(np.float32)
 
 
@@ -427,9 +443,7 @@ def _load_teachers(spec: str, mesh, student_cfg) -> dict:
         if not path:
             raise ConfigError(f"opd.teachers entry {part!r}: expected DOMAIN=CHECKPOINT")
         t_cfg, _, t_params = params_io.load_params_any(path, mesh, param_dtype=student_cfg.param_dtype)
-        run_as_student = dict(
-            remat=student_cfg.remat, remat_policy=student_cfg.remat_policy, scan_layers=student_cfg.scan_layers
-        )
+        run_as_student = {k: getattr(student_cfg, k) for k in ("remat", "remat_policy", "scan_layers", "compute_dtype")}
         if dataclasses.replace(t_cfg, **run_as_student) != student_cfg:
             raise ConfigError(f"teacher {path} has a different architecture than the student: {t_cfg} vs {student_cfg}")
         teachers[dom] = t_params

@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import dataclasses
 
+ANSWER_FORMS = ("study", "lenient")  # VerifierConfig.math_form / science_form
+
 
 @dataclasses.dataclass(frozen=True)
 class Score:
     reward: float
-    reason: str  # ok | wrong | no_answer | format | timeout | error
+    reason: str  # ok | wrong | no_answer | format | truncated | timeout | error
     details: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class VerifierConfig:
+    """Defaults are the lenient rules (what the verifiers did before the study's were added); the study's
+    preset (configs/grpo.py) asks for the study's through `pool_from_config`."""
+
     thinking: bool = False  # grade only the text after the last </think>; none -> 0
+    # a response cut at max_new_tokens scores 0 (reason "truncated") without being graded (the study)
+    truncated_zero: bool = False
     # math
-    math_answer_fallback: bool = True  # no \boxed{}: use the last "Answer:" line
+    # "study": the last \boxed{} after the final "Answer:" only; "lenient": the last \boxed{} anywhere, else
+    # (math_answer_fallback) the last "Answer:" line
+    math_form: str = "lenient"
+    math_answer_fallback: bool = True  # lenient form, no \boxed{}: use the last "Answer:" line
     math_timeout_s: int = 5  # math-verify's own alarm (main thread only), seconds
     math_max_answer_chars: int = 1000  # longer answers are not parsed (no_answer)
     # code
     code_block_language: str = "python"  # fence tag of the program block ("" = any fence)
     numeric_tolerance: float = 0.0  # 0: outputs compared exactly; >0: numbers within abs/rel tol
-    code_max_tests: int = 0  # 0: all tests; else a fixed seeded subset of this many
+    code_max_tests: int = 0  # 0: all tests; else this many drawn at random, seeded per problem (details["tests"])
     code_stop_at_first_failure: bool = True
     code_default_time_limit_s: float = 10.0  # when a record has none (the study's 10 s)
     code_max_time_limit_s: float = 10.0  # records may ask for less, never more
@@ -37,6 +47,21 @@ class VerifierConfig:
     sandbox_python: str = ""  # interpreter inside the sandbox ("" = /usr/bin/python3)
     sandbox_uid_base: int = 2_000_000_000  # first unprivileged uid used for worker slots (root only)
     allow_unsandboxed: bool = False  # run programs WITHOUT bwrap: trusted data only, loudly warned
+    # science: "study": the letter of "Answer: X" or \boxed{X} only; "lenient": also "the answer is X",
+    # "correct option X", markdown variants and a lone lower-case letter
+    science_form: str = "lenient"
+
+    def __post_init__(self):
+        for name in ("math_form", "science_form"):
+            if getattr(self, name) not in ANSWER_FORMS:
+                raise ValueError(f"{name} must be one of {ANSWER_FORMS}, got {getattr(self, name)!r}")
+        if self.code_max_tests < 0:
+            raise ValueError(f"code_max_tests must be >= 0 (0 = all), got {self.code_max_tests}")
+
+
+def truncated_score() -> Score:
+    """The verdict on a response cut at max_new_tokens when VerifierConfig.truncated_zero (the study's rule)."""
+    return Score(0.0, "truncated", {"error": "cut at max_new_tokens"})
 
 
 DOMAINS = ("math", "code", "science", "if")

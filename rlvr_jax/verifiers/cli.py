@@ -20,6 +20,7 @@ from tqdm import tqdm
 from rlvr_jax import cli
 from rlvr_jax.data.records import EXTRA_FIELDS, validate_record
 from rlvr_jax.verifiers import VerifierConfig, score
+from rlvr_jax.verifiers.base import ANSWER_FORMS
 from rlvr_jax.verifiers.pool import VerifierPool
 from rlvr_jax.verifiers.sandbox import SandboxUnavailable
 
@@ -104,6 +105,45 @@ def _summary(rows: list[dict], scores: list, counters: dict) -> str:
     return "\n".join(lines)
 
 
+def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True) -> None:
+    """The reward rules of a run config's `verifier` section as flags (defaults: the lenient rules; the
+    study's preset, configs/grpo.py, uses the study's)."""
+    p.add_argument(
+        "--math-form",
+        choices=ANSWER_FORMS,
+        default="lenient",
+        help="study: the last \\boxed{} after the final 'Answer:'; lenient: the last \\boxed{}, else an Answer: line",
+    )
+    p.add_argument(
+        "--science-form",
+        choices=ANSWER_FORMS,
+        default="lenient",
+        help="study: the letter of 'Answer: X' or \\boxed{X}; lenient: also 'the answer is X', lower case, ...",
+    )
+    p.add_argument(
+        "--code-max-tests", type=int, default=0, help="tests drawn at random per problem, seeded (0 = all; study: 20)"
+    )
+    if truncation:
+        p.add_argument(
+            "--truncated-zero",
+            action=argparse.BooleanOptionalAction,
+            default=False,
+            help="a response cut at the token limit scores 0, reason 'truncated' (the study's rule)",
+        )
+
+
+def reward_rules_config(args, *, thinking: bool, allow_unsandboxed: bool = False) -> VerifierConfig:
+    """The VerifierConfig of add_reward_rule_args' flags."""
+    return VerifierConfig(
+        thinking=bool(thinking),
+        truncated_zero=bool(getattr(args, "truncated_zero", False)),
+        math_form=args.math_form,
+        science_form=args.science_form,
+        code_max_tests=args.code_max_tests,
+        allow_unsandboxed=allow_unsandboxed,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rlvr-verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="JSONL: records (DESIGN.md schema) plus a `response` field")
@@ -123,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--deadline", type=float, default=10.0, help="seconds per non-code sample")
     ap.add_argument("--allow-unsandboxed", action="store_true", help="run code WITHOUT bubblewrap (trusted data only)")
+    add_reward_rule_args(ap, truncation=False)  # records carry no truncation flag
     return ap
 
 
@@ -139,7 +180,7 @@ def run(args) -> int:
             print(f"... and {len(errors) - _MAX_ERRORS_SHOWN} more malformed lines", file=sys.stderr)
         print(f"rlvr-verify: {len(errors)} malformed line(s) in {args.input}; nothing scored", file=sys.stderr)
         return 2
-    config = VerifierConfig(thinking=bool(args.thinking), allow_unsandboxed=args.allow_unsandboxed)
+    config = reward_rules_config(args, thinking=bool(args.thinking), allow_unsandboxed=args.allow_unsandboxed)
     responses = [r["response"] for r in rows]
     thinking = gates(rows, args.thinking)
     bar = tqdm(total=len(rows), unit="sample", file=sys.stderr, disable=None)

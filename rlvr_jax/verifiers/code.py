@@ -89,14 +89,20 @@ def values_match(expected, got, tol: float = 0.0) -> bool:
     return expected == got
 
 
-def select_tests(tests: list, k: int) -> list:
-    # A fixed subset per problem (seeded by the tests themselves) so every sample of a group, and
-    # every rerun, is graded on the same tests.
+def drawn_tests(tests: list, k: int) -> list[int]:
+    """Indices of the tests a problem is graded on: all when k is 0 or the problem has at most k, else
+    k drawn uniformly at random without replacement (the study drew 20). The draw is seeded by the
+    problem's tests themselves, so every sample of a group, every rerun and every host grade on the same
+    ones, and two problems draw independently."""
     if k <= 0 or len(tests) <= k:
-        return tests
+        return list(range(len(tests)))
     seed = zlib.crc32(json.dumps(tests, sort_keys=True).encode())
-    idx = sorted(random.Random(seed).sample(range(len(tests)), k))
-    return [tests[i] for i in idx]
+    return sorted(random.Random(seed).sample(range(len(tests)), k))
+
+
+def select_tests(tests: list, k: int) -> list:
+    """The tests `drawn_tests` picks, in their order."""
+    return [tests[i] for i in drawn_tests(tests, k)]
 
 
 def limits_for(gt: dict, config: VerifierConfig, expected_bytes: int) -> sandbox.Limits:
@@ -160,26 +166,31 @@ def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: Ve
 
 
 def score_code(gt: dict, text: str, config: VerifierConfig) -> Score:
-    """Reward 1 only if every (selected) test passes; the pass fraction is a diagnostic."""
+    """Reward 1 only if every drawn test passes (config.code_max_tests; all by default); the pass fraction
+    is a diagnostic."""
     program = last_code_block(text, config.code_block_language)
     if program is None or not program.strip():
         return Score(0.0, "no_answer", {"error": f"no ```{config.code_block_language} block"})
-    tests = select_tests(list(gt.get("tests") or []), config.code_max_tests)
-    if not tests:
+    all_tests = list(gt.get("tests") or [])
+    drawn = drawn_tests(all_tests, config.code_max_tests)
+    if not drawn:
         return Score(0.0, "error", {"error": "record has no tests"})
     sandbox.check_available(config.allow_unsandboxed, config.sandbox_python, config.sandbox_uid_base)
     passed, run, failure = 0, 0, None
-    for i, test in enumerate(tests):
-        ok, kind, info = run_test(program, test, gt.get("fn_name"), gt, config)
+    for i in drawn:
+        ok, kind, info = run_test(program, all_tests[i], gt.get("fn_name"), gt, config)
         run += 1
         if ok:
             passed += 1
             continue
         if failure is None:
-            failure = {"test": i, "kind": kind, **info}
+            failure = {"test": i, "kind": kind, **info}  # the test's index in the record
         if config.code_stop_at_first_failure:
             break
-    details = {"passed": passed, "run": run, "total": len(tests), "pass_fraction": passed / len(tests)}
+    details = {"passed": passed, "run": run, "total": len(drawn), "pass_fraction": passed / len(drawn)}
+    if len(drawn) < len(all_tests):  # a random draw: which tests, so a reader can rerun exactly these
+        details["tests"] = drawn
+        details["of"] = len(all_tests)
     if failure is not None:
         details["failure"] = failure
         # An infrastructure failure is labelled as such (counted under verifier errors), never "wrong".

@@ -12,6 +12,7 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # "Answer: x", "**Answer:** x", "Final answer: x"; the colon is required so prose such as
 # "the answer depends on" is never read as an answer line.
 _ANSWER_LINE_RE = re.compile(r"(?im)^[ \t>#*_]*(?:final\s+)?answer[ \t*_]*[:：][ \t*_]*(.*?)[ \t]*$")
+_ANSWER_MARKER_RE = re.compile(r"(?i)\banswer[ \t]*[:：]")
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-.]*)[^\n]*\n(.*?)```", re.S)
 
 # Language tags accepted for a configured code-block language.
@@ -74,6 +75,14 @@ def last_answer_line(text: str) -> str | None:
         return None
     found = found.strip().strip("*_ ").rstrip(".").strip()
     return strip_dollars(found).rstrip(".").strip() or None
+
+
+def after_last_answer_marker(text: str) -> str | None:
+    """The text after the final "Answer:" (any case, also inside "**Final Answer:**"), or None without one."""
+    found = None
+    for m in _ANSWER_MARKER_RE.finditer(text):
+        found = m.end()
+    return None if found is None else text[found:]
 
 
 def strip_dollars(s: str) -> str:

@@ -1,4 +1,5 @@
-"""Math rewards: the last `\\boxed{}` (or, as a fallback, the last "Answer:" line) against
+"""Math rewards: the last `\\boxed{}` (the study's form: only after the final "Answer:"; the lenient form:
+anywhere, or as a fallback the last "Answer:" line) against
 normalised gold answers with `math-verify`, plus guards for its known false positives (equations
 for values, and exact numbers compared at float precision). Runs in pool workers, whose main thread
 lets math-verify's own alarm-based timeout work; the pool's deadline (kill the worker) is what bounds
@@ -9,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from rlvr_jax.verifiers.base import Score, VerifierConfig
-from rlvr_jax.verifiers.format import last_answer_line, last_boxed, strip_dollars
+from rlvr_jax.verifiers.format import after_last_answer_marker, last_answer_line, last_boxed, strip_dollars
 
 _MV = None  # math_verify and sympy pieces, imported on first use (a second or so of sympy import)
 
@@ -172,14 +173,33 @@ def _equation_guard(gold, pred) -> bool:
     return True
 
 
+def extract_answer(text: str, config: VerifierConfig) -> tuple[str | None, str]:
+    """(answer, source): under the study's form the last \\boxed{} after the final "Answer:" (source
+    "answer_boxed"; none: (None, "no Answer: marker" / "no \\boxed{} after the final Answer:")); under the
+    lenient form the last \\boxed{} anywhere ("boxed"), else, with math_answer_fallback, the last
+    "Answer:" line ("answer_line")."""
+    if config.math_form == "study":
+        tail = after_last_answer_marker(text)
+        if tail is None:
+            return None, "no Answer: marker"
+        answer = last_boxed(tail)
+        return (answer, "answer_boxed") if answer is not None else (None, "no \\boxed{} after the final Answer:")
+    answer = last_boxed(text)
+    if answer is not None:
+        return answer, "boxed"
+    if config.math_answer_fallback:
+        answer = last_answer_line(text)
+        if answer is not None:
+            return answer, "answer_line"
+    return None, ""
+
+
 def score_math(ground_truth: dict, text: str, config: VerifierConfig) -> Score:
     """Reward 1 when the extracted answer equals any gold answer."""
     mv, _, _, _ = _mv()
-    answer, source = last_boxed(text), "boxed"
-    if answer is None and config.math_answer_fallback:
-        answer, source = last_answer_line(text), "answer_line"
+    answer, source = extract_answer(text, config)
     if answer is None:
-        return Score(0.0, "no_answer", {})
+        return Score(0.0, "no_answer", {"why": source} if source else {})
     answer = strip_dollars(answer)
     shown = answer[:200]
     if len(answer) > config.math_max_answer_chars:

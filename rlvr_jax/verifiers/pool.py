@@ -25,7 +25,7 @@ from multiprocessing.connection import wait as mp_wait
 
 from rlvr_jax.verifiers import math as math_verifier
 from rlvr_jax.verifiers import sandbox
-from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig
+from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig, truncated_score
 from rlvr_jax.verifiers.code import limits_for, select_tests
 from rlvr_jax.verifiers.dispatch import score
 
@@ -60,6 +60,15 @@ def worker_main(fd: int, owner_pid: int, slot: int) -> None:
             except Exception as e:  # SandboxUnavailable: the parent checks first; still never hang
                 s = Score(0.0, "error", {"error": f"{type(e).__name__}: {str(e)[:500]}"})
             conn.send((item_id, s.reward, s.reason, s.details))
+
+
+def _with_truncated(graded: Future, out: Future, cut: list[bool]) -> None:
+    """Resolve `out` with the graded rows' scores and truncated_score() for the rows `cut`, in row order."""
+    if graded.exception() is not None:
+        out.set_exception(graded.exception())
+        return
+    scores = iter(graded.result())
+    out.set_result([truncated_score() if c else next(scores) for c in cut])
 
 
 def _expand(unique: Future, out: Future, slot_of: list[int]) -> None:
@@ -136,11 +145,25 @@ class VerifierPool:
         self._thread.start()
 
     # ---------------------------------------------------------------- public API
-    def submit(self, records, responses, *, thinking: bool | None = None) -> Future:
-        """Queue a batch; the future resolves to its Scores in input order."""
+    def submit(self, records, responses, *, thinking: bool | None = None, truncated=None) -> Future:
+        """Queue a batch; the future resolves to its Scores in input order. `truncated`: per row, whether
+        the response was cut at the token limit; with config.truncated_zero those rows score 0 (reason
+        "truncated") here, without reaching a worker."""
         records, responses = list(records), list(responses)
         if len(records) != len(responses):
             raise ValueError(f"{len(records)} records but {len(responses)} responses")
+        cut = [False] * len(records) if truncated is None else [bool(t) for t in truncated]
+        if len(cut) != len(records):
+            raise ValueError(f"{len(records)} records but {len(cut)} truncated flags")
+        if self.config.truncated_zero and any(cut):
+            graded = [i for i, c in enumerate(cut) if not c]
+            inner = self._submit([records[i] for i in graded], [responses[i] for i in graded], thinking)
+            out: Future = Future()
+            inner.add_done_callback(lambda f: _with_truncated(f, out, cut))
+            return out
+        return self._submit(records, responses, thinking)
+
+    def _submit(self, records: list, responses: list, thinking: bool | None) -> Future:
         if self._closing:
             raise RuntimeError("VerifierPool is closed")
         if self._broken is not None:
@@ -395,12 +418,24 @@ class VerifierPool:
                 b.future.set_exception(err)
 
 
+def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
+    """The VerifierConfig of a run config's `verifier` section (reward rules: code_max_tests, truncated_zero,
+    math_form, science_form; allow_unsandboxed) and the data's thinking format gate."""
+    v = verifier_section
+    return VerifierConfig(
+        thinking=bool(thinking),
+        truncated_zero=bool(v.truncated_zero),
+        math_form=str(v.math_form),
+        science_form=str(v.science_form),
+        code_max_tests=int(v.code_max_tests),
+        allow_unsandboxed=bool(v.allow_unsandboxed),
+    )
+
+
 def pool_from_config(verifier_section, *, thinking: bool) -> VerifierPool:
-    """The pool a run config asks for: its `verifier` section (workers, deadline_s, allow_unsandboxed) and
-    the data's thinking format gate. The trainer and the study both start theirs here."""
+    """The pool a run config asks for: its `verifier` section (workers, deadline_s, and verifier_config's
+    rules) and the data's thinking format gate. The trainer and the study both start theirs here."""
     v = verifier_section
     return VerifierPool(
-        v.workers or None,
-        deadline_s=v.deadline_s,
-        config=VerifierConfig(thinking=bool(thinking), allow_unsandboxed=bool(v.allow_unsandboxed)),
+        v.workers or None, deadline_s=v.deadline_s, config=verifier_config(verifier_section, thinking=thinking)
     )

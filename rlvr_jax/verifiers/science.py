@@ -1,5 +1,6 @@
-"""Multiple-choice rewards: the last answer letter from `\\boxed{X}`, "Answer: X" and markdown
-variants; hedges ("B or C") are no answer. Hand-written regexes: the rule set is small and must
+"""Multiple-choice rewards: the last answer letter from `\\boxed{X}` or "Answer: X" (the study's form), or
+also from "the answer is X", "correct option X" and markdown variants (the lenient form); hedges
+("B or C") are no answer in both. Hand-written regexes: the rule set is small and must
 be exact about what counts as one committed letter."""
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ _MARKER = (
 )
 _ANSWER_RE = re.compile(r"(?i)" + _MARKER + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + _END)
 _BOXED_RE = re.compile(r"\\boxed\s*\{" + _WRAP_OPEN + _LETTER + _WRAP_CLOSE + r"(?P<rest>[^}]*)\}")
+# The study's form: "Answer: X" (the word in any case, the colon required, `**` bold around it allowed) or
+# \boxed{X}, X one upper-case letter that ends its clause.
+_STUDY_RE = re.compile(
+    r"(?:(?i:\banswer)\**[ \t]*[:：][ \t*]*(?=[A-Z](?![A-Za-z0-9]))|\\boxed\{[ \t]*(?=[A-Z][ \t]*\}))(?P<letter>[A-Z])"
+)
 _HEDGE_RE = re.compile(r"(?i)^\s*(?:or|and|/|,|&)\s*[*_(\[{$\\]*(?:text\{)?[A-Za-z]\b")
 
 
@@ -32,14 +38,20 @@ def _is_letter_token(text: str, m: re.Match) -> bool:
     return True
 
 
-def extract_choice(text: str) -> tuple[str | None, str]:
-    """(letter, how) for the last committed letter in text; (None, why) when there is none."""
+def extract_choice(text: str, form: str = "lenient") -> tuple[str | None, str]:
+    """(letter, how) for the last committed letter in text; (None, why) when there is none. The study's
+    form reads only "Answer: X" and `\\boxed{X}` with an upper-case X; the lenient one also "the answer
+    is X", "correct option X", markdown and `\\text{}` wrappers and a lone lower-case letter."""
     cands = []
-    for m in _ANSWER_RE.finditer(text):
-        if _is_letter_token(text, m):
+    if form == "study":
+        for m in _STUDY_RE.finditer(text):
             cands.append((m.start(), m.group("letter"), text[m.end("letter") : m.end("letter") + 40]))
-    for m in _BOXED_RE.finditer(text):
-        cands.append((m.start(), m.group("letter"), m.group("rest")))
+    else:
+        for m in _ANSWER_RE.finditer(text):
+            if _is_letter_token(text, m):
+                cands.append((m.start(), m.group("letter"), text[m.end("letter") : m.end("letter") + 40]))
+        for m in _BOXED_RE.finditer(text):
+            cands.append((m.start(), m.group("letter"), m.group("rest")))
     if not cands:
         return None, "no_answer"
     _, letter, after = max(cands, key=lambda c: c[0])
@@ -48,10 +60,11 @@ def extract_choice(text: str) -> tuple[str | None, str]:
     return letter.upper(), "ok"
 
 
-def score_science(ground_truth: dict, text: str) -> Score:
-    """Reward 1 when the extracted letter is the gold letter; letters outside the choices are no answer."""
+def score_science(ground_truth: dict, text: str, form: str = "lenient") -> Score:
+    """Reward 1 when the extracted letter (`form`: VerifierConfig.science_form) is the gold letter; letters
+    outside the choices are no answer."""
     choices = [str(c).upper() for c in ground_truth.get("choices") or []]
-    letter, how = extract_choice(text)
+    letter, how = extract_choice(text, form)
     if letter is None:
         return Score(0.0, "no_answer", {"why": how})
     if choices and letter not in choices:
