@@ -16,7 +16,7 @@ from rlvr_jax.rl import loop as rl_loop
 from rlvr_jax.rl import update as rl_update
 from rlvr_jax.rollout.sampling import Rollout, SamplingParams
 from rlvr_jax.verifiers import Score, score
-from rlvr_jax.verifiers.pool import verifier_config
+from rlvr_jax.verifiers.base import verifier_config
 
 
 class _Engine:

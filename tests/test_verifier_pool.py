@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from rlvr_jax.verifiers import Score, VerifierConfig, score
-from rlvr_jax.verifiers.pool import VerifierPool, pool_from_config, verifier_config
+from rlvr_jax.verifiers.base import verifier_config
+from rlvr_jax.verifiers.pool import VerifierPool, pool_from_config
 
 SLOW = r"\boxed{10^{10^{10^{10}}}}"  # hangs inside C big-int code: only a kill stops it
 CFG = VerifierConfig(math_timeout_s=60)

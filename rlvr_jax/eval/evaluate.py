@@ -21,7 +21,8 @@ from rlvr_jax.model import build
 from rlvr_jax.rollout import generate
 from rlvr_jax.rollout.engine import Engine
 from rlvr_jax.rollout.sampling import SamplingParams
-from rlvr_jax.verifiers.cli import add_reward_rule_args, reward_rules_config
+from rlvr_jax.verifiers.base import verifier_config
+from rlvr_jax.verifiers.cli import add_reward_rule_args
 from rlvr_jax.verifiers.pool import VerifierPool
 
 
@@ -189,7 +190,7 @@ def run(args) -> None:
     longest = max((len(tokenizer.encode(render_prompt(r, tokenizer, prompt_config))) for r in records), default=1)
     need = generate.request_pages([longest] * args.batch_prompts, args.samples, args.max_new_tokens, args.page_size)
     engine = generate.engine_from_args(args, graphdef, cfg, mesh, tokenizer.pad_id, need)
-    with VerifierPool(args.workers or None, config=reward_rules_config(args, thinking=args.thinking)) as pool:
+    with VerifierPool(args.workers or None, config=verifier_config(args, thinking=args.thinking)) as pool:
         res = evaluate(
             engine,
             params,

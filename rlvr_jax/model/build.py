@@ -91,16 +91,13 @@ def load_model(
     return cfg, graphdef, params, shardings
 
 
-def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
-    """(cfg, graphdef, params, shardings) from a run config's `model` block: its checkpoint, or a random
-    init of its preset with the set `overrides`."""
+def preset_config(model_config_dict, *, vocab_size: int | None) -> ModelConfig:
+    """The ModelConfig of a run config's `model` block for a random init: its preset with the set
+    `overrides`, run as the block says (dtypes, remat, scanned layers). The planner sizes the same model."""
     m = model_config_dict
-    if m.checkpoint:
-        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat, m.remat_policy, m.scan_layers, m.compute_dtype)
-    overrides = {k: v for k, v in m.overrides.items() if v is not None}
-    cfg = model_config(
+    return model_config(
         m.preset,
-        overrides,
+        {k: v for k, v in m.overrides.items() if v is not None},
         vocab_size=vocab_size,
         param_dtype=m.param_dtype,
         remat=m.remat,
@@ -108,5 +105,14 @@ def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
         scan_layers=m.scan_layers,
         compute_dtype=m.compute_dtype,
     )
+
+
+def build_model(model_config_dict, mesh, *, vocab_size: int, seed: int):
+    """(cfg, graphdef, params, shardings) from a run config's `model` block: its checkpoint, or a random
+    init of its preset with the set `overrides`."""
+    m = model_config_dict
+    if m.checkpoint:
+        return load_model(m.checkpoint, mesh, m.param_dtype, m.remat, m.remat_policy, m.scan_layers, m.compute_dtype)
+    cfg = preset_config(m, vocab_size=vocab_size)
     graphdef, params, shardings = init_model(cfg, mesh, seed)
     return cfg, graphdef, params, shardings

@@ -101,18 +101,8 @@ def shape_problems(s: Shapes, mesh) -> list[str]:
 def model_config_of(config) -> ModelConfig:
     """The model a run config trains (its preset with the set overrides), run as the config says."""
     m = config.model
-    overrides = {k: v for k, v in m.overrides.items() if v is not None}
     vocab = None if m.preset != "tiny" else build.load_tokenizer("builtin").vocab_size
-    return build.model_config(
-        m.preset,
-        overrides,
-        vocab_size=vocab,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        remat_policy=m.remat_policy,
-        scan_layers=m.scan_layers,
-        compute_dtype=m.compute_dtype,
-    )
+    return build.preset_config(m, vocab_size=vocab)
 
 
 def abstract(shape, dtype, sh):

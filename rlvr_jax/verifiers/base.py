@@ -1,5 +1,5 @@
-"""The types every verifier shares: a `Score` (reward, reason, details), the `VerifierConfig`, and the
-four domains."""
+"""The types every verifier shares: a `Score` (reward, reason, details), the `VerifierConfig` and the one
+way to read it from a run config (`verifier_config`), and the four domains."""
 
 from __future__ import annotations
 
@@ -65,3 +65,18 @@ def truncated_score() -> Score:
 
 
 DOMAINS = ("math", "code", "science", "if")
+
+
+def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
+    """The VerifierConfig of a run config's `verifier` section (reward rules: code_max_tests, truncated_zero,
+    math_form, science_form; allow_unsandboxed), or of the parsed flags of rlvr-verify / rlvr-eval, which
+    carry the same names (verifiers.cli.add_reward_rule_args), and the data's thinking format gate."""
+    v = verifier_section
+    return VerifierConfig(
+        thinking=bool(thinking),
+        truncated_zero=bool(v.truncated_zero),
+        math_form=str(v.math_form),
+        science_form=str(v.science_form),
+        code_max_tests=int(v.code_max_tests),
+        allow_unsandboxed=bool(v.allow_unsandboxed),
+    )

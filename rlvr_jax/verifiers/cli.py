@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from rlvr_jax import cli
 from rlvr_jax.data.records import EXTRA_FIELDS, validate_record
-from rlvr_jax.verifiers import VerifierConfig, score
-from rlvr_jax.verifiers.base import ANSWER_FORMS
+from rlvr_jax.verifiers import score
+from rlvr_jax.verifiers.base import ANSWER_FORMS, verifier_config
 from rlvr_jax.verifiers.pool import VerifierPool
 from rlvr_jax.verifiers.sandbox import SandboxUnavailable
 
@@ -106,8 +106,10 @@ def _summary(rows: list[dict], scores: list, counters: dict) -> str:
 
 
 def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True) -> None:
-    """The reward rules of a run config's `verifier` section as flags (defaults: the lenient rules; the
-    study's preset, configs/grpo.py, uses the study's)."""
+    """The reward rules of a run config's `verifier` section as flags of the same names, so that
+    `base.verifier_config(args, ...)` reads them as it reads the section (defaults: the lenient rules; the
+    study's preset, configs/grpo.py, uses the study's). Without `truncation`, truncated_zero is False."""
+    p.set_defaults(truncated_zero=False, allow_unsandboxed=False)  # for commands without those flags
     p.add_argument(
         "--math-form",
         choices=ANSWER_FORMS,
@@ -130,18 +132,6 @@ def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True)
             default=False,
             help="a response cut at the token limit scores 0, reason 'truncated' (the study's rule)",
         )
-
-
-def reward_rules_config(args, *, thinking: bool, allow_unsandboxed: bool = False) -> VerifierConfig:
-    """The VerifierConfig of add_reward_rule_args' flags."""
-    return VerifierConfig(
-        thinking=bool(thinking),
-        truncated_zero=bool(getattr(args, "truncated_zero", False)),
-        math_form=args.math_form,
-        science_form=args.science_form,
-        code_max_tests=args.code_max_tests,
-        allow_unsandboxed=allow_unsandboxed,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +170,7 @@ def run(args) -> int:
             print(f"... and {len(errors) - _MAX_ERRORS_SHOWN} more malformed lines", file=sys.stderr)
         print(f"rlvr-verify: {len(errors)} malformed line(s) in {args.input}; nothing scored", file=sys.stderr)
         return 2
-    config = reward_rules_config(args, thinking=bool(args.thinking), allow_unsandboxed=args.allow_unsandboxed)
+    config = verifier_config(args, thinking=bool(args.thinking))
     responses = [r["response"] for r in rows]
     thinking = gates(rows, args.thinking)
     bar = tqdm(total=len(rows), unit="sample", file=sys.stderr, disable=None)

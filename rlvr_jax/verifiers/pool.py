@@ -25,7 +25,7 @@ from multiprocessing.connection import wait as mp_wait
 
 from rlvr_jax.verifiers import math as math_verifier
 from rlvr_jax.verifiers import sandbox
-from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig, truncated_score
+from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig, truncated_score, verifier_config
 from rlvr_jax.verifiers.code import limits_for, select_tests
 from rlvr_jax.verifiers.dispatch import score
 
@@ -416,20 +416,6 @@ class VerifierPool:
         for b in batches.values():
             if not b.future.done():
                 b.future.set_exception(err)
-
-
-def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
-    """The VerifierConfig of a run config's `verifier` section (reward rules: code_max_tests, truncated_zero,
-    math_form, science_form; allow_unsandboxed) and the data's thinking format gate."""
-    v = verifier_section
-    return VerifierConfig(
-        thinking=bool(thinking),
-        truncated_zero=bool(v.truncated_zero),
-        math_form=str(v.math_form),
-        science_form=str(v.science_form),
-        code_max_tests=int(v.code_max_tests),
-        allow_unsandboxed=bool(v.allow_unsandboxed),
-    )
 
 
 def pool_from_config(verifier_section, *, thinking: bool) -> VerifierPool:
