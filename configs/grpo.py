@@ -146,12 +146,18 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.verifier.truncated_zero = True  # a response cut at max_new_tokens scores 0, reason "truncated" (the study)
     c.verifier.math_form = "study"  # the last \boxed{} after the final "Answer:" | "lenient": any last box/Answer line
     c.verifier.science_form = "study"  # the letter of "Answer: X" or \boxed{X} | "lenient": also "answer is X", ...
+    c.verifier.if_mode = "reward"  # training rewards: IFEval's checks with its hackable quirks fixed | "official"
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.enabled = "auto"  # auto (when the environment names a coordinator) | on | off
     c.distributed.coordinator = ""  # host:port for CPU/GPU multi-process runs
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
+    # a host that stops answering this long fails the job on every other host (a dead worker ends the run in
+    # about this time, and the pod supervisor restarts it; jax's default is 100 s)
+    c.distributed.heartbeat_timeout_s = 30
+    c.distributed.shutdown_timeout_s = 60  # how long a finishing process waits for the others at exit
+    c.distributed.initialization_timeout_s = 300  # how long a process waits for every host to join
 
     c.plan = ml_collections.ConfigDict()  # rlvr-plan: the TPU slice this preset is sized for
     c.plan.topology = "v5p:4x4x4"

@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from rlvr_jax import storage
+
 log = logging.getLogger(__name__)
 
 ARRAY_ITEMS = ("params", "opt_state", "train")  # "train" = {"step": int32[], "rng": uint32[2]}
@@ -62,7 +64,7 @@ class Checkpointer:
     restores the newest readable step (a damaged latest step is skipped with a warning)."""
 
     def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.resolve(directory)  # local or gs://
 
         # Step 0 (the starting point, e.g. the SFT anchor) is kept besides the latest `keep`.
         keep_policy = cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps([0])])
@@ -123,18 +125,19 @@ class Checkpointer:
 
 def orbax_root_and_step(path: str) -> tuple[str, int | None]:
     """Accept a manager directory (newest step) or one step directory inside it."""
-    base = os.path.basename(os.path.normpath(path))
-    if base.isdigit() and os.path.isdir(os.path.join(path, "meta")):
-        return os.path.dirname(os.path.normpath(path)), int(base)
+    path = storage.resolve(path)
+    base = os.path.basename(path)
+    if base.isdigit() and storage.isdir(storage.join(path, "meta")):
+        return os.path.dirname(path), int(base)
     return path, None
 
 
 def tokenizer_dir_of(path: str) -> str | None:
     """Where the tokenizer files of a checkpoint (HF directory or ours) live, if anywhere."""
     root, _ = orbax_root_and_step(path)
-    for d in (path, os.path.join(root, "tokenizer")):
+    for d in (path, storage.join(root, "tokenizer")):
         if any(
-            os.path.isfile(os.path.join(d, f)) for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+            storage.isfile(storage.join(d, f)) for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
         ):
             return d
     return None

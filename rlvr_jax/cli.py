@@ -117,8 +117,13 @@ def add_config_flag(parser: argparse.ArgumentParser, example: str = "configs/def
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "orbax", "jax._src", "grain"):
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,  # a library that logged at import time set up the root logger first (WARNING, no time)
+    )
+    for noisy in ("absl", "orbax", "jax._src", "grain", "fsspec", "gcsfs", "google", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -169,22 +174,55 @@ def run_entry(argv, *, prog: str, description: str, run: Callable[[object, str],
     def run_with_config(config, args) -> None:
         if config is None or not args.workdir:
             raise UsageError("--config and --workdir are required (see --help)")
-        run(config, os.path.expanduser(args.workdir))
+        run(config, os.path.expanduser(args.workdir))  # a gs:// URL passes as given
 
     return run_command(parser, argv, run_with_config, config=True, log=True)
 
 
+def initialize_distributed(section) -> None:
+    """`maybe_initialize_distributed` with a run config's `distributed` section."""
+    d = section
+    maybe_initialize_distributed(
+        d.enabled,
+        d.coordinator,
+        d.num_processes,
+        d.process_id,
+        heartbeat_timeout_s=d.heartbeat_timeout_s,
+        shutdown_timeout_s=d.shutdown_timeout_s,
+        initialization_timeout_s=d.initialization_timeout_s,
+    )
+
+
 def maybe_initialize_distributed(
-    enabled: str = "auto", coordinator: str = "", num_processes: int = 0, process_id: int = -1
+    enabled: str = "auto",
+    coordinator: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
+    *,
+    heartbeat_timeout_s: int = 100,
+    shutdown_timeout_s: int = 300,
+    initialization_timeout_s: int = 300,
 ) -> None:
-    """`jax.distributed.initialize` when asked, or when the environment names a coordinator
-    (TPU pod slices are detected by JAX itself)."""
-    env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_ID"))
-    if enabled == "off" or (enabled == "auto" and not env and not coordinator):
+    """`jax.distributed.initialize` when asked, or when the environment names a coordinator (TPU pod slices
+    are detected by JAX itself; JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID name a CPU/GPU
+    job, as launch/fake_gcloud.py sets them). A process whose peer stops answering for `heartbeat_timeout_s`
+    exits with an error, so a dead host stops the job instead of hanging it."""
+    if jax.distributed.is_initialized():  # a stage of rlvr-experiment, after the experiment did it
         return
-    kwargs = {}
+    env = os.environ
+    if not coordinator and env.get("JAX_COORDINATOR_ADDRESS") and "JAX_NUM_PROCESSES" in env:
+        coordinator = env["JAX_COORDINATOR_ADDRESS"]
+        num_processes, process_id = int(env["JAX_NUM_PROCESSES"]), int(env.get("JAX_PROCESS_ID", "-1"))
+    named = any(k in env for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_ID"))
+    if enabled == "off" or (enabled == "auto" and not named and not coordinator):
+        return
+    kwargs = dict(
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
+        shutdown_timeout_seconds=shutdown_timeout_s,
+        initialization_timeout=initialization_timeout_s,
+    )
     if coordinator:
-        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+        kwargs.update(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     if jax.config.jax_platforms in (None, "", "cpu") and coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over gloo
     jax.distributed.initialize(**kwargs)

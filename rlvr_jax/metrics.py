@@ -1,26 +1,28 @@
-"""Metrics out: TensorBoard (tensorboardX) and a JSONL file on process 0, plus a console line."""
+"""Metrics out: TensorBoard (tensorboardX) and a JSONL file on process 0, plus a console line; the workdir may
+be local or gs:// (tensorboardX writes event files to Cloud Storage itself)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping
 
 import jax
 import numpy as np
 
+from rlvr_jax import storage
+
 
 class MetricsWriter:
     def __init__(self, workdir: str, name: str = "train"):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, f"metrics_{name}.jsonl")
+        self.path = storage.join(workdir, f"metrics_{name}.jsonl")
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            storage.makedirs(workdir)
             from tensorboardX import SummaryWriter  # local: only process 0 writes TensorBoard
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", name))
+            self._tb = SummaryWriter(storage.join(workdir, "tensorboard", name))
 
     def hparams(self, flat_config: Mapping[str, object]) -> None:
         if not self.enabled:
@@ -35,8 +37,8 @@ class MetricsWriter:
         for k, v in scalars.items():
             if math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
+        storage.append_text(self.path, json.dumps({"step": step, **scalars}, sort_keys=True) + "\n")
+        self._tb.flush()  # on Cloud Storage, events reach the bucket at a flush: lose at most one step
 
     def close(self) -> None:
         if self._tb is not None:
@@ -44,8 +46,7 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def flatten_config(cfg, prefix: str = "") -> dict:

@@ -311,3 +311,19 @@ def init_optimizer_state(optimizer, params, param_shardings, mesh: Mesh):
     abstract = jax.eval_shape(optimizer.init, params)
     shardings = like_params_shardings(abstract, param_shardings, mesh)
     return jax.jit(optimizer.init, out_shardings=shardings)(params), shardings
+
+
+def batch_problems(sizes: dict[str, int], batch_shards: int, process_count: int = 1) -> list[str]:
+    """For each named batch size that the mesh cannot split, one line naming the setting, the batch shards
+    (data x fsdp) and processes it must divide into, and the nearest sizes that would work."""
+    unit = batch_shards * process_count // math.gcd(batch_shards, process_count)
+    problems = []
+    for name, size in sizes.items():
+        if size % unit:
+            lower, upper = size // unit * unit, (size // unit + 1) * unit
+            works = " or ".join(str(n) for n in (lower, upper) if n > 0)
+            problems.append(
+                f"{name}={size} must be a multiple of {unit} (batch shards data*fsdp={batch_shards}, "
+                f"processes={process_count}): use {works}"
+            )
+    return problems

@@ -196,6 +196,7 @@ COMMANDS = [
     "rlvr_jax.model.convert",
     "rlvr_jax.data.cli",
     "rlvr_jax.plan.cli",
+    "rlvr_jax.launch.pod",
 ]
 
 

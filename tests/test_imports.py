@@ -19,6 +19,7 @@ LAYERS = [
         "rlvr_jax.cli",
         "rlvr_jax.config_args",
         "rlvr_jax.pytree",
+        "rlvr_jax.storage",
     },
     {"rlvr_jax.model"},
     {"rlvr_jax.instructions"},  # the IF instruction registry: data writes and validates with it, verifiers score
@@ -30,6 +31,7 @@ LAYERS = [
     {"rlvr_jax.rl"},
     {"rlvr_jax.plan"},  # compiles the stages below it; the experiment asks it before running them
     {"rlvr_jax.study"},
+    {"rlvr_jax.launch"},  # the pod launcher: drives the CLIs on a slice; of ours it imports only cli
 ]
 
 

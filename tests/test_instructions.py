@@ -275,7 +275,8 @@ def test_training_ids_table(iid, kwargs, response, expected):
 
 def test_every_registered_id_is_described_and_tested():
     tested = {c[0] for c in CASES + TRAIN_CASES}
-    assert set(ifr.INSTRUCTIONS) - tested == {"keywords:word_count_different_numbers"}
+    # IFBench test-set ids are covered one by one in tests/test_ifbench.py.
+    assert set(ifr.INSTRUCTIONS) - tested - set(ifr.IFBENCH_IDS) == {"keywords:word_count_different_numbers"}
     kw = {"keyword": "x", "frequency": 2, "relation": AL}
     assert ifr.check("keywords:word_count_different_numbers", kw, "x and X", prompt="")
     for iid, kwargs, _, _ in CASES + TRAIN_CASES:

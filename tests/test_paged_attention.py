@@ -1,4 +1,5 @@
-"""Paged attention: the XLA implementation equals jax's reference on random mixed prefill + decode batches
+"""Paged attention: the XLA implementation equals jax's reference on random mixed prefill + decode batches,
+on the arguments the engine itself passes in a rollout (which also pass jax's checks of the kernel's inputs)
 and dense causal attention over scattered pages; the TPU kernel path compiles for a small TPU topology from
 this CPU host (needs libtpu; skipped loudly without it)."""
 
@@ -127,6 +128,55 @@ def test_prefill_in_chunks_equals_dense_causal_attention():
         )
         got.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(got), np.asarray(want), atol=2e-6)
+
+
+def test_xla_equals_reference_on_the_engines_own_arguments(monkeypatch):
+    """The arguments the engine hands paged attention in a real rollout (prefill chunks that start and continue
+    prompts, decode bursts, on two batch shards): per shard, exactly what the TPU kernel would
+    receive (its block table, cu_q_lens, kv_lens, interleaved pool and the block sizes the Pallas path picks)
+    pass jax's own checks of the kernel's inputs, and the XLA output the engine used equals jax's reference."""
+    from rlvr_jax.model import build  # noqa: PLC0415  # local: only this test builds a model
+    from rlvr_jax.rollout import engine, programs, sampling  # noqa: PLC0415
+
+    calls = []
+    real = programs.sharded_ragged_paged_attention
+
+    def spy(*args, sm_scale, max_q_len):
+        out = real(*args, sm_scale=sm_scale, max_q_len=max_q_len)
+        record = lambda *a: calls.append((sm_scale, max_q_len, [np.asarray(x) for x in a]))
+        jax.debug.callback(record, *args, out)
+        return out
+
+    monkeypatch.setattr(programs, "sharded_ragged_paged_attention", spy)
+    model = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=H, num_kv_heads=K, head_dim=D)
+    cfg = build.model_config("tiny", dict(model, vocab_size=64), vocab_size=64, param_dtype="float32", remat=False)
+    mesh = sharding.make_mesh(sharding.MeshShape(1, 2, 1), devices=jax.devices()[:2])
+    graphdef, params, _ = build.init_model(cfg, mesh, seed=0)
+    eng = engine.Engine(graphdef, cfg, mesh, num_slots=2, page_size=PAGE, num_pages=32, prefill_chunk=4, decode_burst=2)
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15]]  # prefill chunks of 4, 4 and 1 tokens; one of 2
+    eng.generate(params, prompts, sampling.SamplingParams(temperature=1.0, max_new_tokens=3, n=2, seed=1))
+
+    kinds = set()
+    for sm_scale, max_q_len, (q, kv, lens, pages, cu, n, out) in calls:
+        assert q.shape[0] == 2 and kv.shape[-2] == 2 * K  # two shards; keys and values interleaved
+        for g in range(q.shape[0]):
+            if n[g, 0] == 0:  # a shard with no prefill chunk this round
+                continue
+            args = (q[g], kv[g], lens[g], pages[g], cu[g], n[g])
+            kv_blk, q_blk = paged_attention.kernel_block_sizes(q.shape[1], PAGE, pages.shape[2])
+            tpu_rpa.dynamic_validate_inputs(
+                *args, sm_scale=sm_scale, num_kv_pages_per_block=kv_blk, num_queries_per_block=q_blk
+            )
+            # one compiled program per call: the reference's Python loop reads the (concrete) integer arguments
+            ref = lambda q_, kv_, a=args, s=sm_scale: tpu_rpa.ref_ragged_paged_attention(q_, kv_, *a[2:], sm_scale=s)
+            want = np.asarray(jax.jit(ref)(q[g], kv[g]))
+            tokens = cu[g][n[g, 0]]
+            np.testing.assert_allclose(out[g][:tokens], want, atol=2e-6)
+            q_lens = np.diff(cu[g])[: n[g, 0]]
+            kinds.add("decode" if max_q_len == 1 else "prefill")
+            kinds |= {"continued chunk"} if (lens[g][: n[g, 0]] > q_lens).any() and max_q_len > 1 else set()
+            kinds |= {"several pages"} if (lens[g][: n[g, 0]] > PAGE).any() else set()
+    assert kinds == {"decode", "prefill", "continued chunk", "several pages"}, kinds
 
 
 def test_unknown_impl_is_refused():

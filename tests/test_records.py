@@ -69,6 +69,17 @@ def test_defaults_and_extra_fields():
     validate_record(fn)
 
 
+# An assert-style code record (HumanEval layout): test code in place of `tests`.
+ASSERT_GT = {"tests": [], "test_code": "def check(candidate):\n    assert candidate(1) == 2\n", "entry_point": "f"}
+
+
+def test_assert_style_code_records():
+    validate_record(with_gt("code", **ASSERT_GT, program_prefix="def f(x):\n"))
+    gt = {k: v for k, v in GOOD["code"].items() if k != "tests"}  # `tests` may be left out
+    for code in ("assert f(1) == 2", "def test_f():\n    assert f(1) == 2", "class TestF:\n    def test_a(self): pass"):
+        validate_record(record("code", ground_truth={**gt, "test_code": code}))
+
+
 BAD = [
     ({k: v for k, v in record().items() if k != "id"}, "id", "missing"),
     (record(id=""), "id", "empty"),
@@ -99,6 +110,17 @@ BAD = [
     (with_gt("code", fn_name="1bad"), "ground_truth.fn_name", "identifier"),
     (with_gt("code", time_limit_s=0), "ground_truth.time_limit_s", "positive"),
     (with_gt("code", memory_limit_mb=1.5), "ground_truth.memory_limit_mb", "positive int"),
+    # assert-style code tests (ASSERT_GT below)
+    (with_gt("code", **{**ASSERT_GT, "test_code": " "}), "ground_truth.test_code", "empty"),
+    (with_gt("code", **{**ASSERT_GT, "test_code": 3}), "ground_truth.test_code", "expected a string"),
+    (with_gt("code", **{**ASSERT_GT, "test_code": "assert f(1) ==\n"}), "ground_truth.test_code", "line 1"),
+    (with_gt("code", **{**ASSERT_GT, "test_code": "x = f(1)\n"}), "ground_truth.test_code", "no top-level assert"),
+    (with_gt("code", **{**ASSERT_GT, "entry_point": None}), "ground_truth.entry_point", "check(candidate)"),
+    (with_gt("code", **{**ASSERT_GT, "entry_point": "not-a-name"}), "ground_truth.entry_point", "identifier"),
+    (with_gt("code", **{**ASSERT_GT, "tests": [{"input": "1", "output": "1"}]}), "ground_truth.tests", "not both"),
+    (with_gt("code", **ASSERT_GT, fn_name="f"), "ground_truth.fn_name", "entry_point"),
+    (with_gt("code", **ASSERT_GT, program_prefix=["def f"]), "ground_truth.program_prefix", "expected a string"),
+    (with_gt("code", **ASSERT_GT, time_limit_s=None), "ground_truth.time_limit_s", "positive"),
 ]
 
 

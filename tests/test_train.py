@@ -551,3 +551,22 @@ def test_rlvr_sft_writes_a_loadable_anchor(tmp_path):
     cfg, _, params = params_io.load_params_any(anchor, mesh)
     assert cfg.hidden_size == 64 and cfg.num_layers == 2
     assert checkpoint.tokenizer_dir_of(anchor) is not None
+
+
+def test_batch_sizes_are_checked_against_the_mesh_before_compiling():
+    from rlvr_jax.rl import train
+
+    c = tiny_config(steps=1)
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2  # 4 batch shards on the 8 test devices
+    c.sft.steps, c.sft.batch_size = 5, 10
+    with pytest.raises(train.ConfigError, match=r"sft\.batch_size=10 must be a multiple of 4 .*use 8 or 12"):
+        train.validate(c, jax.device_count())
+    c.sft.batch_size = 12
+    c.grpo.micro_batch_size = 2
+    with pytest.raises(train.ConfigError, match=r"grpo\.micro_batch_size .*=2 must be a multiple of 4.*use 4"):
+        train.validate(c, jax.device_count())
+    c.grpo.micro_batch_size = 8
+    train.validate(c, jax.device_count())
+    assert sharding.batch_problems({"x": 6}, 2, 4) == [
+        "x=6 must be a multiple of 4 (batch shards data*fsdp=2, processes=4): use 4 or 8"
+    ]

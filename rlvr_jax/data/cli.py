@@ -1,6 +1,7 @@
 """`rlvr-data convert|validate|stats|export`: source files to records, checks, length stats, built-ins.
 
 rlvr-data convert --format gsm8k --input train.parquet --output gsm8k.jsonl
+rlvr-data convert --format humaneval --input HumanEval.jsonl.gz --output humaneval.jsonl   (also mbpp, acecode, kodcode)
 rlvr-data validate data/*.jsonl
 rlvr-data stats data/*.jsonl [--tokenizer DIR] [--json]
 rlvr-data export --builtin --domain all --split eval --with-reference --output eval.jsonl

@@ -1,16 +1,21 @@
 """The record schema (DESIGN.md), its validation with FILE:LINE: field errors, and row readers.
 With `fn_name`, a code test's `input` holds one JSON value per line (one per argument) and `output`
-the JSON return value (the code verifier's layout); without it both are stdin/stdout text.
+the JSON return value (the code verifier's layout); without it both are stdin/stdout text. A code
+record with `test_code` (assert-style: asserts, pytest-style functions or HumanEval's `check`) and an
+optional `entry_point` and `program_prefix` has no `tests` (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
+import gzip
 import json
 import math
 import os
 from typing import Any, Iterator
 
+from rlvr_jax import storage
 from rlvr_jax.instructions.registry import validate_kwargs
 
 DOMAINS = ("math", "code", "science", "if")
@@ -98,10 +103,54 @@ def _if(gt: dict) -> None:
             raise _Bad(f"ground_truth.{field}[{i}]", str(e).strip("'\"")) from None
 
 
+def _identifier(gt: dict, key: str) -> str | None:
+    value = gt.get(key)
+    if value is not None and (not isinstance(value, str) or not value.isidentifier()):
+        raise _Bad("ground_truth." + key, f"expected null or a Python identifier, got {value!r}")
+    return value
+
+
+def _test_code(gt: dict) -> None:
+    """Assert-style tests: `test_code` must parse and hold a unit the harness runs (a top-level assert,
+    a `test*` function or `Test*` class, or `check` with an `entry_point`); `tests` stays empty."""
+    code = _str(gt, "test_code", "ground_truth.")
+    entry = _identifier(gt, "entry_point")
+    if gt.get("tests"):
+        raise _Bad("ground_truth.tests", "a record holds either `tests` or `test_code`, not both")
+    if gt.get("fn_name") is not None:
+        raise _Bad("ground_truth.fn_name", "must be null with `test_code` (the entry point is `entry_point`)")
+    if not isinstance(gt.get("program_prefix", ""), str):
+        raise _Bad("ground_truth.program_prefix", f"expected a string, got {type(gt['program_prefix']).__name__}")
+    try:
+        body = ast.parse(code).body
+    except SyntaxError as e:
+        raise _Bad("ground_truth.test_code", f"not valid Python: line {e.lineno}: {e.msg}") from None
+    defs = [s for s in body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    has_unit = any(isinstance(s, ast.Assert) for s in body) or any(
+        s.name.startswith("Test" if isinstance(s, ast.ClassDef) else "test") for s in defs
+    )
+    if not has_unit and any(s.name == "check" for s in defs):
+        if entry is None:
+            raise _Bad("ground_truth.entry_point", "test_code defines check(candidate): name the function it checks")
+        has_unit = True
+    if not has_unit:
+        raise _Bad("ground_truth.test_code", "no top-level assert, test* function, Test* class or check(candidate)")
+
+
 def _code(gt: dict) -> None:
-    fn_name = gt.get("fn_name")
-    if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
-        raise _Bad("ground_truth.fn_name", f"expected null or a Python identifier, got {fn_name!r}")
+    if "test_code" in gt:
+        _test_code(gt)
+    else:
+        _function_tests(gt)
+    for key, kind in (("time_limit_s", float), ("memory_limit_mb", int)):
+        value = gt.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not ok or (kind is int and value != int(value)):
+            raise _Bad("ground_truth." + key, f"expected a positive {kind.__name__}, got {value!r}")
+
+
+def _function_tests(gt: dict) -> None:
+    fn_name = _identifier(gt, "fn_name")
     for i, t in enumerate(_list(gt, "tests", "ground_truth.")):
         where = f"ground_truth.tests[{i}]."
         _dict(t, where[:-1])
@@ -116,11 +165,6 @@ def _code(gt: dict) -> None:
                         json.loads(text)
                     except ValueError as e:
                         raise _Bad(where + key, f"function-call tests hold JSON values: {e}") from None
-    for key, kind in (("time_limit_s", float), ("memory_limit_mb", int)):
-        value = gt.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        if not ok or (kind is int and value != int(value)):
-            raise _Bad("ground_truth." + key, f"expected a positive {kind.__name__}, got {value!r}")
 
 
 GROUND_TRUTH = {"math": _math, "science": _science, "if": _if, "code": _code}
@@ -169,11 +213,11 @@ def validate_record(
 def iter_rows(path: str) -> Iterator[tuple[int, Any, RecordError | None]]:
     """(line, row, None), or (line, None, error) for an unparseable JSON line, so callers can go on.
 
-    JSONL counts file lines, parquet rows from 1, CSV (GPQA ships as CSV) rows as a spreadsheet
+    JSONL (also gzipped, `.gz`) counts file lines, parquet rows from 1, CSV (GPQA ships as CSV) rows as a spreadsheet
     does, the header being row 1.
     """
     if path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        with storage.open(path, encoding="utf-8", newline="") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
                 yield n, row, None
         return
@@ -181,12 +225,13 @@ def iter_rows(path: str) -> Iterator[tuple[int, Any, RecordError | None]]:
         import pyarrow.parquet as pq  # local: heavy, and only parquet inputs need it
 
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row, None
+        with storage.open(path, "rb") as raw:
+            for batch in pq.ParquetFile(raw).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row, None
         return
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -194,6 +239,13 @@ def iter_rows(path: str) -> Iterator[tuple[int, Any, RecordError | None]]:
                 yield n, json.loads(text), None
             except ValueError as e:
                 yield n, None, RecordError(path, n, "<line>", f"invalid JSON: {e}")
+
+
+def _open_text(path: str):
+    """A text file, local or gs://, gunzipped when it ends in .gz (HumanEval ships as HumanEval.jsonl.gz)."""
+    if path.endswith(".gz"):
+        return gzip.open(storage.open(path, "rb"), "rt", encoding="utf-8")
+    return storage.open(path, encoding="utf-8")
 
 
 def read_rows(path: str) -> Iterator[tuple[int, Any]]:
@@ -226,7 +278,7 @@ def load_records(
 def write_jsonl(records, path: str) -> int:
     """Write one JSON object per line (UTF-8, not ASCII-escaped); returns the count."""
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with storage.open(path, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1

@@ -8,14 +8,13 @@ Gains file (optional, JSON): {"anchor": {item: score}, "experts": {name: {item: 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 
 import numpy as np
 
-from rlvr_jax import cli, sharding
+from rlvr_jax import cli, sharding, storage
 from rlvr_jax.eval import analysis
 from rlvr_jax.model import params_io
 
@@ -103,9 +102,12 @@ def heatmap(mat, xlabels, ylabels, title, path, fmt="{:.2f}", extra=None):
 
 def write(report: dict, out: str) -> None:
     """analysis.json plus overlap.png, cosine.png and cosine_per_layer.png."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "analysis.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    with storage.staged_dir(out, upload=storage.is_writer()) as local:  # gs://: written here, uploaded
+        _write_local(report, local)
+
+
+def _write_local(report: dict, out: str) -> None:
+    storage.write_json(os.path.join(out, "analysis.json"), report, indent=2)
     if "names" not in report:
         return
     names = report["names"]
@@ -157,8 +159,7 @@ def run(args) -> int:
             **weight_space(anchor, models, dim=args.dim, seed=args.seed, rel_tol=args.rel_tol),
         }
     if args.gains:
-        with open(args.gains) as f:
-            report["gain_consistency"] = gains_report(json.load(f))
+        report["gain_consistency"] = gains_report(storage.read_json(args.gains))
     if not report:
         raise cli.UsageError("nothing to do: give --anchor and --models, and/or --gains")
     write(report, args.out)

@@ -14,9 +14,8 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from rlvr_jax import sharding
 from rlvr_jax.rollout.engine import Engine
-from rlvr_jax.rollout.sampling import SamplingParams
+from rlvr_jax.rollout.sampling import SamplingParams, gather_rows, host_block
 
 
 def kl_stats(expert_logp_BxT, other_logp_BxT, valid_BxT) -> dict:
@@ -55,27 +54,30 @@ def policy_kl(
 ) -> dict:
     """{name: kl_stats} of KL(expert || others[name]) on `prompts` (token ids), sampled with `sp` from
     the expert. `logprob_fn(params, batch)` is rl_step.make_logprob_fn at sp's temperature."""
-    mesh = engine.mesh
-    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)  # rows must split over the batch axes
-    sh = sharding.batch_sharding(mesh, 2)
+    shards = engine.local_shards  # this host's rows must split over its batch shards
     parts = {name: [] for name in others}
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start : start + batch_prompts]
+        mine, size = host_block(len(chunk), sp.n, shards)  # many hosts: each samples its block of the chunk
+        block = [chunk[min(i, len(chunk) - 1)] for i in range(mine, mine + size)]
         key = jax.random.fold_in(jax.random.key(sp.seed), start)
-        ro = engine.generate(expert_params, chunk, sp, key=key)
-        valid = np.asarray(ro.completion_valid)
+        ro = engine.generate(expert_params, block, sp, key=key)
+        real_B = mine + np.asarray(ro.prompt_index) < len(chunk)  # the block's filler copies are dropped
+        valid = engine.local_rows(ro.completion_valid) & real_B[:, None]
         rows = len(valid)
         # Padding rows are all-invalid: they add nothing to either sum.
         batch = {
-            "prompt_tokens": _pad_rows(ro.prompt_tokens, shards, 0),
-            "prompt_valid": _pad_rows(ro.prompt_valid, shards, True),
-            "completion_tokens": _pad_rows(ro.completion_tokens, shards, 0),
+            "prompt_tokens": _pad_rows(engine.local_rows(ro.prompt_tokens), shards, 0),
+            "prompt_valid": _pad_rows(engine.local_rows(ro.prompt_valid), shards, True),
+            "completion_tokens": _pad_rows(engine.local_rows(ro.completion_tokens), shards, 0),
             "loss_mask": _pad_rows(valid, shards, False),
         }
-        batch = {k: jax.device_put(v, sh) for k, v in batch.items()}
-        expert_logp = np.asarray(logprob_fn(expert_params, batch))[:rows]
+        batch = {k: engine.to_global(v) for k, v in batch.items()}
+        expert_logp = gather_rows(engine.local_rows(logprob_fn(expert_params, batch))[:rows])
+        real, valid = gather_rows(real_B), gather_rows(valid)
         for name, params in others.items():
-            parts[name].append((expert_logp, np.asarray(logprob_fn(params, batch))[:rows], valid))
+            other_logp = gather_rows(engine.local_rows(logprob_fn(params, batch))[:rows])
+            parts[name].append((expert_logp[real], other_logp[real], valid[real]))
     return {
         name: kl_stats(
             np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]), np.concatenate([p[2] for p in ps])

@@ -3,14 +3,17 @@ helpers) that data writes and validates with and the IF verifier (rlvr_jax.verif
 
 from __future__ import annotations
 
+from rlvr_jax.instructions.official import MODES
 from rlvr_jax.instructions.registry import (
     BUILTIN_CONFLICTS,
     BUILTIN_TASK_IDS,
+    IFBENCH_IDS,
     IFEVAL_IDS,
     INSTRUCTIONS,
     check,
     check_all,
     describe,
+    ifeval_accuracy,
     normalize_kwargs,
     reference_response,
     sample_instruction_set,
@@ -21,11 +24,14 @@ from rlvr_jax.instructions.registry import (
 __all__ = [
     "BUILTIN_CONFLICTS",
     "BUILTIN_TASK_IDS",
+    "IFBENCH_IDS",
     "IFEVAL_IDS",
     "INSTRUCTIONS",
+    "MODES",
     "check",
     "check_all",
     "describe",
+    "ifeval_accuracy",
     "normalize_kwargs",
     "reference_response",
     "sample_instruction_set",

@@ -1,9 +1,21 @@
-"""IFEval's 25 verifiable instructions: checkers with IFEval's semantics, and their wording.
+"""IFEval's 25 verifiable instructions as the RL reward checks them ("reward" mode), and their wording.
 
-Deviations, each on purpose: keywords are matched literally (IFEval compiles them as regexes),
-a response with no letters fails a language check (IFEval passes it, an easy reward hack),
-all-caps text is language-checked lowercased, and
-`nth_paragraph_first_word` indexes non-empty paragraphs (IFEval indexes the raw split).
+Reward mode is IFEval's semantics except where IFEval's reference scorer is wrong or hackable. Every
+departure from the reference ("official" mode, rlvr_jax.instructions.official) is listed here and
+nowhere else in code (docs/ifeval_modes.md repeats the list for users):
+
+| id | official (reference) | reward (here) |
+| --- | --- | --- |
+| keywords:existence, keywords:frequency | the keyword is a regex | matched literally |
+| keywords:forbidden_words | regex inside `\\b...\\b`: `e.g.` before a space, `C#` are never found | literal; a word edge is required only where the word starts/ends with a letter or digit |
+| startend:end_checker | strips `"` around the response, then no whitespace | also strips whitespace inside the quotes and curly quotes |
+| language checks (3) | nothing detectable (no letters) counts as followed | fails (an easy reward hack) |
+| change_case:english_capital | language detected on the raw all-caps text | detected on the lowercased text (langdetect's profiles are lowercase: all-caps French reads as English) |
+| length_constraints:nth_paragraph_first_word | indexes the raw `\\n\\n` split, counts only non-empty pieces | indexes non-empty paragraphs |
+| change_case:capital_word_frequency | NLTK tokens (`DON'T` is two capital words) | contractions stay one word |
+| detectable_format:multiple_sections, detectable_content:postscript | splitter / marker is a regex | literal |
+
+Both modes share `number_sentences` (our splitter: the reference's punkt model is not shipped).
 """
 
 from __future__ import annotations
@@ -194,10 +206,23 @@ def _keywords_exist(response, kw, prompt):
     return all(re.search(re.escape(k.strip()), response, flags=re.IGNORECASE) for k in kw["keywords"])
 
 
+def word_pattern(word: str) -> re.Pattern:
+    """`word` as a whole word: no letter or digit may touch an edge of it that is itself a letter or
+    digit (so `cat` is not found in `category`, and `C++` and `e.g.` are found before punctuation)."""
+    word = word.strip()
+    head = r"(?<!\w)" if re.match(r"\w", word) else ""
+    tail = r"(?!\w)" if re.search(r"\w$", word) else ""
+    return re.compile(head + re.escape(word) + tail, flags=re.IGNORECASE)
+
+
 def _forbidden(response, kw, prompt):
-    return not any(
-        re.search(r"\b" + re.escape(w.strip()) + r"\b", response, flags=re.IGNORECASE) for w in kw["forbidden_words"]
-    )
+    return not any(word_pattern(w).search(response) for w in kw["forbidden_words"])
+
+
+def ends_with(response: str, phrase: str) -> bool:
+    """Whether `response` ends with `phrase` (case and whitespace aside), inside closing quotes or not."""
+    body, phrase = response.strip().lower(), phrase.strip().lower()
+    return body.endswith(phrase) or body.rstrip("\"'”’").rstrip().endswith(phrase)
 
 
 def _keyword_frequency(response, kw, prompt):
@@ -206,7 +231,7 @@ def _keyword_frequency(response, kw, prompt):
 
 
 def _letter_frequency(response, kw, prompt):
-    n = response.lower().count(kw["letter"].lower())
+    n = response.lower().count(kw["letter"].strip().lower())
     return compare(n, kw["let_relation"], kw["let_frequency"])
 
 
@@ -219,8 +244,6 @@ def _sentence(phrase: str) -> str:
 def _quote_list(items) -> str:
     return ", ".join(items)
 
-
-_LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 
 SPECS: dict[str, Spec] = {
     "change_case:capital_word_frequency": Spec(
@@ -329,7 +352,8 @@ SPECS: dict[str, Spec] = {
             f"In your response, the letter {k['letter']} should appear {k['let_relation']} {k['let_frequency']} times."
         ),
         {
-            "letter": Kwarg(str, choices=_LETTERS + tuple(c.upper() for c in _LETTERS)),
+            # Any one character: IFEval itself asks for `#` and `!` (keys 1122, 1129).
+            "letter": Kwarg(str, max_len=1),
             "let_frequency": Kwarg(int),
             "let_relation": relation(),
         },
@@ -377,7 +401,7 @@ SPECS: dict[str, Spec] = {
         lambda k: "In your entire response, refrain from the use of any commas.",
     ),
     "startend:end_checker": Spec(
-        lambda r, k, p: r.strip().lower().endswith(k["end_phrase"].strip().lower()),
+        lambda r, k, p: ends_with(r, k["end_phrase"]),
         lambda k: (
             f"Finish your response with this exact phrase: {_sentence(k['end_phrase'])} "
             "No other words should follow this phrase."

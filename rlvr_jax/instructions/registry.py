@@ -10,11 +10,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rlvr_jax.instructions import ifeval, ifeval_train, text
+from rlvr_jax.instructions import ifbench, ifeval, ifeval_train, official, text
 from rlvr_jax.instructions.spec import Spec, normalize
 
-INSTRUCTIONS: dict[str, Spec] = {**ifeval.SPECS, **ifeval_train.SPECS}
+INSTRUCTIONS: dict[str, Spec] = {**ifeval.SPECS, **ifeval_train.SPECS, **ifbench.SPECS}
 IFEVAL_IDS: tuple[str, ...] = tuple(sorted(ifeval.SPECS))
+IFBENCH_IDS: tuple[str, ...] = tuple(sorted(ifbench.SPECS))  # IFBench's test-set ids
+# Official mode: the reference scorers' own checks where reward mode departs from them.
+OFFICIAL_CHECKS = {**official.CHECKS, **ifbench.OFFICIAL_CHECKS}
 
 
 def _spec(instruction_id: str) -> Spec:
@@ -34,13 +37,23 @@ def validate_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None) -> No
     normalize_kwargs(instruction_id, kwargs)
 
 
-def check(instruction_id: str, kwargs, response: str, *, prompt: str, strict: bool = True) -> bool:
-    """Whether `response` follows one instruction; loose mode also tries IFEval's variants."""
+def _checker(instruction_id: str, spec: Spec, mode: str):
+    if mode not in official.MODES:
+        raise ValueError(f"IF mode must be one of {official.MODES}, got {mode!r}")
+    return OFFICIAL_CHECKS.get(instruction_id, spec.check) if mode == "official" else spec.check
+
+
+def check(
+    instruction_id: str, kwargs, response: str, *, prompt: str, strict: bool = True, mode: str = "reward"
+) -> bool:
+    """Whether `response` follows one instruction; loose mode also tries IFEval's variants. `mode`:
+    "reward" (ours, rlvr_jax.instructions.ifeval) or "official" (IFEval's reference scorer)."""
     spec = _spec(instruction_id)
     kw = normalize(instruction_id, spec, kwargs)
+    checker = _checker(instruction_id, spec, mode)
     candidates = [response] if strict else text.loose_variants(response)
     # An empty response follows nothing (IFEval), else "no commas" would reward silence.
-    return any(c.strip() and spec.check(c, kw, prompt) for c in candidates)
+    return any(c.strip() and checker(c, kw, prompt) for c in candidates)
 
 
 def check_all(
@@ -50,11 +63,29 @@ def check_all(
     *,
     prompt: str,
     strict: bool = True,
+    mode: str = "reward",
 ) -> list[bool]:
     """One boolean per instruction, in order."""
     if len(instruction_ids) != len(kwargs_list):
         raise ValueError(f"{len(instruction_ids)} instruction ids but {len(kwargs_list)} kwargs dicts")
-    return [check(i, kw, response, prompt=prompt, strict=strict) for i, kw in zip(instruction_ids, kwargs_list)]
+    return [
+        check(i, kw, response, prompt=prompt, strict=strict, mode=mode) for i, kw in zip(instruction_ids, kwargs_list)
+    ]
+
+
+def ifeval_accuracy(
+    instruction_ids: Sequence[str], kwargs_list: Sequence[Mapping | None], response: str, *, prompt: str, mode: str
+) -> dict:
+    """IFEval's four numbers for one prompt: prompt_strict / prompt_loose (every instruction followed)
+    and inst_strict / inst_loose (one boolean per instruction), as IFEval reports and averages them."""
+    inst_strict = check_all(instruction_ids, kwargs_list, response, prompt=prompt, strict=True, mode=mode)
+    inst_loose = check_all(instruction_ids, kwargs_list, response, prompt=prompt, strict=False, mode=mode)
+    return {
+        "prompt_strict": all(inst_strict),
+        "prompt_loose": all(inst_loose),
+        "inst_strict": inst_strict,
+        "inst_loose": inst_loose,
+    }
 
 
 def describe(instruction_id: str, kwargs: Mapping[str, Any] | None) -> str:
@@ -104,14 +135,14 @@ BUILTIN_TASK_IDS: list[str] = [
     "detectable_content:postscript",
     "detectable_content:number_placeholders",
 ]
-# Pairs no text can satisfy together (the end phrase cannot end a quoted response).
+# Pairs no text can satisfy together. (A quoted response may end with its end phrase inside the quotes:
+# both modes accept that, so quotation + end_checker is allowed, as IFEval allows it.)
 BUILTIN_CONFLICTS = frozenset(
     frozenset(p)
     for p in [
         ("change_case:english_lowercase", "change_case:english_capital"),
         ("change_case:english_lowercase", "detectable_format:constrained_response"),
         ("change_case:english_capital", "detectable_format:constrained_response"),
-        ("startend:quotation", "startend:end_checker"),
     ]
 )
 

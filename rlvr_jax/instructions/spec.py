@@ -17,6 +17,7 @@ class Kwarg:
     default: Any = None
     minimum: int = 0  # ints only
     choices: tuple | None = None  # allowed values, or None for any
+    max_len: int = 0  # strings only: most characters once stripped (0 = any length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Spec:
     check: Callable[[str, Mapping[str, Any], str], bool]
     describe: Callable[[Mapping[str, Any]], str]
     kwargs: Mapping[str, Kwarg] = dataclasses.field(default_factory=dict)
-    source: str = "ifeval"  # which family defined the id: ifeval | ifeval_train
+    source: str = "ifeval"  # which family defined the id: ifeval | ifeval_train | ifbench
 
 
 def relation(**extra) -> Kwarg:
@@ -46,6 +47,8 @@ def _coerce(instruction_id: str, name: str, arg: Kwarg, value: Any) -> Any:
     elif arg.type is str:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: expected a non-empty string, got {value!r}")
+        if arg.max_len and len(value.strip()) > arg.max_len:
+            raise ValueError(f"{where}: at most {arg.max_len} character(s), got {value!r}")
     elif arg.type is list:
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError(f"{where}: expected a non-empty list of strings, got {value!r}")

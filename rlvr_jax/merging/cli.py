@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 
 import jax
 
-from rlvr_jax import checkpoint, cli, sharding
+from rlvr_jax import checkpoint, cli, sharding, storage
 from rlvr_jax.merging import methods as merge
 from rlvr_jax.model import params_io
 
@@ -170,9 +169,8 @@ def run(r: dict, *, log=print) -> dict:
         source_dir=checkpoint.tokenizer_dir_of(r["anchor"]),
         **({"extra_meta": {"merge": recipe}} if r["format"] == "orbax" else {}),
     )
-    if jax.process_index() == 0:
-        with open(os.path.join(r["out"], "merge_recipe.json"), "w") as f:
-            json.dump(recipe, f, indent=2)
+    if storage.is_writer():
+        storage.write_json(storage.join(r["out"], "merge_recipe.json"), recipe, indent=2)
     t3 = time.perf_counter()
     times = {"load_s": t1 - t0, "merge_s": t2 - t1, "save_s": t3 - t2}
     log(

@@ -5,6 +5,7 @@ against every key under jax.checkpoint (memory grows linearly with T); the dense
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -76,9 +77,13 @@ def blocked(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None,
     return out.swapaxes(0, 1).reshape(B, n * C, K, Q, D)[:, :T]
 
 
-def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, block: int = 512):
+def splash(
+    q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, block: int = 512, interpret: bool = False
+):
     """jax's Pallas splash attention (TPU only): per row and kv head, the Q query heads that share it run
-    as one MQA kernel with a causal mask; padding and packed examples become segment ids (pads are 0)."""
+    as one MQA kernel with a causal mask; padding and packed examples become segment ids (pads are 0).
+    interpret=True runs the same kernel through Pallas's interpreter on any backend (slow; how the tests check
+    it on a CPU, and what the "splash_interpret" implementation name selects)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sk  # local: a TPU kernel, traced only there
 
     B, T, K, Q, D = q_BxTxKxQxD.shape
@@ -103,7 +108,8 @@ def splash(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, 
         block_q_dq=bs,
         block_kv_dq=bs,
     )
-    kernel = sk.make_splash_mqa_single_device(mask=sk.MultiHeadMask([sk.CausalMask((Tp, Tp))] * Q), block_sizes=sizes)
+    mask = sk.MultiHeadMask([sk.CausalMask((Tp, Tp))] * Q)
+    kernel = sk.make_splash_mqa_single_device(mask=mask, block_sizes=sizes, interpret=interpret)
 
     def row(q_KxQxTxD, k_KxTxD, v_KxTxD, seg_T):
         ids = sk.SegmentIds(q=seg_T, kv=seg_T)
@@ -134,7 +140,14 @@ def _on_tpu() -> bool:
     return _platform() == "tpu"
 
 
-IMPLEMENTATIONS = {"dense": dense, "blocked": blocked, "splash": splash}
+# "splash_interpret" is the splash kernel run by Pallas's interpreter: jax's kernel on any backend (slow), how a
+# CPU checks the TPU path's numbers. Only an explicit name selects it; "auto" never does.
+IMPLEMENTATIONS = {
+    "dense": dense,
+    "blocked": blocked,
+    "splash": splash,
+    "splash_interpret": functools.partial(splash, interpret=True),
+}
 
 
 def self_attention(q_BxTxKxQxD, k_BxKxTxD, v_BxKxTxD, key_valid_BxT, segments_BxT=None, *, impl: str = "auto"):

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from rlvr_jax import storage
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.model.hf_config import HFFormatError, config_to_hf, read_config
 from rlvr_jax.model.hf_tensors import hf_shape, read_slice, tensor_map, to_hf_array
@@ -166,8 +167,15 @@ def save(
     max_shard_bytes: int = 2 * 1024**3,
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Write config.json, safetensors shards (+ index when more than one) and tokenizer files.
-    Gathers one tensor at a time; only process 0 writes. Returns the files written."""
+    """Write config.json, safetensors shards (+ index when more than one) and tokenizer files into `out_dir`
+    (local, or gs://: written locally, then uploaded). Gathers one tensor at a time; only process 0 writes.
+    Returns the files written."""
+    source_dir = source_dir and storage.local_copy(source_dir)
+    with storage.staged_dir(out_dir, upload=jax.process_index() == 0) as local_dir:
+        return _save_local(params, cfg, local_dir, dtype, source_dir, max_shard_bytes, progress)
+
+
+def _save_local(params, cfg: ModelConfig, out_dir: str, dtype, source_dir, max_shard_bytes, progress) -> list[str]:
     dtype = dtype or cfg.param_dtype
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
     is_writer = jax.process_index() == 0
@@ -217,7 +225,9 @@ def save(
 
 
 def load(ckpt_dir: str, mesh, *, param_dtype: str = "float32", progress: Callable[[str], None] | None = None):
-    """(ModelConfig, graphdef, params) with every tensor placed by the sharding rules on `mesh`."""
+    """(ModelConfig, graphdef, params) with every tensor placed by the sharding rules on `mesh`. A gs://
+    directory is copied into the local cache first (safetensors reads by memory-mapping), on every host."""
+    ckpt_dir = storage.local_copy(ckpt_dir)
     cfg = read_config(ckpt_dir, param_dtype)
     graphdef, abstract, shardings = model_shardings(cfg, mesh)
     params = load_params(ckpt_dir, cfg, sharded_specs(abstract, shardings), progress)

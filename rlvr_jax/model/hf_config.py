@@ -5,8 +5,8 @@ unsupported value is an error naming it) and the config.json of an exported chec
 from __future__ import annotations
 
 import json
-import os
 
+from rlvr_jax import storage
 from rlvr_jax.model.decoder import ModelConfig
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -221,12 +221,11 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
 
 def read_config(ckpt_dir: str, param_dtype: str = "float32") -> ModelConfig:
     """The ModelConfig of a checkpoint directory's config.json; errors name the file (and line)."""
-    path = os.path.join(ckpt_dir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(ckpt_dir, "config.json")
+    if not storage.isfile(path):
         raise HFFormatError(f"{path}: missing (not a Hugging Face checkpoint directory?)")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = json.loads(storage.read_text(path))
     except json.JSONDecodeError as e:
         raise HFFormatError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     return parse_config(raw, where=path, param_dtype=param_dtype)

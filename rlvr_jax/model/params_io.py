@@ -5,12 +5,10 @@ merge, eval and every loader of a policy."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 import jax
 
-from rlvr_jax import checkpoint
+from rlvr_jax import checkpoint, storage
 from rlvr_jax.model import hf
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
 
@@ -27,9 +25,9 @@ def model_config_from_json(d: dict) -> ModelConfig:
 
 
 def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and (
-        os.path.isfile(os.path.join(path, "model.safetensors"))
-        or os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+    return storage.isfile(storage.join(path, "config.json")) and (
+        storage.isfile(storage.join(path, "model.safetensors"))
+        or storage.isfile(storage.join(path, "model.safetensors.index.json"))
     )
 
 
@@ -38,7 +36,7 @@ def load_params_any(path: str, mesh, *, param_dtype: str | None = None, progress
     placed on `mesh` by the sharding rules."""
     if is_hf_dir(path):
         return hf.load(path, mesh, param_dtype=param_dtype or "float32", progress=progress)
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     root, step = checkpoint.orbax_root_and_step(path)
     ckpt = checkpoint.Checkpointer(root, async_save=False)
@@ -99,10 +97,10 @@ def copy_tokenizer(source: str, out_dir: str) -> None:
     src = checkpoint.tokenizer_dir_of(source)
     if src is None or jax.process_index() != 0:
         return
-    dst = os.path.join(out_dir, "tokenizer")
-    os.makedirs(dst, exist_ok=True)
+    dst = storage.join(out_dir, "tokenizer")
+    storage.makedirs(dst)
     # config.json too: transformers picks the tokenizer class from the model type when the tokenizer files
     # do not name one (a qwen2 config splits digits one by one), so the copy must keep it to encode alike
     for fname in hf.TOKENIZER_FILES + ("config.json",):
-        if os.path.isfile(os.path.join(src, fname)):
-            shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
+        if storage.isfile(storage.join(src, fname)):
+            storage.copy_file(storage.join(src, fname), storage.join(dst, fname))

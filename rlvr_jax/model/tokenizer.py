@@ -12,6 +12,8 @@ import warnings
 from importlib import resources
 from typing import Sequence
 
+from rlvr_jax import storage
+
 # Thinking format (REFERENCE.md). A full assistant turn reads `<think>\n{reasoning}\n</think>\n\n
 # {answer}`. With thinking=True the generation prompt ends with `<think>\n`, so the model writes
 # `{reasoning}\n</think>\n\n{answer}` and the verifier's gate needs only `</think>`; with
@@ -239,8 +241,11 @@ class Tokenizer:
         )
 
     def save(self, directory: str) -> None:
-        """Write files `transformers.AutoTokenizer` (and vLLM) load, next to an exported model."""
-        os.makedirs(directory, exist_ok=True)
+        """Write files `transformers.AutoTokenizer` (and vLLM) load, next to an exported model (local or gs://)."""
+        with storage.staged_dir(directory) as local:
+            self._save_local(local)
+
+    def _save_local(self, directory: str) -> None:
         if self.kind == "hf":
             # transformers writes the class it resolved (e.g. Qwen2Tokenizer, chosen from a config.json
             # that is not copied), so the copy loads to the same tokenizer on its own.
@@ -296,8 +301,9 @@ def _spm_to_tokenizers(model_bytes: bytes, special_ids):
 
 
 def load_tokenizer(path_or_dir: str, *, chat_style: str | None = None) -> Tokenizer:
-    """A directory with tokenizer.json (preferred) or tokenizer.model, or a .model / .json file."""
-    path = os.fspath(path_or_dir)
+    """A directory with tokenizer.json (preferred) or tokenizer.model, or a .model / .json file (local or
+    gs://, copied into the local cache first)."""
+    path = storage.local_copy(os.fspath(path_or_dir))
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "tokenizer.json")):
             return Tokenizer(_Transformers(path), chat_style=chat_style)

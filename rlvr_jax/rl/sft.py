@@ -5,6 +5,7 @@ reference responses, with the trainer's model, optimizer, checkpoint and metrics
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from rlvr_jax import cli, sharding
+from rlvr_jax import cli, sharding, storage
 from rlvr_jax.data import loading
 from rlvr_jax.data.prompts import PromptConfig, sft_example
 from rlvr_jax.metrics import MetricsWriter
@@ -198,7 +199,13 @@ def run(config, workdir: str) -> str:
     """`rlvr-sft`: the warm start alone, from the same config files as rlvr-train (config.sft, model,
     data); writes the anchor as an Orbax checkpoint in workdir/anchor and returns its path."""
     m = config.model
+    cli.initialize_distributed(config.distributed)
     mesh = sharding.make_mesh(sharding.MeshShape.of(config.mesh))
+    batch_shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    if problems := sharding.batch_problems(
+        {"sft.batch_size": config.sft.batch_size}, batch_shards, jax.process_count()
+    ):
+        raise cli.UsageError("invalid config: " + "; ".join(problems))
     tokenizer = build.load_tokenizer(config.tokenizer, m.checkpoint)
     cfg, graphdef, params, param_shardings = build.build_model(
         m, mesh, vocab_size=tokenizer.vocab_size, seed=config.seed
@@ -206,8 +213,8 @@ def run(config, workdir: str) -> str:
     params, _ = warm_start(config, workdir, graphdef, params, param_shardings, mesh, tokenizer)
     out = os.path.join(workdir, "anchor")
     params_io.save_params_any(params, cfg, out, "orbax")
-    tok_dir = os.path.join(out, "tokenizer")
-    tokenizer.save(tok_dir)
+    if storage.is_writer():
+        tokenizer.save(os.path.join(out, "tokenizer"))
     log.info("SFT anchor written to %s", out)
     return out
 

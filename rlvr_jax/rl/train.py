@@ -6,7 +6,6 @@ and evaluates again. No math here: see grpo.py (losses), update.py (the jitted u
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlvr_jax import checkpoint, cli, sharding
+from rlvr_jax import checkpoint, cli, sharding, storage
 from rlvr_jax.data import loading
 from rlvr_jax.data.mixture import PromptMixture
 from rlvr_jax.data.prompts import build_prompts
@@ -46,11 +45,13 @@ def validate(config, num_devices: int) -> dict:
         problems.append(f"rollout.samples_per_prompt={ro.samples_per_prompt}: GRPO needs groups of at least 2")
     if rows % micro:
         problems.append(f"grpo.micro_batch_size={micro} does not divide the {rows} rollout rows")
-    if micro % batch_shards:
-        problems.append(f"micro-batch of {micro} rows is not divisible by data*fsdp={batch_shards}")
-    if ro.prompts_per_step % jax.process_count():
-        problems.append(
-            f"rollout.prompts_per_step={ro.prompts_per_step} is not divisible by {jax.process_count()} processes"
+    problems += sharding.batch_problems(
+        {"grpo.micro_batch_size (rows per micro-batch)": micro}, batch_shards, jax.process_count()
+    )
+    problems += sharding.batch_problems({"rollout.prompts_per_step": ro.prompts_per_step}, 1, jax.process_count())
+    if config.sft.steps > 0:  # the warm start runs before the first RL step
+        problems += sharding.batch_problems(
+            {"sft.batch_size": config.sft.batch_size}, batch_shards, jax.process_count()
         )
     if g.loss_agg not in grpo.LOSS_AGGREGATIONS:
         problems.append(f"grpo.loss_agg={g.loss_agg!r}: choose one of {sorted(grpo.LOSS_AGGREGATIONS)}")
@@ -153,10 +154,10 @@ class _Parts:
 
 def run(config, workdir: str) -> dict:
     """Train as configured; returns a summary (also written to workdir/summary.json)."""
-    d = config.distributed
-    cli.maybe_initialize_distributed(d.enabled, d.coordinator, d.num_processes, d.process_id)
+    cli.initialize_distributed(config.distributed)
     sizes = validate(config, jax.device_count())
-    os.makedirs(workdir, exist_ok=True)
+    workdir = storage.resolve(workdir)
+    storage.makedirs(workdir)
     p, params, opt_state = _build(config, workdir)
     base_key = jax.random.key(config.seed)
     try:
@@ -322,12 +323,10 @@ def _write_summary(workdir: str, summary: dict, eval_before, eval_after) -> None
     slim = {k: v for k, v in summary.items() if k not in ("eval_before", "eval_after")}
     slim["eval_before"] = eval_before and {k: v for k, v in eval_before.items() if k != "items"}
     slim["eval_after"] = eval_after and {k: v for k, v in eval_after.items() if k != "items"}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(slim, f, indent=1)
+    storage.write_json(storage.join(workdir, "summary.json"), slim, indent=1)
     for tag, res in (("before", eval_before), ("after", eval_after)):
         if res:  # per-item correctness, for rlvr-analyze's gain consistency and later comparisons
-            with open(os.path.join(workdir, f"eval_{tag}.json"), "w") as f:
-                json.dump(res, f)
+            storage.write_json(storage.join(workdir, f"eval_{tag}.json"), res, indent=None)
 
 
 def main(argv=None) -> int:

@@ -310,7 +310,9 @@ class Engine:
         return self._result(prompts, rows, sp)
 
     def _result(self, prompts, rows: dict, sp: SamplingParams) -> Rollout:
-        T, bucket = sp.max_new_tokens, self.min_prompt_bucket
+        # one prompt width on every host (the rows become one global array)
+        bucket = self._agree([next_pow2(max((len(p) for p in prompts), default=1), self.min_prompt_bucket)])[0]
+        T = sp.max_new_tokens
         return assemble_rollout(self.mesh, prompts, rows, sp.n, T, pad_id=self.pad_id, min_prompt_bucket=bucket)
 
     def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool) -> _Call:

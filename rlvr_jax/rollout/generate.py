@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
-from rlvr_jax import checkpoint, cli, sharding
+from rlvr_jax import checkpoint, cli, sharding, storage
 from rlvr_jax.model import hf, params_io
 from rlvr_jax.model.tokenizer import Tokenizer, load_tokenizer
 from rlvr_jax.rollout import pages, sampling
@@ -125,10 +124,10 @@ def read_prompts(args, tokenizer: Tokenizer) -> list[str]:
 
     if args.prompt:
         return [render(text=t) for t in args.prompt]
-    if not os.path.isfile(args.prompts):
+    if not storage.isfile(args.prompts):
         raise cli.UsageError(f"{args.prompts}: no such prompts file")
     prompts = []
-    with open(args.prompts, encoding="utf-8") as f:
+    with storage.open(args.prompts, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -150,7 +149,7 @@ def read_prompts(args, tokenizer: Tokenizer) -> list[str]:
 
 def load(args):
     """(tokenizer, cfg, graphdef, params, mesh), or cli.UsageError for a missing checkpoint or tokenizer."""
-    if not os.path.isdir(args.checkpoint):
+    if not storage.isdir(args.checkpoint):
         raise cli.UsageError(f"{args.checkpoint}: no such checkpoint directory")
     tok_dir = checkpoint.tokenizer_dir_of(args.checkpoint)
     if tok_dir is None:

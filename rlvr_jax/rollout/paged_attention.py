@@ -122,6 +122,12 @@ def xla_decode_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_le
     return out_TxHxD.astype(q_TxHxD.dtype)
 
 
+def kernel_block_sizes(T: int, page_size: int, J: int) -> tuple[int, int]:
+    """The kernel's (num_kv_pages_per_block, num_queries_per_block) for T query tokens and J pages of
+    page_size per sequence, when the caller gives none: about 256 keys a block, queries up to 32."""
+    return max(1, min(J, 256 // page_size)), min(32, 1 << max(0, math.ceil(math.log2(T))))
+
+
 def pallas_ragged_paged_attention(
     q_TxHxD,
     kv_pages,
@@ -139,10 +145,9 @@ def pallas_ragged_paged_attention(
     which is a CPU when compiling for a topology from a CPU host. A Pallas call is not partitioned by XLA,
     so on an active mesh it runs under shard_map, each device on its query heads and their kv heads."""
     T = q_TxHxD.shape[0]
-    page_size = kv_pages.shape[1]
-    J = page_indices_BxJ.shape[1]
-    kv_blk = num_kv_pages_per_block or max(1, min(J, 256 // page_size))
-    q_blk = num_queries_per_block or min(32, 1 << max(0, math.ceil(math.log2(T))))
+    kv_fit, q_fit = kernel_block_sizes(T, kv_pages.shape[1], page_indices_BxJ.shape[1])
+    kv_blk = num_kv_pages_per_block or kv_fit
+    q_blk = num_queries_per_block or q_fit
 
     def run(q, kv, kv_lens, pages, cu, n):
         return tpu_rpa.ragged_paged_attention(

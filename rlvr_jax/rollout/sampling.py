@@ -157,6 +157,26 @@ def local_rows(mesh, x) -> np.ndarray:
     return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
 
 
+def host_block(n_prompts: int, samples: int, local_shards: int) -> tuple[int, int]:
+    """(start, size) of this host's block of a chunk of `n_prompts` prompts: contiguous blocks of one size
+    for every host (multi-host generation needs equal rows, a multiple of the host's batch shards), so a
+    prompt's position in the chunk is its global index and the draws match a single-host run's."""
+    P = jax.process_count()
+    if P == 1:
+        return 0, n_prompts  # one host: the engine pads the rows to its shards itself
+    size = -(-n_prompts // P)
+    while size * samples % local_shards:
+        size += 1
+    return jax.process_index() * size, size
+
+
+def gather_rows(local_BxK: np.ndarray) -> np.ndarray:
+    """Every host's rows of a small per-prompt array, in host order (the hosts' blocks, concatenated)."""
+    if jax.process_count() == 1:
+        return local_BxK
+    return np.asarray(multihost_utils.process_allgather(local_BxK)).reshape(-1, *local_BxK.shape[1:])
+
+
 def assemble_rollout(mesh, prompts, rows: dict, n: int, T: int, *, pad_id: int, min_prompt_bucket: int) -> Rollout:
     """The host's rows ({row: an object with tokens, q_logp, p_logp, stopped}; rows = prompts x n) as a
     `Rollout` of global batch-sharded arrays: padded to the host's batch shards with empty rows, dropped

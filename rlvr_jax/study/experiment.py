@@ -12,7 +12,7 @@ import sys
 
 import jax
 
-from rlvr_jax import cli
+from rlvr_jax import cli, storage
 from rlvr_jax.merging import methods as merge
 from rlvr_jax.plan.chips import chip_of
 from rlvr_jax.plan.planner import plan_for
@@ -67,14 +67,15 @@ def validate(config) -> None:
 def run(config, workdir: str) -> dict:
     """Run (or resume) every stage; returns the results dict that report/results.json holds."""
     validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    cli.initialize_distributed(config.base.distributed)  # every stage runs on all hosts of a pod
+    workdir = storage.resolve(workdir)
+    storage.makedirs(workdir)
     check_same_config(config, workdir)
     check_fit(config)
     report_md = os.path.join(workdir, "report", "report.md")
     with runner.xla_cache(config.xla_cache_dir):
         runner.run_stages(plan(config, workdir), workdir, label="experiment", epilogue=f"; report: {report_md}")
-    with open(os.path.join(workdir, "report", "results.json")) as f:
-        return json.load(f)
+    return storage.read_json(storage.join(workdir, "report", "results.json"))
 
 
 def check_same_config(config, workdir: str) -> None:

@@ -8,9 +8,9 @@ The SFT anchor is one model shared by every seed."""
 
 from __future__ import annotations
 
-import json
 import os
 
+from rlvr_jax import storage
 from rlvr_jax.study import stats
 
 DOMAIN_LABELS = {"math": "Math", "code": "Code", "science": "Sci", "if": "IF"}
@@ -87,8 +87,7 @@ def runs_of(config, workdir: str) -> dict[str, dict]:
 def load_eval(workdir: str, names) -> dict[str, dict]:
     out = {}
     for n in names:
-        with open(os.path.join(workdir, "eval", f"{n}.json")) as f:
-            out[n] = json.load(f)
+        out[n] = storage.read_json(storage.join(workdir, "eval", f"{n}.json"))
     return out
 
 

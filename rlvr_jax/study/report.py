@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 
 import jax
 import numpy as np
 
+from rlvr_jax import storage
+from rlvr_jax.metrics import read_jsonl
 from rlvr_jax.study import findings, stats
 from rlvr_jax.study.layout import domains_of, model_table, pooled_evals, seeds_of, suffix
 from rlvr_jax.study.plots import plot_accuracy, plot_curves, plot_kl
@@ -41,15 +42,10 @@ def machine_info(note: str) -> dict:
 def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
     """domain -> [[step, reward/<domain>/mean], ...] from a run's metrics (the last row of a step wins:
     a resumed run logs its replayed steps again)."""
-    path = os.path.join(workdir, stage, "metrics_train.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(workdir, stage, "metrics_train.jsonl")
+    if not storage.exists(path):
         return {}
-    rows = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows[r["step"]] = r
+    rows = {r["step"]: r for r in read_jsonl(path)}
     out = {}
     for step in sorted(rows):
         for k, v in rows[step].items():
@@ -61,12 +57,7 @@ def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
 def _step_times(workdir: str, stage: str) -> dict:
     """From a run's metrics: step 1's time/total (it includes compiling the update and most of the rollout
     engine's programs) and the sum and mean over the later steps."""
-    rows = {}
-    with open(os.path.join(workdir, stage, "metrics_train.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows[r["step"]] = r["time/total"]
+    rows = {r["step"]: r["time/total"] for r in read_jsonl(storage.join(workdir, stage, "metrics_train.jsonl"))}
     later = [v for k, v in rows.items() if k > 1]
     return {
         "steps": len(rows),
@@ -112,12 +103,12 @@ def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
 
 def _shown_models(models: dict, workdir: str) -> dict:
     """The model table with the paths inside the workdir relative to it."""
-    root = os.path.abspath(workdir)
+    root = storage.resolve(workdir)
     return {
         n: dict(
             m,
-            path=os.path.relpath(os.path.abspath(m["path"]), root)
-            if os.path.abspath(m["path"]).startswith(root + os.sep)
+            path=os.path.relpath(storage.resolve(m["path"]), root)
+            if storage.resolve(m["path"]).startswith(root + "/")
             else m["path"],
         )
         for n, m in models.items()
@@ -128,7 +119,7 @@ def _finished_stages(workdir: str) -> dict:
     """name -> wall and device time, the load average's range and the code of each attempt, of every
     finished stage (DONE.json)."""
     stages = {}
-    for name in os.listdir(workdir):
+    for name in storage.listdir(workdir):
         done = stage_done(workdir, name)
         if done:
             stages[name] = {
@@ -151,8 +142,7 @@ def build_results(config, workdir: str) -> dict:
     domains = domains_of(config)
     mean_avg = {n: float(np.mean([per_model[n][d][f"avg@{K}"] for d in domains])) for n in models}
     stages = _finished_stages(workdir)
-    with open(os.path.join(workdir, "analysis", "analysis.json")) as f:
-        analysis = json.load(f)
+    analysis = storage.read_json(storage.join(workdir, "analysis", "analysis.json"))
     merges = [n for n in models if n.startswith("merge_")]
     results = {
         "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
@@ -196,16 +186,14 @@ def build_results(config, workdir: str) -> dict:
 
 def write(results: dict, out_dir: str, workdir: str) -> None:
     """results.json, report.md and the PNGs (the weight-space heatmaps copied from the analysis stage)."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot_curves(results, os.path.join(out_dir, "learning_curves.png"))
-    plot_accuracy(results, os.path.join(out_dir, "accuracy_bars.png"))
-    if results["policy_kl"]:
-        plot_kl(results, os.path.join(out_dir, "policy_kl.png"))
-    src = os.path.join(workdir, "analysis")
-    for name in ("overlap.png", "cosine.png", "cosine_per_layer.png"):
-        if os.path.exists(os.path.join(src, name)):
-            shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(render(results))
+    with storage.staged_dir(out_dir, upload=storage.is_writer()) as local:  # gs://: written here, uploaded
+        storage.write_json(os.path.join(local, "results.json"), results, indent=1)
+        plot_curves(results, os.path.join(local, "learning_curves.png"))
+        plot_accuracy(results, os.path.join(local, "accuracy_bars.png"))
+        if results["policy_kl"]:
+            plot_kl(results, os.path.join(local, "policy_kl.png"))
+        src = storage.join(workdir, "analysis")
+        for name in ("overlap.png", "cosine.png", "cosine_per_layer.png"):
+            if storage.exists(storage.join(src, name)):
+                storage.copy_file(storage.join(src, name), os.path.join(local, name))
+        storage.write_text(os.path.join(local, "report.md"), render(results))

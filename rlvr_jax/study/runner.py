@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Callable
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+
+from rlvr_jax import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +30,8 @@ class Stage:
 
 def stage_done(workdir: str, name: str) -> dict | None:
     """A finished stage's DONE.json, or None while it has not finished."""
-    path = os.path.join(workdir, name, "DONE.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    path = storage.join(workdir, name, "DONE.json")
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def provenance() -> dict:
@@ -55,23 +53,18 @@ def provenance() -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    """Write `obj` on process 0 only, atomically."""
-    if jax.process_index() != 0:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # a marker is either whole or absent
+    """Write `obj` on process 0 only, whole or not at all (a marker is either whole or absent)."""
+    if storage.is_writer():
+        storage.write_json(path, obj, indent=1)
 
 
 def config_changes(workdir: str, now: dict, *, ignore: Callable[[str], bool]) -> list[str]:
     """The (dotted) fields in which `now` differs from the workdir's config.json, `ignore`d ones aside;
     none when the workdir has no config.json yet."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        before = _flat(json.load(f))
+    before = _flat(storage.read_json(path))
     now = _flat(now)
     return sorted(k for k in set(before) | set(now) if not ignore(k) and before.get(k) != now.get(k))
 
@@ -126,12 +119,13 @@ def run_stages(stages: list[Stage], workdir: str, *, label: str = "stages", epil
 
 def _fresh_stage_dir(workdir: str, st: Stage, stale: list[str], tag: str) -> str:
     """The stage's directory, emptied first when its inputs changed or it cannot resume; says what runs."""
-    d = os.path.join(workdir, st.name)
-    redo = os.path.exists(d) and bool(stale)
-    if os.path.exists(d) and (stale or not st.resumable):
+    d = storage.join(workdir, st.name)
+    redo = storage.exists(d) and bool(stale)
+    if storage.is_writer() and storage.exists(d) and (stale or not st.resumable):
         # Inputs that changed make every output stale; a partial non-resumable stage starts over.
-        shutil.rmtree(d)
-    os.makedirs(d, exist_ok=True)
+        storage.rmtree(d)
+    storage.makedirs(d)
+    storage.sync(f"stage {st.name} directory")  # no host starts writing before process 0 has emptied it
     print(
         f"{tag}: {st.what}" + (f" (redone: {', '.join(stale)} ran again)" if redo else ""),
         file=sys.stderr,
@@ -147,25 +141,15 @@ def _attempt(st: Stage, d: str) -> dict:
     try:
         return st.fn(d)
     finally:  # an interrupted attempt still counts toward the stage's cost
-        if jax.process_index() == 0:
-            with open(os.path.join(d, "attempts.jsonl"), "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "wall_s": time.perf_counter() - t0,
-                            "loadavg_start": load0,
-                            "loadavg_end": os.getloadavg(),
-                            "code": code,
-                        }
-                    )
-                    + "\n"
-                )
+        if storage.is_writer():
+            attempt = {"wall_s": time.perf_counter() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+            storage.append_text(storage.join(d, "attempts.jsonl"), json.dumps({**attempt, "code": code}) + "\n")
 
 
 def _finish(st: Stage, d: str, outputs: dict) -> float:
     """Write the stage's DONE.json (outputs, wall and device time summed over its attempts); returns the wall."""
-    with open(os.path.join(d, "attempts.jsonl")) as f:
-        attempts = [json.loads(x) for x in f if x.strip()]
+    storage.sync(f"stage {st.name} attempts")  # process 0 wrote them
+    attempts = [json.loads(x) for x in storage.read_text(storage.join(d, "attempts.jsonl")).splitlines() if x.strip()]
     wall = sum(a["wall_s"] for a in attempts)
     n_dev = jax.device_count()
     write_json(
@@ -181,4 +165,5 @@ def _finish(st: Stage, d: str, outputs: dict) -> float:
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     )
+    storage.sync(f"stage {st.name} done")  # what process 0 wrote in the stage is visible to the next one
     return wall

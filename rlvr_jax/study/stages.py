@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import jax
 
-from rlvr_jax import sharding
+from rlvr_jax import sharding, storage
 from rlvr_jax.data import loading
 from rlvr_jax.eval.evaluate import evaluate
 from rlvr_jax.merging import cli as merge_cli
@@ -246,7 +246,7 @@ def _eval(config, workdir: str, stage_dir: str) -> dict:
     try:
         for name, m in runs_of(config, workdir).items():
             out = os.path.join(stage_dir, f"{name}.json")
-            if os.path.exists(out):
+            if storage.exists(out):
                 continue
             print(f"  eval {name} ({m['label']})", file=sys.stderr)
             cfg, graphdef, params = params_io.load_params_any(m["path"], mesh)

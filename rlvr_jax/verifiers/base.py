@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlvr_jax.instructions.official import MODES as IF_MODES
+
 ANSWER_FORMS = ("study", "lenient")  # VerifierConfig.math_form / science_form
 
 
@@ -50,11 +52,16 @@ class VerifierConfig:
     # science: "study": the letter of "Answer: X" or \boxed{X} only; "lenient": also "the answer is X",
     # "correct option X", markdown variants and a lone lower-case letter
     science_form: str = "lenient"
+    # instruction following: "reward" (ours: the reference's hackable quirks fixed) or "official" (IFEval's
+    # reference scorer, quirks included; what evaluation reports). rlvr_jax.instructions.ifeval lists the differences.
+    if_mode: str = "reward"
 
     def __post_init__(self):
         for name in ("math_form", "science_form"):
             if getattr(self, name) not in ANSWER_FORMS:
                 raise ValueError(f"{name} must be one of {ANSWER_FORMS}, got {getattr(self, name)!r}")
+        if self.if_mode not in IF_MODES:
+            raise ValueError(f"if_mode must be one of {IF_MODES}, got {self.if_mode!r}")
         if self.code_max_tests < 0:
             raise ValueError(f"code_max_tests must be >= 0 (0 = all), got {self.code_max_tests}")
 
@@ -69,7 +76,7 @@ DOMAINS = ("math", "code", "science", "if")
 
 def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
     """The VerifierConfig of a run config's `verifier` section (reward rules: code_max_tests, truncated_zero,
-    math_form, science_form; allow_unsandboxed), or of the parsed flags of rlvr-verify / rlvr-eval, which
+    math_form, science_form, if_mode; allow_unsandboxed), or of the parsed flags of rlvr-verify / rlvr-eval, which
     carry the same names (verifiers.cli.add_reward_rule_args), and the data's thinking format gate."""
     v = verifier_section
     return VerifierConfig(
@@ -77,6 +84,7 @@ def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
         truncated_zero=bool(v.truncated_zero),
         math_form=str(v.math_form),
         science_form=str(v.science_form),
+        if_mode=str(v.if_mode),
         code_max_tests=int(v.code_max_tests),
         allow_unsandboxed=bool(v.allow_unsandboxed),
     )

@@ -17,10 +17,10 @@ import sys
 
 from tqdm import tqdm
 
-from rlvr_jax import cli
+from rlvr_jax import cli, storage
 from rlvr_jax.data.records import EXTRA_FIELDS, validate_record
 from rlvr_jax.verifiers import score
-from rlvr_jax.verifiers.base import ANSWER_FORMS, verifier_config
+from rlvr_jax.verifiers.base import ANSWER_FORMS, IF_MODES, verifier_config
 from rlvr_jax.verifiers.pool import VerifierPool
 from rlvr_jax.verifiers.sandbox import SandboxUnavailable
 
@@ -31,7 +31,7 @@ _CHUNK = 64  # samples per submitted batch: the progress bar moves per batch
 def read_input(path: str) -> tuple[list[dict], list[str]]:
     """(records with their response, error messages naming file:line:field)."""
     rows, errors = [], []
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -105,10 +105,11 @@ def _summary(rows: list[dict], scores: list, counters: dict) -> str:
     return "\n".join(lines)
 
 
-def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True) -> None:
+def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True, if_mode: str = "reward") -> None:
     """The reward rules of a run config's `verifier` section as flags of the same names, so that
     `base.verifier_config(args, ...)` reads them as it reads the section (defaults: the lenient rules; the
-    study's preset, configs/grpo.py, uses the study's). Without `truncation`, truncated_zero is False."""
+    study's preset, configs/grpo.py, uses the study's). Without `truncation`, truncated_zero is False.
+    `if_mode` is --if-mode's default (evaluation passes "official")."""
     p.set_defaults(truncated_zero=False, allow_unsandboxed=False)  # for commands without those flags
     p.add_argument(
         "--math-form",
@@ -121,6 +122,13 @@ def add_reward_rule_args(p: argparse.ArgumentParser, *, truncation: bool = True)
         choices=ANSWER_FORMS,
         default="lenient",
         help="study: the letter of 'Answer: X' or \\boxed{X}; lenient: also 'the answer is X', lower case, ...",
+    )
+    p.add_argument(
+        "--if-mode",
+        choices=IF_MODES,
+        default=if_mode,
+        help="instruction following: official = IFEval's reference scorer, quirks included (published numbers); "
+        "reward = ours, its hackable quirks fixed (training); docs/ifeval_modes.md lists the differences",
     )
     p.add_argument(
         "--code-max-tests", type=int, default=0, help="tests drawn at random per problem, seeded (0 = all; study: 20)"
@@ -196,7 +204,7 @@ def run(args) -> int:
         print(f"rlvr-verify: {e}", file=sys.stderr)
         return 3
     bar.close()
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    out = sys.stdout if args.output == "-" else storage.open(args.output, "w", encoding="utf-8")
     try:
         for r, s in zip(rows, scores):
             out.write(

@@ -1,20 +1,29 @@
-"""Code rewards: run the last ```python block against stdin/stdout or function-call tests in the
-sandbox and compare outputs here, in the parent; the child's exit code never decides a pass.
+"""Code rewards: run the last ```python block against stdin/stdout, function-call or assert-style tests
+in the sandbox and decide here, in the parent; the child's exit code never decides a pass.
 
 Function-call tests (`fn_name` set): `input` holds one JSON value per line, one per argument
 (LiveCodeBench's layout; loaders turn TACO/APPS argument lists into it), `output` is the JSON
 of the return value. The function is `Solution().<fn_name>` when the program defines
-`Solution`, else the top-level `<fn_name>`."""
+`Solution`, else the top-level `<fn_name>`.
+
+Assert-style tests (`test_code` set, `tests` empty): the program and the test code run together under
+assert_harness.py, which names the units (top-level asserts, pytest-style `test*` functions, HumanEval's
+`check(<entry_point>)`) and writes its verdict with a per-run nonce; the record passes only when that
+verdict counts every unit counted here as passed. With `program_prefix` (HumanEval: the prompt, whose
+imports, helpers and stub the response completes or redefines), the program is prefix + code block."""
 
 from __future__ import annotations
 
 import json
 import math
+import pathlib
 import random
+import secrets
 import signal
 import zlib
 
 from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers.assert_harness import assert_units
 from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers.format import last_code_block
 
@@ -37,6 +46,8 @@ value = fn(*args)
 result_out.write(json.dumps(value))
 result_out.flush()
 '''
+
+_ASSERT_HARNESS = pathlib.Path(__file__).with_name("assert_harness.py").read_bytes()
 
 
 def _close(a: float, b: float, tol: float) -> bool:
@@ -120,15 +131,32 @@ def limits_for(gt: dict, config: VerifierConfig, expected_bytes: int) -> sandbox
     )
 
 
-def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: VerifierConfig) -> tuple[bool, str, dict]:
-    """(passed, failure kind, info) for one test."""
-    expected = str(test["output"])
-    lim = limits_for(gt, config, len(expected.encode()))
-    common = dict(
+def _sandbox_args(config: VerifierConfig) -> dict:
+    return dict(
         python=config.sandbox_python,
         uid_base=config.sandbox_uid_base,
         unsandboxed=config.allow_unsandboxed and sandbox.bwrap_path() is None,
     )
+
+
+def _limit_failure(res: sandbox.RunResult, info: dict) -> str:
+    """The failure kind of a run stopped by a limit or by the sandbox itself, else ""."""
+    # SIGXCPU (bwrap reports a signal death as 128 + signal) is the CPU rlimit: a time limit too.
+    if res.status == "timeout" or res.returncode in (128 + signal.SIGXCPU, -signal.SIGXCPU):
+        return "time_limit"
+    if res.status == "output_limit":
+        return "output_limit"
+    if res.status == "sandbox_error":
+        info["stderr_tail"] = res.stderr_tail.decode("utf-8", errors="replace")[-500:]
+        return "sandbox_error"
+    return ""
+
+
+def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: VerifierConfig) -> tuple[bool, str, dict]:
+    """(passed, failure kind, info) for one test."""
+    expected = str(test["output"])
+    lim = limits_for(gt, config, len(expected.encode()))
+    common = _sandbox_args(config)
     if fn_name:
         res = sandbox.run(
             {"main.py": _CALL_HARNESS.encode(), "solution.py": program.encode()},
@@ -141,14 +169,9 @@ def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: Ve
     else:
         res = sandbox.run({"main.py": program.encode()}, "main.py", str(test["input"]).encode(), lim, **common)
     info = {"status": res.status, "exit": res.returncode, "wall_s": round(res.wall_s, 3)}
-    # SIGXCPU (bwrap reports a signal death as 128 + signal) is the CPU rlimit: a time limit too.
-    if res.status == "timeout" or res.returncode in (128 + signal.SIGXCPU, -signal.SIGXCPU):
-        return False, "time_limit", info
-    if res.status == "output_limit":
-        return False, "output_limit", info
-    if res.status == "sandbox_error":
-        info["stderr_tail"] = res.stderr_tail.decode("utf-8", errors="replace")[-500:]
-        return False, "sandbox_error", info
+    kind = _limit_failure(res, info)
+    if kind:
+        return False, kind, info
     got = res.stdout.decode("utf-8", errors="replace")
     if fn_name:
         try:
@@ -165,12 +188,78 @@ def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: Ve
     return False, "wrong_output", info
 
 
+def assert_program(gt: dict, code: str) -> str:
+    """The program an assert-style record runs: its `program_prefix` (if any), then the code block."""
+    prefix = gt.get("program_prefix") or ""
+    return (prefix if not prefix or prefix.endswith("\n") else prefix + "\n") + code
+
+
+def sandbox_runs(gt: dict, config: VerifierConfig) -> int:
+    """How many sandbox runs scoring one response to this record takes (the pool's deadline)."""
+    if gt.get("test_code"):
+        return 1
+    return len(drawn_tests(list(gt.get("tests") or []), config.code_max_tests))
+
+
+def run_assert_tests(program: str, gt: dict, config: VerifierConfig) -> tuple[int, int, str, dict]:
+    """(units passed, units, failure kind, info) for the record's test code against `program`."""
+    test_code, entry = gt["test_code"], gt.get("entry_point") or ""
+    units = assert_units(test_code, entry)
+    nonce = secrets.token_hex(16)
+    res = sandbox.run(
+        {"main.py": _ASSERT_HARNESS, "solution.py": program.encode(), "tests.py": test_code.encode()},
+        "main.py",
+        nonce.encode(),
+        limits_for(gt, config, 1024),
+        args=(entry,) if entry else (),
+        **_sandbox_args(config),
+    )
+    info = {"status": res.status, "exit": res.returncode, "wall_s": round(res.wall_s, 3)}
+    kind = _limit_failure(res, info)
+    if kind:
+        return 0, len(units), kind, info
+    head, _, failure = res.stdout.partition(b"\n")
+    fields = head.decode("ascii", errors="replace").split(" ")
+    if len(fields) != 3 or fields[0] != nonce or not (fields[1].isdigit() and fields[2].isdigit()):
+        # The harness never wrote its verdict: the program ended the process first (any exit), or
+        # wrote on the verdict channel itself.
+        info["stderr_tail"] = res.stderr_tail.decode("utf-8", errors="replace")[-500:]
+        return 0, len(units), "no_verdict", info
+    passed, total = int(fields[1]), int(fields[2])
+    if total != len(units) or passed > total:
+        return 0, len(units), "no_verdict", {**info, "error": f"verdict counts {passed}/{total} units of {len(units)}"}
+    if passed < total:
+        info["error"] = failure.decode("utf-8", errors="replace")[:300]
+        return passed, total, "failed", info
+    if failure:  # a pass line followed by anything else: something besides the harness wrote there
+        return 0, total, "no_verdict", {**info, "error": "extra output after the verdict"}
+    return passed, total, "", info
+
+
+def _score_assert(gt: dict, program: str, config: VerifierConfig) -> Score:
+    passed, total, kind, info = run_assert_tests(assert_program(gt, program), gt, config)
+    details = {
+        "kind": "assert",
+        "passed": passed,
+        "run": total,
+        "total": total,
+        "pass_fraction": passed / max(total, 1),
+    }
+    if not kind:
+        return Score(1.0, "ok", details)
+    details["failure"] = {"kind": kind, **info}
+    return Score(0.0, "error" if kind == "sandbox_error" else "wrong", details)
+
+
 def score_code(gt: dict, text: str, config: VerifierConfig) -> Score:
     """Reward 1 only if every drawn test passes (config.code_max_tests; all by default); the pass fraction
     is a diagnostic."""
     program = last_code_block(text, config.code_block_language)
     if program is None or not program.strip():
         return Score(0.0, "no_answer", {"error": f"no ```{config.code_block_language} block"})
+    if gt.get("test_code"):
+        sandbox.check_available(config.allow_unsandboxed, config.sandbox_python, config.sandbox_uid_base)
+        return _score_assert(gt, program, config)
     all_tests = list(gt.get("tests") or [])
     drawn = drawn_tests(all_tests, config.code_max_tests)
     if not drawn:

@@ -44,7 +44,7 @@ def score(
             return score_science(gt, text, config.science_form)
         if domain == "code":
             return score_code(gt, text, config)
-        return score_if(gt, text)
+        return score_if(gt, text, mode=config.if_mode)
     except SandboxUnavailable:
         raise
     except Exception as e:  # a verifier bug or odd record must not stop the batch; it is counted

