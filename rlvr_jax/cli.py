@@ -121,7 +121,6 @@ def setup_logging() -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
-        force=True,  # a library that logged at import time set up the root logger first (WARNING, no time)
     )
     for noisy in ("absl", "orbax", "jax._src", "grain", "fsspec", "gcsfs", "google", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

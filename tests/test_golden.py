@@ -76,6 +76,7 @@ def _config(mesh=MESH, compute_dtype="float32"):
     c.data.thinking = False
     c.verifier.workers = 2
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    c.sft.batch_size = 8  # the tiny default's 10 rows do not split over the mesh's 4 batch shards
     return c
 
 
@@ -267,7 +268,7 @@ def sft_step(run, workdir):
         records,
         prompt_config=loading.prompt_config(c.data),
         steps=1,
-        batch_size=8,  # the tiny default's 10 rows do not split over the mesh's 4 batch shards
+        batch_size=s.batch_size,
         max_len=s.max_len,
         learning_rate=s.learning_rate,
         warmup_steps=0,  # the pinned numbers are those before the first update; one step cannot warm up

@@ -73,8 +73,11 @@ def test_reward_mode_accepts_quotes_around_the_end_phrase():
     ):
         assert ifr.check("startend:end_checker", kw, text, prompt=""), text
     assert not ifr.check("startend:end_checker", kw, '"Any other questions?" Bye.', prompt="")
-    # Hence quotation + end_checker is no longer a conflict of the built-in tasks.
-    assert frozenset(("startend:quotation", "startend:end_checker")) not in ifr.BUILTIN_CONFLICTS
+    # Hence a record may ask for both, and one response satisfies both, in either mode (the built-in task
+    # generator still leaves the pair out, to keep its measured task set: registry.BUILTIN_CONFLICTS).
+    both = ["startend:quotation", "startend:end_checker"]
+    for mode in ("reward", "official"):
+        assert ifr.check_all(both, [{}, kw], '"All done. Any other questions?"', prompt="", mode=mode) == [True, True]
 
 
 def test_strict_and_loose_accuracy_as_ifeval_reports_them():

@@ -21,6 +21,41 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+def test_rehearsal_resumes_training_and_the_study_on_gs(tmp_path):
+    """One fake pod, one local Cloud Storage: the GRPO run killed and preempted ends equal to the
+    uninterrupted one; the shortened study killed between stages skips them when restarted and writes
+    its report to the bucket."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "rehearse.py"), "--state", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    events = [line for line in out.stdout.splitlines() if "[rehearse]" in line or "[rlvr-pod" in line]
+    text = "\n".join(events)
+    for expected in (
+        "killing worker 1 (SIGKILL)",
+        "worker 1 exited 137",
+        "preempting the slice",
+        "slice PREEMPTED",
+        "recreating slice",
+        "restarting (attempt 3/4)",
+        "metrics equal at every step",
+        "parameters equal",
+        "TensorBoard event files",
+        "stage rl_math done: killing worker 1",
+        "restarted experiment skipped the finished stages: sft, rl_math",
+        "report written to gs://",
+        "rehearsal passed",
+    ):
+        assert expected in text, f"missing event {expected!r}:\n{text}"
+    resumed = [line for line in events if "resumed at steps" in line]
+    assert resumed and "[]" not in resumed[0], text  # the trainer resumed from the bucket each time
+
+
+@pytest.mark.slow
 def test_a_dead_process_stops_the_others_within_60s():
     port = _free_port()
     procs = []
@@ -54,38 +89,3 @@ def test_a_dead_process_stops_the_others_within_60s():
             p.kill()
     assert code != 0, "the surviving process must fail, not hang or succeed"
     assert waited < 60, f"the surviving process lived {waited:.0f} s after its peer died"
-
-
-@pytest.mark.slow
-def test_rehearsal_resumes_training_and_the_study_on_gs(tmp_path):
-    """One fake pod, one local Cloud Storage: the GRPO run killed and preempted ends equal to the
-    uninterrupted one; the shortened study killed between stages skips them when restarted and writes
-    its report to the bucket."""
-    out = subprocess.run(
-        [sys.executable, os.path.join(REPO, "launch", "rehearse.py"), "--state", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
-    events = [line for line in out.stdout.splitlines() if "[rehearse]" in line or "[rlvr-pod" in line]
-    text = "\n".join(events)
-    for expected in (
-        "killing worker 1 (SIGKILL)",
-        "worker 1 exited 137",
-        "preempting the slice",
-        "slice PREEMPTED",
-        "recreating slice",
-        "restarting (attempt 3/4)",
-        "metrics equal at every step",
-        "parameters equal",
-        "TensorBoard event files",
-        "stage rl_math done: killing worker 1",
-        "restarted experiment skipped the finished stages: sft, rl_math",
-        "report written to gs://",
-        "rehearsal passed",
-    ):
-        assert expected in text, f"missing event {expected!r}:\n{text}"
-    resumed = [line for line in events if "resumed at steps" in line]
-    assert resumed and "[]" not in resumed[0], text  # the trainer resumed from the bucket each time

@@ -265,7 +265,7 @@ def _start(config, workdir: str, p: _Parts, params, opt_state, base_key):
     abstract = checkpoint.abstract_step_arrays(params, opt_state, p.param_shardings, p.opt_shardings)
     start, restored, meta = p.ckpt.restore(abstract)
     p.mixture.set_state(meta["data_state"])
-    log.info("resumed from step %d in %s", start, p.ckpt.directory)
+    print(f"resumed from step {start} in {p.ckpt.directory}", file=sys.stderr)  # what a restart did
     return start, restored["params"], restored["opt_state"], meta.get("eval_before")
 
 
