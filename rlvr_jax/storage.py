@@ -168,28 +168,29 @@ def cache_root() -> str:
 
 def local_copy(path: str) -> str:
     """A local path holding what `path` names: the path itself when local; for a URL, a copy downloaded once
-    into the cache (RLVR_CACHE, default ~/.cache/rlvr_jax) and reused while the completion mark is there.
-    For libraries that need real files (safetensors memory-maps, tokenizers). Every host makes its own."""
+    into the cache (RLVR_CACHE, default ~/.cache/rlvr_jax) and reused. For libraries that need real files
+    (safetensors memory-maps, tokenizers). Every host makes its own; processes of one host that ask at once
+    each download, and the first to finish wins (a copy appears whole, by one rename, or not at all)."""
     if not is_remote(path):
         return os.path.expanduser(path)
     url = resolve(path)
-    key = hashlib.sha1(url.encode()).hexdigest()[:12]
-    local = os.path.join(cache_root(), "remote", f"{key}-{os.path.basename(url)}")
-    done = local + ".complete"
-    if os.path.exists(done) and builtins.open(done).read() == url:
+    root = os.path.join(cache_root(), "remote", hashlib.sha1(url.encode()).hexdigest()[:16])
+    local = os.path.join(root, os.path.basename(url))
+    if os.path.exists(os.path.join(root, ".complete")):
         return local
-    shutil.rmtree(local, ignore_errors=True)
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="download-", dir=os.path.dirname(local))
-    target = os.path.join(tmp, "x")
-    if isdir(url):
-        copy_tree(url, target)
-    else:
-        copy_file(url, target)
-    os.replace(target, local)
-    shutil.rmtree(tmp, ignore_errors=True)
-    with builtins.open(done, "w") as f:
-        f.write(url)
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="download-", dir=os.path.dirname(root))
+    try:
+        target = os.path.join(tmp, os.path.basename(url))
+        copy_tree(url, target) if isdir(url) else copy_file(url, target)
+        with builtins.open(os.path.join(tmp, ".complete"), "w") as f:
+            f.write(url)
+        os.replace(tmp, root)
+    except OSError:
+        if not os.path.exists(os.path.join(root, ".complete")):  # not another process's finished copy
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return local
 
 

@@ -70,3 +70,18 @@ def test_convert_round_trips_through_gs(gcs, tmp_path):
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_local_copy_by_two_processes_at_once_ends_whole(gcs, tmp_path, monkeypatch):
+    """Processes of one host that ask for the same remote directory at once both get one whole copy."""
+    import concurrent.futures
+
+    monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
+    base = f"{gcs}/race-{uuid.uuid4().hex[:8]}"
+    for i in range(20):
+        storage.write_text(f"{base}/model/f{i}.txt", str(i))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        copies = list(pool.map(lambda _: storage.local_copy(f"{base}/model"), range(4)))
+    assert len(set(copies)) == 1
+    assert sorted(os.listdir(copies[0])) == sorted(f"f{i}.txt" for i in range(20))
+    assert [d for d in os.listdir(tmp_path / "cache" / "remote") if d.startswith("download-")] == []
