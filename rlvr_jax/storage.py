@@ -182,7 +182,10 @@ def local_copy(path: str) -> str:
     tmp = tempfile.mkdtemp(prefix="download-", dir=os.path.dirname(root))
     try:
         target = os.path.join(tmp, os.path.basename(url))
-        copy_tree(url, target) if isdir(url) else copy_file(url, target)
+        if isdir(url):
+            copy_tree(url, target)
+        else:
+            copy_file(url, target)
         with builtins.open(os.path.join(tmp, ".complete"), "w") as f:
             f.write(url)
         os.replace(tmp, root)
