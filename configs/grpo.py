@@ -46,6 +46,19 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.data.eval = "builtin"  # held-out records (same format)
     c.data.builtin_train_size = 0  # records per domain of the built-in generators; 0 = their default sizes
     c.data.weights = ""  # "" = proportional to size (the study's pooled shuffle); or "math=1,code=2"
+    # "fixed": data.weights decide the mix (the study) | "adaptive": every batch's domain weights follow a
+    # bandit on what the rollouts just scored say each domain still teaches (rlvr_jax/data/adaptive.py)
+    c.data.mixing = "fixed"
+    c.data.adaptive = ml_collections.ConfigDict()  # used when data.mixing = "adaptive"
+    # per group: "informative" (1 when its rewards are not all equal: a group GRPO learns from, else 0) |
+    # "abs_adv" (its mean |std-normalised advantage|, DUMP's); both in [0, 1]
+    c.data.adaptive.signal = "informative"
+    c.data.adaptive.temperature = 0.2  # softmax temperature over the domains' scores, in signal units
+    c.data.adaptive.discount = 0.9  # weight of older observations per step (~10-step memory); 1 = never forget
+    c.data.adaptive.explore = (
+        0.1  # UCB bonus coefficient on sqrt(ln(1 + all groups) / (1 + a domain's groups)); 0 = off
+    )
+    c.data.adaptive.floor = 0.05  # minimum weight (fraction of prompts) per domain; domains x floor <= 1
     c.data.thinking = True  # <think>...</think> format gate: only the text after it is graded
     c.data.system_prompt = ""  # prepended as a system message when set
     # False: dataset prompts as given (the study; they carry their own format instructions); True: prepend our
@@ -69,6 +82,7 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.rollout.num_pages = 0  # pages per batch shard's pool; 0 = memory_fraction of what a device has left
     c.rollout.memory_fraction = 0.5  # of the memory a device has left (weights loaded), when num_pages is 0
     c.rollout.prefill_chunk = 512  # prompt tokens per prefill program call
+    c.rollout.prefill_seqs = 8  # sequences one prefill call packs into its chunk (ragged: short prompts share it)
     c.rollout.decode_burst = 8  # decode steps per program call (the host refills slots between bursts)
 
     c.grpo = ml_collections.ConfigDict()

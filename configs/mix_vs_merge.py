@@ -1,6 +1,7 @@
 """The mix-vs-merge study end to end (REFERENCE.md): SFT anchor -> one GRPO run per domain -> every
-merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> evaluate every model on every
-domain -> weight-space and policy analyses -> report.md, results.json and plots.
+merge method -> MT-OPD -> multi-task GRPO (2x the single-domain steps) -> the same multi-task run with
+adaptive domain mixing (RL-Multi-Adaptive) -> evaluate every model on every domain -> weight-space and
+policy analyses -> report.md, results.json and plots.
 
 Laptop CPU (tiny model, built-in tasks; its report: docs/example_tiny, its wall time: docs/MEASUREMENTS.md):
   rlvr-experiment --config=configs/mix_vs_merge.py:tiny --workdir=runs/mix_vs_merge
@@ -36,6 +37,11 @@ def get_config(arg: str = ""):
     c.single_steps = 150 if tiny else 200
     c.multi_step_ratio = 2  # the study: 400 multi-task steps against 200 per domain
     c.multi_steps = c.get_ref("single_steps") * c.get_ref("multi_step_ratio")  # derived; follows overrides
+    # The third answer, RL-Multi-Adaptive: RL-Multi's run exactly (steps, batch, hyper-parameters, seed,
+    # anchor) with base.data.mixing = "adaptive" (settings: base.data.adaptive), so the domain mixture follows
+    # what the model is still learning instead of the pooled dataset sizes; compared with RL-Multi and the
+    # best merge in the verdict. False: the study as published (mix or merge only).
+    c.multi_adaptive = True
 
     c.merge = ml_collections.ConfigDict()
     # slerp is left out: it takes two models, the study merges four experts.
@@ -68,6 +74,27 @@ def get_config(arg: str = ""):
     c.analysis.kl_prompts_per_domain = 16 if tiny else 128  # held-out prompts of each domain
     c.analysis.kl_samples = 4  # completions per prompt, sampled from the expert at temperature 1
     c.analysis.kl_max_new_tokens = c.base.rollout.get_ref("max_new_tokens")  # tokens
+    # Self-verification: each model samples its own answers to the first items of each domain's eval set
+    # (sampled like the eval: eval.temperature, eval.max_new_tokens; scored by the verifier pool), then judges
+    # each one greedily, seeing only the final answer (outcome) or the whole response (process).
+    sv = c.analysis.self_verification = ml_collections.ConfigDict()
+    # model-table names; "experts" = every expert, "main_merge" = merge_<merge.main>; names not in the run are skipped
+    sv.models = "sft,experts,multi,multi_adaptive,main_merge"
+    sv.items_per_domain = 32 if tiny else 200  # eval items per domain (at most eval.items_per_domain of them)
+    sv.samples = 2 if tiny else 4  # judged completions per item
+    sv.max_new_tokens = 8 if tiny else 32  # tokens of each verdict (greedy); the templates ask for one word
+    sv.thinking = False  # the judge answers directly: with a few tokens a thinking judge rarely closes its block
+    # The study does not publish its judge prompts: ours. Fields: {question} (as the model saw it), {answer} (the
+    # final answer the verifier extracts: \boxed{} value, choice letter, last code block, the IF response) or
+    # {response} (the whole response, thinking included); literal braces doubled.
+    sv.outcome_template = (
+        "Here is a question and a proposed final answer.\n\nQuestion:\n{question}\n\nProposed answer:\n{answer}\n\n"
+        "Is the proposed answer correct? Reply with Yes or No."
+    )
+    sv.process_template = (
+        "Here is a question and a response to it.\n\nQuestion:\n{question}\n\nResponse:\n{response}\n\n"
+        "Is the response correct? Reply with Yes or No."
+    )
 
     c.report = ml_collections.ConfigDict()  # changes here do not invalidate finished stages
     c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"

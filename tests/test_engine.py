@@ -230,3 +230,41 @@ def test_prefill_and_decode_compile_for_a_tpu_topology():
     for program in programs:
         assert "tpu_custom_call" in program.as_text()
     assert eng.num_compilations == 2 and eng.pool is None
+
+
+def test_packed_prefill_equals_one_sequence_prefill_token_for_token(qwen3, mesh):
+    """Prompts packed several to a prefill chunk (long ones continued across chunks, partial last pages copied
+    per sample) sample exactly the tokens of one prompt per chunk, in fewer chunks."""
+    _, _, params = qwen3
+    prompts = [[5 + i, 6, 7 + 2 * i, 4, 8][: 1 + i % 5] + [9] * (3 * (i % 4)) for i in range(9)]  # 1 to 14 tokens
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=3, stop_token_ids=(3,), seed=5)
+    one = _engine(qwen3, mesh, num_slots=32, num_pages=400, prefill_seqs=1)
+    packed = _engine(qwen3, mesh, num_slots=32, num_pages=400, prefill_seqs=8)
+    tight = _engine(qwen3, mesh, num_slots=32, num_pages=96, prefill_seqs=8)  # recomputes packed too
+    a, b, c = (e.generate(params, prompts, sp) for e in (one, packed, tight))
+    for other in (b, c):
+        np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(other.completion_tokens))
+        np.testing.assert_array_equal(np.asarray(a.completion_valid), np.asarray(other.completion_valid))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(other.logprobs), atol=1e-5)
+    assert one.stats["preemptions"] == packed.stats["preemptions"] == 0 and tight.stats["preemptions"] > 0
+    # 63 prompt tokens: 8 chunks of 8 packed; one prompt (or 8 tokens of one) per chunk otherwise: 12
+    assert packed.stats["prefill_chunks"] == 8 and one.stats["prefill_chunks"] == 12, (packed.stats, one.stats)
+
+
+def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, mesh, monkeypatch):
+    """With no stop token no row can end early: the engine runs bursts back to back until the first row's
+    budget ends and reads them once; the tokens are those of reading every burst."""
+    _, _, params = qwen3
+    prompts = [[5, 6, 7], [8, 9], [4] * 6]
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=2)
+    chained = _engine(qwen3, mesh, num_slots=8)
+    a = chained.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
+    monkeypatch.setattr(engine.sched_lib.Scheduler, "steady_bursts", lambda self: 1)
+    stepwise = _engine(qwen3, mesh, num_slots=8)
+    b = stepwise.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
+    np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
+    np.testing.assert_array_equal(np.asarray(a.completion_valid), np.asarray(b.completion_valid))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-6)
+    assert b.lengths.tolist() == [T] * 4 + [T // 2] * 2
+    # T = 24 in bursts of 4: 6 reads one by one; back to back, one up to the short rows' end and one after
+    assert stepwise.stats["decode_rounds"] == 6 and chained.stats["decode_rounds"] == 2, (chained.stats, stepwise.stats)

@@ -1,4 +1,5 @@
-"""A shortened mix-vs-merge experiment end to end (tiny model, 2 domains, 2 merge methods, a few steps):
+"""A shortened mix-vs-merge experiment end to end (tiny model, 2 domains, 2 merge methods, a few steps,
+the adaptive-mixing arm included):
 stage outputs exist, report.md's tables say what results.json says, results.json says what the stages
 measured (its gains and verdict recomputed from the per-item eval files), a rerun skips finished stages,
 and an interrupted eval resumes to the same numbers. Without running anything: seeds repeat the RL stages
@@ -66,19 +67,25 @@ def test_shortened_experiment_end_to_end(tmp_path, capsys):
 
 def check_stage_outputs(config, wd):
     assert config.multi_steps == 2  # the study's ratio follows the single-domain override
-    stages = ["sft", "rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "eval", "analysis", "report"]
+    stages = ["sft", "rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "multi_adaptive"]
+    stages += ["eval", "analysis", "report"]
     for s in stages:
         marker = json.load(open(os.path.join(wd, s, "DONE.json")))
         assert marker["wall_s"] > 0 and marker["device_seconds"] == pytest.approx(
             marker["wall_s"] * marker["device_count"]
         )
     assert os.path.isdir(os.path.join(wd, "sft", "anchor", "tokenizer"))
-    for s, steps in (("rl_math", 1), ("rl_if", 1), ("opd", 1), ("multi", 2)):
+    for s, steps in (("rl_math", 1), ("rl_if", 1), ("opd", 1), ("multi", 2), ("multi_adaptive", 2)):
         assert os.path.isdir(os.path.join(wd, s, "checkpoints", str(steps)))
         assert len(open(os.path.join(wd, s, "metrics_train.jsonl")).readlines()) == steps
+    # both multi-task runs log each domain's share of the batch; only the adaptive one its weights
+    for s in ("multi", "multi_adaptive"):
+        for row in map(json.loads, open(os.path.join(wd, s, "metrics_train.jsonl"))):
+            assert sum(row[f"mixing/share/{d}"] for d in ("math", "if")) == pytest.approx(1.0)
+            assert ("mixing/weight/math" in row) == (s == "multi_adaptive")
     for m in ("average", "ties"):
         assert os.path.exists(os.path.join(wd, f"merge_{m}", "model", "merge_recipe.json"))
-    for name in ("sft", "rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi"):
+    for name in ("sft", "rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "multi_adaptive"):
         ev = json.load(open(os.path.join(wd, "eval", f"{name}.json")))
         assert len(ev["items"]) == 8 and all(len(it["correct"]) == 2 for it in ev["items"])
     for f in ("analysis.json", "overlap.png", "cosine.png", "cosine_per_layer.png"):
@@ -88,6 +95,7 @@ def check_stage_outputs(config, wd):
         "results.json",
         "learning_curves.png",
         "accuracy_bars.png",
+        "domain_shares.png",
         "overlap.png",
         "cosine.png",
         "policy_kl.png",
@@ -105,10 +113,22 @@ def check_results_are_the_measured_numbers(wd, res):
             assert res["eval"]["per_model"][name][d][f"pass@{K}"] == pytest.approx(correct.max(1).mean())
     c = res["cost"]
     walls = {
-        s: json.load(open(os.path.join(wd, s, "DONE.json")))["device_seconds"] for s in ("rl_math", "rl_if", "multi")
+        s: json.load(open(os.path.join(wd, s, "DONE.json")))["device_seconds"]
+        for s in ("rl_math", "rl_if", "multi", "multi_adaptive")
     }
     assert c["single_total_device_s"] == pytest.approx(walls["rl_math"] + walls["rl_if"])
     assert c["multi_pct_of_single"] == pytest.approx(100 * walls["multi"] / c["single_total_device_s"])
+    assert c["multi_adaptive_device_s"] == pytest.approx(walls["multi_adaptive"])
+    assert c["multi_adaptive_pct_of_single"] == pytest.approx(
+        100 * walls["multi_adaptive"] / c["single_total_device_s"]
+    )
+    assert set(c["step_times"]) == {"rl_math", "rl_if", "opd", "multi", "multi_adaptive"}
+    # curves and domain shares: the runs' logged metrics, step by step
+    for s in ("multi", "multi_adaptive"):
+        rows = [json.loads(x) for x in open(os.path.join(wd, s, "metrics_train.jsonl"))]
+        assert res["curves"][s]["if"] == [[r["step"], r["reward/if/mean"]] for r in rows]
+        assert res["mixing_curves"][s]["share"]["math"] == [[r["step"], r["mixing/share/math"]] for r in rows]
+    assert set(res["mixing_curves"]["multi_adaptive"]) >= {"share", "weight", "signal"}
     kl = res["policy_kl"]["kl"]
     assert set(kl) == {"multi", "merge_ties"} and set(kl["multi"]) == {"rl_math", "rl_if"}
     assert all(
@@ -128,7 +148,7 @@ def check_report_tables_agree_with_results_json(wd, res):
 
     header, rows = md_table(md, f"Main results (Avg@{K}, %)")
     cols = [by_label[h] for h in header[1:]]
-    assert cols == ["sft", "rl_math", "rl_if", "merge_ties", "opd", "multi"]
+    assert cols == ["sft", "rl_math", "rl_if", "merge_ties", "opd", "multi", "multi_adaptive"]
     for r in rows:
         for n, cell in zip(cols, r[1:]):
             want = mean[n] if r[0] == "**Mean**" else pm[n][dom[r[0]]][f"avg@{K}"]
@@ -136,7 +156,7 @@ def check_report_tables_agree_with_results_json(wd, res):
     assert [r[0] for r in rows] == ["Math", "IF", "**Mean**"]
 
     header, rows = md_table(md, f"Merge methods (Avg@{K}, %)")
-    assert [by_label[r[0]] for r in rows] == ["merge_average", "merge_ties", "opd", "multi"]
+    assert [by_label[r[0]] for r in rows] == ["merge_average", "merge_ties", "opd", "multi", "multi_adaptive"]
     for r in rows:
         n = by_label[r[0]]
         assert r[1:] == [
@@ -157,6 +177,12 @@ def check_report_tables_agree_with_results_json(wd, res):
     assert cost["RL-Math (GRPO)"][3] == f"{st['rl_math']['device_seconds']:.1f}"
     assert cost["**RL-Multi (GRPO, mixed)**"][3] == f"{st['multi']['device_seconds']:.1f}"
     assert cost["**RL-Multi (GRPO, mixed)**"][4] == f"{res['cost']['multi_pct_of_single']:.1f}"
+    ada = cost["**RL-Multi-Adaptive (GRPO, adaptive mixing)**"]
+    assert ada[3:] == [
+        f"{st['multi_adaptive']['device_seconds']:.1f}",
+        f"{res['cost']['multi_adaptive_pct_of_single']:.1f}",
+    ]
+    assert "![domain shares](domain_shares.png)" in md
     assert cost["**separate single-domain runs (sum)**"][3] == f"{res['cost']['single_total_device_s']:.1f}"
     assert f"**{res['cost']['multi_pct_of_single']:.1f}%**" in md
 
@@ -195,12 +221,17 @@ def check_gains_and_verdict_are_paired_over_items(wd, res):
 
     mean = res["eval"]["mean_avg"]
     best = max(["merge_average", "merge_ties"], key=lambda n: (mean[n], n == "merge_average"))
-    assert {(v["b"], v["domain"]) for v in res["verdict"]} == {
-        (b, d) for b in ("merge_average", "merge_ties", "opd") for d in ("math", "if", "mean")
-    }
+    # RL-Multi against every merge and MT-OPD, then RL-Multi-Adaptive against RL-Multi and the same best merge
+    pairs = [("multi", b) for b in ("merge_average", "merge_ties", "opd")] + [
+        ("multi_adaptive", b) for b in ("multi", best)
+    ]
+    assert list(dict.fromkeys((v["a"], v["b"]) for v in res["verdict"])) == pairs
+    assert sorted((v["a"], v["b"], v["domain"]) for v in res["verdict"]) == sorted(
+        (a, b, d) for a, b in pairs for d in ("math", "if", "mean")
+    )
     for v in res["verdict"]:
-        diff, se = paired(wd, "multi", v["b"])[v["domain"]]
-        assert v["a"] == "multi" and v["best"] == (v["b"] == best)
+        diff, se = paired(wd, v["a"], v["b"])[v["domain"]]
+        assert v["best"] == (v["b"] == best)
         assert v["diff"] == pytest.approx(diff, abs=1e-12)
         assert v["ci95"] == pytest.approx([diff - 1.959964 * se, diff + 1.959964 * se], abs=1e-6)
         lo, hi = v["ci95"]
@@ -211,6 +242,7 @@ def check_gains_and_verdict_are_paired_over_items(wd, res):
         "little interference",
         "synergy",
         "multi-task about equal to the best merge",
+        "adaptive mixing beats fixed mixing at this scale",
         "multi-task costs a fraction of the separate runs",
         "merged models inherit their experts, the multi-task model diverges",
         "update overlap above random",
@@ -219,6 +251,15 @@ def check_gains_and_verdict_are_paired_over_items(wd, res):
     assert all(f["status"] in ("reproduced", "not reproduced", "inconclusive") for f in res["findings"])
     syn = res["findings"][2]
     assert syn["status"] == "inconclusive" and "needs two reasoning domains" in syn["evidence"]  # math and IF
+    ada, row = (
+        res["findings"][4],
+        next(v for v in res["verdict"] if v["a"] == "multi_adaptive" and v["b"] == "multi" and v["domain"] == "mean"),
+    )
+    lo, hi = row["ci95"]
+    assert ada["status"] == ("reproduced" if lo > 0 else "not reproduced" if hi < 0 else "inconclusive")
+    assert ada["evidence"].startswith(
+        f"RL-Multi-Adaptive - RL-Multi on the mean: {100 * row['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    )
 
 
 def check_verdict_and_findings_sections(wd, res):
@@ -227,8 +268,8 @@ def check_verdict_and_findings_sections(wd, res):
     assert headings[:4] == ["Verdict", "Findings", "Gains over the anchor", "Main results (Avg@2, %)"], headings
     labels = {n: m["label"] for n, m in res["models"].items()}
     words = {"better": "better", "worse": "worse", "indistinguishable at this scale": "indistinguishable"}
-    cells = {(v["b"], v["domain"]): v for v in res["verdict"]}
-    best = next(v for v in res["verdict"] if v["best"] and v["domain"] == "mean")
+    cells = {(v["b"], v["domain"]): v for v in res["verdict"] if v["a"] == "multi"}
+    best = next(v for v in res["verdict"] if v["a"] == "multi" and v["best"] and v["domain"] == "mean")
 
     def pt(x):
         return f"{100 * x:+.2f}"
@@ -250,6 +291,16 @@ def check_verdict_and_findings_sections(wd, res):
             v = cells[(b, d)]
             assert cell == f"{words[v['verdict']]}: {pt(v['diff'])} [{pt(v['ci95'][0])}, {pt(v['ci95'][1])}]"
 
+    # the third arm's table follows RL-Multi's: against RL-Multi, then the best merge
+    ada = md.split("| RL-Multi-Adaptive vs |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    ada_cells = {(v["b"], v["domain"]): v for v in res["verdict"] if v["a"] == "multi_adaptive"}
+    for line, b in zip(ada, ("multi", best["b"]), strict=True):
+        r = [c.strip() for c in line.strip("|").split("|")]
+        assert r[0] == labels[b] + (" (best merge)" if b == best["b"] else "")
+        for d, cell in zip(("math", "if", "mean"), r[1:]):
+            v = ada_cells[(b, d)]
+            assert cell == f"{words[v['verdict']]}: {pt(v['diff'])} [{pt(v['ci95'][0])}, {pt(v['ci95'][1])}]"
+
     _, rows = md_table(md, "Findings")
     assert rows == [[f["finding"], f"**{f['status']}**", f["evidence"]] for f in res["findings"]]
     for f in res["findings"]:
@@ -268,7 +319,7 @@ def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
     capsys.readouterr()
     again = experiment.run(copy.deepcopy(config), wd)
     err = capsys.readouterr().err
-    assert len(re.findall(r"done before, skipped", err)) == 10, err
+    assert len(re.findall(r"done before, skipped", err)) == 11, err
     assert again == first
     assert stamps == {s: os.path.getmtime(os.path.join(wd, s, "DONE.json")) for s in stamps}
 
@@ -293,7 +344,7 @@ def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
 def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
     config, wd = short_config(), str(tmp_path)
     one = [s.name for s in stages.plan(config, wd)]
-    rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi"]
+    rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "multi_adaptive"]
     assert one == ["sft"] + rl + ["eval", "analysis", "report"]
 
     config.seeds = "0,3"
@@ -323,6 +374,29 @@ def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
         config.seeds = bad
         with pytest.raises(experiment.ExperimentError, match="seeds"):
             experiment.validate(config)
+
+
+def test_the_adaptive_arm_is_rl_multi_with_adaptive_mixing(tmp_path):
+    config, wd = short_config(), str(tmp_path)
+    multi = stages.rl_config(config, domains=config.domains, steps=config.multi_steps, start="a", seed=0)
+    ada = stages.adaptive_config(multi)
+    fixed, adaptive = json.loads(multi.to_json_best_effort()), json.loads(ada.to_json_best_effort())
+    assert adaptive["data"].pop("mixing") == "adaptive" and fixed["data"].pop("mixing", "fixed") == "fixed"
+    assert adaptive == fixed  # steps, batch, hyper-parameters, seed, start and the adaptive settings: RL-Multi's
+    m = layout.model_table(config, wd)["multi_adaptive"]
+    assert (m["label"], m["kind"]) == ("RL-Multi-Adaptive", "multi_adaptive")
+    assert m["path"] == os.path.join(wd, "multi_adaptive", "checkpoints")
+
+    # its settings are checked before the first stage, not when its stage comes after every other RL run
+    config.base.data.adaptive.floor = 0.6
+    config.base.data.weights = "math=1,if=1"
+    with pytest.raises(experiment.ExperimentError, match=r"floor=0.6.*\n.*data.weights='math=1,if=1'"):
+        experiment.validate(config)
+
+    config.multi_adaptive = False  # the study as published: no third stage, model or comparison
+    experiment.validate(config)
+    assert "multi_adaptive" not in [s.name for s in stages.plan(config, wd)]
+    assert "multi_adaptive" not in layout.model_table(config, wd)
 
 
 def check_a_second_seed_is_pooled_per_item(config, wd, first):

@@ -24,6 +24,7 @@ def synthetic() -> dict:
         merge_average={"label": "Average merge", "kind": "merge"},
         opd={"label": "MT-OPD", "kind": "opd"},
         multi={"label": "RL-Multi", "kind": "multi"},
+        multi_adaptive={"label": "RL-Multi-Adaptive", "kind": "multi_adaptive"},
     )
     # own domain +10 points (z 10); off the own domain +2 (CI [0.04, 3.96] points)
     gains = {e: {d: g(0.10 if e == f"rl_{d}" else 0.02) for d in DOMAINS + ["mean"]} for e in EXPERTS}
@@ -37,6 +38,17 @@ def synthetic() -> dict:
         "verdict": [
             {"a": "multi", "b": "merge_ties", "domain": "mean", "diff": 0.01, "ci95": [-0.02, 0.04], "best": True},
             {"a": "multi", "b": "merge_average", "domain": "mean", "diff": 0.2, "ci95": [0.1, 0.3], "best": False},
+            # the third arm: 3 points over RL-Multi (CI [+1, +5]), 4 over the best merge; its best-merge row
+            # comes after RL-Multi's, so a finding must pick its rows by `a`
+            {"a": "multi_adaptive", "b": "multi", "domain": "mean", "diff": 0.03, "ci95": [0.01, 0.05], "best": False},
+            {
+                "a": "multi_adaptive",
+                "b": "merge_ties",
+                "domain": "mean",
+                "diff": 0.04,
+                "ci95": [0.0, 0.08],
+                "best": True,
+            },
         ],
         "cost": {"multi_pct_of_single": 52.0, "multi_pct_of_single_later_steps": 49.0},
         "weight_space": {
@@ -128,6 +140,41 @@ def test_equal_to_the_best_merge_uses_the_margin():
     assert status(r, "multi-task about equal") == "inconclusive"
     best["ci95"] = [0.06, 0.12]  # wholly above +5: RL-Multi clearly better, not "about equal"
     assert status(r, "multi-task about equal") == "not reproduced"
+
+
+def test_equal_to_the_best_merge_reads_rl_multi_rows_only():
+    r = synthetic()
+    r["verdict"] = r["verdict"][2:] + r["verdict"][:2]  # RL-Multi-Adaptive's best-merge row first
+    f = next(x for x in findings.check(r) if x["finding"].startswith("multi-task about equal"))
+    assert f["evidence"] == "RL-Multi - TIES merge (best by mean) on the mean: +1.0 [-2.0, +4.0]"
+
+
+@pytest.mark.parametrize(
+    "ci,want",
+    [([0.01, 0.05], "reproduced"), ([-0.05, -0.01], "not reproduced"), ([-0.01, 0.07], "inconclusive")],
+)
+def test_adaptive_mixing_decided_by_its_ci_against_rl_multi(ci, want):
+    r = synthetic()
+    row = r["verdict"][2]
+    row["ci95"], row["diff"] = ci, sum(ci) / 2
+    f = next(x for x in findings.check(r) if x["finding"].startswith("adaptive mixing beats fixed mixing"))
+    assert f["status"] == want
+    # the numbers and the CI against RL-Multi, then against the best merge (whose CI does not decide it)
+    assert f["evidence"] == (
+        f"RL-Multi-Adaptive - RL-Multi on the mean: {100 * row['diff']:+.1f} [{100 * ci[0]:+.1f}, "
+        f"{100 * ci[1]:+.1f}]; vs TIES merge (best merge): +4.0 [+0.0, +8.0]"
+    )
+
+
+def test_adaptive_mixing_not_run():
+    r = synthetic()
+    del r["models"]["multi_adaptive"]
+    r["verdict"] = [v for v in r["verdict"] if v["a"] == "multi"]
+    f = next(x for x in findings.check(r) if x["finding"].startswith("adaptive mixing"))
+    assert f["status"] == "inconclusive" and f["evidence"].startswith("not run")
+    # the other findings do not depend on the third arm
+    statuses = [x["status"] for x in findings.check(r)]
+    assert statuses.count("reproduced") == len(findings.FINDINGS) - 1
 
 
 def test_cost_prefers_the_steps_after_the_first():

@@ -52,6 +52,21 @@ def test_xla_equals_jax_reference_on_mixed_prefill_and_decode():
     np.testing.assert_allclose(np.asarray(tight), np.asarray(got), atol=1e-6)
 
 
+@pytest.mark.parametrize("first_start", [0, 7])
+def test_packed_prefill_chunk_equals_reference(first_start):
+    """A packed prefill chunk (the first piece maybe continuing its sequence, every other starting at 0):
+    the block-diagonal XLA path equals jax's reference; tokens past the pieces come back zero."""
+    rng = np.random.default_rng(4)
+    q_lens = [5, 3, 1, 6]
+    kv_lens = [first_start + 5, 3, 1, 6]
+    args = _batch(rng, q_lens, kv_lens, pad_seqs=2, pad_tokens=4)
+    want = tpu_rpa.ref_ragged_paged_attention(*map(jnp.asarray, args), sm_scale=0.3)
+    packed = lambda *a: paged_attention.ragged_paged_attention(*a, sm_scale=0.3, impl="xla", packed=True)
+    got = np.asarray(jax.jit(packed)(*args))
+    np.testing.assert_allclose(got[: sum(q_lens)], np.asarray(want), atol=2e-6)
+    assert not got[sum(q_lens) :].any()
+
+
 @pytest.mark.parametrize("pad_seqs,pad_tokens", [(0, 0), (2, 3)])
 def test_decode_batch_with_bound_one_equals_reference(pad_seqs, pad_tokens):
     """max_q_len=1 takes the decode path (a running softmax over the pages in use); padding sequences and
@@ -141,8 +156,8 @@ def test_xla_equals_reference_on_the_engines_own_arguments(monkeypatch):
     calls = []
     real = programs.sharded_ragged_paged_attention
 
-    def spy(*args, sm_scale, max_q_len):
-        out = real(*args, sm_scale=sm_scale, max_q_len=max_q_len)
+    def spy(*args, sm_scale, max_q_len, packed=False):
+        out = real(*args, sm_scale=sm_scale, max_q_len=max_q_len, packed=packed)
         record = lambda *a: calls.append((sm_scale, max_q_len, [np.asarray(x) for x in a]))
         jax.debug.callback(record, *args, out)
         return out
@@ -152,8 +167,9 @@ def test_xla_equals_reference_on_the_engines_own_arguments(monkeypatch):
     cfg = build.model_config("tiny", dict(model, vocab_size=64), vocab_size=64, param_dtype="float32", remat=False)
     mesh = sharding.make_mesh(sharding.MeshShape(1, 2, 1), devices=jax.devices()[:2])
     graphdef, params, _ = build.init_model(cfg, mesh, seed=0)
-    eng = engine.Engine(graphdef, cfg, mesh, num_slots=2, page_size=PAGE, num_pages=32, prefill_chunk=4, decode_burst=2)
-    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15]]  # prefill chunks of 4, 4 and 1 tokens; one of 2
+    eng = engine.Engine(graphdef, cfg, mesh, num_slots=4, page_size=PAGE, num_pages=32, prefill_chunk=4, decode_burst=2)
+    # shard 0: prefill chunks of 4, 4 and 1 tokens; shard 1: two prompts of 2 packed into one chunk
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [14, 15], [16, 17]]
     eng.generate(params, prompts, sampling.SamplingParams(temperature=1.0, max_new_tokens=3, n=2, seed=1))
 
     kinds = set()
@@ -176,7 +192,8 @@ def test_xla_equals_reference_on_the_engines_own_arguments(monkeypatch):
             kinds.add("decode" if max_q_len == 1 else "prefill")
             kinds |= {"continued chunk"} if (lens[g][: n[g, 0]] > q_lens).any() and max_q_len > 1 else set()
             kinds |= {"several pages"} if (lens[g][: n[g, 0]] > PAGE).any() else set()
-    assert kinds == {"decode", "prefill", "continued chunk", "several pages"}, kinds
+            kinds |= {"packed chunk"} if n[g, 0] > 1 and max_q_len > 1 else set()
+    assert kinds == {"decode", "prefill", "continued chunk", "several pages", "packed chunk"}, kinds
 
 
 def test_unknown_impl_is_refused():

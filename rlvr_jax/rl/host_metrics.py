@@ -80,6 +80,18 @@ def across_hosts(host: dict) -> dict:
     return out
 
 
+def sum_across_hosts(counts) -> np.ndarray:
+    """The elementwise sum of a same-shaped integer array over all processes, exact and identical on every
+    host whatever the host count (the adaptive mixture's per-domain totals: every host, on any number of
+    hosts, must compute the same weights from them). int32 on the wire: jax runs without 64-bit types."""
+    counts = np.asarray(counts, np.int64)
+    if np.abs(counts).max(initial=0) >= 2**31:
+        raise OverflowError(f"counts beyond int32 cannot be summed across hosts: max {np.abs(counts).max()}")
+    if jax.process_count() == 1:
+        return counts
+    return np.asarray(multihost_utils.process_allgather(counts.astype(np.int32)), np.int64).sum(0)
+
+
 def rollout_metrics(engine) -> dict:
     """How the step's generation used the engine (this host's): programs compiled so far in the run (a
     bounded number), decode slots busy, the KV pool's peak use, sequences preempted for lack of pages."""

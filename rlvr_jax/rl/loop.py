@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rlvr_jax import checkpoint
+from rlvr_jax.data import adaptive
 from rlvr_jax.eval.evaluate import decode_completion
 from rlvr_jax.model import params_io
 from rlvr_jax.rl import grpo, host_metrics, optim
@@ -160,7 +161,7 @@ class Components:
     sampling: SamplingParams
     pool: Any  # verifiers.VerifierPool
     tokenizer: Any
-    mixture: Any  # data.mixture.PromptMixture
+    mixture: Any  # data.mixture.PromptMixture or AdaptiveMixture (its `adaptive` says which)
     update: Callable  # jitted (params, opt_state, batch) -> (params, opt_state, device metrics)
     logprob_fn: Callable | None  # jitted teacher-forced logprobs (old / reference / teacher / student), when needed
     ref_params: Any  # the reference policy's params, when a KL term uses them
@@ -252,6 +253,7 @@ class UpdateBatch:
     keep_B: np.ndarray  # rows the loss uses (dynamic sampling, overlong filter)
     informative_N: np.ndarray  # groups whose rewards are not all equal
     valid_BxT: np.ndarray  # this host's generated tokens of the update's rows
+    rewards_B: np.ndarray  # this host's shaped rewards of every sampled row (all draws, before a refill's pick)
 
 
 def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> UpdateBatch:
@@ -262,6 +264,7 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
     local, to_global = c.engine.local_rows, c.engine.to_global
     shaped = _shaped_rewards(s, sc)
     informative_N = np.asarray(grpo.informative_groups(jnp.asarray(shaped), group_size=s.group_size))
+    sampled_shaped = shaped
     batch, records, shaped, valid, keep = _choose_rows(c, s, sc, shaped, informative_N)
     loss_mask = valid & keep[:, None]
     batch["loss_mask"] = to_global(loss_mask)
@@ -276,7 +279,7 @@ def build_update_batch(c: Components, s: StepSettings, sc: Scored, params) -> Up
         jax.block_until_ready(batch["old_logp"])
     if s.skip_zero_advantage and s.num_micro > 1:  # rows with a gradient first: the update skips whole micro-batches
         batch = rows_with_gradient_first(batch, local, to_global)
-    return UpdateBatch(batch, keep, informative_N, valid)
+    return UpdateBatch(batch, keep, informative_N, valid, sampled_shaped)
 
 
 def _shaped_rewards(s: StepSettings, sc: Scored) -> np.ndarray:
@@ -392,21 +395,8 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
         times["time/logprobs"] = t3 - t2
-        host = host_metrics.host_metrics(
-            records=sc.records,
-            rewards=sc.rewards_B,
-            scores=sc.scores,
-            lengths=sc.lengths_B,
-            stopped=sc.stopped_B,
-            keep=ub.keep_B,
-        )
-        host["groups/informative_frac"] = float(ub.informative_N.mean())
-        host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
-        host.update(c.pool.counters(reset=True))
-        host = host_metrics.across_hosts(host)
-        host["lr"] = s.lr_at(step - 1)
+        host = step_host_metrics(c, s, sc, ub, step)  # adaptive mixing: the next batches' weights move here
         host.update(times)
-        host.update(host_metrics.rollout_metrics(c.engine))
         # Read once: a SIGTERM landing after this line is handled at the next step, never between a
         # save that did not see it and the exit below (which then left no checkpoint of this step).
         preempted = preempt.event.is_set()
@@ -425,6 +415,42 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         flush_metrics(c.writer, pending, bar, c.ckpt)
     bar.close()
     return {"params": params, "last_step": last_step, "update_compilations": c.update.cache_size()}
+
+
+def step_host_metrics(c: Components, s: StepSettings, sc: Scored, ub: UpdateBatch, step: int) -> dict:
+    """The step's host metrics, combined across processes, with the mixture's (mixing_metrics)."""
+    host = host_metrics.host_metrics(
+        records=sc.records,
+        rewards=sc.rewards_B,
+        scores=sc.scores,
+        lengths=sc.lengths_B,
+        stopped=sc.stopped_B,
+        keep=ub.keep_B,
+    )
+    host["groups/informative_frac"] = float(ub.informative_N.mean())
+    host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
+    host.update(c.pool.counters(reset=True))
+    host = host_metrics.across_hosts(host)
+    host["lr"] = s.lr_at(step - 1)
+    host.update(host_metrics.rollout_metrics(c.engine))
+    host.update(mixing_metrics(c, s, sc, ub))
+    return host
+
+
+def mixing_metrics(c: Components, s: StepSettings, sc: Scored, ub: UpdateBatch) -> dict:
+    """mixing/share/<domain>: each domain's share of the step's prompts (global). Adaptive mixing also feeds
+    the step's global per-domain signal (of every sampled group, all draws) to the mixture, which moves the
+    weights of the next batches: mixing/signal/<domain> and mixing/weight/<domain>. Call it before the
+    step's checkpoint, whose data state then holds the moved weights."""
+    out = {f"mixing/share/{d}": v for d, v in c.mixture.take_shares().items()}
+    if not c.mixture.adaptive:
+        return out
+    signal_N = adaptive.group_signals(ub.rewards_B.reshape(-1, s.group_size))[c.mixture.signal]
+    domains_N = [rec["domain"] for rec in sc.records[:: s.group_size]]
+    totals_2xD = np.stack(adaptive.domain_totals(domains_N, signal_N, c.mixture.domains))
+    units_D, groups_D = host_metrics.sum_across_hosts(totals_2xD)
+    out.update(c.mixture.observe(units_D, groups_D))
+    return out
 
 
 def rows_with_gradient_first(batch: dict, local, to_global) -> dict:

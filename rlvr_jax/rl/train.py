@@ -16,7 +16,8 @@ import numpy as np
 
 from rlvr_jax import checkpoint, cli, sharding, storage
 from rlvr_jax.data import loading
-from rlvr_jax.data.mixture import PromptMixture
+from rlvr_jax.data.adaptive import AdaptiveSettings
+from rlvr_jax.data.mixture import MIXINGS, AdaptiveMixture, PromptMixture, make_mixture
 from rlvr_jax.data.prompts import build_prompts
 from rlvr_jax.eval.evaluate import evaluate, first_per_domain, paired_gain
 from rlvr_jax.metrics import MetricsWriter, flatten_config
@@ -63,12 +64,33 @@ def validate(config, num_devices: int) -> dict:
         problems.append(f"grpo.advantage={g.advantage!r}: choose one of {sorted(grpo.ADVANTAGE_ESTIMATORS)}")
     if config.train.steps < 1:
         problems.append(f"train.steps={config.train.steps} must be >= 1")
+    problems += _mixing_problems(config.data)
     for field in ro.keys():  # a config file of its own may still set a retired field
         if why := cli.retired_field(f"rollout.{field}"):
             problems.append(f"rollout.{field}: {why}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return {"rows": rows, "num_micro": rows // micro, "mesh": mesh_sizes}
+
+
+def adaptive_settings(data) -> AdaptiveSettings:
+    """The adaptive mixture's settings from a config's `data.adaptive` block (configs/grpo.py)."""
+    a = data.adaptive
+    return AdaptiveSettings(
+        signal=a.signal, temperature=a.temperature, discount=a.discount, explore=a.explore, floor=a.floor
+    )
+
+
+def _mixing_problems(data) -> list[str]:
+    """What is wrong with the `data` block's mixing fields (before anything loads or compiles)."""
+    if data.mixing not in MIXINGS:
+        return [f"data.mixing={data.mixing!r}: choose one of {MIXINGS}"]
+    if data.mixing == "fixed":
+        return []
+    problems = adaptive_settings(data).problems(len([d for d in data.domains.split(",") if d]))
+    if data.weights:
+        problems.append(f"data.weights={data.weights!r} fixes the mix; data.mixing='adaptive' chooses it: set one")
+    return problems
 
 
 def make_engine(ro, graphdef, cfg, mesh, pad_id: int, min_prompt_bucket: int = 16) -> Engine:
@@ -144,7 +166,7 @@ class _Parts:
     param_shardings: Any
     optimizer: Any
     opt_shardings: Any
-    mixture: PromptMixture
+    mixture: PromptMixture | AdaptiveMixture
     prompt_counts: dict
     engine: Engine
     pool: Any  # verifiers.VerifierPool
@@ -235,11 +257,13 @@ def _prompt_mixture(config, tokenizer, domains, prompt_config):
     if config.data.weights:
         weights = {k: float(v) for k, v in (kv.split("=") for kv in config.data.weights.split(","))}
     by_domain, prompt_counts = build_prompts(train_records, tokenizer, prompt_config)
-    mixture = PromptMixture(
+    mixture = make_mixture(
         by_domain,
+        mixing=config.data.mixing,
         batch_size=ro.prompts_per_step,
         seed=config.seed,
         weights=weights,
+        adaptive=adaptive_settings(config.data) if config.data.mixing == "adaptive" else None,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from rlvr_jax import sharding
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
+from rlvr_jax.rollout import calls, programs
 from rlvr_jax.rollout import pages as pg
-from rlvr_jax.rollout import programs
 from rlvr_jax.rollout import scheduler as sched_lib
 from rlvr_jax.rollout.sampling import (
     Rollout,
@@ -77,6 +77,7 @@ class Engine:
         self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
         self.num_slots, self.page_size = c.num_slots, c.page_size
         self.chunk, self.burst = c.prefill_chunk, c.decode_burst
+        self.prefill_seqs = min(c.prefill_seqs, c.prefill_chunk)
         self.dtype = jnp.dtype(c.cache_dtype or cfg.param_dtype)
         self.weights_dtype = jnp.dtype(c.weights_dtype) if c.weights_dtype else None
         self.pad_id, self.min_prompt_bucket = pad_id, min_prompt_bucket
@@ -220,8 +221,9 @@ class Engine:
         i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
             fn = programs.prefill_program(self.graphdef, sp, self.page_size)
-            args = (i32(C), i32(), i32(), i32(J), i32(), i32(), i32(n - 1))
-            outs = (pool_sh,) + (batch(2),) * 3
+            P = self.prefill_seqs
+            args = (i32(C), i32(P), i32(P), i32(P, J), i32(P), i32(P), i32(P, n - 1))
+            outs = (pool_sh,) + (batch(3),) * 3
         else:
             fn = programs.decode_program(self.graphdef, sp, self.page_size, self.burst)
             args = (i32(S), i32(S), i32(S), i32(S), arr(jnp.bool_, S), i32(S), i32(S), i32(S, J))
@@ -306,7 +308,7 @@ class Engine:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
         call.bar.close()
         rows = call.finished_rows()
-        self.stats = self._call_stats(call, rows, time.perf_counter() - t0, resharded=call.weights is not params)
+        self.stats = calls.call_stats(call, rows, time.perf_counter() - t0, self, resharded=call.weights is not params)
         return self._result(prompts, rows, sp)
 
     def _result(self, prompts, rows: dict, sp: SamplingParams) -> Rollout:
@@ -315,7 +317,7 @@ class Engine:
         T = sp.max_new_tokens
         return assemble_rollout(self.mesh, prompts, rows, sp.n, T, pad_id=self.pad_id, min_prompt_bucket=bucket)
 
-    def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool) -> _Call:
+    def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool) -> calls.Call:
         """Admits a call: checks it fits, picks its block-table width and slots (agreed over the hosts), gives
         each of this host's shards its prompts and a scheduler, and lays the weights and the pool out."""
         n, lens = sp.n, [len(p) for p in prompts]
@@ -345,7 +347,7 @@ class Engine:
         # draws are keyed by the prompt's index in the global batch (the hosts' prompts in process order), so
         # the tokens do not depend on the number of processes
         offset = self._prompt_offset(len(prompts))
-        return _Call(
+        return calls.Call(
             weights=weights,
             target=self.decode_abstract(weights),
             sp=sp,
@@ -358,76 +360,61 @@ class Engine:
             bar=tqdm(total=sum(max_new_R), unit="tok", desc="rollout", file=sys.stderr, disable=not progress),
         )
 
-    def _prefill_round(self, call: _Call) -> int:
-        """Prefill chunks (one per shard per program) until no shard starts another; returns how many ran."""
+    def _prefill_round(self, call: calls.Call) -> int:
+        """Prefill chunks (each shard's next pieces of up to prefill_seqs sequences, packed) until no shard
+        starts another; returns how many ran."""
         chunks = 0
         while True:
-            jobs = [s.next_prefill() for s in call.scheds]
-            if not self._agree([any(j is not None for j in jobs)])[0]:
+            jobs = [s.next_prefills(self.prefill_seqs) for s in call.scheds]
+            if not self._agree([any(jobs)])[0]:
                 return chunks
             firsts = self._run_prefill(call, jobs)
-            for g, job in enumerate(jobs):
-                if job is not None and job.last:
-                    call.scheds[g].finish_prefill(job, *(x[g] for x in firsts))
-                    call.bar.update(0 if job.row is not None else call.sp.n)
+            for g, jobs_g in enumerate(jobs):
+                for p, job in enumerate(jobs_g):
+                    if job.last:
+                        call.scheds[g].finish_prefill(job, *(x[g, p] for x in firsts))
+                        call.bar.update(0 if job.row is not None else call.sp.n)
             chunks += 1
+            call.counts["prefill_chunks"] += 1
 
-    def _decode_round(self, call: _Call) -> bool:
-        """One decode burst over every shard's slots, if any shard has a row seated; returns whether it ran."""
-        djobs = [s.next_decode() for s in call.scheds]
+    def _decode_round(self, call: calls.Call) -> bool:
+        """Decode bursts over every shard's slots, if any shard has a row seated: as many back to back as every
+        shard can run with no word from the host (`Scheduler.steady_bursts`, agreed over the hosts), read once
+        at the end; returns whether any ran."""
+        bursts = -self._agree([-min(s.steady_bursts() for s in call.scheds)])[0]
+        djobs = [s.next_decode(bursts) for s in call.scheds]
         if not self._agree([any(d is not None for d in djobs)])[0]:
             return False
         # the call's block-table width J: decode attention costs each row its own pages
-        valid = self._run_decode(call, djobs)
-        call.counts["decode_steps"] += self.burst
+        valid = self._run_decode(call, djobs, bursts)
+        call.counts["decode_steps"] += self.burst * bursts
+        call.counts["decode_rounds"] += 1
         call.counts["slot_steps"] += int(valid)
         call.bar.update(int(valid))
         return True
 
-    def _call_stats(self, call: _Call, rows: dict, seconds: float, resharded: bool) -> dict:
-        """The `stats` of a finished call: time, the pool's size and peak use, preemptions, slot occupancy."""
-        scheds, counts = call.scheds, call.counts
-        return dict(
-            seconds=seconds,
-            compile_seconds=self.last_compile_seconds,
-            batch_shards=self.local_shards,
-            resharded_weights=resharded,
-            pool_pages=self.num_pages - 1,
-            pool_mib=self.num_pages * self.page_bytes / 2**20,
-            peak_pages=max(s.pool.peak_used for s in scheds),
-            peak_live_tokens=counts["live_at_peak"],
-            peak_pages_all_shards=counts["peak_pages"],
-            preemptions=sum(s.preemptions for s in scheds),
-            slots=call.S,
-            slot_occupancy=counts["slot_steps"] / max(1, counts["decode_steps"] * call.S * len(scheds)),
-            decode_steps=counts["decode_steps"],
-            tokens=sum(len(r.tokens) for r in rows.values()),
-        )
-
-    def _track_peak(self, call: _Call, written: int) -> None:
-        """Pages in use over this host's shards at their peak, and the token positions they hold then: read
-        after a burst wrote its `written` tokens into the pages secured for it, before finished rows free theirs."""
-        used = sum(s.pool.used for s in call.scheds)
-        if used > call.counts["peak_pages"]:
-            live = written + sum(s.live_tokens() for s in call.scheds)
-            call.counts["peak_pages"], call.counts["live_at_peak"] = used, live
-
-    def _run_prefill(self, call: _Call, jobs):
-        G, C, n, J = self.local_shards, self.chunk, call.sp.n, call.J
+    def _run_prefill(self, call: calls.Call, jobs):
+        """One packed prefill chunk per shard: jobs[g] are shard g's pieces, in the order they fill its chunk."""
+        G, C, P, n, J = self.local_shards, self.chunk, self.prefill_seqs, call.sp.n, call.J
         tokens = np.full((G, C), self.pad_id, np.int32)
-        start, q_len, prompt = (np.zeros(G, np.int32) for _ in range(3))
-        copy_from = np.full(G, np.iinfo(np.int32).max, np.int32)
-        pages = np.zeros((G, J), np.int32)
-        copy_dst = np.zeros((G, n - 1), np.int32)
-        for g, job in enumerate(jobs):
-            if job is None:
-                continue
-            tokens[g, : len(job.tokens)] = job.tokens
-            start[g], q_len[g], prompt[g] = job.start, len(job.tokens), call.ids[g][job.prompt]
-            if job.copy_dst:  # the partial last page's first position
-                copy_from[g] = (len(job.pages) - 1) * self.page_size
-            pages[g, : len(job.pages)] = job.pages
-            copy_dst[g, : len(job.copy_dst)] = job.copy_dst
+        start, q_len, prompt = (np.zeros((G, P), np.int32) for _ in range(3))
+        copy_from = np.full((G, P), np.iinfo(np.int32).max, np.int32)
+        pages = np.zeros((G, P, J), np.int32)
+        copy_dst = np.zeros((G, P, n - 1), np.int32)
+        for g, jobs_g in enumerate(jobs):
+            at = 0
+            for p, job in enumerate(jobs_g):
+                if p and job.start:
+                    raise RuntimeError(
+                        "rollout engine: only a chunk's first piece may continue a sequence (a scheduler bug)"
+                    )
+                tokens[g, at : at + len(job.tokens)] = job.tokens
+                at += len(job.tokens)
+                start[g, p], q_len[g, p], prompt[g, p] = job.start, len(job.tokens), call.ids[g][job.prompt]
+                if job.copy_dst:  # the partial last page's first position
+                    copy_from[g, p] = (len(job.pages) - 1) * self.page_size
+                pages[g, p, : len(job.pages)] = job.pages
+                copy_dst[g, p, : len(job.copy_dst)] = job.copy_dst
         program = self._program("prefill", call.target, call.sp, J)
         glob = self.to_global
         self.pool, *firsts = program(
@@ -438,8 +425,10 @@ class Engine:
         )
         return [self.local_rows(x) for x in firsts]
 
-    def _run_decode(self, call: _Call, djobs) -> int:
-        """One burst over every shard's slots (a shard with no job runs inactive slots); returns the tokens made."""
+    def _run_decode(self, call: calls.Call, djobs, bursts: int = 1) -> int:
+        """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots): each
+        burst after the first feeds on the last tokens of the one before, on the devices, and the host reads
+        all of them at the end. Returns the tokens made."""
         G, S, J, ids = self.local_shards, call.S, call.J, call.ids
         names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
         arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
@@ -453,44 +442,28 @@ class Engine:
             pages[g] = job.pages_SxJ
         program = self._program("decode", call.target, call.sp, J, S)
         glob = self.to_global
-        self.pool, *outs = program(
-            call.weights, self.pool, call.base_key, *(glob(arrays[k]) for k in names), glob(pages)
-        )
-        tokens, valid, q_lp, p_lp = (self.local_rows(x) for x in outs)  # [G, burst, S]
-        self._track_peak(call, int(valid.sum()))
+        fixed = {k: glob(arrays[k]) for k in ("active_S", "prompt_S", "sample_S")}
+        pages_dev, tokens_dev, outs_all = glob(pages), glob(arrays["tokens_S"]), []
+        for b in range(bursts):
+            moved = {k: glob(arrays[k] + b * step) for k, step in (("pos_S", self.burst), ("steps_S", self.burst))}
+            budget = glob(np.maximum(arrays["budget_S"] - b * self.burst, 0))
+            inputs = dict(fixed, tokens_S=tokens_dev, budget_S=budget, **moved)
+            self.pool, *outs = program(call.weights, self.pool, call.base_key, *(inputs[k] for k in names), pages_dev)
+            outs_all.append(outs)
+            if b + 1 < bursts:
+                tokens_dev = self._last_tokens(outs[0])
+        tokens, valid, q_lp, p_lp = (
+            np.concatenate([self.local_rows(o[i]) for o in outs_all], axis=1) for i in range(4)
+        )  # [G, bursts x burst, S]
+        calls.track_peak(call, int(valid.sum()))
         for g, job in enumerate(djobs):
             if job is not None:
                 call.scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
         return int(valid.sum())
 
-
-@dataclasses.dataclass
-class _Call:
-    """One generate call on this host: the weights in the decode layout (and their abstract form), the
-    sampling, block-table width J and slots per shard S (agreed over the hosts), each shard's prompts as
-    global prompt indices (`offset` is this host's first) and its scheduler, counters and progress bar."""
-
-    weights: object
-    target: object
-    sp: SamplingParams
-    J: int
-    S: int
-    base_key: object
-    ids: list
-    offset: int
-    scheds: list
-    bar: object
-    counts: dict = dataclasses.field(
-        default_factory=lambda: dict(decode_steps=0, slot_steps=0, peak_pages=0, live_at_peak=0)
-    )
-
-    def done(self) -> bool:
-        return all(s.done() for s in self.scheds)
-
-    def finished_rows(self) -> dict:
-        """{this host's output row: its scheduler Row} (row = local prompt x n + sample)."""
-        n, rows = self.sp.n, {}
-        for ids_g, s in zip(self.ids, self.scheds):
-            for r, row in s.finished.items():
-                rows[(ids_g[r // n] - self.offset) * n + r % n] = row
-        return rows
+    def _last_tokens(self, tokens_GxKxS):
+        """The last step's tokens of a burst's output, on the devices, laid out as a decode program's input."""
+        if "last_tokens" not in self._compiled:
+            out = sharding.batch_sharding(self.mesh, 2)
+            self._compiled["last_tokens"] = jax.jit(lambda t: t[:, -1, :], out_shardings=out)
+        return self._compiled["last_tokens"](tokens_GxKxS)

@@ -85,6 +85,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         help="of the memory a device has left, for --num-pages 0",
     )
     g.add_argument("--prefill-chunk", type=int, default=d.prefill_chunk, help="prompt tokens per prefill program call")
+    g.add_argument(
+        "--prefill-seqs", type=int, default=d.prefill_seqs, help="sequences one prefill call packs into its chunk"
+    )
     g.add_argument("--decode-burst", type=int, default=d.decode_burst, help="decode steps per program call")
     g.add_argument("--cache-dtype", choices=["float32", "bfloat16"], default="float32", help="KV pool dtype")
     g.add_argument(

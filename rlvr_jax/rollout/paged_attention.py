@@ -122,6 +122,42 @@ def xla_decode_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_le
     return out_TxHxD.astype(q_TxHxD.dtype)
 
 
+def xla_packed_prefill_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, *, sm_scale):
+    """The XLA implementation for a packed prefill chunk: up to B sequences' query tokens side by side in T,
+    every sequence after the first starting at position 0 (its keys are all in this chunk), the first
+    maybe continuing earlier pages. Each token attends to the chunk's tokens of its own sequence at or before
+    it (a block-diagonal causal mask over [T, T]) and, in the first sequence, to that sequence's positions
+    before the chunk ([T, J * page_size] keys read from its pages): T x (T + S) scores, not B x T x S.
+    The chunk's keys and values are read back from the pool where this call's tokens were written."""
+    T, H, D = q_TxHxD.shape
+    page_size, K = kv_pages.shape[1], kv_pages.shape[2] // 2
+    B, J = page_indices_BxJ.shape
+    Q = H // K
+    f32 = jnp.float32
+    q_lens_B = jnp.where(jnp.arange(B) < num_seqs_1[0], cu_q_lens_B1[1:] - cu_q_lens_B1[:-1], 0)
+    t_T = jnp.arange(T)
+    real_T = t_T < cu_q_lens_B1[num_seqs_1[0]]
+    seq_T = jnp.clip(jnp.searchsorted(cu_q_lens_B1[1:], t_T, side="right"), 0, B - 1)
+    start_B = kv_lens_B - q_lens_B
+    pos_T = start_B[seq_T] + t_T - cu_q_lens_B1[seq_T]
+    page_T = page_indices_BxJ[seq_T, jnp.clip(pos_T // page_size, 0, J - 1)]
+    chunk_Tx2KxD = kv_pages[page_T, pos_T % page_size].astype(f32)
+    past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
+    kv_Nx2KxD = jnp.concatenate([past_Sx2KxD, chunk_Tx2KxD], axis=0)  # N = S + T keys
+    k_NxKxD, v_NxKxD = kv_Nx2KxD[:, 0::2], kv_Nx2KxD[:, 1::2]
+    q_TxKxQxD = q_TxHxD.reshape(T, K, Q, D).astype(f32)
+    scores_KxQxTxN = jnp.einsum("tkqd,nkd->kqtn", q_TxKxQxD, k_NxKxD) * sm_scale
+    s_S = jnp.arange(J * page_size)
+    past_TxS = (seq_T[:, None] == 0) & (s_S[None, :] < start_B[0])
+    own_TxT = (seq_T[:, None] == seq_T[None, :]) & (t_T[None, :] <= t_T[:, None]) & real_T[None, :]
+    mask_TxN = jnp.concatenate([past_TxS, own_TxT], axis=1) & real_T[:, None]
+    scores_KxQxTxN = jnp.where(mask_TxN, scores_KxQxTxN, MASK_VALUE)
+    probs = jax.nn.softmax(scores_KxQxTxN, axis=-1)
+    out_TxKxQxD = jnp.einsum("kqtn,nkd->tkqd", probs, v_NxKxD)
+    out_TxKxQxD = jnp.where(real_T[:, None, None, None], out_TxKxQxD, 0.0)
+    return out_TxKxQxD.reshape(T, H, D).astype(q_TxHxD.dtype)
+
+
 def kernel_block_sizes(T: int, page_size: int, J: int) -> tuple[int, int]:
     """The kernel's (num_kv_pages_per_block, num_queries_per_block) for T query tokens and J pages of
     page_size per sequence, when the caller gives none: about 256 keys a block, queries up to 32."""
@@ -208,6 +244,7 @@ def ragged_paged_attention(
     sm_scale: float = 1.0,
     impl: str = "auto",
     max_q_len: int | None = None,
+    packed: bool = False,
     num_kv_pages_per_block: int | None = None,
     num_queries_per_block: int | None = None,
     vmem_limit_bytes: int | None = None,
@@ -215,9 +252,15 @@ def ragged_paged_attention(
     """Attention of T query tokens [T, H, D] of up to B sequences against their pages of one layer's pool
     `kv_pages` [A, page_size, 2K, D] (arguments as jax's `ragged_paged_attention`). impl "auto": the Pallas kernel on TPU
     (`platform()`), XLA elsewhere. `max_q_len` bounds the query tokens of any one sequence (the XLA path's
-    padding; the kernel ignores it); the kernel's block sizes default to a fit for the shapes."""
+    padding; the kernel ignores it); the kernel's block sizes default to a fit for the shapes. `packed`: the
+    call is a packed prefill chunk, every sequence after the first starting at position 0 (the XLA path then
+    masks block-diagonally within the chunk: `xla_packed_prefill_attention`; the kernel needs no hint)."""
     if impl == "auto":
         impl = auto_impl(q_TxHxD.shape[-1])
+    if impl == "xla" and packed:
+        return xla_packed_prefill_attention(
+            q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, sm_scale=sm_scale
+        )
     if impl == "xla" and max_q_len == 1:
         return xla_decode_attention(
             q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, sm_scale=sm_scale
@@ -260,6 +303,7 @@ def sharded_ragged_paged_attention(
     sm_scale: float = 1.0,
     impl: str = "auto",
     max_q_len: int | None = None,
+    packed: bool = False,
 ):
     """`ragged_paged_attention` of G independent batch shards at once, each with its own pool of pages
     `kv_pages_G` [G, A, page_size, 2K, D] and its own block tables (page numbers local to its pool). The
@@ -269,7 +313,7 @@ def sharded_ragged_paged_attention(
     if impl == "auto":
         impl = auto_impl(q_GxTxHxD.shape[-1])
     one = lambda q, kv, lens, pages, cu, n: ragged_paged_attention(
-        q, kv, lens, pages, cu, n, sm_scale=sm_scale, impl=impl, max_q_len=max_q_len
+        q, kv, lens, pages, cu, n, sm_scale=sm_scale, impl=impl, max_q_len=max_q_len, packed=packed
     )
     args = (q_GxTxHxD, kv_pages_G, kv_lens_GxB, page_indices_GxBxJ, cu_q_lens_GxB1, num_seqs_Gx1)
     mesh = sharding.active_mesh()

@@ -31,6 +31,7 @@ def paged_forward(
     cu_q_lens_GxB1,
     num_seqs_Gx1,
     max_q_len,
+    packed=False,
 ):
     """The decoder over T tokens per batch shard of up to B sequences each (ragged, laid out as in
     paged_attention.py): each token's keys and values are written at its shard's flat pool slots `write`
@@ -62,6 +63,7 @@ def paged_forward(
             num_seqs_Gx1,
             sm_scale=1.0 / math.sqrt(D),
             max_q_len=max_q_len,
+            packed=packed,
         )
         h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
         h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
@@ -86,50 +88,83 @@ def _sample(base_key, logits_RxV, prompt_R, sample_R, step_R, sp: SamplingParams
     return jax.vmap(one)(keys, logits_RxV)
 
 
-def prefill_program(graphdef, sp: SamplingParams, page_size: int):
-    """One prefill chunk per batch shard (q_len 0: the shard has none this round); the tokens at positions
-    >= copy_from (the prompt's partial last page) are also written into its copies `copy_dst`, one per extra
-    sample (copying the page after the chunk made XLA copy the whole pool). A prompt's last chunk samples
-    the N first tokens."""
+def _packed_layout(C, page_size, start_GxP, q_len_GxP, pages_GxPxJ, copy_from_GxP, copy_dst_GxPxN1):
+    """Where a packed prefill chunk's C tokens belong: the pieces' token offsets cu [G, P + 1], each token's
+    position in its sequence [G, C] and the pool slots it is written to [G, C, 1 + N - 1] (its own, then the
+    copies of a prompt's partial last page; padding writes to the scratch page 0)."""
+    G, P = start_GxP.shape
+    cu_GxP1 = jnp.concatenate([jnp.zeros((G, 1), jnp.int32), jnp.cumsum(q_len_GxP, axis=1)], axis=1)
+    t_C = jnp.arange(C, dtype=jnp.int32)
+    seq_GxC = jax.vmap(lambda cu: jnp.clip(jnp.searchsorted(cu[1:], t_C, side="right"), 0, P - 1))(cu_GxP1)
+    real = t_C[None] < cu_GxP1[:, -1:]
+    at = lambda x_GxP: jnp.take_along_axis(x_GxP, seq_GxC, axis=1)  # each token's sequence's value
+    positions = jnp.where(real, at(start_GxP) + t_C[None] - at(cu_GxP1[:, :-1]), 0)
+    pages_GxCxJ = jnp.take_along_axis(pages_GxPxJ, seq_GxC[..., None], axis=1)
+    slots = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))(pages_GxCxJ, positions)
+    mirrored = real & (positions >= at(copy_from_GxP))
+    copy_dst_GxCxN1 = jnp.take_along_axis(copy_dst_GxPxN1, seq_GxC[..., None], axis=1)
+    copies_GxCxN1 = copy_dst_GxCxN1 * page_size + (positions % page_size)[..., None]
+    write = jnp.concatenate(
+        [jnp.where(real, slots, 0)[..., None], jnp.where(mirrored[..., None], copies_GxCxN1, 0)], axis=-1
+    )
+    return cu_GxP1, positions, write
 
-    def prefill(params, pool, base_key, tokens_GxC, start_G, q_len_G, pages_GxJ, prompt_G, copy_from_G, copy_dst_GxN1):
+
+def prefill_program(graphdef, sp: SamplingParams, page_size: int):
+    """One prefill chunk per batch shard: pieces of up to P sequences packed into C tokens (q_len 0: no
+    piece; the pieces fill the chunk from its start, in order; only the first may start past position 0).
+    The tokens at positions >= copy_from (a prompt's partial last page) are also written into its copies
+    `copy_dst`, one per extra sample (copying the page after the chunk made XLA copy the whole pool). Each
+    piece's last token samples N first tokens (the host keeps those of a prompt's last chunk)."""
+
+    def prefill(
+        params,
+        pool,
+        base_key,
+        tokens_GxC,
+        start_GxP,
+        q_len_GxP,
+        pages_GxPxJ,
+        prompt_GxP,
+        copy_from_GxP,
+        copy_dst_GxPxN1,
+    ):
         model = nnx.merge(graphdef, params)
         G, C = tokens_GxC.shape
-        positions = start_G[:, None] + jnp.arange(C, dtype=jnp.int32)[None]
-        slots = jax.vmap(lambda pj, p: _slots(pj, p, page_size))(pages_GxJ, positions)
-        real = jnp.arange(C)[None] < q_len_G[:, None]
-        mirrored = real & (positions >= copy_from_G[:, None])
-        copies_GxCxN1 = copy_dst_GxN1[:, None, :] * page_size + (positions % page_size)[..., None]
-        write = jnp.concatenate(
-            [jnp.where(real, slots, 0)[..., None], jnp.where(mirrored[..., None], copies_GxCxN1, 0)], axis=-1
+        P = start_GxP.shape[1]
+        cu_GxP1, positions, write = _packed_layout(
+            C, page_size, start_GxP, q_len_GxP, pages_GxPxJ, copy_from_GxP, copy_dst_GxPxN1
         )
-        cu = jnp.stack([jnp.zeros_like(q_len_G), q_len_G], axis=1)
+        num_seqs = jnp.sum(q_len_GxP > 0, axis=1, dtype=jnp.int32)[:, None]
         hidden_GxCxE, pool = paged_forward(
             model,
             tokens_GxC,
             positions,
             write,
             pool,
-            pages_GxJ[:, None],
-            (start_G + q_len_G)[:, None],
-            cu,
-            (q_len_G > 0).astype(jnp.int32)[:, None],
+            pages_GxPxJ,
+            start_GxP + q_len_GxP,
+            cu_GxP1,
+            num_seqs,
             max_q_len=C,
+            packed=True,
         )
-        last_GxE = jnp.take_along_axis(hidden_GxCxE, jnp.maximum(q_len_G - 1, 0)[:, None, None], axis=1)[:, 0]
-        logits_GxV = flat_matmul(last_GxE, model.head_kernel(), 1)
+        last_GxP = jnp.maximum(cu_GxP1[:, 1:] - 1, 0)
+        last_GxPxE = jnp.take_along_axis(hidden_GxCxE, last_GxP[..., None], axis=1)
+        logits_RxV = flat_matmul(last_GxPxE.reshape(G * P, -1), model.head_kernel(), 1)
         n = sp.n
-        logits_RxV = jnp.repeat(logits_GxV, n, axis=0)  # R = G x N rows, shard-major
-        sample_R = jnp.tile(jnp.arange(n, dtype=jnp.int32), G)
+        logits_RxV = jnp.repeat(logits_RxV, n, axis=0)  # R = G x P x N rows, shard-major
+        sample_R = jnp.tile(jnp.arange(n, dtype=jnp.int32), G * P)
         first, q_lp, p_lp = _sample(
-            base_key, logits_RxV, jnp.repeat(prompt_G, n), sample_R, jnp.zeros_like(sample_R), sp
+            base_key, logits_RxV, jnp.repeat(prompt_GxP.reshape(-1), n), sample_R, jnp.zeros_like(sample_R), sp
         )
-        return pool, first.reshape(G, n), q_lp.reshape(G, n), p_lp.reshape(G, n)
+        return pool, first.reshape(G, P, n), q_lp.reshape(G, P, n), p_lp.reshape(G, P, n)
 
     return prefill
 
 
 def decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
+    """A burst of decode steps over every slot."""
     stop_ids = np.asarray(sp.stop_token_ids or (-1,), np.int32)  # a constant of the trace (no device here)
 
     def decode(

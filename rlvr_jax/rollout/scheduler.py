@@ -58,6 +58,7 @@ class PrefillJob:
     row: Row | None = None
     copy_src: int = SCRATCH_PAGE
     copy_dst: list = dataclasses.field(default_factory=list)
+    state: dict | None = dataclasses.field(default=None, repr=False)  # the scheduler's book of this prefill
 
 
 @dataclasses.dataclass
@@ -76,8 +77,9 @@ class DecodeJob:
 
 
 class Scheduler:
-    """Continuous batching over `num_slots` decode slots. Each engine iteration asks for at most one
-    prefill chunk (`next_prefill`) and one decode burst (`next_decode`) and reports their results back."""
+    """Continuous batching over `num_slots` decode slots. Each engine iteration asks for one prefill chunk
+    (`next_prefills`: pieces of up to `max_seqs` sequences packed into `chunk` tokens) and one decode burst
+    (`next_decode`) and reports their results back."""
 
     def __init__(
         self,
@@ -101,7 +103,7 @@ class Scheduler:
         self.ready: collections.deque[Row] = collections.deque()  # prefilled, waiting for a slot
         self.resume: collections.deque[Row] = collections.deque()  # preempted, waiting for a recompute
         self.finished: dict[int, Row] = {}
-        self._prefill: dict | None = None  # the sequence being prefilled, chunk by chunk
+        self._prefills: list[dict] = []  # sequences being prefilled, chunk by chunk; only the first may be partial
         self._age = 0
         self.preemptions = 0
         self.slot_steps = 0  # sum over decode steps of the slots in use
@@ -134,8 +136,7 @@ class Scheduler:
         """(row, its pages, positions written) of everything holding pages now: seated rows, rows waiting
         for a slot, and the prompt of a prefill in progress (row None)."""
         holders = [(r, r.pages, r.fed) for r in self._running() + list(self.ready)]
-        if self._prefill is not None:
-            holders.append((None, self._prefill["pages"], self._prefill["done"]))
+        holders += [(None, st["pages"], st["done"]) for st in self._prefills]
         return holders
 
     def live_tokens(self) -> int:
@@ -150,21 +151,41 @@ class Scheduler:
 
     # ---- prefill -----------------------------------------------------------------------------------
     def next_prefill(self) -> PrefillJob | None:
-        if self._prefill is None and not self._start_prefill():
-            return None
-        st = self._prefill
-        lo = st["done"]
-        hi = min(lo + self.chunk, len(st["tokens"]))
-        st["done"] = hi
-        job = PrefillJob(st["prompt"], st["tokens"][lo:hi], lo, st["pages"], hi == len(st["tokens"]), row=st.get("row"))
-        if job.row is None and st.get("copies"):
-            job.copy_src, job.copy_dst = st["pages"][-1], st["copies"]
-        return job
+        """One sequence's next chunk (the one-sequence form of `next_prefills`)."""
+        jobs = self.next_prefills(1)
+        return jobs[0] if jobs else None
+
+    def next_prefills(self, max_seqs: int) -> list[PrefillJob]:
+        """The next prefill chunk: pieces of up to `max_seqs` sequences, `chunk` tokens in all, packed in order:
+        the sequence a previous chunk left partial first (the only one that may start past position 0), then
+        new ones while a slot would otherwise stay empty and the pool holds their pages. Only the last piece
+        may stop short of its sequence's end."""
+        jobs, room, k = [], self.chunk, 0
+        while room > 0 and len(jobs) < max_seqs:
+            if k == len(self._prefills) and not self._start_prefill():
+                break
+            st = self._prefills[k]
+            k += 1
+            lo = st["done"]
+            hi = min(lo + room, len(st["tokens"]))
+            st["done"], room = hi, room - (hi - lo)
+            job = PrefillJob(
+                st["prompt"], st["tokens"][lo:hi], lo, st["pages"], hi == len(st["tokens"]), row=st.get("row")
+            )
+            if job.row is None and st.get("copies"):
+                job.copy_src, job.copy_dst = st["pages"][-1], st["copies"]
+            job.state = st
+            jobs.append(job)
+        return jobs
+
+    def _incoming(self) -> int:
+        """Rows the prefills in progress will seat: n per prompt, one per recompute."""
+        return sum(1 if st.get("row") is not None else self.n for st in self._prefills)
 
     def _start_prefill(self) -> bool:
         """Starts a recompute (first) or a new prompt when a slot would otherwise stay empty and the pool
         holds its pages."""
-        if self._free_slots() - len(self.ready) <= 0:
+        if self._free_slots() - len(self.ready) - self._incoming() <= 0:
             return False
         if self.resume:
             row = self.resume[0]
@@ -174,7 +195,7 @@ class Scheduler:
                 return False
             self.resume.popleft()
             row.pages = self.pool.allocate(need)
-            self._prefill = dict(prompt=row.prompt, tokens=tokens, pages=row.pages, done=0, row=row)
+            self._prefills.append(dict(prompt=row.prompt, tokens=tokens, pages=row.pages, done=0, row=row))
             return True
         if not self.pending:
             return False
@@ -186,7 +207,7 @@ class Scheduler:
         pages = self.pool.allocate(self.pool.pages_for(len(self.prompts[i])))
         partial = len(self.prompts[i]) % self.pool.page_size != 0
         copies = self.pool.allocate((self.n - 1) * partial)
-        self._prefill = dict(prompt=i, tokens=self.prompts[i], pages=pages, done=0, copies=copies)
+        self._prefills.append(dict(prompt=i, tokens=self.prompts[i], pages=pages, done=0, copies=copies))
         return True
 
     def finish_prefill(self, job: PrefillJob, first_tokens=(), q_logp=(), p_logp=()) -> None:
@@ -194,7 +215,7 @@ class Scheduler:
         token, sharing the full prompt pages (the last sample keeps the original partial page)."""
         if not job.last:
             return
-        self._prefill = None
+        self._prefills = [st for st in self._prefills if st is not job.state]
         if job.row is not None:  # a recompute: back to decoding where it was
             job.row.fed = job.start + len(job.tokens)
             self.ready.appendleft(job.row)
@@ -223,14 +244,34 @@ class Scheduler:
         row.stopped = token in self.stop_ids
 
     # ---- decode ------------------------------------------------------------------------------------
-    def next_decode(self) -> DecodeJob | None:
+    def _seat(self) -> None:
         while self.ready and None in self.slots:
             row = self.ready.popleft()
             row.slot = self.slots.index(None)
             self.slots[row.slot] = row
+
+    def steady_bursts(self) -> int:
+        """Decode bursts this shard can run back to back with no word from the host: more than one only when
+        no row can stop early (no stop tokens), no free slot could be filled before a row finishes, and the
+        pool holds every seated row's pages up to the burst in which the first of them finishes (the last)."""
+        self._seat()
+        running = self._running()
+        if self.stop_ids or not running:
+            return 1
+        if None in self.slots and (self.pending or self.resume or self._prefills):
+            return 1
+        bursts = min(-(-row.budget // self.burst) for row in running)
+        while bursts > 1 and sum(n for _, n in self._pages_wanted(bursts * self.burst)) > self.pool.num_free:
+            bursts -= 1
+        return bursts
+
+    def next_decode(self, bursts: int = 1) -> DecodeJob | None:
+        """The slots' next decode job, with pages secured for `bursts` bursts (`steady_bursts` says how many
+        may run back to back)."""
+        self._seat()
         if not self._running():
             return None
-        self._secure_pages()
+        self._secure_pages(bursts * self.burst)
         S, J = self.num_slots, self.pages_per_seq
         job = DecodeJob(
             rows=list(self.slots),
@@ -255,35 +296,41 @@ class Scheduler:
             job.pages_SxJ[s, : len(row.pages)] = row.pages
         return job
 
-    def _secure_pages(self) -> None:
-        """Every seated row gets the pages its next burst writes; short of pages, the youngest sequence
-        (seated, waiting or being prefilled) is preempted, until the rest fit."""
+    def _pages_wanted(self, steps: int) -> list[tuple[Row, int]]:
+        """(row, pages it still needs) for every seated row to write its next `steps` tokens."""
+        want = []
+        for row in self._running():
+            need = self.pool.pages_for(row.fed + min(steps, row.budget)) - len(row.pages)
+            if need > 0:
+                want.append((row, need))
+        return want
+
+    def _secure_pages(self, steps: int) -> None:
+        """Every seated row gets the pages its next `steps` tokens write; short of pages, the youngest
+        sequence (seated, waiting or being prefilled) is preempted, until the rest fit."""
         while True:
-            want = {}
-            for row in self._running():
-                need = self.pool.pages_for(row.fed + min(self.burst, row.budget)) - len(row.pages)
-                if need > 0:
-                    want[row.row] = (row, need)
-            if sum(need for _, need in want.values()) <= self.pool.num_free:
-                for row, need in want.values():
+            want = self._pages_wanted(steps)
+            if sum(need for _, need in want) <= self.pool.num_free:
+                for row, need in want:
                     row.pages += self.pool.allocate(need)
                 return
             self._preempt_youngest()
 
     def _preempt_youngest(self) -> None:
-        if self._prefill is not None and self._prefill.get("row") is None:
-            st, self._prefill = self._prefill, None  # a prompt half prefilled is younger than any row: restart it
+        fresh = [st for st in self._prefills if st.get("row") is None]
+        if fresh:  # a prompt half prefilled is younger than any row: restart the youngest such
+            st = fresh[-1]
+            self._prefills.remove(st)
             self.pool.release(st["pages"] + st["copies"])
             self.pending.appendleft(st["prompt"])
             return
-        victims = self._running() + list(self.ready)
-        if self._prefill is not None:
-            victims.append(self._prefill["row"])
+        recomputing = [st["row"] for st in self._prefills]
+        victims = self._running() + list(self.ready) + recomputing
         if len(victims) <= 1:
             raise RuntimeError("the pool cannot hold one sequence's next burst (checked at admission; a bug)")
         row = max(victims, key=lambda r: r.age)
-        if self._prefill is not None and row is self._prefill["row"]:
-            self._prefill = None
+        if row in recomputing:
+            self._prefills = [st for st in self._prefills if st.get("row") is not row]
         elif row in self.ready:
             self.ready.remove(row)
         else:

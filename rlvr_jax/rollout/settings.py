@@ -16,12 +16,13 @@ class EngineConfig:
     num_pages: int = 0  # pages per batch shard's pool; 0 = memory_fraction of what a device has left
     memory_fraction: float = 0.5  # of the memory a device has left (weights loaded), when num_pages is 0
     prefill_chunk: int = 128  # prompt tokens per prefill program call: bounds its activations
+    prefill_seqs: int = 8  # sequences whose pieces one prefill call packs into its chunk (ragged)
     decode_burst: int = 8  # decode steps per program call; the host refills slots between bursts
     cache_dtype: str | None = None  # the KV pool's dtype; None = the model's param dtype
     weights_dtype: str | None = None  # the weights' dtype while sampling; None = as trained
 
     def __post_init__(self):
-        for name in ("num_slots", "page_size", "prefill_chunk", "decode_burst"):
+        for name in ("num_slots", "page_size", "prefill_chunk", "prefill_seqs", "decode_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout engine: {name}={getattr(self, name)} must be >= 1")
 
@@ -35,6 +36,7 @@ def engine_config(rollout) -> EngineConfig:
         num_pages=rollout.num_pages,
         memory_fraction=rollout.memory_fraction,
         prefill_chunk=rollout.prefill_chunk,
+        prefill_seqs=rollout.prefill_seqs,
         decode_burst=rollout.decode_burst,
         cache_dtype=rollout.cache_dtype or None,
         weights_dtype=rollout.weights_dtype or None,

@@ -1,8 +1,8 @@
 """`rlvr-experiment`: the mix-vs-merge study end to end (REFERENCE.md; configs/mix_vs_merge.py): sft ->
-rl_<domain> -> merge_<method> -> opd -> multi -> eval -> analysis -> report, the RL stages once per seed
-(`seeds`). Each stage writes into its own subdirectory of the workdir and finishes with DONE.json, so a
-rerun skips finished stages. Here: the checks and the wiring; the stages are stages.py, the resumable
-runner runner.py, the report report.py."""
+rl_<domain> -> merge_<method> -> opd -> multi -> multi_adaptive -> eval -> analysis -> report, the RL
+stages once per seed (`seeds`). Each stage writes into its own subdirectory of the workdir and finishes
+with DONE.json, so a rerun skips finished stages. Here: the checks and the wiring; the stages are
+stages.py, the resumable runner runner.py, the report report.py."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from rlvr_jax.merging import methods as merge
 from rlvr_jax.plan.chips import chip_of
 from rlvr_jax.plan.planner import plan_for
 from rlvr_jax.plan.report import table as plan_table
-from rlvr_jax.study import runner
+from rlvr_jax.rl.train import adaptive_settings
+from rlvr_jax.study import analyses, runner
 from rlvr_jax.study.layout import domains_of, merge_methods_of, model_table, seeds_of
-from rlvr_jax.study.stages import ExperimentError, plan
+from rlvr_jax.study.stages import ExperimentError, adaptive_config, plan, rl_config
 
 
 def validate(config) -> None:
@@ -56,12 +57,29 @@ def validate(config) -> None:
             node = node[part]
         if node < 1:
             problems.append(f"{k}={node} must be >= 1")
+    problems += _adaptive_problems(config, domains)
+    problems += analyses.self_verification_problems(config)
     known = set(model_table(config, "")) - {"sft"}
     for name in filter(None, config.analysis.kl_against.split(",")):
         if name not in known:
             problems.append(f"analysis.kl_against: {name!r} is not a model of this experiment ({sorted(known)})")
     if problems:
         raise ExperimentError("invalid experiment config:\n  " + "\n  ".join(problems))
+
+
+def _adaptive_problems(config, domains: list[str]) -> list[str]:
+    """RL-Multi-Adaptive's mixing settings (base.data.adaptive), checked now rather than when its stage starts
+    after every other RL stage has run. No device is touched: a pod has not initialised JAX yet."""
+    if not config.multi_adaptive:
+        return []
+    data = adaptive_config(rl_config(config, domains=config.domains, steps=1, start="", seed=config.seed)).data
+    problems = [f"multi_adaptive: base.{p}" for p in adaptive_settings(data).problems(len(domains))]
+    if data.weights:
+        problems.append(
+            f"multi_adaptive: base.data.weights={data.weights!r} fixes the mix that adaptive mixing chooses; "
+            "clear it, or set multi_adaptive=False"
+        )
+    return problems
 
 
 def run(config, workdir: str) -> dict:

@@ -1,6 +1,6 @@
-"""The study's findings (REFERENCE.md "Findings" and "Analyses") checked one by one against an experiment's
-results: each becomes {finding, status, evidence, rule} with status "reproduced", "not reproduced" or
-"inconclusive".
+"""The study's findings (REFERENCE.md "Findings" and "Analyses"), and the third arm's question (does
+adaptive domain mixing beat fixed mixing?), checked one by one against an experiment's results: each becomes
+{finding, status, evidence, rule} with status "reproduced", "not reproduced" or "inconclusive".
 
 One rule for every claim with a confidence interval: reproduced when the 95% CI lies wholly on the claim's
 side, not reproduced when it lies wholly on the negation's side, inconclusive when it holds both (this
@@ -147,14 +147,46 @@ def synergy(results: dict) -> dict:
     return _result(name, side(ci), ev, rule)
 
 
+def verdict_row(results: dict, a: str, b: str | None = None) -> dict | None:
+    """The verdict's mean-over-domains row of `a` against `b` (None: against the best merge), if any."""
+    return next(
+        (
+            x
+            for x in results["verdict"]
+            if x["a"] == a and x["domain"] == "mean" and (x["best"] if b is None else x["b"] == b)
+        ),
+        None,
+    )
+
+
 def multi_vs_best_merge(results: dict) -> dict:
-    v = next(x for x in results["verdict"] if x["best"] and x["domain"] == "mean")
+    v = verdict_row(results, "multi")
     return _result(
         "multi-task about equal to the best merge",
         within(v["ci95"]),
         f"RL-Multi - {_label(results, v['b'])} (best by mean) on the mean: {pts(v['diff'])} {ci_pts(v['ci95'])}",
         f"reproduced when the CI lies within +-{100 * MARGIN:g} points; not reproduced when wholly outside",
     )
+
+
+def adaptive_vs_fixed(results: dict) -> dict:
+    """Not a finding of the study (it compared mix and merge only): the third arm's question, asked with the
+    same rule as the others."""
+    name = "adaptive mixing beats fixed mixing at this scale (RL-Multi-Adaptive vs RL-Multi)"
+    rule = (
+        "RL-Multi-Adaptive - RL-Multi on the mean over domains, paired over items as in the verdict (same "
+        "steps, batch, hyper-parameters and seed: only the mixing differs); reproduced when its CI lies above 0, "
+        "not reproduced when below (fixed mixing was better), inconclusive when it holds 0; the row against the "
+        "best merge is shown beside it and decides nothing"
+    )
+    v = verdict_row(results, "multi_adaptive", "multi")
+    if v is None:
+        return _result(name, INCONCLUSIVE, "not run: this experiment has no RL-Multi-Adaptive (multi_adaptive)", rule)
+    ev = f"RL-Multi-Adaptive - RL-Multi on the mean: {pts(v['diff'])} {ci_pts(v['ci95'])}"
+    best = verdict_row(results, "multi_adaptive")
+    if best is not None:
+        ev += f"; vs {_label(results, best['b'])} (best merge): {pts(best['diff'])} {ci_pts(best['ci95'])}"
+    return _result(name, side(v["ci95"]), ev, rule)
 
 
 def cost(results: dict) -> dict:
@@ -264,7 +296,17 @@ def cosines(results: dict) -> dict:
     return _result(name, status, ev, rule)
 
 
-FINDINGS = (own_domain, interference, synergy, multi_vs_best_merge, cost, policy_divergence, overlap, cosines)
+FINDINGS = (
+    own_domain,
+    interference,
+    synergy,
+    multi_vs_best_merge,
+    adaptive_vs_fixed,
+    cost,
+    policy_divergence,
+    overlap,
+    cosines,
+)
 
 
 def check(results: dict) -> list[dict]:

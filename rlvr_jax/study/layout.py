@@ -70,6 +70,12 @@ def model_table(config, workdir: str, seed: int | None = None) -> dict[str, dict
         }
     out["opd"] = {"label": "MT-OPD", "kind": "opd", "path": os.path.join(workdir, f"opd{sfx}", "checkpoints")}
     out["multi"] = {"label": "RL-Multi", "kind": "multi", "path": os.path.join(workdir, f"multi{sfx}", "checkpoints")}
+    if config.multi_adaptive:
+        out["multi_adaptive"] = {
+            "label": "RL-Multi-Adaptive",
+            "kind": "multi_adaptive",
+            "path": os.path.join(workdir, f"multi_adaptive{sfx}", "checkpoints"),
+        }
     return out
 
 

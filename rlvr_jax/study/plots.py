@@ -1,5 +1,5 @@
-"""The report's PNG figures: learning curves, accuracy bars and policy KL (matplotlib, imported only here
-and only when a figure is drawn)."""
+"""The report's PNG figures: learning curves, domain shares of the multi-task runs, accuracy bars and policy
+KL (matplotlib, imported only here and only when a figure is drawn)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,17 @@ def _plt():
     return plt
 
 
+def _smoothed(ax, pts: list[list[float]], w: int, **kw) -> None:
+    """[[step, value], ...] as its rolling mean over w steps (fewer when the run is shorter)."""
+    x, y = np.asarray(pts).T
+    k = min(w, len(y))
+    marker = "o" if len(y) - k < 1 else None  # a single point draws no line
+    ax.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), marker=marker, **kw)
+
+
 def plot_curves(results: dict, path: str) -> None:
-    """Per domain: training reward of its expert, of RL-Multi and of MT-OPD against the step."""
+    """Per domain: training reward of its expert, of RL-Multi (and RL-Multi-Adaptive) and of MT-OPD against
+    the step."""
     plt = _plt()
     domains = list(results["eval"]["items_per_domain"])
     w = max(1, int(results["config"]["report"]["curve_smoothing"]))
@@ -25,16 +34,44 @@ def plot_curves(results: dict, path: str) -> None:
         for stage, label in (
             (f"rl_{d}", results["models"][f"rl_{d}"]["label"]),
             ("multi", "RL-Multi"),
+            ("multi_adaptive", "RL-Multi-Adaptive"),
             ("opd", "MT-OPD"),
         ):
             pts = results["curves"].get(stage, {}).get(d)
-            if not pts:
-                continue
-            x, y = np.asarray(pts).T
-            k = min(w, len(y))
-            ax.plot(x[k - 1 :], np.convolve(y, np.ones(k) / k, mode="valid"), label=label)
+            if pts:
+                _smoothed(ax, pts, w, label=label)
         ax.set_ylim(-0.02, 1.02)  # binary rewards
         ax.set_title(f"{d}: training reward (mean of {w} steps)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def has_share_curves(results: dict) -> bool:
+    """Whether a multi-task run logged its domains' shares of the batch (results written before the mixing
+    metrics existed have none): domain_shares.png is drawn, and the report shows it, only then."""
+    return any(c.get("share") for c in results.get("mixing_curves", {}).values())
+
+
+def plot_shares(results: dict, path: str) -> None:
+    """Per domain: its share of each step's batch in RL-Multi (fixed mixture) and RL-Multi-Adaptive, and the
+    adaptive run's sampling weight (dashed), smoothed like the learning curves."""
+    plt = _plt()
+    domains = list(results["eval"]["items_per_domain"])
+    w = max(1, int(results["config"]["report"]["curve_smoothing"]))
+    curves = results["mixing_curves"]
+    fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
+    for ax, d in zip(axes[0], domains):
+        for i, (stage, label) in enumerate((("multi", "RL-Multi"), ("multi_adaptive", "RL-Multi-Adaptive"))):
+            c = curves.get(stage, {})
+            if c.get("share", {}).get(d):
+                _smoothed(ax, c["share"][d], w, label=f"{label}: share", color=f"C{i}")
+            if stage == "multi_adaptive" and c.get("weight", {}).get(d):
+                _smoothed(ax, c["weight"][d], w, label=f"{label}: weight", color=f"C{i}", linestyle="--")
+        ax.set_ylim(-0.02, 1.02)  # fractions of the batch
+        ax.set_title(f"{d}: share of the batch (mean of {w} steps)")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()

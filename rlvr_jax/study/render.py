@@ -1,17 +1,15 @@
 """report.md from an experiment's results (report.build_results): the verdict with confidence intervals,
 the study's findings checked, gains over the anchor, then the study's tables (main results, merge methods,
-pass@K, cost in device-seconds, weight space, gain consistency, policy KL). Markdown only: no I/O."""
+pass@K, cost in device-seconds, then the analyses: render_analyses.py). Markdown only: no I/O."""
 
 from __future__ import annotations
 
 from rlvr_jax.study import findings, stats
 from rlvr_jax.study.findings import STUDY_MULTI_PCT
 from rlvr_jax.study.layout import DOMAIN_LABELS
-
-
-def pct(x: float) -> str:
-    """Accuracies are shown as percentages with two decimals, like REFERENCE.md."""
-    return f"{100.0 * x:.2f}"
+from rlvr_jax.study.plots import has_share_curves
+from rlvr_jax.study.render_analyses import gains_section, kl_section, pct, table, weight_space_section
+from rlvr_jax.study.render_self_verification import self_verification_section
 
 
 def _commit(code: dict) -> str:
@@ -33,16 +31,15 @@ def code_line(results: dict) -> str:
     return f"Code: the report at commit {report}; the stages at {'; '.join(parts)}."
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main_table_models(results: dict) -> list[str]:
-    """SFT, the experts, the main merge, MT-OPD and RL-Multi: the columns of the study's results table."""
+    """SFT, the experts, the main merge, MT-OPD, RL-Multi (and RL-Multi-Adaptive where it ran): the columns
+    of the study's results table."""
     main = f"merge_{results['config']['merge']['main']}"
-    return [n for n, m in results["models"].items() if m["kind"] in ("anchor", "expert")] + [main, "opd", "multi"]
+    return [n for n, m in results["models"].items() if m["kind"] in ("anchor", "expert")] + [
+        main,
+        "opd",
+        *[n for n in ("multi", "multi_adaptive") if n in results["models"]],
+    ]
 
 
 def render(results: dict) -> str:
@@ -55,9 +52,10 @@ def render(results: dict) -> str:
     out += _merge_methods_section(results)
     out += _pass_at_k_section(results)
     out += _cost_section(results)
-    out += _weight_space_section(results)
-    out += _gains_section(results)
-    out += _kl_section(results)
+    out += weight_space_section(results)
+    out += gains_section(results)
+    out += kl_section(results)
+    out += self_verification_section(results)
     out += _plots_section(results)
     return "\n".join(out)
 
@@ -129,7 +127,7 @@ def _main_results_section(results: dict) -> list[str]:
     return [
         "## Main results (Avg@%d, %%)" % K,
         "",
-        _table(["benchmark"] + [models[n]["label"] for n in cols], rows),
+        table(["benchmark"] + [models[n]["label"] for n in cols], rows),
         "",
     ]
 
@@ -140,7 +138,7 @@ def _merge_methods_section(results: dict) -> list[str]:
     models, pm = results["models"], results["eval"]["per_model"]
     domains = list(results["eval"]["items_per_domain"])
     avg = f"avg@{K}"
-    merge_rows = [n for n, m in models.items() if m["kind"] in ("merge", "opd", "multi")]
+    merge_rows = [n for n, m in models.items() if m["kind"] in ("merge", "opd", "multi", "multi_adaptive")]
     rows = [
         [models[n]["label"]] + [pct(pm[n][d][avg]) for d in domains] + [pct(results["eval"]["mean_avg"][n])]
         for n in merge_rows
@@ -151,7 +149,7 @@ def _merge_methods_section(results: dict) -> list[str]:
         "All merges are anchored on the SFT model, over all parameters, "
         "in fp32; options per method are in results.json (`config.merge.options`).",
         "",
-        _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
+        table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
         "",
     ]
 
@@ -162,7 +160,7 @@ def _pass_at_k_section(results: dict) -> list[str]:
     domains = list(results["eval"]["items_per_domain"])
     pk = f"pass@{K}"
     rows = [[models[n]["label"]] + [pct(pm[n][d][pk]) for d in domains] for n in models]
-    return [f"## pass@{K} (unbiased, %)", "", _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
+    return [f"## pass@{K} (unbiased, %)", "", table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows), ""]
 
 
 def _plots_section(results: dict) -> list[str]:
@@ -173,6 +171,16 @@ def _plots_section(results: dict) -> list[str]:
         "",
         "![accuracy](accuracy_bars.png)",
         "",
+    ]
+    if has_share_curves(results):
+        out += [
+            "Each domain's share of the multi-task runs' batches per step (RL-Multi draws by dataset size; "
+            "RL-Multi-Adaptive by its adaptive weights, dashed):",
+            "",
+            "![domain shares](domain_shares.png)",
+            "",
+        ]
+    out += [
         "![overlap](overlap.png)",
         "",
         "![cosine](cosine.png)",
@@ -206,35 +214,57 @@ def gain_cell(g: dict) -> str:
     return f"{points(g['gain'])} (z {'n/a' if g['z'] is None else format(g['z'], '.1f')})"
 
 
-def verdict_rows(results: dict) -> list[str]:
-    """The models RL-Multi is compared with, in the verdict table's order: the best merge, the other merges,
-    MT-OPD."""
-    names = list(dict.fromkeys(v["b"] for v in results["verdict"]))
-    return sorted(names, key=lambda n: not any(v["best"] for v in results["verdict"] if v["b"] == n))
+def verdict_rows(results: dict, a: str = "multi") -> list[str]:
+    """The models `a` is compared with, in its verdict table's order: RL-Multi (for RL-Multi-Adaptive), the
+    best merge, then the rest in results' order (the other merges, MT-OPD)."""
+    v = [x for x in results["verdict"] if x["a"] == a]
+    names = list(dict.fromkeys(x["b"] for x in v))
+    return sorted(names, key=lambda n: (n != "multi", not any(x["best"] for x in v if x["b"] == n)))
+
+
+def _verdicttable(results: dict, a: str) -> str:
+    models, domains = results["models"], list(results["eval"]["items_per_domain"])
+    cell = {(x["b"], x["domain"]): x for x in results["verdict"] if x["a"] == a}
+    rows = [
+        [models[b]["label"] + (" (best merge)" if cell[(b, "mean")]["best"] else "")]
+        + [verdict_cell(cell[(b, d)]) for d in domains + ["mean"]]
+        for b in verdict_rows(results, a)
+    ]
+    return table([f"{models[a]['label']} vs"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows)
+
+
+def _adaptive_headline(results: dict) -> list[str]:
+    """RL-Multi-Adaptive's line under RL-Multi's: against RL-Multi and against the same best merge."""
+    vs = {b: findings.verdict_row(results, "multi_adaptive", b) for b in ("multi", None)}
+    if vs["multi"] is None:
+        return []
+    parts = [
+        f"against {'RL-Multi' if b else results['models'][v['b']]['label'] + ' (best merge)'} "
+        f"{points(v['diff'])} [{points(v['ci95'][0])}, {points(v['ci95'][1])}]: {v['verdict']}"
+        for b, v in vs.items()
+        if v is not None
+    ]
+    return [f"**RL-Multi-Adaptive (adaptive domain mixing), on the mean over domains: {'; '.join(parts)}.**", ""]
 
 
 def _verdict_section(results: dict) -> list[str]:
     v, models = results["verdict"], results["models"]
-    K, domains = results["eval"]["samples"], list(results["eval"]["items_per_domain"])
-    best = next(x for x in v if x["best"] and x["domain"] == "mean")
+    K = results["eval"]["samples"]
+    best = findings.verdict_row(results, "multi")
     lo, hi = best["ci95"]
-    a = models[best["a"]]["label"]
-    cell = {(x["b"], x["domain"]): x for x in v}
-    rows = [
-        [models[b]["label"] + (" (best merge)" if cell[(b, "mean")]["best"] else "")]
-        + [verdict_cell(cell[(b, d)]) for d in domains + ["mean"]]
-        for b in verdict_rows(results)
-    ]
+    arms = list(dict.fromkeys(x["a"] for x in v))  # RL-Multi, then RL-Multi-Adaptive where it ran
+    a = models[arms[0]]["label"] if len(arms) == 1 else "the table's model"
     seeds = len(results["seeds"])
     return [
         "## Verdict",
         "",
-        f"**{a} against the best merge ({models[best['b']]['label']}, best by mean Avg@{K}): "
-        f"{points(best['diff'])} points on the mean over domains, 95% CI [{points(lo)}, {points(hi)}]: "
+        f"**{models[best['a']]['label']} against the best merge ({models[best['b']]['label']}, best by mean "
+        f"Avg@{K}): {points(best['diff'])} points on the mean over domains, 95% CI [{points(lo)}, {points(hi)}]: "
         f"{best['verdict']}.**",
         "",
+        *_adaptive_headline(results),
         f"Each cell: {a} minus the row's model in points of Avg@{K}, its 95% confidence interval in brackets, "
-        f"and the verdict for {a}: better (the interval lies above 0), worse (below 0), or indistinguishable "
+        f"and the verdict for {'it' if len(arms) > 1 else a}: better (the interval lies above 0), worse (below 0), or indistinguishable "
         "at this scale (it holds 0). The differences are paired over the eval items, which every model "
         f"answers: an item's score is the mean of its {K} samples"
         + (f", averaged over the {seeds} seeds" if seeds > 1 else "")
@@ -242,10 +272,9 @@ def _verdict_section(results: dict) -> list[str]:
         "error sd / sqrt(n); the mean over the D domains is the average of the domain differences, with "
         "standard error sqrt(sum of squared domain errors) / D (the domains share no items); the interval is "
         "the difference +- 1.96 standard errors. The best merge is picked by the same numbers it is compared "
-        "on, which flatters it a little.",
+        "on, which flatters it a little" + (", and it is the same merge for both arms." if len(arms) > 1 else "."),
         "",
-        _table([f"{a} vs"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
-        "",
+        *[line for x in arms for line in (_verdicttable(results, x), "")],
     ]
 
 
@@ -254,13 +283,15 @@ def _findings_section(results: dict) -> list[str]:
     return [
         "## Findings",
         "",
-        "The study's findings (its summary and analyses), each checked on this run. Differences are in points "
+        "The study's findings (its summary and analyses)"
+        + (", and the third arm's question (adaptive mixing)" if "multi_adaptive" in results["models"] else "")
+        + ", each checked on this run. Differences are in points "
         "of Avg@K with 95% confidence intervals (as in the verdict). A finding with an interval is reproduced "
         "when the interval lies wholly on the claim's side, not reproduced when it lies wholly on the "
         "negation's side, and inconclusive when it holds both; "
         f"'little' and 'about equal' mean within {100 * findings.MARGIN:g} points.",
         "",
-        _table(["finding", "status", "evidence"], rows),
+        table(["finding", "status", "evidence"], rows),
         "",
         "How each status is decided:",
         "",
@@ -279,7 +310,7 @@ def _anchor_gains_section(results: dict) -> list[str]:
         "Points of Avg@K over the SFT anchor, paired over items as in the verdict; z = gain / standard error "
         "(n/a where every per-item difference is equal). results.json: `gains`.",
         "",
-        _table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
+        table(["model"] + [DOMAIN_LABELS.get(d, d) for d in domains] + ["Mean"], rows),
         "",
     ]
 
@@ -305,18 +336,32 @@ def _cost_section(results: dict) -> list[str]:
     rows += [row(f"{models[n]['label']} (merge step only)", n) for n in models if n.startswith("merge_")]
     rows.append(row("MT-OPD (distillation only; needs the experts)", "opd"))
     rows.append(row("**RL-Multi (GRPO, mixed)**", "multi"))
+    if "multi_adaptive" in models:
+        rows.append(row("**RL-Multi-Adaptive (GRPO, adaptive mixing)**", "multi_adaptive"))
     rows += [row(f"{n} (not part of training cost)", n, ("",)) for n in ("eval", "analysis") if n in st]
     out = [
         "## Cost (device-seconds = measured wall time x device count)",
         "",
-        _table(["stage", "wall s", "devices", "device-s", "% of separate runs"], rows),
+        table(["stage", "wall s", "devices", "device-s", "% of separate runs"], rows),
         "",
         f"The multi-task run cost **{c['multi_pct_of_single']:.1f}%** of the separate single-domain runs "
         f"(the study: {STUDY_MULTI_PCT}% in GPU-hours, with {results['config']['multi_step_ratio']}x the steps "
-        f"of one run). Every merge or MT-OPD also needs all single-domain runs first."
+        f"of one run)"
+        + (
+            f"; with adaptive mixing, **{c['multi_adaptive_pct_of_single']:.1f}%**"
+            if "multi_adaptive_pct_of_single" in c
+            else ""
+        )
+        + ". Every merge or MT-OPD also needs all single-domain runs first."
         + (f" The RL stages' figures are sums over the {len(seeds)} seeds." if len(seeds) > 1 else ""),
         "",
     ]
+    return out + _step_times_section(results)
+
+
+def _step_times_section(results: dict) -> list[str]:
+    """The cost section's second table: step 1 against the later steps of every RL run."""
+    c, models, seeds = results["cost"], results["models"], results["seeds"]
     t = c["step_times"]
     rows = [
         [
@@ -329,109 +374,21 @@ def _cost_section(results: dict) -> list[str]:
         for n in t
         if t[n]["later_step_mean_s"] is not None
     ]
-    out += [
+    out = [
         "Where the RL time goes (`time/total` per step in each run's metrics_train.jsonl; step 1 includes "
         "compiling the update and most of the rollout engine's programs, which every run pays once; a later "
         "step compiles any block-table width step 1 did not need, `rollout/compilations`):",
         "",
-        _table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows),
+        table(["run", "steps", "step 1 s", "later steps: mean s", "later steps: sum s"], rows),
         "",
     ]
     if c["multi_pct_of_single_later_steps"] is not None:
+        ada = c.get("multi_adaptive_pct_of_single_later_steps")
         out += [
             f"Counting only the steps after the first, the multi-task run took "
-            f"{c['multi_pct_of_single_later_steps']:.1f}% of the single-domain runs' time.",
+            f"{c['multi_pct_of_single_later_steps']:.1f}% of the single-domain runs' time"
+            + ("" if ada is None else f" (with adaptive mixing {ada:.1f}%)")
+            + ".",
             "",
         ]
     return out
-
-
-def _weight_space_section(results: dict) -> list[str]:
-    ws, models = results["weight_space"], results["models"]
-    names = ws["names"]
-    rows = [[models[n]["label"], pct(ws["footprint"][n]["density"])] for n in names]
-    out = [
-        "## Weight space",
-        "",
-        "Update footprint: an entry changed iff |w - w_anchor| > "
-        f"{results['config']['analysis']['rel_tol']} x max(|w|, |w_anchor|).",
-        "",
-        _table(["model", "changed entries (%)"], rows),
-        "",
-    ]
-    core = [n for n in names if models[n]["kind"] in ("expert", "multi")]
-    idx = {n: i for i, n in enumerate(names)}
-    rows = [
-        [
-            f"{models[a]['label']} / {models[b]['label']}",
-            f"{ws['overlap']['jaccard'][idx[a]][idx[b]]:.3f}",
-            f"{ws['overlap']['random_baseline'][idx[a]][idx[b]]:.3f}",
-        ]
-        for i, a in enumerate(core)
-        for b in core[i + 1 :]
-    ]
-    out += [
-        "Overlap of the changed entries (Jaccard) against independent random masks of the same densities:",
-        "",
-        _table(["pair", "Jaccard", "random baseline"], rows),
-        "",
-    ]
-    rows = [[models[a]["label"]] + [f"{ws['cosine']['whole'][idx[a]][idx[b]]:.3f}" for b in core] for a in core]
-    out += [
-        f"Task-vector cosines after one shared seeded projection to {ws['cosine']['dim']} dimensions "
-        "(all models: cosine.png; per layer: cosine_per_layer.png):",
-        "",
-        _table([""] + [models[b]["label"] for b in core], rows),
-        "",
-    ]
-    return out
-
-
-def _gains_section(results: dict) -> list[str]:
-    g, models = results["gain_consistency"], results["models"]
-    domains = list(results["eval"]["items_per_domain"])
-
-    def f(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
-    rows = [[models[n]["label"]] + [f(g[n]["all"])] + [f(g[n][d]) for d in domains] for n in g]
-    return [
-        "## Gain consistency",
-        "",
-        "Cosine between a model's per-item gains over the anchor (clipped at 0) and "
-        "the item-wise maximum of the experts' gains; n/a where a gain vector is all zero.",
-        "",
-        _table(["model", "all"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows),
-        "",
-    ]
-
-
-def _kl_section(results: dict) -> list[str]:
-    kl, models = results["policy_kl"], results["models"]
-    if not kl:
-        return []
-    domains = list(results["eval"]["items_per_domain"])
-    out = [
-        "## Policy neighbourhood",
-        "",
-        f"KL(expert || model) on each domain's held-out prompts "
-        f"({kl['prompts_per_domain']} prompts x {kl['samples']} completions sampled from the expert, teacher-forced "
-        "through both): nats per token (per sequence in brackets).",
-        "",
-    ]
-    for o in kl["against"]:
-        rows = [
-            [models[e]["label"]]
-            + [f"{kl['kl'][o][e][d]['per_token']:.4f} ({kl['kl'][o][e][d]['per_sequence']:.2f})" for d in domains]
-            for e in kl["kl"][o]
-        ]
-        out += [
-            f"Against {models[o]['label']}:",
-            "",
-            _table(["expert"] + [DOMAIN_LABELS.get(d, d) for d in domains], rows),
-            "",
-        ]
-    return out
-
-
-# ------------------------------------------------------------------ plots

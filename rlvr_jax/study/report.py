@@ -15,7 +15,7 @@ from rlvr_jax import storage
 from rlvr_jax.metrics import read_jsonl
 from rlvr_jax.study import findings, stats
 from rlvr_jax.study.layout import domains_of, model_table, pooled_evals, seeds_of, suffix
-from rlvr_jax.study.plots import plot_accuracy, plot_curves, plot_kl
+from rlvr_jax.study.plots import has_share_curves, plot_accuracy, plot_curves, plot_kl, plot_shares
 from rlvr_jax.study.render import render
 from rlvr_jax.study.runner import provenance, stage_done
 
@@ -54,6 +54,22 @@ def _curves(workdir: str, stage: str) -> dict[str, list[list[float]]]:
     return out
 
 
+def _mixing_curves(workdir: str, stage: str) -> dict[str, dict[str, list[list[float]]]]:
+    """metric (share, weight, signal) -> domain -> [[step, value], ...] of a multi-task run's domain mixture
+    (`mixing/<metric>/<domain>` in its metrics; the last row of a step wins, as for the learning curves)."""
+    path = storage.join(workdir, stage, "metrics_train.jsonl")
+    if not storage.exists(path):
+        return {}
+    rows = {r["step"]: r for r in read_jsonl(path)}
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    for step in sorted(rows):
+        for k, v in rows[step].items():
+            if k.startswith("mixing/") and k.count("/") == 2:
+                _, metric, domain = k.split("/")
+                out.setdefault(metric, {}).setdefault(domain, []).append([step, v])
+    return out
+
+
 def _step_times(workdir: str, stage: str) -> dict:
     """From a run's metrics: step 1's time/total (it includes compiling the update and most of the rollout
     engine's programs) and the sum and mean over the later steps."""
@@ -68,9 +84,10 @@ def _step_times(workdir: str, stage: str) -> dict:
 
 
 def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
-    """Device-seconds of the separate runs, the multi-task run, MT-OPD and the merges, each summed over the
-    seeds, and the per-step times of every RL run."""
+    """Device-seconds of the separate runs, the multi-task run(s), MT-OPD and the merges, each summed over
+    the seeds, and the per-step times of every RL run."""
     domains, seeds = domains_of(config), seeds_of(config)
+    multis = [n for n in ("multi", "multi_adaptive") if n in models]
 
     def total(stage):
         return sum(stages[stage + suffix(config, s)]["device_seconds"] for s in seeds)
@@ -80,7 +97,7 @@ def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
     runs = {
         name + suffix(config, s): {"model": name, "seed": s}
         for s in seeds
-        for name in [f"rl_{d}" for d in domains] + ["opd", "multi"]
+        for name in [f"rl_{d}" for d in domains] + ["opd"] + multis
     }
     cost = {
         "single_device_s": single,
@@ -98,6 +115,13 @@ def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
     multi_later = sum(t["later_steps_s"] for t in later.values() if t["model"] == "multi")
     # None when the single-domain runs had no step after the first (compile-bearing) one
     cost["multi_pct_of_single_later_steps"] = 100.0 * multi_later / single_later if single_later > 0 else None
+    if "multi_adaptive" in models:  # the third arm, beside RL-Multi
+        cost["multi_adaptive_device_s"] = total("multi_adaptive")
+        cost["multi_adaptive_pct_of_single"] = 100.0 * total("multi_adaptive") / single_total
+        ada_later = sum(t["later_steps_s"] for t in later.values() if t["model"] == "multi_adaptive")
+        cost["multi_adaptive_pct_of_single_later_steps"] = (
+            100.0 * ada_later / single_later if single_later > 0 else None
+        )
     return cost
 
 
@@ -144,6 +168,8 @@ def build_results(config, workdir: str) -> dict:
     stages = _finished_stages(workdir)
     analysis = storage.read_json(storage.join(workdir, "analysis", "analysis.json"))
     merges = [n for n in models if n.startswith("merge_")]
+    multis = [n for n in ("multi", "multi_adaptive") if n in models]
+    best = stats.best_of(mean_avg, merges)
     results = {
         "question": "mix (one multi-task GRPO run) or merge (per-domain GRPO experts, then merge or distil)?",
         "machine": machine_info(config.report.machine),
@@ -166,16 +192,22 @@ def build_results(config, workdir: str) -> dict:
         },
         "stages": stages,
         "cost": _cost(config, workdir, stages, models),
-        # paired over the eval items against the anchor, and RL-Multi against each merge and MT-OPD (stats)
+        # paired over the eval items against the anchor, and RL-Multi against each merge and MT-OPD (stats);
+        # RL-Multi-Adaptive's rows (a = multi_adaptive) against RL-Multi and the same best merge follow
         "gains": stats.gains(evals),
-        "verdict": stats.verdicts(evals, "multi", merges + ["opd"], stats.best_of(mean_avg, merges)),
+        "verdict": stats.verdicts(evals, "multi", merges + ["opd"], best)
+        + (stats.verdicts(evals, "multi_adaptive", ["multi", best], best) if "multi_adaptive" in models else []),
         "weight_space": {k: analysis[k] for k in ("names", "footprint", "overlap", "cosine")},
         "gain_consistency": analysis["gain_consistency"],
         "policy_kl": analysis["policy_kl"],
+        # {model: {mode: {domain or "all": metrics}}} (analysis.self_verification); {}: no model judged
+        "self_verification": (analysis.get("self_verification") or {}).get("models", {}),
         # the main seed's runs
         "curves": {
-            s: _curves(workdir, s + suffix(config, seeds[0])) for s in [f"rl_{d}" for d in domains] + ["opd", "multi"]
+            s: _curves(workdir, s + suffix(config, seeds[0])) for s in [f"rl_{d}" for d in domains] + ["opd"] + multis
         },
+        # the main seed's multi-task runs: each domain's share of the batch (and the adaptive weights, signal)
+        "mixing_curves": {s: _mixing_curves(workdir, s + suffix(config, seeds[0])) for s in multis},
     }
     results["findings"] = findings.check(results)
     return results
@@ -190,6 +222,8 @@ def write(results: dict, out_dir: str, workdir: str) -> None:
         storage.write_json(os.path.join(local, "results.json"), results, indent=1)
         plot_curves(results, os.path.join(local, "learning_curves.png"))
         plot_accuracy(results, os.path.join(local, "accuracy_bars.png"))
+        if has_share_curves(results):
+            plot_shares(results, os.path.join(local, "domain_shares.png"))
         if results["policy_kl"]:
             plot_kl(results, os.path.join(local, "policy_kl.png"))
         src = storage.join(workdir, "analysis")

@@ -1,5 +1,5 @@
 """The mix-vs-merge study's stages (REFERENCE.md; configs/mix_vs_merge.py): sft -> rl_<domain> ->
-merge_<method> -> opd -> multi -> eval -> analysis -> report, with the RL stages repeated per seed from
+merge_<method> -> opd -> multi -> multi_adaptive -> eval -> analysis -> report, with the RL stages repeated per seed from
 the one anchor (stage names: layout.suffix), and the bodies that train, merge and evaluate."""
 
 from __future__ import annotations
@@ -110,7 +110,26 @@ def _rl_stages(config, workdir: str, seed: int, sft: tuple[str, ...]) -> list[St
                 deps=sft,
             ),
         ]
+        + _adaptive_stages(config, multi, seed, sft)
     )
+
+
+def _adaptive_stages(config, multi, seed: int, sft: tuple[str, ...]) -> list[Stage]:
+    """RL-Multi-Adaptive (config.multi_adaptive): the multi-task run `multi` with adaptive domain mixing."""
+    if not config.multi_adaptive:
+        return []
+    sfx = suffix(config, seed)
+    c = adaptive_config(multi)
+    return [
+        Stage(
+            f"multi_adaptive{sfx}",
+            f"multi-task GRPO on {config.domains} with adaptive mixing, {config.multi_steps} steps"
+            + (f" (seed {seed})" if sfx else ""),
+            lambda d: _train(c, d),
+            resumable=True,
+            deps=sft,
+        )
+    ]
 
 
 def _expert_stages(config, anchor: str, seed: int, sft: tuple[str, ...]) -> list[Stage]:
@@ -176,6 +195,15 @@ def rl_config(config, *, domains: str, steps: int, start: str, seed: int, teache
     c.eval.items_per_domain = 0
     c.train.steps = steps
     c.opd.teachers = teachers
+    return c
+
+
+def adaptive_config(multi):
+    """RL-Multi-Adaptive's run config: RL-Multi's (`multi`) with only data.mixing = "adaptive" (its settings
+    are base.data.adaptive, shared)."""
+    c = copy.deepcopy(multi)
+    with c.data.unlocked():  # data.mixing may be absent from a base config written before it existed
+        c.data.mixing = "adaptive"
     return c
 
 
