@@ -1,7 +1,8 @@
 """The paged rollout engine: continuous batching over decode slots on a paged KV pool, returning the
 sampler's `Rollout`. scheduler.py schedules on the host (pages.py keeps the pool's books); programs.py holds
-the jitted programs that run on the devices: a prefill chunk (one sequence per batch shard) and a burst of
-decode steps over every slot; settings.py sizes it (`EngineConfig`).
+the jitted programs that run on the devices: a prefill chunk (pieces of up to `prefill_seqs` sequences packed
+per batch shard) and a burst of decode steps over every slot (bursts run back to back when no row can end
+early); calls.py keeps a call's books and statistics; settings.py sizes it (`EngineConfig`).
 
 Sharding. The mesh's batch axes (data x fsdp) give G batch shards. Each shard has its own pool of pages,
 its own `num_slots` decode slots and its own scheduler, and a prompt (with its n samples, which share its
