@@ -84,6 +84,16 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.rollout.prefill_chunk = 512  # prompt tokens per prefill program call
     c.rollout.prefill_seqs = 8  # sequences one prefill call packs into its chunk (ragged: short prompts share it)
     c.rollout.decode_burst = 8  # decode steps per program call (the host refills slots between bursts)
+    # Partial rollouts (rollout/partial.py; off: the study's synchronous step, as the paper ran it). On: a
+    # step generates from ceil(partial_oversample x prompts_per_step) prompts, trains the first
+    # prompts_per_step groups to complete and carries the other rows, with their tokens, into the next step
+    # (re-prefilled under the new weights). A token sampled by an older policy is corrected by the loss's TIS
+    # weight min(pi_theta / pi_sampler, grpo.tis_cap) with pi_sampler the log-probability of the policy that
+    # sampled it: decoupled PPO's behaviour weight, truncated (the clip's proximal policy is the current one,
+    # as in a synchronous step), so grpo.tis_cap must be > 0. Needs grpo.dynamic_sampling_draws = 1.
+    c.rollout.partial = False
+    c.rollout.partial_oversample = 2.0  # prompts in flight per step / prompts trained per step
+    c.rollout.max_staleness = 2  # the most policy versions a trained token may lag; older unfinished rows drop
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.advantage = "grpo"  # grpo | drgrpo | rloo

@@ -81,6 +81,10 @@ class Checkpointer:
         args["meta"] = ocp.args.JsonSave(meta)
         return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
+    def will_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` without force saves (every `save_every` steps)."""
+        return bool(self.manager.should_save(step))
+
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 

@@ -76,6 +76,12 @@ def makedirs(path: str) -> None:
         os.makedirs(os.path.expanduser(path), exist_ok=True)
 
 
+def remove(path: str) -> None:
+    """Deletes a file (local or Cloud Storage object) if it exists."""
+    if exists(path):
+        _p(path).unlink()
+
+
 def rmtree(path: str) -> None:
     if exists(path):
         _p(path).rmtree()
@@ -115,6 +121,19 @@ def write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with builtins.open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Whole or absent, as `write_text`."""
+    if is_remote(path):
+        _p(path).write_bytes(data)
+        return
+    path = os.path.expanduser(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with builtins.open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 

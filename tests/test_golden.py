@@ -187,7 +187,7 @@ STEP_LOSS_ATOL_BF16 = 1e-4  # observed -4.1e-6
 
 def grpo_step(run):
     c, s, comps = run["config"], run["settings"], run["comps"]
-    items, rollout = rl_loop.roll_out(comps, s, run["params"], jax.random.fold_in(jax.random.key(c.seed), 1))
+    items, rollout, _ = rl_loop.roll_out(comps, s, run["params"], jax.random.fold_in(jax.random.key(c.seed), 1), 1)
     scored = rl_loop.score(comps, s, items, rollout)
     ub = rl_loop.build_update_batch(comps, s, scored, run["params"])
     m = _update(run, ub.batch)

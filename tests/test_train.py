@@ -475,11 +475,14 @@ DETERMINISTIC = (
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("partial", [False, True], ids=["synchronous", "partial-rollouts"])
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path, partial):
+    """Partial rollouts: the rows carried at the checkpoint resume too (steps 3 and 4 train carried tokens)."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(full, 4), cwd=REPO, env=_env(), check=True, capture_output=True)
+    extra = ["--config.rollout.partial=True"] if partial else []
+    subprocess.run(_train_cmd(full, 4, extra), cwd=REPO, env=_env(), check=True, capture_output=True)
     proc = subprocess.Popen(
-        _train_cmd(killed, 4), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(killed, 4, extra), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     metrics = killed / "metrics_train.jsonl"
     deadline = time.time() + 300
@@ -491,12 +494,15 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
     proc.wait()
     done = _last_by_step(str(metrics))
     assert 4 not in done, "the run finished before it could be killed"
-    subprocess.run(_train_cmd(killed, 4), cwd=REPO, env=_env(), check=True, capture_output=True)
+    subprocess.run(_train_cmd(killed, 4, extra), cwd=REPO, env=_env(), check=True, capture_output=True)
     want, got = _last_by_step(str(full / "metrics_train.jsonl")), _last_by_step(str(metrics))
     assert sorted(got) == [1, 2, 3, 4]
+    keys = DETERMINISTIC + (("staleness/mean", "partial/carried_in_groups") if partial else ())
     for step in range(1, 5):
-        for key in DETERMINISTIC:
+        for key in keys:
             assert got[step][key] == want[step][key], (step, key)
+    if partial:
+        assert max(want[s]["staleness/mean"] for s in (3, 4)) > 0, "no carried token trained after the resume"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rlvr_jax.data import adaptive
 from rlvr_jax.verifiers import DOMAINS
 
 
@@ -71,7 +72,7 @@ def across_hosts(host: dict) -> dict:
         col = values[:, i]
         if np.all(np.isnan(col)):
             continue
-        if k.startswith(("verifier/", "prompts/")) and "latency" not in k:
+        if k.startswith(("verifier/", "prompts/", "partial/")) and "latency" not in k:
             out[k] = float(np.nansum(col))
         elif "max" in k:
             out[k] = float(np.nanmax(col))
@@ -102,3 +103,41 @@ def rollout_metrics(engine) -> dict:
         "rollout/peak_pages_frac": st["peak_pages"] / max(1, st["pool_pages"]),
         "rollout/preemptions": st["preemptions"],
     }
+
+
+def step_host_metrics(c, s, sc, ub, step: int, extra=None) -> dict:
+    """A GRPO step's host metrics (c: loop.Components, s: loop.StepSettings, sc: loop.Scored, ub:
+    loop.UpdateBatch; `extra`: partial rollouts'), combined across processes, with the mixture's."""
+    host = host_metrics(
+        records=sc.records,
+        rewards=sc.rewards_B,
+        scores=sc.scores,
+        lengths=sc.lengths_B,
+        stopped=sc.stopped_B,
+        keep=ub.keep_B,
+    )
+    host["groups/informative_frac"] = float(ub.informative_N.mean())
+    host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
+    host.update(c.pool.counters(reset=True))
+    host.update(extra or {})
+    host = across_hosts(host)
+    host["lr"] = s.lr_at(step - 1)
+    host.update(rollout_metrics(c.engine))
+    host.update(mixing_metrics(c, s, sc, ub))
+    return host
+
+
+def mixing_metrics(c, s, sc, ub) -> dict:
+    """mixing/share/<domain>: each domain's share of the step's prompts (global). Adaptive mixing also feeds
+    the step's global per-domain signal (of every sampled group, all draws) to the mixture, which moves the
+    weights of the next batches: mixing/signal/<domain> and mixing/weight/<domain>. Call it before the
+    step's checkpoint, whose data state then holds the moved weights."""
+    out = {f"mixing/share/{d}": v for d, v in c.mixture.take_shares().items()}
+    if not c.mixture.adaptive:
+        return out
+    signal_N = adaptive.group_signals(ub.rewards_B.reshape(-1, s.group_size))[c.mixture.signal]
+    domains_N = [rec["domain"] for rec in sc.records[:: s.group_size]]
+    totals_2xD = np.stack(adaptive.domain_totals(domains_N, signal_N, c.mixture.domains))
+    units_D, groups_D = sum_across_hosts(totals_2xD)
+    out.update(c.mixture.observe(units_D, groups_D))
+    return out

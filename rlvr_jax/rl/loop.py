@@ -20,11 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 from rlvr_jax import checkpoint
-from rlvr_jax.data import adaptive
 from rlvr_jax.eval.evaluate import decode_completion
 from rlvr_jax.model import params_io
-from rlvr_jax.rl import grpo, host_metrics, optim
+from rlvr_jax.rl import carried, grpo, host_metrics, optim
 from rlvr_jax.rl import update as rl_step
+from rlvr_jax.rollout import partial as partial_lib
 from rlvr_jax.rollout.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class Components:
     writer: Any  # metrics.MetricsWriter
     checkpoint_meta: Callable[[], dict]  # JSON metadata saved with every step
     prompt_counts: dict  # prompts per domain, logged at step 1
+    partial: Any = None  # rollout.partial.PartialRollouts: rows carried between steps (rollout.partial)
 
 
 def build_components(
@@ -205,8 +206,22 @@ def build_components(
         stop_token_ids=tuple(parts["tokenizer"].eos_ids),
         seed=config.seed,
     )
+    partial = None
+    if ro.get("partial", False):
+        settings = partial_lib.PartialSettings(
+            groups_per_step=ro.prompts_per_step // jax.process_count(),
+            oversample=ro.partial_oversample,
+            max_staleness=ro.max_staleness,
+        )
+        partial = partial_lib.PartialRollouts(parts["engine"], sampling, settings)
     comps = Components(
-        sampling=sampling, update=update, logprob_fn=logprob_fn, ref_params=ref_params, teachers=teachers, **parts
+        sampling=sampling,
+        update=update,
+        logprob_fn=logprob_fn,
+        ref_params=ref_params,
+        teachers=teachers,
+        partial=partial,
+        **parts,
     )
     return s, comps
 
@@ -225,11 +240,15 @@ class Scored:
     rewards_B: np.ndarray
 
 
-def roll_out(c: Components, s: StepSettings, params, key):
-    """The step's generation: `draws` prompt batches x group_size samples. Returns (prompt items, rollout)
-    once generated (the engine's host scheduler reads every decode burst)."""
+def roll_out(c: Components, s: StepSettings, params, key, step: int):
+    """The step's generation: `draws` prompt batches x group_size samples, or (partial rollouts) the first
+    complete groups of the prompts in flight. Returns (prompt items, rollout, partial-rollout metrics) once
+    generated (the engine's host scheduler reads every decode burst)."""
+    if c.partial is not None:
+        out = c.partial.step(params, lambda: next(c.mixture), key, step)
+        return out.items, out.rollout, out.metrics
     items = [it for _ in range(s.draws) for it in next(c.mixture)]
-    return items, c.engine.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key)
+    return items, c.engine.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key), {}
 
 
 def score(c: Components, s: StepSettings, items, rollout) -> Scored:
@@ -367,6 +386,7 @@ def update_and_checkpoint(
     """Dispatch the update(s) and the step's checkpoint. Returns (params, opt_state, device metrics)."""
     for _ in range(s.updates_per_rollout):
         params, opt_state, dev_metrics = c.update(params, opt_state, ub.batch)
+    carried.save(c.partial, c.ckpt, step, force=force_save)
     # every checkpoint carries the before-RL evaluation, so a resumed run still reports the gain
     c.ckpt.save(step, checkpoint.step_arrays(params, opt_state, step, base_key), c.checkpoint_meta(), force=force_save)
     return params, opt_state, dev_metrics
@@ -376,6 +396,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
     """Steps start+1 .. s.steps: roll out -> score -> build the update batch -> update and checkpoint ->
     metrics. Step n's device metrics are read only after step n+1's rollout."""
     preempt = _Preemption()
+    carried.restore(c.partial, c.ckpt, start)
     pending = None
     bar = tqdm(
         range(start + 1, s.steps + 1), desc="GRPO", file=sys.stderr, dynamic_ncols=True, initial=start, total=s.steps
@@ -383,7 +404,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
     last_step = start
     for step in bar:
         t0 = time.perf_counter()
-        items, rollout = roll_out(c, s, params, jax.random.fold_in(base_key, step))
+        items, rollout, partial_metrics = roll_out(c, s, params, jax.random.fold_in(base_key, step), step)
         if pending is not None:
             flush_metrics(c.writer, pending, bar, c.ckpt)
             pending = None
@@ -395,7 +416,7 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
         times["time/logprobs"] = t3 - t2
-        host = step_host_metrics(c, s, sc, ub, step)  # adaptive mixing: the next batches' weights move here
+        host = host_metrics.step_host_metrics(c, s, sc, ub, step, partial_metrics)  # adaptive mixing moves its weights
         host.update(times)
         # Read once: a SIGTERM landing after this line is handled at the next step, never between a
         # save that did not see it and the exit below (which then left no checkpoint of this step).
@@ -415,42 +436,6 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         flush_metrics(c.writer, pending, bar, c.ckpt)
     bar.close()
     return {"params": params, "last_step": last_step, "update_compilations": c.update.cache_size()}
-
-
-def step_host_metrics(c: Components, s: StepSettings, sc: Scored, ub: UpdateBatch, step: int) -> dict:
-    """The step's host metrics, combined across processes, with the mixture's (mixing_metrics)."""
-    host = host_metrics.host_metrics(
-        records=sc.records,
-        rewards=sc.rewards_B,
-        scores=sc.scores,
-        lengths=sc.lengths_B,
-        stopped=sc.stopped_B,
-        keep=ub.keep_B,
-    )
-    host["groups/informative_frac"] = float(ub.informative_N.mean())
-    host.update({f"prompts/{k.split('/', 1)[1]}": v for k, v in c.prompt_counts.items()} if step == 1 else {})
-    host.update(c.pool.counters(reset=True))
-    host = host_metrics.across_hosts(host)
-    host["lr"] = s.lr_at(step - 1)
-    host.update(host_metrics.rollout_metrics(c.engine))
-    host.update(mixing_metrics(c, s, sc, ub))
-    return host
-
-
-def mixing_metrics(c: Components, s: StepSettings, sc: Scored, ub: UpdateBatch) -> dict:
-    """mixing/share/<domain>: each domain's share of the step's prompts (global). Adaptive mixing also feeds
-    the step's global per-domain signal (of every sampled group, all draws) to the mixture, which moves the
-    weights of the next batches: mixing/signal/<domain> and mixing/weight/<domain>. Call it before the
-    step's checkpoint, whose data state then holds the moved weights."""
-    out = {f"mixing/share/{d}": v for d, v in c.mixture.take_shares().items()}
-    if not c.mixture.adaptive:
-        return out
-    signal_N = adaptive.group_signals(ub.rewards_B.reshape(-1, s.group_size))[c.mixture.signal]
-    domains_N = [rec["domain"] for rec in sc.records[:: s.group_size]]
-    totals_2xD = np.stack(adaptive.domain_totals(domains_N, signal_N, c.mixture.domains))
-    units_D, groups_D = host_metrics.sum_across_hosts(totals_2xD)
-    out.update(c.mixture.observe(units_D, groups_D))
-    return out
 
 
 def rows_with_gradient_first(batch: dict, local, to_global) -> dict:

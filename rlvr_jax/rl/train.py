@@ -65,12 +65,29 @@ def validate(config, num_devices: int) -> dict:
     if config.train.steps < 1:
         problems.append(f"train.steps={config.train.steps} must be >= 1")
     problems += _mixing_problems(config.data)
+    problems += _partial_problems(ro, g)
     for field in ro.keys():  # a config file of its own may still set a retired field
         if why := cli.retired_field(f"rollout.{field}"):
             problems.append(f"rollout.{field}: {why}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return {"rows": rows, "num_micro": rows // micro, "mesh": mesh_sizes}
+
+
+def _partial_problems(ro, g) -> list[str]:
+    """What partial rollouts (rollout.partial) need of the rest of the config."""
+    if not ro.get("partial", False):
+        return []
+    problems = []
+    if g.tis_cap <= 0:
+        problems.append("rollout.partial needs grpo.tis_cap > 0: the TIS weight corrects tokens of older policies")
+    if g.dynamic_sampling_draws > 1:
+        problems.append("rollout.partial needs grpo.dynamic_sampling_draws = 1 (partial rollouts over-sample instead)")
+    if ro.partial_oversample < 1.0 or ro.max_staleness < 0:
+        problems.append(
+            f"rollout.partial_oversample={ro.partial_oversample} (>= 1.0), rollout.max_staleness={ro.max_staleness} (>= 0)"
+        )
+    return problems
 
 
 def adaptive_settings(data) -> AdaptiveSettings:

@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from rlvr_jax.rollout.sampling import SamplingParams
+from rlvr_jax.rollout.scheduler import RowState
+
+
+@dataclasses.dataclass
+class Groups:
+    """A partial-rollout call's outcome on this host (prompt = the call's local prompt index): the prompts
+    whose n rows all ended (ascending), and the row states of every prompt whose rows began."""
+
+    complete: list[int]
+    states: dict[int, list[RowState]]
 
 
 @dataclasses.dataclass
@@ -32,6 +44,20 @@ class Call:
 
     def done(self) -> bool:
         return all(s.done() for s in self.scheds)
+
+    def ended(self, target_groups: int = 0) -> bool:
+        """Every row ended, or (target_groups > 0) this host has that many complete prompts."""
+        if self.done():
+            return True
+        return target_groups > 0 and sum(len(s.complete_prompts()) for s in self.scheds) >= target_groups
+
+    def groups(self) -> Groups:
+        """This host's complete prompts and begun prompts' row states, as local prompt indices."""
+        complete, states = [], {}
+        for ids_g, s in zip(self.ids, self.scheds):
+            complete += [ids_g[k] - self.offset for k in s.complete_prompts()]
+            states.update({ids_g[k] - self.offset: v for k, v in s.all_row_states().items()})
+        return Groups(sorted(complete), states)
 
     def finished_rows(self) -> dict:
         """{this host's output row: its scheduler Row} (row = local prompt x n + sample)."""
@@ -72,3 +98,48 @@ def track_peak(call: Call, written: int) -> None:
     if used > call.counts["peak_pages"]:
         live = written + sum(s.live_tokens() for s in call.scheds)
         call.counts["peak_pages"], call.counts["live_at_peak"] = used, live
+
+
+def prefill_arrays(call: Call, jobs, G: int, C: int, P: int, page_size: int, pad_id: int) -> tuple:
+    """A packed prefill chunk's host inputs (tokens [G, C]; start, q_len [G, P]; pages [G, P, J]; prompt,
+    copy_from [G, P]; copy_dst [G, P, n - 1]): jobs[g] are shard g's pieces, in the order they fill its chunk."""
+    n, J = call.sp.n, call.J
+    tokens = np.full((G, C), pad_id, np.int32)
+    start, q_len, prompt = (np.zeros((G, P), np.int32) for _ in range(3))
+    copy_from = np.full((G, P), np.iinfo(np.int32).max, np.int32)
+    pages = np.zeros((G, P, J), np.int32)
+    copy_dst = np.zeros((G, P, n - 1), np.int32)
+    for g, jobs_g in enumerate(jobs):
+        at = 0
+        for p, job in enumerate(jobs_g):
+            if p and job.start:
+                raise RuntimeError(
+                    "rollout engine: only a chunk's first piece may continue a sequence (a scheduler bug)"
+                )
+            tokens[g, at : at + len(job.tokens)] = job.tokens
+            at += len(job.tokens)
+            start[g, p], q_len[g, p], prompt[g, p] = job.start, len(job.tokens), call.ids[g][job.prompt]
+            if job.copy_dst:  # the partial last page's first position
+                copy_from[g, p] = (len(job.pages) - 1) * page_size
+            pages[g, p, : len(job.pages)] = job.pages
+            copy_dst[g, p, : len(job.copy_dst)] = job.copy_dst
+    return tokens, start, q_len, pages, prompt, copy_from, copy_dst
+
+
+DECODE_INPUTS = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
+
+
+def decode_arrays(call: Call, djobs, G: int) -> tuple[dict, np.ndarray]:
+    """A decode burst's host inputs: ({DECODE_INPUTS name: [G, S]}, pages [G, S, J]); a shard with no job
+    runs inactive slots. Prompts become global prompt indices (each draw's key)."""
+    S, J, ids = call.S, call.J, call.ids
+    arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in DECODE_INPUTS}
+    pages = np.zeros((G, S, J), np.int32)
+    for g, job in enumerate(djobs):
+        if job is None:
+            continue
+        for k in DECODE_INPUTS:
+            arrays[k][g] = getattr(job, k)
+        arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
+        pages[g] = job.pages_SxJ
+    return arrays, pages

@@ -294,13 +294,41 @@ class Engine:
         """Rows are this host's prompts x sp.n in order (a prompt's samples adjacent), as global
         batch-sharded arrays. `max_new_tokens`, one per row, caps each row (at most sp.max_new_tokens, the
         rollout's T). `progress`: a bar of generated tokens on stderr."""
+        if len(prompts) == 0:
+            self.last_compile_seconds = 0.0
+            return self.rollout_of([], {}, sp)
+        call = self._run_call(params, prompts, sp, key, max_new_tokens, progress, None, 0)
+        return self.rollout_of(prompts, call.finished_rows(), sp)
+
+    def generate_groups(
+        self,
+        params,
+        prompts: Sequence[Sequence[int]],
+        sp: SamplingParams,
+        key=None,
+        *,
+        target_groups: int,
+        started: dict[int, list[sched_lib.RowState]] | None = None,
+        max_new_tokens: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> calls.Groups:
+        """Partial rollouts' call: generates until this host (and every other) has `target_groups` prompts
+        whose n rows all ended, then stops every other row where it is. `started`: prompt -> its rows' states
+        from a previous call (they continue by recompute, as after a preemption). Returns the host-side
+        `calls.Groups`: which prompts completed, in order, and every begun prompt's row states."""
+        if not 0 < target_groups <= len(prompts):
+            raise ValueError(f"target_groups={target_groups}: expected 1..{len(prompts)} (the call's prompts)")
+        call = self._run_call(params, prompts, sp, key, max_new_tokens, progress, started or {}, target_groups)
+        return call.groups()
+
+    def _run_call(self, params, prompts, sp, key, max_new_tokens, progress, started, target_groups) -> calls.Call:
+        """Runs a call to its end: every row ended, or (target_groups > 0) every host has that many complete
+        prompts. Fills self.stats."""
         self.last_compile_seconds = 0.0
         max_new_R = sched_lib.row_budgets([len(p) for p in prompts], sp.n, sp.max_new_tokens, max_new_tokens)
-        if len(prompts) == 0:
-            return self._result([], {}, sp)
-        call = self._start_call(params, prompts, sp, key, max_new_R, progress)
+        call = self._start_call(params, prompts, sp, key, max_new_R, progress, started)
         t0 = time.perf_counter()
-        while self._agree([not call.done()])[0]:
+        while self._agree([not call.ended(target_groups)])[0]:
             # prefill first: every slot that would decode empty is filled before the next burst (a burst
             # costs the same with its slots full; the scheduler starts no prefill without a slot for it)
             chunks = self._prefill_round(call)
@@ -308,24 +336,32 @@ class Engine:
             if not chunks and not decoding and self._agree([not call.done()])[0]:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
         call.bar.close()
-        rows = call.finished_rows()
-        self.stats = calls.call_stats(call, rows, time.perf_counter() - t0, self, resharded=call.weights is not params)
-        return self._result(prompts, rows, sp)
+        self.stats = calls.call_stats(
+            call, call.finished_rows(), time.perf_counter() - t0, self, resharded=call.weights is not params
+        )
+        return call
 
-    def _result(self, prompts, rows: dict, sp: SamplingParams) -> Rollout:
+    def rollout_of(self, prompts, rows: dict, sp: SamplingParams) -> Rollout:
+        """This host's rows ({prompt x n + sample: an object with tokens, q_logp, p_logp, stopped}) as a
+        `Rollout` of global arrays (a call's result, or partial rollouts' chosen groups)."""
         # one prompt width on every host (the rows become one global array)
         bucket = self._agree([next_pow2(max((len(p) for p in prompts), default=1), self.min_prompt_bucket)])[0]
         T = sp.max_new_tokens
         return assemble_rollout(self.mesh, prompts, rows, sp.n, T, pad_id=self.pad_id, min_prompt_bucket=bucket)
 
-    def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool) -> calls.Call:
+    def _start_call(self, params, prompts, sp: SamplingParams, key, max_new_R, progress: bool, started) -> calls.Call:
         """Admits a call: checks it fits, picks its block-table width and slots (agreed over the hosts), gives
         each of this host's shards its prompts and a scheduler, and lays the weights and the pool out."""
         n, lens = sp.n, [len(p) for p in prompts]
         pg.check_fits(lens, max_new_R, n, pg.PagePool(self.num_pages, self.page_size))
         longest = max(lens[r // n] + m for r, m in enumerate(max_new_R))
         J = self._agree([next_pow2(pg.cdiv(longest, self.page_size), 1)])[0]
-        ids = sched_lib.assign_shards(lens, max_new_R, n, self.local_shards)  # ids[g]: this host's prompts on shard g
+        started = started or {}
+        left_R = list(max_new_R)  # the work left: a begun row has made some of its tokens
+        for i, states in started.items():
+            for j, st in enumerate(states):
+                left_R[i * n + j] = 0 if st.finished else st.max_new - len(st.tokens)
+        ids = sched_lib.assign_shards(lens, left_R, n, self.local_shards)  # ids[g]: this host's prompts on shard g
         # slots per shard: num_slots, or as many (a power of two) as the fullest shard's rows need
         S = min(self.num_slots, self._agree([next_pow2(max(len(i) for i in ids) * n, 1)])[0])
         scheds = [
@@ -339,6 +375,7 @@ class Engine:
                 burst=self.burst,
                 pages_per_seq=J,
                 stop_ids=sp.stop_token_ids,
+                started={k: started[i] for k, i in enumerate(ids_g) if i in started},
             )
             for ids_g in ids
         ]
@@ -396,51 +433,19 @@ class Engine:
 
     def _run_prefill(self, call: calls.Call, jobs):
         """One packed prefill chunk per shard: jobs[g] are shard g's pieces, in the order they fill its chunk."""
-        G, C, P, n, J = self.local_shards, self.chunk, self.prefill_seqs, call.sp.n, call.J
-        tokens = np.full((G, C), self.pad_id, np.int32)
-        start, q_len, prompt = (np.zeros((G, P), np.int32) for _ in range(3))
-        copy_from = np.full((G, P), np.iinfo(np.int32).max, np.int32)
-        pages = np.zeros((G, P, J), np.int32)
-        copy_dst = np.zeros((G, P, n - 1), np.int32)
-        for g, jobs_g in enumerate(jobs):
-            at = 0
-            for p, job in enumerate(jobs_g):
-                if p and job.start:
-                    raise RuntimeError(
-                        "rollout engine: only a chunk's first piece may continue a sequence (a scheduler bug)"
-                    )
-                tokens[g, at : at + len(job.tokens)] = job.tokens
-                at += len(job.tokens)
-                start[g, p], q_len[g, p], prompt[g, p] = job.start, len(job.tokens), call.ids[g][job.prompt]
-                if job.copy_dst:  # the partial last page's first position
-                    copy_from[g, p] = (len(job.pages) - 1) * self.page_size
-                pages[g, p, : len(job.pages)] = job.pages
-                copy_dst[g, p, : len(job.copy_dst)] = job.copy_dst
-        program = self._program("prefill", call.target, call.sp, J)
-        glob = self.to_global
-        self.pool, *firsts = program(
-            call.weights,
-            self.pool,
-            call.base_key,
-            *(glob(x) for x in (tokens, start, q_len, pages, prompt, copy_from, copy_dst)),
-        )
+        G, C, P = self.local_shards, self.chunk, self.prefill_seqs
+        arrays = calls.prefill_arrays(call, jobs, G, C, P, self.page_size, self.pad_id)
+        program = self._program("prefill", call.target, call.sp, call.J)
+        self.pool, *firsts = program(call.weights, self.pool, call.base_key, *(self.to_global(x) for x in arrays))
         return [self.local_rows(x) for x in firsts]
 
     def _run_decode(self, call: calls.Call, djobs, bursts: int = 1) -> int:
         """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots): each
         burst after the first feeds on the last tokens of the one before, on the devices, and the host reads
         all of them at the end. Returns the tokens made."""
-        G, S, J, ids = self.local_shards, call.S, call.J, call.ids
-        names = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")
-        arrays = {k: np.zeros((G, S), bool if k == "active_S" else np.int32) for k in names}
-        pages = np.zeros((G, S, J), np.int32)
-        for g, job in enumerate(djobs):
-            if job is None:
-                continue
-            for k in names:
-                arrays[k][g] = getattr(job, k)
-            arrays["prompt_S"][g] = np.asarray(ids[g], np.int32)[job.prompt_S] if ids[g] else 0
-            pages[g] = job.pages_SxJ
+        S, J = call.S, call.J
+        names = calls.DECODE_INPUTS
+        arrays, pages = calls.decode_arrays(call, djobs, self.local_shards)
         program = self._program("decode", call.target, call.sp, J, S)
         glob = self.to_global
         fixed = {k: glob(arrays[k]) for k in ("active_S", "prompt_S", "sample_S")}

@@ -44,6 +44,19 @@ class Row:
 
 
 @dataclasses.dataclass
+class RowState:
+    """A row's progress carried between calls (partial rollouts): its tokens, their logprobs under the
+    sampling policy, its budget, and whether it ended (stop token or budget)."""
+
+    tokens: list
+    q_logp: list
+    p_logp: list
+    max_new: int
+    finished: bool
+    stopped: bool
+
+
+@dataclasses.dataclass
 class PrefillJob:
     """One chunk of one sequence's prefill: `tokens` at positions start.. into `pages` (its block table).
     A prompt with a partial last page `copy_src` has one copy of it per extra sample, `copy_dst`: every
@@ -93,7 +106,10 @@ class Scheduler:
         burst: int,
         pages_per_seq: int,
         stop_ids: Sequence[int] = (),
+        started: dict[int, list[RowState]] | None = None,
     ):
+        """`started`: prompt index -> its n rows' states, for prompts whose rows a previous call began
+        (partial rollouts): unfinished rows continue by recompute, first; such prompts are not prefilled."""
         self.pool, self.prompts, self.n = pool, [list(p) for p in prompts], n
         self.max_new_R = list(max_new_R)
         self.num_slots, self.chunk, self.burst, self.pages_per_seq = num_slots, chunk, burst, pages_per_seq
@@ -108,10 +124,47 @@ class Scheduler:
         self.preemptions = 0
         self.slot_steps = 0  # sum over decode steps of the slots in use
         self.decode_steps = 0
+        self._finished_per_prompt = collections.Counter()
+        self._complete: list[int] = []  # prompts whose n rows finished, in that order
+        for i, states in sorted((started or {}).items()):
+            self._start_rows(i, states)
+
+    def _start_rows(self, i: int, states: Sequence[RowState]) -> None:
+        if len(states) != self.n or not all(st.tokens for st in states):
+            raise ValueError(f"started prompt {i}: expected {self.n} row states with at least one token each")
+        self.pending.remove(i)
+        for j, st in enumerate(states):
+            row = Row(row=i * self.n + j, prompt=i, sample=j, max_new=st.max_new, age=self._age)
+            self._age += 1
+            row.tokens, row.q_logp, row.p_logp = list(st.tokens), list(st.q_logp), list(st.p_logp)
+            row.stopped = st.stopped
+            if st.finished:
+                self._finish(row)
+            else:
+                self.resume.append(row)
 
     # ---- state -------------------------------------------------------------------------------------
     def done(self) -> bool:
         return len(self.finished) == len(self.prompts) * self.n
+
+    def complete_prompts(self) -> list[int]:
+        """Prompts whose n rows all finished, in the order they completed."""
+        return list(self._complete)
+
+    def row_states(self, prompt: int) -> list[RowState] | None:
+        """A prompt's rows now (None while none has a token: not prefilled yet, or being prefilled)."""
+        return self.all_row_states().get(prompt)
+
+    def all_row_states(self) -> dict[int, list[RowState]]:
+        """prompt -> its n rows now, for every prompt whose rows have begun (one pass over the rows)."""
+        rows = list(self.finished.values()) + self._running() + list(self.ready) + list(self.resume)
+        rows += [st["row"] for st in self._prefills if st.get("row") is not None]
+        by_prompt: dict[int, list] = {}
+        for r in rows:
+            by_prompt.setdefault(r.prompt, [None] * self.n)[r.sample] = RowState(
+                list(r.tokens), list(r.q_logp), list(r.p_logp), r.max_new, r.row in self.finished, r.stopped
+            )
+        return {i: states for i, states in by_prompt.items() if None not in states}
 
     def _running(self) -> list[Row]:
         return [r for r in self.slots if r is not None]
@@ -126,6 +179,9 @@ class Scheduler:
             self.slots[row.slot] = None
             row.slot = -1
         self.finished[row.row] = row
+        self._finished_per_prompt[row.prompt] += 1
+        if self._finished_per_prompt[row.prompt] == self.n:
+            self._complete.append(row.prompt)
 
     def _reservation(self, prompt_len: int) -> int:
         """Pages a prompt's prefill takes: its pages, and a copy of a partial last page per extra sample."""
