@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from benchmarks import bench
+from benchmarks import partial_rollout
 from benchmarks import rollout as bench_rollout
 
 MACHINE = {"mem_bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0}
@@ -25,8 +26,14 @@ def test_static_kv_ratio_counts_rows_within_budget():
 
 def test_rollout_section_rows():
     rows = [bench.finish(r, "rollout", MACHINE) for r in bench_rollout.run(quick=True)]
-    assert [r["figure"] for r in rows] == [bench_rollout.FIG_STATIC, bench_rollout.FIG_HF, bench_rollout.FIG_KV]
-    static, hf, kv = rows
+    assert [r["figure"] for r in rows] == [
+        bench_rollout.FIG_STATIC,
+        bench_rollout.FIG_HF,
+        bench_rollout.FIG_KV,
+        bench_rollout.FIG_SIM,
+        partial_rollout.FIG_PARTIAL,
+    ]
+    static, hf, kv, sim, part = rows
     for row in (static, hf):
         assert row["unit"] == "tok/s"
         for key in ("ours", "peer", "ratio", "floor", "floor_fraction"):
@@ -35,6 +42,11 @@ def test_rollout_section_rows():
     assert kv["unit"] == "x" and not bench.higher_is_better(kv)
     assert kv["ours"] >= 1.0 and kv["peer"] >= 1.0 and kv["probe_ratio"] >= 1.0
     assert math.isfinite(kv["ratio"]) and kv["ratio"] > 0 and 0 < kv["floor_fraction"] <= 1
+    # the simulator replays the engine's own schedule: the same decode steps, exactly, on this workload
+    assert sim["ours"] == 1.0 and "measured (engine.stats)" in sim["note"]
+    assert "partial vs synchronous" in part["figure"] and part["unit"] == "tok/s"
+    assert math.isfinite(part["ratio"]) and part["ratio"] > 0
+    assert part["occupancy"]["partial"] > part["occupancy"]["synchronous"]
     assert "| rollout | rollout KV allocated / live tokens at peak |" in bench.markdown(
         rows, dict(MACHINE, cpu_count=2, load_avg_1m=0.0)
     )
