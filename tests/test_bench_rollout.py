@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from benchmarks import bench
-from benchmarks import partial_rollout
+from benchmarks import bench, partial_rollout
 from benchmarks import rollout as bench_rollout
 
 MACHINE = {"mem_bandwidth_gb_s": 10.0, "matmul_gflop_s": 100.0}
