@@ -1,6 +1,7 @@
 """GRPO presets of the study (REFERENCE.md "GRPO as the study ran it"): single-domain or multi-task.
 
-ARG = DOMAIN[,tiny] with DOMAIN in math | code | science | if | multi (no ARG: multi); any other word is an error.
+ARG = DOMAIN[,tiny][,partial] with DOMAIN in math | code | science | if | multi (no ARG: multi); any other word is
+an error. `partial` turns on partial rollouts (rollout.partial: throughput; the study ran synchronous steps).
 Pod scale (Qwen3-4B, 128 prompts x 16 samples, 200 steps per domain, 400 multi-task):
   launch/tpu_pod.sh run --config=configs/grpo.py:math --config.model.checkpoint=gs://BUCKET/anchor --workdir=gs://BUCKET/rl-math
 Laptop CPU (tiny model, built-in tasks, SFT warm start first):
@@ -230,10 +231,11 @@ TINY = {
 
 
 def get_config(arg: str = ""):
-    a = parse_arg(arg, file=__file__, choices={"domain": DOMAINS}, flags=("tiny",), default="multi")
+    a = parse_arg(arg, file=__file__, choices={"domain": DOMAINS}, flags=("tiny", "partial"), default="multi")
     c = study_preset(a.domain)
     if a.tiny:
         for path, value in TINY.items():
             section, _, field = path.rpartition(".")
             setattr(c[section] if section else c, field, value)
+    c.rollout.partial = a.partial  # throughput over the paper's synchronous step (see rollout.partial above)
     return c
