@@ -8,7 +8,8 @@ slots, pool, programs) and the same weights (a rollout bench: no update between 
 (rollout/partial.py): ceil(oversample x prompts) prompts in flight, the step ends when `prompts` groups are
 complete, the rest carried (recomputed next step), groups older than max_staleness dropped. Useful tokens =
 tokens of the groups a step returns, over all 8 steps, per wall second (compilation excluded: every block-table
-width the steps can use is compiled first and checked not to compile while timed).
+width the steps can use is compiled first and checked not to compile while timed). The two modes' steps run
+interleaved, each timed alone.
 """
 
 from __future__ import annotations
@@ -85,31 +86,35 @@ def _compile_all(eng, params, sp, s: PartialSetup) -> None:
         J *= 2
 
 
-def _synchronous(eng, params, sp, s: PartialSetup, draws) -> tuple[float, int, list[dict]]:
-    useful, stats = 0, []
-    t0 = time.perf_counter()
+def _timed_steps(eng, params, sp, s: PartialSetup, vocab: int):
+    """The 8 steps of both modes, interleaved (synchronous step k, then partial step k), so a change of the
+    machine's load touches both. Returns {mode: (seconds, useful tokens, engine stats per step)} and the
+    partial steps' metrics."""
+    draws = {"synchronous": Draws(s, vocab), "partial": Draws(s, vocab)}
+    drv = partial_lib.PartialRollouts(eng, sp, partial_lib.PartialSettings(s.prompts, s.oversample, s.max_staleness))
+    out = {mode: [0.0, 0, []] for mode in draws}
+    metrics = []
     for step in range(s.steps):
-        items = draws()
-        rows_budgets = [b for it in items for b in it["max_new_R"]]
-        out = eng.generate(
-            params, [it["prompt_ids"] for it in items], sp, key=jax.random.key(step), max_new_tokens=rows_budgets
+        t0 = time.perf_counter()
+        items = draws["synchronous"]()
+        budgets = [b for it in items for b in it["max_new_R"]]
+        r = eng.generate(
+            params, [it["prompt_ids"] for it in items], sp, key=jax.random.key(step), max_new_tokens=budgets
         )
-        useful += int(np.asarray(jax.block_until_ready(out.lengths)).sum())
-        stats.append(dict(eng.stats))
-    return time.perf_counter() - t0, useful, stats
+        useful = int(np.asarray(jax.block_until_ready(r.lengths)).sum())
+        _add(out["synchronous"], time.perf_counter() - t0, useful, eng.stats)
+        t0 = time.perf_counter()
+        p = drv.step(params, draws["partial"], jax.random.key(step), step + 1)
+        useful = int(np.asarray(jax.block_until_ready(p.rollout.lengths)).sum())
+        _add(out["partial"], time.perf_counter() - t0, useful, eng.stats)
+        metrics.append(p.metrics)
+    return out, metrics
 
 
-def _partial(eng, params, sp, s: PartialSetup, draws) -> tuple[float, int, list[dict], list[dict]]:
-    settings = partial_lib.PartialSettings(s.prompts, s.oversample, s.max_staleness)
-    drv = partial_lib.PartialRollouts(eng, sp, settings)
-    useful, stats, metrics = 0, [], []
-    t0 = time.perf_counter()
-    for step in range(s.steps):
-        out = drv.step(params, draws, jax.random.key(step), step + 1)
-        useful += int(np.asarray(jax.block_until_ready(out.rollout.lengths)).sum())
-        stats.append(dict(eng.stats))
-        metrics.append(out.metrics)
-    return time.perf_counter() - t0, useful, stats, metrics
+def _add(acc: list, seconds: float, useful: int, stats: dict) -> None:
+    acc[0] += seconds
+    acc[1] += useful
+    acc[2].append(dict(stats))
 
 
 def measure(graphdef, cfg, mesh, params, s: PartialSetup, vocab: int) -> list[dict]:
@@ -122,8 +127,9 @@ def measure(graphdef, cfg, mesh, params, s: PartialSetup, vocab: int) -> list[di
         params, [it["prompt_ids"] for it in warm], sp, max_new_tokens=[b for it in warm for b in it["max_new_R"]]
     )
     compiles = eng.num_compilations
-    sync_s, sync_useful, sync_stats = _synchronous(eng, params, sp, s, Draws(s, vocab))
-    part_s, part_useful, part_stats, part_metrics = _partial(eng, params, sp, s, Draws(s, vocab))
+    modes, part_metrics = _timed_steps(eng, params, sp, s, vocab)
+    sync_s, sync_useful, sync_stats = modes["synchronous"]
+    part_s, part_useful, part_stats = modes["partial"]
     assert eng.num_compilations == compiles, "the engine compiled while timed"
 
     occupancy = lambda st: (
