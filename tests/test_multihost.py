@@ -73,3 +73,37 @@ def test_two_processes_match_one_process(tmp_path):
         for key in ("reward/mean", "loss/policy", "grad/global_norm", "response_length/mean", "entropy"):
             np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-4, atol=1e-6, err_msg=f"{step} {key}")
     assert (tmp_path / "two" / "checkpoints" / "2").is_dir()
+
+
+@pytest.mark.slow
+def test_two_processes_run_partial_rollouts_and_each_saves_its_carried_rows(tmp_path):
+    """Partial rollouts on two hosts: every call stops when both hosts have their groups (no host waits on
+    a collective the other skipped), each host trains its own rows and saves the rows it carries."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                tmp_path,
+                [
+                    "--config.rollout.partial=True",
+                    "--config.distributed.enabled=on",
+                    f"--config.distributed.coordinator=127.0.0.1:{port}",
+                    "--config.distributed.num_processes=2",
+                    f"--config.distributed.process_id={i}",
+                ],
+            ),
+            cwd=REPO,
+            env=_env(4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(e[-3000:] for e in errs)
+    rows = {r["step"]: r for r in read_jsonl(str(tmp_path / "metrics_train.jsonl"))}
+    assert sorted(rows) == [1, 2]
+    assert rows[2]["partial/carried_in_groups"] > 0  # summed over both hosts
+    for i in range(2):
+        assert (tmp_path / "checkpoints" / "carried" / f"step_2.process_{i}.npz").is_file()
