@@ -187,6 +187,17 @@ def study_preset(domain: str) -> ml_collections.ConfigDict:
     c.plan = ml_collections.ConfigDict()  # rlvr-plan: the TPU slice this preset is sized for
     c.plan.topology = "v5p:4x4x4"
     c.plan.mean_response_tokens = 8192  # tokens the projection assumes; 0 = max_new_tokens (an upper bound)
+    # The tail-aware rollout projection (plan/schedule.py): response lengths "geometric" (length_mean, 0 =
+    # mean_response_tokens, capped at length_cap, 0 = rollout.max_new_tokens) or "histogram" (lengths_file:
+    # a run's lengths_histogram.json), the engine's schedule simulated for sim_steps steps per mode
+    # (partial rollouts after sim_warmup steps), synchronous and partial.
+    c.plan.lengths = "geometric"
+    c.plan.length_mean = 0
+    c.plan.length_cap = 0
+    c.plan.lengths_file = ""
+    c.plan.sim_steps = 2
+    c.plan.sim_warmup = 2
+    c.plan.sim_seed = 0
     return c
 
 

@@ -16,6 +16,7 @@ from rlvr_jax import storage
 class MetricsWriter:
     def __init__(self, workdir: str, name: str = "train"):
         self.enabled = jax.process_index() == 0
+        self.workdir = workdir
         self.path = storage.join(workdir, f"metrics_{name}.jsonl")
         self._tb = None
         if self.enabled:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax.metrics import read_jsonl
+from rlvr_jax.rollout import lengths
 from tests.test_train import REPO, TINY_OVERRIDES
 
 
@@ -107,3 +108,6 @@ def test_two_processes_run_partial_rollouts_and_each_saves_its_carried_rows(tmp_
     assert rows[2]["partial/carried_in_groups"] > 0  # summed over both hosts
     for i in range(2):
         assert (tmp_path / "checkpoints" / "carried" / f"step_2.process_{i}.npz").is_file()
+    # the run's response lengths, both hosts' rows, for rlvr-plan (plan.lengths="histogram")
+    hist = lengths.read_histogram(str(tmp_path / lengths.HISTOGRAM_FILE))
+    assert sum(hist["counts"]) == 2 * 8 * 4  # steps x prompts x samples

@@ -9,6 +9,7 @@ import math
 import jax
 
 from rlvr_jax import sharding
+from rlvr_jax.plan import schedule
 from rlvr_jax.plan.chips import Chip, PlanError, chip_of_topology, topology_devices
 from rlvr_jax.plan.stages import (
     merge_stage,
@@ -18,7 +19,7 @@ from rlvr_jax.plan.stages import (
     shapes_of,
     trainer_state_bytes,
 )
-from rlvr_jax.plan.stages_rollout import rollout_stages
+from rlvr_jax.plan.stages_rollout import engine_shape, rollout_stages
 from rlvr_jax.plan.stages_train import training_stages
 from rlvr_jax.rollout.settings import engine_config
 
@@ -57,18 +58,13 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
     problems = shape_problems(s, mesh)
     if problems:
         raise PlanError("the config does not divide over the mesh:\n  " + "\n  ".join(problems))
+    tail = schedule.tail_settings(config, mean_response_len) if "rollout" in only else None
     cfg = model_config_of(config)
     graphdef, params, param_shardings = model_parts(cfg, mesh)
+    trainer = trainer_state_bytes(config, params, param_shardings, mesh) if "rollout" in only else (0, 0)
     groups = {
         "rollout": lambda: rollout_stages(
-            cfg,
-            graphdef,
-            params,
-            mesh,
-            s,
-            engine_config(config.rollout),
-            chip,
-            trainer_state_bytes(config, params, param_shardings, mesh),
+            cfg, graphdef, params, mesh, s, engine_config(config.rollout), chip, trainer, tail and tail.rows(s)
         ),
         "training": lambda: training_stages(config, cfg, mesh, s, chip),
         "merge": lambda: [merge_stage(params, mesh, chip)],
@@ -83,6 +79,7 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
                 progress(report)
     step_s = sum(r.roofline_s * r.runs_per_step for r in stages)
     chips = len(devices)
+    shape = engine_shape(cfg, graphdef, mesh, engine_config(config.rollout), chip, sum(trainer)) if tail else None
     return {
         "topology": topology,
         "chips": chips,
@@ -98,4 +95,26 @@ def plan_for(config, devices, chip: Chip, topology: str, *, mean_response_len=0,
         "projected_device_hours": step_s * s.steps * chips / 3600,
         "study_gpu_hours": STUDY_GPU_HOURS,
         "stages": [dataclasses.asdict(r) for r in stages],
+        **({"tail_aware_rollout": _tail_aware(tail, shape, s, stages, step_s, chips)} if tail else {}),
+    }
+
+
+def _tail_aware(tail: schedule.TailSettings, shape, s, stages, step_s: float, chips: int) -> dict:
+    """The simulated schedule's rollout time, occupancy and device-hours for both modes, beside the roofline
+    at the mean (the lower bound: every slot full until the mean response)."""
+    kinds = {"reshard": "rollout/reshard", "prefill": "rollout/prefill", "decode": "rollout/decode ("}
+    seconds = {k: next(r.roofline_s for r in stages if r.name.startswith(v)) for k, v in kinds.items()}
+    partial = [r.roofline_s for r in stages if r.name.startswith("rollout/decode, partial")]
+    seconds["decode_partial"] = partial[0] if partial else seconds["decode"]  # the same program when as many slots
+    rollout_mean_s = sum(r.roofline_s * r.runs_per_step for r in stages if r.name.startswith("rollout/"))
+    modes = schedule.project(tail, shape, s, seconds, step_s - rollout_mean_s, chips)
+    return {
+        "lengths": {"kind": tail.lengths, "mean": tail.mean, "cap": tail.cap, "file": tail.lengths_file},
+        "simulated_steps": tail.steps,
+        "warmup_steps": tail.warmup,
+        "engine": dataclasses.asdict(shape),
+        "program_s": seconds,
+        "run_mode": "partial" if tail.run_partial else "synchronous",
+        "lower_bound": {"rollout_s": rollout_mean_s, "step_s": step_s, "device_hours": step_s * s.steps * chips / 3600},
+        **modes,
     }

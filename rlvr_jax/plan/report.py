@@ -80,6 +80,7 @@ def table(report: dict) -> str:
         + ", ".join(f"{v:,.1f} GPU-hours ({k})" for k, v in report["study_gpu_hours"].items())
         + ".",
     ]
+    lines += tail_table(report.get("tail_aware_rollout"))
     notes = dict.fromkeys(r["note"] for r in report["stages"] if r.get("note"))
     lines += [f"- KV pool: {n}." for n in notes]
     for r in report["stages"]:
@@ -89,3 +90,32 @@ def table(report: dict) -> str:
                 f"{_fmt_bytes(hbm)} per chip. Change: {advice(r, report)}."
             )
     return "\n".join(lines)
+
+
+def tail_table(t: dict | None) -> list[str]:
+    """The simulated rollout schedule per mode beside the roofline at the mean (the lower bound)."""
+    if not t:
+        return []
+    d = t["lengths"]
+    dist = f"histogram {d['file']}" if d["kind"] == "histogram" else f"geometric, mean {d['mean']:,.0f}"
+    lines = [
+        "",
+        f"Tail-aware rollout (the engine's schedule simulated over response lengths: {dist}, cap {d['cap']:,}; "
+        f"{t['simulated_steps']} steps per mode; this run: {t['run_mode']}):",
+        "",
+        "| rollout | rollout s / step | slot occupancy | decode steps | prefill chunks | step s | device-hours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lb = t["lower_bound"]
+    lines.append(
+        f"| roofline at the mean (lower bound) | {lb['rollout_s']:.1f} | 1.00 | | | {lb['step_s']:.1f} | "
+        f"{lb['device_hours']:,.1f} |"
+    )
+    for mode in ("synchronous", "partial"):
+        m = t[mode]
+        name = mode if mode == "synchronous" else f"partial (x{m['oversample']:g}, staleness <= {m['max_staleness']})"
+        lines.append(
+            f"| {name} | {m['rollout_s']:.1f} | {m['slot_occupancy']:.2f} | {m['decode_steps']:,.0f} | "
+            f"{m['prefill_chunks']:,.0f} | {m['step_s']:.1f} | {m['device_hours']:,.1f} |"
+        )
+    return lines

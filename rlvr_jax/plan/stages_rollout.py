@@ -15,6 +15,7 @@ from rlvr_jax.plan.chips import Chip, GiB
 from rlvr_jax.plan.compile import compile_stage, costs_on, roofline, set_costs, spec_bytes
 from rlvr_jax.plan.stages import Shapes
 from rlvr_jax.rollout import pages as pg
+from rlvr_jax.rollout import simulate
 from rlvr_jax.rollout.engine import Engine
 from rlvr_jax.rollout.sampling import SamplingParams
 from rlvr_jax.rollout.settings import EngineConfig
@@ -42,6 +43,13 @@ def rollout_engine(cfg, graphdef, mesh, engine: EngineConfig, chip: Chip, reside
     return make(max(2, int(engine.memory_fraction * left // eng.page_bytes)))
 
 
+def engine_shape(cfg, graphdef, mesh, engine: EngineConfig, chip: Chip, resident: int) -> simulate.EngineShape:
+    """What the engine's schedule depends on (slots, pool, programs' sizes, batch shards, hosts) at the config's
+    shapes: the engine `rollout_engine` builds, on hosts as the mesh's devices' processes."""
+    eng = rollout_engine(cfg, graphdef, mesh, engine, chip, resident)
+    return simulate.EngineShape.of_engine(eng, hosts=len({d.process_index for d in mesh.devices.flat}))
+
+
 def attention_kernel_costs(cfg: ModelConfig, eng: Engine, queries: float, keys_per_query: float, reads: float):
     """(FLOPs, bytes) per chip of the paged attention the compiled costs miss (a Pallas kernel is opaque to
     XLA's cost analysis): scores and values over `keys_per_query` keys for each of `queries` query tokens,
@@ -52,25 +60,33 @@ def attention_kernel_costs(cfg: ModelConfig, eng: Engine, queries: float, keys_p
     return flops, reads * eng.page_bytes / eng.page_size
 
 
-def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, engine: EngineConfig, chip: Chip, trainer: tuple[int, int]):
+def rollout_stages(
+    cfg, graphdef, params, mesh, s: Shapes, engine: EngineConfig, chip: Chip, trainer: tuple[int, int], partial_rows=0
+):
     """The paged engine's programs: the weights' reshard to the decode layout (once per rollout), a prefill
     round (one chunk per batch shard) and a burst of decode steps over every slot, the pool donated; the
     trainer's state (`trainer`: its params and optimizer bytes per chip) stays on the chips meanwhile.
     Costs: a decode burst's scan body counts once in XLA's analysis, so they come from a one-step
     program's compile x burst; the attention kernel's are added from the shapes (attention_kernel_costs).
     Per step: each prompt prefilled once; decode at the rows that fit the slots and the pool at once
-    (`busy` per shard), each holding its prompt and half its mean response on average."""
+    (`busy` per shard), each holding its prompt and half its mean response on average. `partial_rows`: the
+    rows partial rollouts keep in flight; when they fill more slots per shard, their decode burst compiles as
+    a stage of its own ("decode_partial", 0 runs in the synchronous step: the tail-aware projection prices it)."""
     train_params, opt = trainer
     eng = rollout_engine(cfg, graphdef, mesh, engine, chip, train_params + opt)
     sp = SamplingParams(temperature=s.temperature, max_new_tokens=s.response_len, n=s.samples)
     pages = pg.cdiv(s.prompt_len + s.response_len, s.page_size)
     programs = eng.programs(params, sp, pages, rows=s.rows)
-    one_step = eng.with_burst(1).programs(params, sp, pages, rows=s.rows)["decode"]
-    G, S = eng.num_shards, eng.slots_for(s.rows)
-    busy = max(1.0, min(S, s.rows / G, eng.num_pages * s.page_size / (s.prompt_len + s.mean_response_len)))
+    one_step = {"decode": eng.with_burst(1).programs(params, sp, pages, rows=s.rows)["decode"]}
+    busy = _busy(eng, s, s.rows)
     stages = _stages(eng, s, programs, trainer, busy)
-    note = _pool_note(eng, s, spec_bytes(programs["prefill"][1][1]), busy)
     kernel = _kernel_costs(cfg, eng, s, busy)
+    if partial_rows and eng.slots_for(partial_rows) != eng.slots_for(s.rows):
+        programs["decode_partial"] = eng.programs(params, sp, pages, rows=partial_rows)["decode"]
+        one_step["decode_partial"] = eng.with_burst(1).programs(params, sp, pages, rows=partial_rows)["decode"]
+        stages += (_partial_decode_stage(eng, stages[-1], partial_rows),)
+        kernel["decode_partial"] = _kernel_costs(cfg, eng, s, _busy(eng, s, partial_rows))["decode"]
+    note = _pool_note(eng, s, spec_bytes(programs["prefill"][1][1]), busy)
     device = mesh.devices.flat[0]
     with (
         jax.default_device(device),  # the kernels' lowering reads the default device
@@ -79,8 +95,8 @@ def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, engine: EngineConfig,
         for stage in stages:
             t0 = time.perf_counter()
             pending = None
-            if stage.kind == "decode":  # jax's default device is per thread: name it there too
-                pending = costs_thread.submit(costs_on, device, *one_step, mesh)
+            if stage.kind in one_step:  # jax's default device is per thread: name it there too
+                pending = costs_thread.submit(costs_on, device, *one_step[stage.kind], mesh)
             fn, args = programs[stage.kind]
             report = compile_stage(
                 stage.name,
@@ -97,6 +113,19 @@ def rollout_stages(cfg, graphdef, params, mesh, s: Shapes, engine: EngineConfig,
             report.note = note if stage.kind != "reshard" else ""
             report.compile_s = time.perf_counter() - t0
             yield report
+
+
+def _busy(eng: Engine, s: Shapes, rows: int) -> float:
+    """Rows per shard decoding at once: the slots a call of `rows` rows fills, the rows, and what the pool
+    holds at the mean response."""
+    S, G = eng.slots_for(rows), eng.num_shards
+    return max(1.0, min(S, rows / G, eng.num_pages * s.page_size / (s.prompt_len + s.mean_response_len)))
+
+
+def _partial_decode_stage(eng: Engine, decode: _Stage, rows: int) -> _Stage:
+    G, S, K = eng.num_shards, eng.slots_for(rows), eng.burst
+    name = f"rollout/decode, partial rollouts ({G} shards x {S} slots x {K} steps)"
+    return decode._replace(name=name, kind="decode_partial", tokens=G * S * K, runs=0.0)
 
 
 def _stages(eng: Engine, s: Shapes, programs: dict, trainer: tuple[int, int], busy: float) -> tuple[_Stage, ...]:

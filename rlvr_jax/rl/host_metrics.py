@@ -10,7 +10,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rlvr_jax import storage
 from rlvr_jax.data import adaptive
+from rlvr_jax.rollout import lengths as lengths_lib
 from rlvr_jax.verifiers import DOMAINS
 
 
@@ -141,3 +143,17 @@ def mixing_metrics(c, s, sc, ub) -> dict:
     units_D, groups_D = sum_across_hosts(totals_2xD)
     out.update(c.mixture.observe(units_D, groups_D))
     return out
+
+
+def record_lengths(workdir: str, lengths_B, cap: int) -> None:
+    """Adds the step's response lengths (every host's rows) to the run's `lengths_histogram.json`, which
+    rlvr-plan reads as a length distribution (plan.lengths = "histogram"). Process 0 writes it."""
+    counts = sum_across_hosts(lengths_lib.histogram_of(lengths_B, cap)["counts"])
+    if jax.process_index() != 0:
+        return
+    path = storage.join(workdir, lengths_lib.HISTOGRAM_FILE)
+    h = lengths_lib.read_histogram(path) if storage.exists(path) else None
+    step = {"edges": lengths_lib.histogram_of([], cap)["edges"], "counts": [int(x) for x in counts]}
+    if h is not None and h["edges"] == step["edges"]:
+        step["counts"] = [a + b for a, b in zip(h["counts"], step["counts"])]
+    storage.write_json(path, step, indent=None)
