@@ -125,7 +125,7 @@ def _busy(eng: Engine, s: Shapes, rows: int) -> float:
 def _partial_decode_stage(eng: Engine, decode: _Stage, rows: int) -> _Stage:
     G, S, K = eng.num_shards, eng.slots_for(rows), eng.burst
     name = f"rollout/decode, partial rollouts ({G} shards x {S} slots x {K} steps)"
-    return decode._replace(name=name, kind="decode_partial", tokens=G * S * K, runs=0.0)
+    return _Stage(name, "decode_partial", G * S * K, decode.parts, 0.0, decode.held)
 
 
 def _stages(eng: Engine, s: Shapes, programs: dict, trainer: tuple[int, int], busy: float) -> tuple[_Stage, ...]:
