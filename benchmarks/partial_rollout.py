@@ -79,8 +79,9 @@ def _engine(graphdef, cfg, mesh, s: PartialSetup):
 
 
 def _compile_all(eng, params, sp, s: PartialSetup) -> None:
-    """Every block-table width a call of this workload can pick (a power of two pages up to the longest row)."""
-    J = 1
+    """Every block-table width a call of this workload can pick: a power of two pages, from a row of one new
+    token to the longest row."""
+    J = sampling.next_pow2(pg.cdiv(s.prompt_len + 1, s.page_size), 1)
     while J < 2 * pg.cdiv(s.prompt_len + s.max_new, s.page_size):
         eng.compile(params, sp, J)
         J *= 2
