@@ -411,8 +411,8 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
         jax.block_until_ready(rollout.completion_tokens)  # the rollout's time includes its device time
         t1 = time.perf_counter()
         sc = score(c, s, items, rollout)
-        host_metrics.record_lengths(c.writer.workdir, sc.lengths_B, s.max_new_tokens)
         t2 = time.perf_counter()
+        host_metrics.record_lengths(c.writer.workdir, sc.lengths_B, s.max_new_tokens)  # rlvr-plan reads it
         times = {"time/rollout": t1 - t0, "time/verify": t2 - t1}
         ub = build_update_batch(c, s, sc, params)
         t3 = time.perf_counter()
