@@ -162,24 +162,29 @@ def supervised_run(pod: Pod, workdir: str, steps: int, interrupts: list[str]) ->
     args = [*TRAIN_ARGS, f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.keep=10"]
     launcher = [PY, "-m", "rlvr_jax.launch", "--max-restarts=3", "--stop-grace=5"]
     sup = subprocess.Popen([*launcher, "run", *args], cwd=REPO, env=pod.env)
-    pending, seen = list(interrupts), 0
+    pending, seen, resumes = list(interrupts), 0, 0
     while sup.poll() is None:
         time.sleep(0.5)
         done = logged_steps(workdir)
-        if pending and done and max(done) > seen:  # a step this attempt logged beyond the last interrupt's
+        # a step logged beyond the last interrupt's, by an attempt that began after it: the attempt an
+        # interrupt stopped may still log a step before it dies, so the next interrupt waits for the resume
+        if pending and done and max(done) > seen and len(resumed_at(pod, missing_ok=True)) >= resumes:
             seen = max(done)
             what = pending.pop(0)
             event(f"step {seen} logged: {'killing worker 1 (SIGKILL)' if what == 'kill' else 'preempting the slice'}")
             pod.kill_worker(1) if what == "kill" else pod.preempt()
+            resumes = len(resumed_at(pod, missing_ok=True)) + 1
     if sup.returncode != 0:
         raise SystemExit(f"the supervisor gave up (exit {sup.returncode}): see {pod.env['POD_STATE_DIR']}")
     if pending:
         raise SystemExit(f"the run finished before every interrupt fired ({pending} left)")
 
 
-def resumed_at(pod: Pod) -> list[int]:
+def resumed_at(pod: Pod, missing_ok: bool = False) -> list[int]:
     """The steps the trainer said it resumed from, in worker 0's log (every attempt)."""
     log = os.path.join(pod.env["POD_STATE_DIR"], "logs", "w0.log")
+    if missing_ok and not os.path.exists(log):
+        return []
     with open(log) as f:
         return [int(line.split("resumed from step ")[1].split()[0]) for line in f if "resumed from step " in line]
 
