@@ -41,21 +41,14 @@ def _env(devices):
     return env
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    one = subprocess.run(_cmd(tmp_path / "one"), cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+def _run_two_processes(workdir, extra=()):
+    """The training command on two local processes x 4 CPU devices (gloo), both checked to exit 0."""
     port = _free_port()
+    dist = ["--config.distributed.enabled=on", f"--config.distributed.coordinator=127.0.0.1:{port}"]
     procs = [
         subprocess.Popen(
             _cmd(
-                tmp_path / "two",
-                [
-                    "--config.distributed.enabled=on",
-                    f"--config.distributed.coordinator=127.0.0.1:{port}",
-                    "--config.distributed.num_processes=2",
-                    f"--config.distributed.process_id={i}",
-                ],
+                workdir, [*extra, *dist, "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]
             ),
             cwd=REPO,
             env=_env(4),
@@ -67,6 +60,13 @@ def test_two_processes_match_one_process(tmp_path):
     ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n\n".join(e[-3000:] for e in errs)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    one = subprocess.run(_cmd(tmp_path / "one"), cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    _run_two_processes(tmp_path / "two")
     a = {r["step"]: r for r in read_jsonl(str(tmp_path / "one" / "metrics_train.jsonl"))}
     b = {r["step"]: r for r in read_jsonl(str(tmp_path / "two" / "metrics_train.jsonl"))}
     assert sorted(a) == sorted(b) == [1, 2]
@@ -80,29 +80,7 @@ def test_two_processes_match_one_process(tmp_path):
 def test_two_processes_run_partial_rollouts_and_each_saves_its_carried_rows(tmp_path):
     """Partial rollouts on two hosts: every call stops when both hosts have their groups (no host waits on
     a collective the other skipped), each host trains its own rows and saves the rows it carries."""
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                tmp_path,
-                [
-                    "--config.rollout.partial=True",
-                    "--config.distributed.enabled=on",
-                    f"--config.distributed.coordinator=127.0.0.1:{port}",
-                    "--config.distributed.num_processes=2",
-                    f"--config.distributed.process_id={i}",
-                ],
-            ),
-            cwd=REPO,
-            env=_env(4),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    errs = [p.communicate(timeout=600)[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n\n".join(e[-3000:] for e in errs)
+    _run_two_processes(tmp_path, ["--config.rollout.partial=True"])
     rows = {r["step"]: r for r in read_jsonl(str(tmp_path / "metrics_train.jsonl"))}
     assert sorted(rows) == [1, 2]
     assert rows[2]["partial/carried_in_groups"] > 0  # summed over both hosts
