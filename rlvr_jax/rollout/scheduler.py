@@ -151,10 +151,6 @@ class Scheduler:
         """Prompts whose n rows all finished, in the order they completed."""
         return list(self._complete)
 
-    def row_states(self, prompt: int) -> list[RowState] | None:
-        """A prompt's rows now (None while none has a token: not prefilled yet, or being prefilled)."""
-        return self.all_row_states().get(prompt)
-
     def all_row_states(self) -> dict[int, list[RowState]]:
         """prompt -> its n rows now, for every prompt whose rows have begun (one pass over the rows)."""
         rows = list(self.finished.values()) + self._running() + list(self.ready) + list(self.resume)
