@@ -4,7 +4,7 @@ synchronous steps.
 Partial vs synchronous: 8 consecutive RL steps of the long-tailed workload (benchmarks/rollout.py's: each
 row's budget geometric with mean max_new / 6, clipped to [1, max_new], fresh per step), the same engine (model,
 slots, pool, programs) and the same weights (a rollout bench: no update between steps). A step wants
-`prompts` groups of n rows. Synchronous: one call over `prompts` fresh prompts, to the last row. Partial
+`prompts` groups of n rows, and the engine has a slot for each of a step's rows. Synchronous: one call over `prompts` fresh prompts, to the last row. Partial
 (rollout/partial.py): ceil(oversample x prompts) prompts in flight, the step ends when `prompts` groups are
 complete, the rest carried (recomputed next step), groups older than max_staleness dropped. Useful tokens =
 tokens of the groups a step returns, over all 8 steps, per wall second (compilation excluded: every block-table
@@ -48,8 +48,11 @@ class PartialSetup:
     seed: int = 0
 
 
-FULL = PartialSetup(prompts=16, n=8, prompt_len=64, max_new=1024, num_slots=32, page_size=16)
-QUICK = PartialSetup(prompts=4, n=4, prompt_len=16, max_new=32, num_slots=8, page_size=8, steps=3)
+# the slots hold a whole step's rows, as in the study's presets (tiny: 128 slots for 16 x 8 rows; math on
+# v5p:4x4x4: 64 shards x 32 slots for 128 x 16 rows), so a synchronous step decodes its rows at once and
+# waits for the longest
+FULL = PartialSetup(prompts=8, n=8, prompt_len=64, max_new=1024, num_slots=64, page_size=16)
+QUICK = PartialSetup(prompts=4, n=4, prompt_len=16, max_new=32, num_slots=16, page_size=8, steps=3)
 
 
 class Draws:
