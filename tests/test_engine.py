@@ -268,39 +268,3 @@ def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, me
     assert b.lengths.tolist() == [T] * 4 + [T // 2] * 2
     # T = 24 in bursts of 4: 6 reads one by one; back to back, one up to the short rows' end and one after
     assert stepwise.stats["decode_rounds"] == 6 and chained.stats["decode_rounds"] == 2, (chained.stats, stepwise.stats)
-
-
-def test_finished_rows_are_reported_once_each_while_the_call_goes_on(qwen3, mesh, monkeypatch):
-    """`on_finished` gets every row once, with the tokens and stop flag the rollout then holds, and rows with
-    small budgets are reported rounds before the call's last round (a verifier can score them meanwhile)."""
-    _, _, params = qwen3
-    prompts = [[5, 6, 7], [8, 9], [4] * 6, [10, 11, 12, 13]]
-    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, stop_token_ids=(3,), seed=4)
-    limits = [1, T, 2, T, T, 3, T, 1]
-    eng = _engine(qwen3, mesh, num_slots=4)
-    rounds = [0]
-    decode_round = engine.Engine._decode_round
-
-    def counted(self, call):
-        rounds[0] += 1
-        return decode_round(self, call)
-
-    monkeypatch.setattr(engine.Engine, "_decode_round", counted)
-    seen = {}
-
-    def on_finished(row, prompt, tokens, stopped):
-        assert row not in seen, f"row {row} reported twice"
-        seen[row] = (prompt, tokens, stopped, rounds[0])
-
-    out = eng.generate(params, prompts, sp, max_new_tokens=limits, on_finished=on_finished)
-    assert sorted(seen) == list(range(len(limits)))
-    tokens, valid = np.asarray(out.completion_tokens), np.asarray(out.completion_valid)
-    for r, (prompt, toks, stopped, _) in seen.items():
-        assert prompt == out.prompt_index[r] == r // sp.n
-        assert toks == tokens[r, : valid[r].sum()].tolist(), r
-        assert stopped == bool(out.stopped[r]), r
-    short = [r for r, m in enumerate(limits) if m <= 3]
-    assert max(seen[r][3] for r in short) < rounds[0], "short rows should be reported before the call ends"
-    # the same call without a callback makes the same tokens
-    again = _engine(qwen3, mesh, num_slots=4).generate(params, prompts, sp, max_new_tokens=limits)
-    np.testing.assert_array_equal(np.asarray(again.completion_tokens), tokens)

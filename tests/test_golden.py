@@ -187,10 +187,8 @@ STEP_LOSS_ATOL_BF16 = 1e-4  # observed -4.1e-6
 
 def grpo_step(run):
     c, s, comps = run["config"], run["settings"], run["comps"]
-    items, rollout, _, stream = rl_loop.roll_out(
-        comps, s, run["params"], jax.random.fold_in(jax.random.key(c.seed), 1), 1
-    )
-    scored = rl_loop.score(comps, s, items, rollout, stream)
+    items, rollout, _ = rl_loop.roll_out(comps, s, run["params"], jax.random.fold_in(jax.random.key(c.seed), 1), 1)
+    scored = rl_loop.score(comps, s, items, rollout)
     ub = rl_loop.build_update_batch(comps, s, scored, run["params"])
     m = _update(run, ub.batch)
     rewards = {int(i): float(scored.rewards_B[i]) for i in np.flatnonzero(scored.rewards_B)}

@@ -195,36 +195,3 @@ def test_truncated_rows_score_0_in_the_pool_without_reaching_a_worker():
     section.truncated_zero = False  # the alternative: graded like any other response
     with pool_from_config(section, thinking=False) as p:
         assert [s.reward for s in p.submit(recs, resps, truncated=cut).result(timeout=60)] == [1.0] * 4
-
-
-def test_a_stream_scores_rows_as_they_arrive_like_one_submit():
-    """Rows added one by one, out of order (as a rollout's rows finish), score as one `submit` of them all:
-    the same scores, truncated rows 0 without a worker, a repeated (record, response) scored once."""
-    section = _grpo_verifier_section("math")
-    section.workers = 2
-    recs, resps = _mixed(12)
-    recs[5], resps[5] = recs[3], resps[3]  # a repeat of row 3
-    cut = [i in (2, 7) for i in range(12)]
-    with pool_from_config(section, thinking=False) as p:
-        want = p.submit(recs, resps, truncated=cut).result(timeout=60)
-        batch = p.counters(reset=True)
-        stream = p.stream()
-        order = [7, 0, 11, 3, 5, 1, 10, 2, 9, 4, 8, 6]
-        for r in order[:6]:
-            stream.add(r, recs[r], resps[r], truncated=cut[r])
-        first = stream.futures[order[0]]
-        assert first.result(timeout=60), "a row's score is ready before the other rows arrive"
-        for r in order[6:]:
-            stream.add(r, recs[r], resps[r], truncated=cut[r])
-        got = stream.scores(12)
-        assert [(s.reward, s.reason) for s in got] == [(s.reward, s.reason) for s in want]
-        streamed = p.counters(reset=True)
-        for k in ("verifier/scored", "verifier/deduplicated"):
-            assert streamed[k] == batch[k], k
-        assert stream.keys[4] == (id(recs[4]), resps[4])
-        with pytest.raises(ValueError, match="already added"):
-            stream.add(4, recs[4], resps[4])
-        partial = p.stream()
-        partial.add(0, recs[0], resps[0])
-        with pytest.raises(ValueError, match="never added"):
-            partial.scores(2)

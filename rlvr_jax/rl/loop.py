@@ -242,43 +242,24 @@ class Scored:
 
 def roll_out(c: Components, s: StepSettings, params, key, step: int):
     """The step's generation: `draws` prompt batches x group_size samples, or (partial rollouts) the first
-    complete groups of the prompts in flight. Returns (prompt items, rollout, partial-rollout metrics, score
-    stream) once generated (the engine's host scheduler reads every decode burst). A synchronous rollout
-    hands each row to the verifier pool as it finishes (the stream), so scoring runs beside the rest of
-    the rollout; partial rollouts score their chosen groups after it (stream None)."""
+    complete groups of the prompts in flight. Returns (prompt items, rollout, partial-rollout metrics) once
+    generated (the engine's host scheduler reads every decode burst)."""
     if c.partial is not None:
         out = c.partial.step(params, lambda: next(c.mixture), key, step)
-        return out.items, out.rollout, out.metrics, None
+        return out.items, out.rollout, out.metrics
     items = [it for _ in range(s.draws) for it in next(c.mixture)]
-    stream = c.pool.stream(thinking=s.thinking)
-
-    def on_finished(row: int, prompt: int, tokens: list, stopped: bool) -> None:
-        text = decode_completion(c.tokenizer, tokens, [True] * len(tokens))
-        stream.add(row, items[prompt]["record"], text, truncated=not stopped)
-
-    prompts = [it["prompt_ids"] for it in items]
-    return items, c.engine.generate(params, prompts, c.sampling, key=key, on_finished=on_finished), {}, stream
+    return items, c.engine.generate(params, [it["prompt_ids"] for it in items], c.sampling, key=key), {}
 
 
-def score(c: Components, s: StepSettings, items, rollout, stream=None) -> Scored:
+def score(c: Components, s: StepSettings, items, rollout) -> Scored:
     """Decode and score this host's rows in the verifier pool (which zeroes the rows cut at max_new_tokens
-    when its config's truncated_zero says so: the study's rule, in one place for training and evaluation).
-    With the rollout's score `stream`, its rows' scores (each row checked to be the one streamed)."""
+    when its config's truncated_zero says so: the study's rule, in one place for training and evaluation)."""
     local = c.engine.local_rows  # each host reads, scores and shapes only its own rows
     comp, valid = local(rollout.completion_tokens), local(rollout.completion_valid)
     stopped = local(rollout.stopped)
     records = [items[i]["record"] for i in rollout.prompt_index]
     texts = [decode_completion(c.tokenizer, t, v) for t, v in zip(comp, valid)]
-    if stream is None:
-        scores = c.pool.submit(records, texts, thinking=s.thinking, truncated=~stopped).result()
-    else:
-        streamed = [stream.keys.get(r) for r in range(len(texts))]
-        wrong = [r for r, (rec, t) in enumerate(zip(records, texts)) if streamed[r] != (id(rec), t)]
-        if wrong:
-            raise RuntimeError(
-                f"rollout rows {wrong[:5]} (of {len(wrong)}) differ from the rows streamed to the verifiers"
-            )
-        scores = stream.scores(len(texts))
+    scores = c.pool.submit(records, texts, thinking=s.thinking, truncated=~stopped).result()
     rewards = np.asarray([x.reward for x in scores], np.float32)
     return Scored(rollout, records, comp, valid, stopped, local(rollout.lengths), scores, rewards)
 
@@ -423,13 +404,13 @@ def loop(s: StepSettings, c: Components, params, opt_state, *, start: int, base_
     last_step = start
     for step in bar:
         t0 = time.perf_counter()
-        items, rollout, partial_metrics, stream = roll_out(c, s, params, jax.random.fold_in(base_key, step), step)
+        items, rollout, partial_metrics = roll_out(c, s, params, jax.random.fold_in(base_key, step), step)
         if pending is not None:
             flush_metrics(c.writer, pending, bar, c.ckpt)
             pending = None
         jax.block_until_ready(rollout.completion_tokens)  # the rollout's time includes its device time
         t1 = time.perf_counter()
-        sc = score(c, s, items, rollout, stream)
+        sc = score(c, s, items, rollout)
         t2 = time.perf_counter()
         host_metrics.record_lengths(c.writer.workdir, sc.lengths_B, s.max_new_tokens)  # rlvr-plan reads it
         times = {"time/rollout": t1 - t0, "time/verify": t2 - t1}

@@ -4,7 +4,6 @@ the statistics the engine reports of it (`call_stats`, `track_peak`)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 
@@ -42,22 +41,6 @@ class Call:
             decode_steps=0, decode_rounds=0, prefill_chunks=0, slot_steps=0, peak_pages=0, live_at_peak=0
         )
     )
-
-    on_finished: Callable | None = None  # (row, Row) for each of this host's rows as it finishes
-    reported: list = dataclasses.field(default_factory=list)  # per shard: its finish_order entries reported
-
-    def report_finished(self) -> None:
-        """Hands each row that finished since the last report to `on_finished` (row = local prompt x n +
-        sample, as in `finished_rows`)."""
-        if self.on_finished is None:
-            return
-        n = self.sp.n
-        if not self.reported:
-            self.reported = [0] * len(self.scheds)
-        for g, (ids_g, s) in enumerate(zip(self.ids, self.scheds)):
-            for r in s.finish_order[self.reported[g] :]:
-                self.on_finished((ids_g[r // n] - self.offset) * n + r % n, s.finished[r])
-            self.reported[g] = len(s.finish_order)
 
     def done(self) -> bool:
         return all(s.done() for s in self.scheds)

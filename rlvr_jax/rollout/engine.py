@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -290,21 +290,14 @@ class Engine:
         key=None,
         max_new_tokens: Sequence[int] | None = None,
         progress: bool = False,
-        on_finished: Callable[[int, int, list, bool], None] | None = None,
     ) -> Rollout:
         """Rows are this host's prompts x sp.n in order (a prompt's samples adjacent), as global
         batch-sharded arrays. `max_new_tokens`, one per row, caps each row (at most sp.max_new_tokens, the
-        rollout's T). `progress`: a bar of generated tokens on stderr. `on_finished(row, prompt, tokens,
-        stopped)` is called on this host for each of its rows as soon as it finishes, while the call goes on
-        (row = local prompt x n + sample; tokens as the rollout will hold them; stopped: it ended at a stop
-        token), so a caller can score finished rows during the rollout."""
+        rollout's T). `progress`: a bar of generated tokens on stderr."""
         if len(prompts) == 0:
             self.last_compile_seconds = 0.0
             return self.rollout_of([], {}, sp)
-        report = None
-        if on_finished is not None:
-            report = lambda r, row: on_finished(r, r // sp.n, list(row.tokens), bool(row.stopped))  # noqa: E731
-        call = self._run_call(params, prompts, sp, key, max_new_tokens, progress, None, 0, report)
+        call = self._run_call(params, prompts, sp, key, max_new_tokens, progress, None, 0)
         return self.rollout_of(prompts, call.finished_rows(), sp)
 
     def generate_groups(
@@ -328,22 +321,18 @@ class Engine:
         call = self._run_call(params, prompts, sp, key, max_new_tokens, progress, started or {}, target_groups)
         return call.groups()
 
-    def _run_call(
-        self, params, prompts, sp, key, max_new_tokens, progress, started, target_groups, on_finished=None
-    ) -> calls.Call:
+    def _run_call(self, params, prompts, sp, key, max_new_tokens, progress, started, target_groups) -> calls.Call:
         """Runs a call to its end: every row ended, or (target_groups > 0) every host has that many complete
-        prompts, reporting finished rows to `on_finished` after every round. Fills self.stats."""
+        prompts. Fills self.stats."""
         self.last_compile_seconds = 0.0
         max_new_R = sched_lib.row_budgets([len(p) for p in prompts], sp.n, sp.max_new_tokens, max_new_tokens)
         call = self._start_call(params, prompts, sp, key, max_new_R, progress, started)
-        call.on_finished = on_finished
         t0 = time.perf_counter()
         while self._agree([not call.ended(target_groups)])[0]:
             # prefill first: every slot that would decode empty is filled before the next burst (a burst
             # costs the same with its slots full; the scheduler starts no prefill without a slot for it)
             chunks = self._prefill_round(call)
             decoding = self._decode_round(call)
-            call.report_finished()
             if not chunks and not decoding and self._agree([not call.done()])[0]:
                 raise RuntimeError("rollout engine stalled: nothing to prefill or decode (a scheduler bug)")
         call.bar.close()

@@ -119,7 +119,6 @@ class Scheduler:
         self.ready: collections.deque[Row] = collections.deque()  # prefilled, waiting for a slot
         self.resume: collections.deque[Row] = collections.deque()  # preempted, waiting for a recompute
         self.finished: dict[int, Row] = {}
-        self.finish_order: list[int] = []  # rows in the order they finished (a caller reports them as they do)
         self._prefills: list[dict] = []  # sequences being prefilled, chunk by chunk; only the first may be partial
         self._age = 0
         self.preemptions = 0
@@ -176,7 +175,6 @@ class Scheduler:
             self.slots[row.slot] = None
             row.slot = -1
         self.finished[row.row] = row
-        self.finish_order.append(row.row)
         self._finished_per_prompt[row.prompt] += 1
         if self._finished_per_prompt[row.prompt] == self.n:
             self._complete.append(row.prompt)

@@ -209,11 +209,6 @@ class VerifierPool:
         os.write(self._wake_w, b"x")
         return fut
 
-    def stream(self, *, thinking: bool | None = None) -> "ScoreStream":
-        """A batch whose rows arrive one by one (a rollout's rows as they finish) and are scored as they
-        arrive; scores, truncation and deduplication as one `submit` of them all."""
-        return ScoreStream(self, thinking)
-
     def counters(self, reset: bool = False) -> dict[str, float]:
         """Flat metrics: verifier/<domain>/{scored,timeouts,errors,latency_mean_s,latency_max_s,restarts}
         for domains seen, plus verifier/{scored,timeouts,errors,restarts,deduplicated} totals."""
@@ -429,37 +424,3 @@ def pool_from_config(verifier_section, *, thinking: bool) -> VerifierPool:
     return VerifierPool(
         v.workers or None, deadline_s=v.deadline_s, config=verifier_config(verifier_section, thinking=thinking)
     )
-
-
-class ScoreStream:
-    """`VerifierPool.stream()`: `add(row, record, response, truncated)` as each row is ready, then
-    `scores(rows)`. Each distinct (record, response) is scored once, as within one `submit`."""
-
-    def __init__(self, pool: VerifierPool, thinking: bool | None):
-        self.pool, self.thinking = pool, thinking
-        self.futures: dict[int, Future] = {}
-        self.keys: dict[int, tuple[int, str]] = {}  # row -> (id(record), response), for the caller's check
-        self._scored: dict[tuple[int, str], Future] = {}
-
-    def add(self, row: int, record: dict, response: str, truncated: bool = False) -> None:
-        if row in self.futures:
-            raise ValueError(f"row {row} was already added to this stream")
-        key = (id(record), response)
-        self.keys[row] = key
-        if truncated and self.pool.config.truncated_zero:
-            fut: Future = Future()
-            fut.set_result([truncated_score()])
-        elif key in self._scored:
-            fut = self._scored[key]
-            with self.pool._lock:
-                self.pool._deduplicated += 1
-        else:
-            fut = self._scored[key] = self.pool._submit([record], [response], self.thinking)
-        self.futures[row] = fut
-
-    def scores(self, rows: int) -> list[Score]:
-        """The scores of rows 0 .. rows - 1, in order, once all are done (every row must have been added)."""
-        missing = [r for r in range(rows) if r not in self.futures]
-        if missing:
-            raise ValueError(f"{len(missing)} of {rows} rows were never added to the stream (first: {missing[0]})")
-        return [self.futures[r].result()[0] for r in range(rows)]
