@@ -19,3 +19,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the ru
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 from tests.gcs import gcs  # noqa: E402,F401 - the local Cloud Storage fixture, for every test module
+
+# The longest test (8 min of a 2-core run) starts first, so the other worker's tests run beside it rather than
+# one worker finishing alone; with `--dist worksteal` (scripts/test.sh) an idle worker takes queued tests.
+FIRST = "tests/test_pod_rehearsal.py::test_rehearsal_resumes_training_and_the_study_on_gs"
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.nodeid != FIRST)  # stable: every other test keeps its order
