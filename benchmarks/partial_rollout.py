@@ -2,14 +2,14 @@
 synchronous steps.
 
 Partial vs synchronous: 8 consecutive RL steps of the long-tailed workload (benchmarks/rollout.py's: each
-row's budget geometric with mean max_new / 6, clipped to [1, max_new], fresh per step), the same engine (model,
-slots, pool, programs) and the same weights (a rollout bench: no update between steps). A step wants
+row's budget geometric with mean max_new / 6, clipped to [1, max_new], fresh per step), the same engine
+(model, slots, pool, programs) and the same weights (a rollout bench: no update between steps). A step wants
 `prompts` groups of n rows, and the engine has a slot for each of a step's rows. Synchronous: one call over
 `prompts` fresh prompts, to the last row. Partial (rollout/partial.py): ceil(oversample x prompts) prompts in
-flight, the step ends when `prompts` groups are complete, the rest carried (recomputed next step), groups older than max_staleness dropped. Useful tokens =
-tokens of the groups a step returns, over all 8 steps, per wall second (compilation excluded: every block-table
-width the steps can use is compiled first and checked not to compile while timed). The two modes' steps run
-interleaved, each timed alone.
+flight, the step ends when `prompts` groups are complete, the rest carried (recomputed next step), groups
+older than max_staleness dropped. Useful tokens = tokens of the groups a step returns, over all 8 steps, per
+wall second (compilation excluded: every block-table width the steps can use is compiled first and checked not
+to compile while timed). The two modes' steps run interleaved, each timed alone.
 """
 
 from __future__ import annotations
