@@ -170,7 +170,8 @@ def test_unsandboxed_opt_in_is_loud(monkeypatch, capsys):
 @pytest.mark.parametrize("failures,reward,reason", [(2, 1.0, "ok"), (99, 0.0, "error")])
 def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, reason, reward):
     # bwrap occasionally cannot fork while the previous sandbox of the same uid is torn down: that is
-    # retried, and if it persists the sample is an infrastructure error, never a wrong answer.
+    # retried, and if it persists the sample is an infrastructure error, never a wrong answer. (A sandbox per
+    # program: the warm sandbox's set-up is warm.py's, tested in tests/test_warm_sandbox.py.)
     real = sandbox._communicate
     calls = {"n": 0}
 
@@ -185,7 +186,8 @@ def test_bwrap_setup_failure_is_retried_then_labelled(monkeypatch, failures, rea
 
     monkeypatch.setattr(sandbox, "_communicate", flaky)
     monkeypatch.setattr(sandbox.time, "sleep", lambda s: None)
-    s = _code([{"input": "2 3\n", "output": "5\n"}], "```python\na, b = map(int, input().split())\nprint(a + b)\n```")
+    program = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    s = _code([{"input": "2 3\n", "output": "5\n"}], program, config=VerifierConfig(sandbox_warm=False))
     assert (s.reward, s.reason) == (reward, reason)
 
 

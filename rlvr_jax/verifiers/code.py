@@ -22,7 +22,7 @@ import secrets
 import signal
 import zlib
 
-from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers import sandbox, warm
 from rlvr_jax.verifiers.assert_harness import assert_units
 from rlvr_jax.verifiers.base import Score, VerifierConfig
 from rlvr_jax.verifiers.format import last_code_block
@@ -131,8 +131,15 @@ def limits_for(gt: dict, config: VerifierConfig, expected_bytes: int) -> sandbox
     )
 
 
-def _sandbox_args(config: VerifierConfig) -> dict:
-    return dict(
+def _run(config: VerifierConfig, files: dict, script: str, stdin: bytes, limits: sandbox.Limits, args=()):
+    """One program run, in this process's warm sandbox (config.sandbox_warm) or a sandbox of its own."""
+    runner = warm.run if config.sandbox_warm else sandbox.run
+    return runner(
+        files,
+        script,
+        stdin,
+        limits,
+        args=args,
         python=config.sandbox_python,
         uid_base=config.sandbox_uid_base,
         unsandboxed=config.allow_unsandboxed and sandbox.bwrap_path() is None,
@@ -156,18 +163,11 @@ def run_test(program: str, test: dict, fn_name: str | None, gt: dict, config: Ve
     """(passed, failure kind, info) for one test."""
     expected = str(test["output"])
     lim = limits_for(gt, config, len(expected.encode()))
-    common = _sandbox_args(config)
     if fn_name:
-        res = sandbox.run(
-            {"main.py": _CALL_HARNESS.encode(), "solution.py": program.encode()},
-            "main.py",
-            str(test["input"]).encode(),
-            lim,
-            args=(fn_name,),
-            **common,
-        )
+        files = {"main.py": _CALL_HARNESS.encode(), "solution.py": program.encode()}
+        res = _run(config, files, "main.py", str(test["input"]).encode(), lim, args=(fn_name,))
     else:
-        res = sandbox.run({"main.py": program.encode()}, "main.py", str(test["input"]).encode(), lim, **common)
+        res = _run(config, {"main.py": program.encode()}, "main.py", str(test["input"]).encode(), lim)
     info = {"status": res.status, "exit": res.returncode, "wall_s": round(res.wall_s, 3)}
     kind = _limit_failure(res, info)
     if kind:
@@ -206,13 +206,13 @@ def run_assert_tests(program: str, gt: dict, config: VerifierConfig) -> tuple[in
     test_code, entry = gt["test_code"], gt.get("entry_point") or ""
     units = assert_units(test_code, entry)
     nonce = secrets.token_hex(16)
-    res = sandbox.run(
+    res = _run(
+        config,
         {"main.py": _ASSERT_HARNESS, "solution.py": program.encode(), "tests.py": test_code.encode()},
         "main.py",
         nonce.encode(),
         limits_for(gt, config, 1024),
         args=(entry,) if entry else (),
-        **_sandbox_args(config),
     )
     info = {"status": res.status, "exit": res.returncode, "wall_s": round(res.wall_s, 3)}
     kind = _limit_failure(res, info)

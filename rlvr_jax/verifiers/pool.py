@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 
 from rlvr_jax.verifiers import math as math_verifier
-from rlvr_jax.verifiers import sandbox
+from rlvr_jax.verifiers import sandbox, warm
 from rlvr_jax.verifiers.base import DOMAINS, Score, VerifierConfig, truncated_score, verifier_config
 from rlvr_jax.verifiers.code import limits_for, sandbox_runs
 from rlvr_jax.verifiers.dispatch import score
@@ -47,19 +47,22 @@ def worker_main(fd: int, owner_pid: int, slot: int) -> None:
     sandbox.set_identity(owner_pid, slot)
     math_verifier.warm_up()
     conn.send("ready")
-    while True:
-        try:
-            chunk = conn.recv()
-        except (EOFError, OSError):
-            return
-        if chunk is None:
-            return
-        for item_id, record, response, thinking in chunk:
+    try:
+        while True:
             try:
-                s = score(record, response, thinking=thinking, config=config)
-            except Exception as e:  # SandboxUnavailable: the parent checks first; still never hang
-                s = Score(0.0, "error", {"error": f"{type(e).__name__}: {str(e)[:500]}"})
-            conn.send((item_id, s.reward, s.reason, s.details))
+                chunk = conn.recv()
+            except (EOFError, OSError):
+                return
+            if chunk is None:
+                return
+            for item_id, record, response, thinking in chunk:
+                try:
+                    s = score(record, response, thinking=thinking, config=config)
+                except Exception as e:  # SandboxUnavailable: the parent checks first; still never hang
+                    s = Score(0.0, "error", {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+                conn.send((item_id, s.reward, s.reason, s.details))
+    finally:
+        warm.close()  # its sandbox ends and is reaped here, not orphaned
 
 
 def _with_truncated(graded: Future, out: Future, cut: list[bool]) -> None:

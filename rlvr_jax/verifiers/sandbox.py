@@ -1,6 +1,6 @@
 """Runs one untrusted Python program in a bubblewrap sandbox with rlimits, a wall deadline and capped
 output reading. Hand-written on `bwrap` + rlimits (no container daemon, no cgroup setup, no root
-inside) because that is what a TPU VM or laptop has; see `_bwrap_argv` for what the child sees."""
+inside) because that is what a TPU VM or laptop has; see `bwrap_argv` for what the child sees."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ _REAPER = False  # this process is a child subreaper whose only children are its
 def _adopt_orphans() -> None:
     """A sandbox process whose parent dies first is orphaned, and an orphan is reaped by the host's
     init, which in many containers never reaps: each one would stay a zombie for the life of the
-    machine. `_kill` avoids orphans, but races remain (a pid 1 forked after `_kill` listed bwrap's
+    machine. `kill` avoids orphans, but races remain (a pid 1 forked after `kill` listed bwrap's
     children). A pool worker therefore makes itself a child subreaper (PR_SET_CHILD_SUBREAPER):
     orphans come back to it, and `_reap_children` collects them after every run."""
     global _REAPER
@@ -148,11 +148,15 @@ def sandbox_python(configured: str = "") -> str:
     return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
-def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files: dict, script: str, args):
+def bwrap_argv(
+    bwrap: str, python: str, limits: Limits, uid: int | None, files: dict, script: str, args, *, files_at="/sandbox"
+):
     """No network, IPC, UTS or host pids (own namespaces); read-only /usr (+ the interpreter's
     prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent. The
     program itself is pid 1 of its namespace (--as-pid-1), so bwrap waits for it directly and
-    never leaves a reaper process of its own behind; when it exits, everything it forked dies."""
+    never leaves a reaper process of its own behind; when it exits, everything it forked dies.
+    `files` (name -> fd) appear read-only in `files_at`; elsewhere than /sandbox (a warm sandbox's
+    server), /sandbox is an empty tmpfs of its own."""
     argv = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -179,8 +183,10 @@ def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files:
     ]
     if uid is not None:
         argv += ["--uid", str(uid), "--gid", str(uid)]
+    if files_at != "/sandbox":
+        argv += ["--size", str(limits.tmp_mb << 20), "--tmpfs", "/sandbox"]
     for name, fd in files.items():
-        argv += ["--ro-bind-data", str(fd), f"/sandbox/{name}"]
+        argv += ["--ro-bind-data", str(fd), f"{files_at}/{name}"]
     argv += [
         "--chdir",
         "/tmp",
@@ -203,26 +209,33 @@ def _bwrap_argv(bwrap: str, python: str, limits: Limits, uid: int | None, files:
         python,
         "-I",
         "-S",
-        f"/sandbox/{script}",
+        f"{files_at}/{script}",
         *args,
     ]
     return argv
 
 
-def _preexec(limits: Limits):
+def rlimits(limits: Limits) -> dict[str, tuple[int, int]]:
+    """The rlimits a program runs under, by `resource` name: CPU seconds, address space, file size, open
+    files, processes of its uid (on top of what this uid already runs, without root) and no core files."""
     cpu = max(1, int(limits.time_s + 0.999))
     mem = int(limits.memory_mb) << 20
     nproc = limits.nproc if os.geteuid() == 0 else _own_task_count(limits.nproc) + limits.nproc
+    return {
+        "RLIMIT_CPU": (cpu, cpu + 1),
+        "RLIMIT_AS": (mem, mem),
+        "RLIMIT_FSIZE": (limits.fsize_mb << 20,) * 2,
+        "RLIMIT_NOFILE": (limits.nofile,) * 2,
+        "RLIMIT_NPROC": (nproc, nproc),
+        "RLIMIT_CORE": (0, 0),
+    }
+
+
+def _preexec(limits: Limits):
+    values = [(getattr(resource, name), value) for name, value in rlimits(limits).items()]
 
     def apply():  # runs in the forked child after the uid change, before exec (single-threaded worker)
-        for res, val in (
-            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-            (resource.RLIMIT_AS, (mem, mem)),
-            (resource.RLIMIT_FSIZE, (limits.fsize_mb << 20,) * 2),
-            (resource.RLIMIT_NOFILE, (limits.nofile,) * 2),
-            (resource.RLIMIT_NPROC, (nproc, nproc)),
-            (resource.RLIMIT_CORE, (0, 0)),
-        ):
+        for res, val in values:
             resource.setrlimit(res, val)
 
     return apply
@@ -332,7 +345,7 @@ def run(
                 os.write(fd, data)
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
-            argv, cwd = _bwrap_argv(bwrap, py, limits, uid, fds, script, args), "/"
+            argv, cwd = bwrap_argv(bwrap, py, limits, uid, fds, script, args), "/"
         for attempt in range(_SETUP_RETRIES + 1):
             for fd in fds.values():  # the program files are read again on a retry
                 os.lseek(fd, 0, os.SEEK_SET)
@@ -374,7 +387,8 @@ def _setup_failed(result: RunResult) -> bool:
     return result.returncode == 1 and not result.stdout and result.stderr_tail.startswith(b"bwrap: ")
 
 
-def _kill(proc: subprocess.Popen, sandboxed: bool) -> None:
+def kill(proc: subprocess.Popen, sandboxed: bool) -> None:
+    """Ends a sandbox (or an unsandboxed program) and everything it started."""
     # In bwrap the sandbox's pid 1 goes first: its whole pid namespace dies with it, and bwrap
     # reaps it and exits. Killing bwrap first would orphan pid 1 (it dies by --die-with-parent) to
     # the host's init, which in many containers never reaps. Then the session kill reaches an
@@ -455,7 +469,7 @@ def _communicate(proc: subprocess.Popen, stdin: bytes, t0: float, limits: Limits
             except subprocess.TimeoutExpired:
                 status = "timeout"
         if status != "exited":
-            _kill(proc, sandboxed)
+            kill(proc, sandboxed)
         proc.wait()
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f and not f.closed:
