@@ -85,7 +85,7 @@ def test_the_next_program_finds_nothing_the_last_one_left():
 
 def test_the_server_survives_what_a_program_does_to_it():
     first = warm.run({"main.py": b"import os\nprint(os.getppid())"}, "main.py", b"", LIMITS)
-    server = warm._WARM.proc.pid
+    server = warm.current().proc.pid
     attack = (
         "import ctypes, os, signal\n"
         "for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):\n"
@@ -101,16 +101,41 @@ def test_the_server_survives_what_a_program_does_to_it():
     got = warm.run({"main.py": attack.encode()}, "main.py", b"", LIMITS)
     assert got.stdout == b"ptrace -1\n", got
     after = warm.run({"main.py": b"print('still')"}, "main.py", b"", LIMITS)
-    assert after.stdout == b"still\n" and warm._WARM.proc.pid == server, "the same sandbox serves on"
+    assert after.stdout == b"still\n" and warm.current().proc.pid == server, "the same sandbox serves on"
     assert first.stdout == b"1\n"  # programs are children of the server, pid 1
 
 
 def test_a_lost_sandbox_is_replaced_by_the_next_run():
     assert warm.run({"main.py": b"print(1)"}, "main.py", b"", LIMITS).stdout == b"1\n"
-    old = warm._WARM
+    old = warm.current()
     sandbox.kill(old.proc, sandboxed=True)
     old.proc.wait()
     got = warm.run({"main.py": b"print(2)"}, "main.py", b"", LIMITS)
-    assert got.stdout == b"2\n" and warm._WARM is not old
+    assert got.stdout == b"2\n" and warm.current() is not old
     warm.close()
-    assert warm._WARM is None
+    assert warm.current() is None
+
+
+def test_threads_get_sandboxes_of_their_own():
+    """Two threads scoring at once each talk to their own sandbox (one pipe pair per sandbox), and a
+    thread's sandbox ends with the thread (bubblewrap --die-with-parent)."""
+    import threading  # noqa: PLC0415
+
+    results, pids = {}, {}
+
+    def work(name):
+        outs = [
+            warm.run({"main.py": f"print({name!r}, {i})".encode()}, "main.py", b"", LIMITS).stdout for i in range(20)
+        ]
+        results[name] = outs
+        pids[name] = warm.current().proc.pid
+        warm.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("a", "b"):
+        assert results[name] == [f"{name} {i}\n".encode() for i in range(20)]
+    assert pids["a"] != pids["b"]

@@ -1,4 +1,4 @@
-"""Warm sandboxes: one bubblewrap sandbox per process (per interpreter, uid and /tmp size) that stays up
+"""Warm sandboxes: one bubblewrap sandbox per thread (per interpreter, uid and /tmp size) that stays up
 between programs, so a program costs a fork inside it instead of a new sandbox and a new interpreter
 (sandbox.run: about 16 ms a run on a 2-core CPU, most of it bwrap's set-up and Python's start).
 
@@ -26,6 +26,7 @@ import pathlib
 import selectors
 import struct
 import subprocess
+import threading
 import time
 
 from rlvr_jax.verifiers import sandbox
@@ -137,28 +138,50 @@ class WarmSandbox:
         return sandbox.RunResult(out, err, answer["returncode"], answer["status"], time.monotonic() - t0)
 
 
-_WARM: WarmSandbox | None = None
+# One sandbox per thread: requests on one sandbox's pipes must not interleave, and bubblewrap's
+# --die-with-parent ends a sandbox with the thread that started it.
+_LOCAL = threading.local()
+_ALL: set = set()  # every thread's, for the exit
+_ALL_LOCK = threading.Lock()
+
+
+def current() -> WarmSandbox | None:
+    """This thread's warm sandbox, if it has one."""
+    return getattr(_LOCAL, "box", None)
+
+
+def _drop(box: WarmSandbox) -> None:
+    box.close()
+    with _ALL_LOCK:
+        _ALL.discard(box)
 
 
 def _sandbox_for(python: str, uid: int | None, tmp_mb: int) -> WarmSandbox:
-    global _WARM
-    if _WARM is not None and (_WARM.key != (python, uid, tmp_mb) or not _WARM.alive()):
-        _WARM.close()
-        _WARM = None
-    if _WARM is None:
-        _WARM = WarmSandbox(python, uid, tmp_mb)
-    return _WARM
+    box = current()
+    if box is not None and (box.key != (python, uid, tmp_mb) or not box.alive()):
+        _drop(box)
+        box = _LOCAL.box = None
+    if box is None:
+        box = _LOCAL.box = WarmSandbox(python, uid, tmp_mb)
+        with _ALL_LOCK:
+            _ALL.add(box)
+    return box
 
 
 def close() -> None:
-    """Ends this process's warm sandbox, if it has one."""
-    global _WARM
-    if _WARM is not None:
-        _WARM.close()
-        _WARM = None
+    """Ends this thread's warm sandbox, if it has one."""
+    box = current()
+    if box is not None:
+        _LOCAL.box = None
+        _drop(box)
 
 
-atexit.register(close)
+@atexit.register
+def _close_all() -> None:
+    with _ALL_LOCK:
+        boxes = list(_ALL)
+    for box in boxes:
+        _drop(box)
 
 
 def run(
@@ -172,7 +195,7 @@ def run(
     uid_base: int = 2_000_000_000,
     unsandboxed: bool = False,
 ) -> sandbox.RunResult:
-    """sandbox.run's contract, in this process's warm sandbox (started on first use, restarted when lost);
+    """sandbox.run's contract, in this thread's warm sandbox (started on first use, restarted when lost);
     unsandboxed runs go to sandbox.run."""
     if unsandboxed:
         return sandbox.run(files, script, stdin, limits, args=args, python=python, unsandboxed=True)
