@@ -6,7 +6,10 @@ programs, which then compile once."""
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,3 +30,13 @@ FIRST = "tests/test_pod_rehearsal.py::test_rehearsal_resumes_training_and_the_st
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.nodeid != FIRST)  # stable: every other test keeps its order
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_sandbox_left():
+    """Code rewards scored in the test process keep a warm sandbox up (rlvr_jax/verifiers/warm.py); each test
+    ends it, so a later test that counts this process's sandboxes starts from none."""
+    yield
+    warm = sys.modules.get("rlvr_jax.verifiers.warm")
+    if warm is not None:
+        warm.close()

@@ -139,3 +139,37 @@ def test_threads_get_sandboxes_of_their_own():
     for name in ("a", "b"):
         assert results[name] == [f"{name} {i}\n".encode() for i in range(20)]
     assert pids["a"] != pids["b"]
+
+
+def test_a_program_that_locks_its_scratch_away_costs_only_its_own_run():
+    """A program that leaves /tmp unreadable and a directory tree without permissions: the next program
+    still finds an empty /tmp of the usual mode, in the same sandbox or (if the server could not clean up)
+    a fresh one; the locking program's own result is unaffected."""
+    lock = (
+        "import os\n"
+        "os.makedirs('/tmp/a/b/c')\n"
+        "open('/tmp/a/b/c/f', 'w').write('x')\n"
+        "for d in ('/tmp/a/b/c', '/tmp/a/b', '/tmp/a'):\n"
+        "    os.chmod(d, 0)\n"
+        "os.chmod('/tmp', 0)\n"
+        "print('locked')\n"
+    )
+    first = warm.run(
+        {"main.py": b"import os, stat\nprint(oct(stat.S_IMODE(os.stat('/tmp').st_mode)))"}, "main.py", b"", LIMITS
+    )
+    got = warm.run({"main.py": lock.encode()}, "main.py", b"", LIMITS)
+    assert (got.status, got.stdout) == ("exited", b"locked\n"), got
+    look = b"import os, stat\nprint(os.listdir('/tmp'), oct(stat.S_IMODE(os.stat('/tmp').st_mode)))"
+    after = warm.run({"main.py": look}, "main.py", b"", LIMITS)
+    assert after.stdout == b"[] " + first.stdout, after
+
+
+def test_a_sandbox_its_server_cannot_clean_is_replaced():
+    """A directory tree deeper than the server's recursion limit: the server answers for that run, says it
+    retires, and the next run gets a fresh sandbox with an empty /tmp."""
+    deep = "import os\nos.chdir('/tmp')\nfor _ in range(1200):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')\n"
+    got = warm.run({"main.py": deep.encode()}, "main.py", b"", LIMITS)
+    assert (got.status, got.stdout) == ("exited", b"deep\n"), got
+    server = warm.current().proc.pid
+    after = warm.run({"main.py": b"import os\nprint(os.listdir('/tmp'))"}, "main.py", b"", LIMITS)
+    assert after.stdout == b"[]\n" and warm.current().proc.pid != server

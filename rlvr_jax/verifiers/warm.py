@@ -74,6 +74,7 @@ class WarmSandbox:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
         self._buf = bytearray()
+        self.retired = False
         try:
             self._receive(time.monotonic() + _START_S)
         except ServerLost:
@@ -81,7 +82,7 @@ class WarmSandbox:
             raise
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.retired and self.proc.poll() is None
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -135,6 +136,7 @@ class WarmSandbox:
         except (BrokenPipeError, OSError) as e:
             raise ServerLost(f"cannot send the run: {e}") from e
         answer, (out, err) = self._receive(t0 + limits.wall_s + WARM_SLACK_S)
+        self.retired = bool(answer.get("retire"))  # the server could not clean up after this run, and exits
         return sandbox.RunResult(out, err, answer["returncode"], answer["status"], time.monotonic() - t0)
 
 
@@ -162,6 +164,10 @@ def _sandbox_for(python: str, uid: int | None, tmp_mb: int) -> WarmSandbox:
         _drop(box)
         box = _LOCAL.box = None
     if box is None:
+        with _ALL_LOCK:  # the sandboxes of threads that ended died with them: reap them
+            dead = [b for b in _ALL if b.proc.poll() is not None]
+        for b in dead:
+            _drop(b)
         box = _LOCAL.box = WarmSandbox(python, uid, tmp_mb)
         with _ALL_LOCK:
             _ALL.add(box)

@@ -43,6 +43,7 @@ for _sig in PASSED_ON:
 PR_SET_DUMPABLE = 4
 ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace of this process, no /proc/1/fd or /mem
 SCRATCH = ("/sandbox", "/tmp", "/dev/shm")
+SCRATCH_MODES = {d: stat.S_IMODE(os.stat(d).st_mode) for d in SCRATCH}
 # imported once here, so a program (and the function-call harness) finds them loaded: what they cost each fresh
 # interpreter is paid once per sandbox
 PRELOADED = ("bisect", "collections", "functools", "heapq", "itertools", "math", "re", "string", "typing")
@@ -80,16 +81,18 @@ def send(header: dict, blobs) -> None:
 
 
 def empty(directory: str) -> None:
-    """Removes everything under `directory`, whatever modes a program left on it."""
+    """Removes everything under `directory`, whatever modes a program left on it (its own mode is restored)."""
+    mode = SCRATCH_MODES.get(directory)
+    os.chmod(directory, 0o700)
     for entry in os.listdir(directory):
         path = os.path.join(directory, entry)
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            os.chmod(path, 0o700)
+        if stat.S_ISDIR(os.lstat(path).st_mode):
             empty(path)
             os.rmdir(path)
         else:
             os.unlink(path)
+    if mode is not None:
+        os.chmod(directory, mode)
 
 
 def kill_all_others() -> None:
@@ -156,7 +159,7 @@ def child(path: str, args, stdin_fd: int, out_w: int, err_w: int, limits: dict) 
         except BaseException:
             traceback.print_exc()
             code = 1
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):  # the originals are fds 1, 2 too
             try:
                 stream.flush()
             except BaseException:
@@ -204,7 +207,9 @@ def run(header: dict, blobs) -> tuple[dict, list]:
             f.write(data)
         os.chmod(os.path.join("/sandbox", name), 0o444)
     stdin_fd = os.memfd_create("stdin")
-    os.write(stdin_fd, blobs[len(names)])
+    view = memoryview(blobs[len(names)])
+    while view:
+        view = view[os.write(stdin_fd, view) :]
     os.lseek(stdin_fd, 0, os.SEEK_SET)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -228,15 +233,20 @@ def run(header: dict, blobs) -> tuple[dict, list]:
     kill_all_others()
     os.close(out_r)
     os.close(err_r)
-    for directory in SCRATCH:
-        empty(directory)
+    retire = False
+    try:
+        for directory in SCRATCH:
+            empty(directory)
+    except (OSError, RecursionError):  # something this server cannot take away: the host starts a fresh sandbox
+        retire = True
     if waited is None:
         returncode = None
     elif os.WIFSIGNALED(waited):
         returncode = 128 + os.WTERMSIG(waited)  # as bubblewrap reports a pid 1 killed by a signal
     else:
         returncode = os.WEXITSTATUS(waited)
-    return {"status": status, "returncode": returncode, "wall_s": time.monotonic() - t0}, [out, err]
+    answer = {"status": status, "returncode": returncode, "wall_s": time.monotonic() - t0, "retire": retire}
+    return answer, [out, err]
 
 
 def main() -> None:
@@ -246,7 +256,10 @@ def main() -> None:
             header, blobs = receive()
         except EOFError:
             os._exit(0)
-        send(*run(header, blobs))
+        answer, blobs = run(header, blobs)
+        send(answer, blobs)
+        if answer["retire"]:
+            os._exit(0)
 
 
 main()
