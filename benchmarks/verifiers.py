@@ -89,7 +89,7 @@ def _sandbox_rows(reps: int) -> list[dict]:
     py = sandbox.sandbox_python()
     files = {"main.py": b"print(1)"}
     sandbox.run(files, "main.py", b"", lim)  # warm the page cache
-    warm.run(files, "main.py", b"", lim)  # start this process's warm sandbox
+    warm.run(files, "main.py", b"", lim)  # start this thread's warm sandbox
     cold = _mean_ms(lambda: sandbox.run(files, "main.py", b"", lim), reps)
     bare = _mean_ms(lambda: subprocess.run([py, "-I", "-S", "-c", "print(1)"], capture_output=True, check=True), reps)
     hot = _mean_ms(lambda: warm.run(files, "main.py", b"", lim), reps)

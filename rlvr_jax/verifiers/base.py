@@ -49,7 +49,7 @@ class VerifierConfig:
     sandbox_python: str = ""  # interpreter inside the sandbox ("" = /usr/bin/python3)
     sandbox_uid_base: int = 2_000_000_000  # first unprivileged uid used for worker slots (root only)
     allow_unsandboxed: bool = False  # run programs WITHOUT bwrap: trusted data only, loudly warned
-    # each program in this process's warm sandbox (a fork in a sandbox that stays up: warm.py) rather than in a
+    # each program in this thread's warm sandbox (a fork in a sandbox that stays up: warm.py) rather than in a
     # sandbox and interpreter of its own (about 16 ms a run on a 2-core CPU)
     sandbox_warm: bool = True
     # science: "study": the letter of "Answer: X" or \boxed{X} only; "lenient": also "the answer is X",

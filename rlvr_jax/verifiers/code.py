@@ -132,7 +132,7 @@ def limits_for(gt: dict, config: VerifierConfig, expected_bytes: int) -> sandbox
 
 
 def _run(config: VerifierConfig, files: dict, script: str, stdin: bytes, limits: sandbox.Limits, args=()):
-    """One program run, in this process's warm sandbox (config.sandbox_warm) or a sandbox of its own."""
+    """One program run, in this thread's warm sandbox (config.sandbox_warm) or a sandbox of its own."""
     runner = warm.run if config.sandbox_warm else sandbox.run
     return runner(
         files,
