@@ -173,3 +173,26 @@ def test_a_sandbox_its_server_cannot_clean_is_replaced():
     server = warm.current().proc.pid
     after = warm.run({"main.py": b"import os\nprint(os.listdir('/tmp'))"}, "main.py", b"", LIMITS)
     assert after.stdout == b"[]\n" and warm.current().proc.pid != server
+
+
+def test_the_run_config_chooses_warm_or_a_sandbox_per_run():
+    """configs/grpo.py's verifier.sandbox_warm reaches VerifierConfig; with it off, scoring code starts no
+    warm sandbox (each program gets a sandbox of its own) and scores the same."""
+    import os  # noqa: PLC0415
+
+    from rlvr_jax.config_args import load_config_file  # noqa: PLC0415
+    from rlvr_jax.verifiers import score  # noqa: PLC0415
+    from rlvr_jax.verifiers.base import verifier_config  # noqa: PLC0415
+
+    grpo = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "grpo.py"))
+    c = grpo.get_config("math,tiny")
+    assert verifier_config(c.verifier, thinking=False).sandbox_warm is True
+    c.verifier.sandbox_warm = False
+    config = verifier_config(c.verifier, thinking=False)
+    record = {"domain": "code", "ground_truth": {"tests": [{"input": "2 3\n", "output": "5\n"}], "time_limit_s": 2}}
+    response = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    warm.close()
+    assert score(record, response, config=config).reward == 1.0 and warm.current() is None
+    c.verifier.sandbox_warm = True
+    assert score(record, response, config=verifier_config(c.verifier, thinking=False)).reward == 1.0
+    assert warm.current() is not None

@@ -79,8 +79,9 @@ DOMAINS = ("math", "code", "science", "if")
 
 def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
     """The VerifierConfig of a run config's `verifier` section (reward rules: code_max_tests, truncated_zero,
-    math_form, science_form, if_mode; allow_unsandboxed), or of the parsed flags of rlvr-verify / rlvr-eval, which
-    carry the same names (verifiers.cli.add_reward_rule_args), and the data's thinking format gate."""
+    math_form, science_form, if_mode; allow_unsandboxed, sandbox_warm), or of the parsed flags of rlvr-verify /
+    rlvr-eval, which carry the same names (verifiers.cli.add_reward_rule_args), and the data's thinking format
+    gate."""
     v = verifier_section
     return VerifierConfig(
         thinking=bool(thinking),
@@ -90,4 +91,5 @@ def verifier_config(verifier_section, *, thinking: bool) -> VerifierConfig:
         if_mode=str(v.if_mode),
         code_max_tests=int(v.code_max_tests),
         allow_unsandboxed=bool(v.allow_unsandboxed),
+        sandbox_warm=bool(getattr(v, "sandbox_warm", True)),  # the CLIs' flags leave it at the default
     )
