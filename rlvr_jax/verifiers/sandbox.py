@@ -149,10 +149,10 @@ def sandbox_python(configured: str = "") -> str:
 
 
 def bwrap_argv(
-    bwrap: str, python: str, limits: Limits, uid: int | None, files: dict, script: str, args, *, files_at="/sandbox"
+    bwrap: str, python: str, tmp_mb: int, uid: int | None, files: dict, script: str, args, *, files_at="/sandbox"
 ):
     """No network, IPC, UTS or host pids (own namespaces); read-only /usr (+ the interpreter's
-    prefix); empty size-capped /tmp and /dev/shm; no /etc, no home; dies with its parent. The
+    prefix); empty /tmp and /dev/shm of tmp_mb each; no /etc, no home; dies with its parent. The
     program itself is pid 1 of its namespace (--as-pid-1), so bwrap waits for it directly and
     never leaves a reaper process of its own behind; when it exits, everything it forked dies.
     `files` (name -> fd) appear read-only in `files_at`; elsewhere than /sandbox (a warm sandbox's
@@ -173,18 +173,18 @@ def bwrap_argv(
         "--dev",
         "/dev",
         "--size",
-        str(limits.tmp_mb << 20),
+        str(tmp_mb << 20),
         "--tmpfs",
         "/dev/shm",
         "--size",
-        str(limits.tmp_mb << 20),
+        str(tmp_mb << 20),
         "--tmpfs",
         "/tmp",
     ]
     if uid is not None:
         argv += ["--uid", str(uid), "--gid", str(uid)]
     if files_at != "/sandbox":
-        argv += ["--size", str(limits.tmp_mb << 20), "--tmpfs", "/sandbox"]
+        argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/sandbox"]
     for name, fd in files.items():
         argv += ["--ro-bind-data", str(fd), f"{files_at}/{name}"]
     argv += [
@@ -345,7 +345,7 @@ def run(
                 os.write(fd, data)
                 os.lseek(fd, 0, os.SEEK_SET)
                 fds[name] = fd
-            argv, cwd = bwrap_argv(bwrap, py, limits, uid, fds, script, args), "/"
+            argv, cwd = bwrap_argv(bwrap, py, limits.tmp_mb, uid, fds, script, args), "/"
         for attempt in range(_SETUP_RETRIES + 1):
             for fd in fds.values():  # the program files are read again on a retry
                 os.lseek(fd, 0, os.SEEK_SET)

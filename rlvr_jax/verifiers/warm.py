@@ -53,8 +53,7 @@ class WarmSandbox:
         fd = os.memfd_create("rlvr_warm_server")
         os.write(fd, _SERVER)
         os.lseek(fd, 0, os.SEEK_SET)
-        limits = sandbox.Limits(time_s=1, wall_s=1, memory_mb=1, output_bytes=1, tmp_mb=tmp_mb)
-        argv = sandbox.bwrap_argv(bwrap, python, limits, uid, {"server.py": fd}, "server.py", (), files_at="/warm")
+        argv = sandbox.bwrap_argv(bwrap, python, tmp_mb, uid, {"server.py": fd}, "server.py", (), files_at="/warm")
         ids = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
         try:
             with sandbox.exec_fork_without_jax_warning():
@@ -96,9 +95,9 @@ class WarmSandbox:
     def _read(self, n: int, deadline: float) -> bytes:
         while len(self._buf) < n:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sel.select(timeout=left):
-                if time.monotonic() >= deadline:
-                    raise ServerLost("no answer before the deadline")
+            if left <= 0:
+                raise ServerLost("no answer before the deadline")
+            if not self._sel.select(timeout=left):
                 continue
             chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
             if not chunk:
