@@ -158,22 +158,26 @@ def test_same_seed_same_tokens_with_4_or_64_slots_and_through_preemption(qwen3, 
 
 
 def test_compiles_a_bounded_number_of_programs(qwen3, mesh):
-    """The pool once; per block-table bucket of a call (powers of two pages) one prefill, and one decode per
-    number of slots a call fills (powers of two up to num_slots): a run's programs are bounded by the
-    buckets, not by its calls."""
+    """The pool once; per block-table bucket of a call (powers of two pages) a prefill per chunk layout (on
+    XLA: whether its first piece continues a sequence, and its pieces' reach in powers of two blocks), and a
+    decode per number of slots a call fills (powers of two up to num_slots), per bursts in one program and
+    per snapshot width (powers of two): a run's programs are bounded by the buckets, not by its calls."""
     _, _, params = qwen3
     eng = _engine(qwen3, mesh, decode_burst=2)
     calls = [(9, 12), (15, 10), (16, 24, 11), (20,)]  # + 8 new tokens: 5 to 8 pages, the 8-page bucket
     for seed, lengths in enumerate(calls):
         eng.generate(params, [[1] * n for n in lengths], sampling.SamplingParams(max_new_tokens=8, n=2, seed=seed))
     first = eng.num_compilations
-    # pool, prefill(8), decode(8) per slot count (calls of 2 to 6 rows)
-    assert first <= 1 + 1 + 2
+    # the pool; prefill(8) with and without a continuing first piece (chunks of 8 < the prompts; no reach
+    # blocks in a chunk of 8); decode(8) of 4 bursts (7 tokens left after prefill, no stop token) per slot
+    # count (calls of 2 to 6 rows: 2 or 3 slots) x the snapshot of 4 or 8 pages (prompts of up to 16 or 24 tokens)
+    assert first <= 1 + 2 + 2 * 2
     for seed, lengths in enumerate(calls):
         eng.generate(params, [[2] * n for n in lengths], sampling.SamplingParams(max_new_tokens=8, n=2, seed=9 + seed))
     assert eng.num_compilations == first
     eng.generate(params, [[1] * 30], sampling.SamplingParams(max_new_tokens=8, n=2))  # 38 tokens: 16 pages
-    assert eng.num_compilations == first + 2  # prefill(16), decode(16)
+    # prefill(16) without and with a continuing first piece, decode(16) with a snapshot of 8 pages (30 tokens)
+    assert eng.num_compilations == first + 3
 
 
 def test_empty_prompt_list_returns_an_empty_rollout_without_compiling(qwen3, mesh):
@@ -253,12 +257,15 @@ def test_packed_prefill_equals_one_sequence_prefill_token_for_token(qwen3, mesh)
 
 def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, mesh, monkeypatch):
     """With no stop token no row can end early: the engine runs bursts back to back until the first row's
-    budget ends and reads them once; the tokens are those of reading every burst."""
+    budget ends and reads them once (in programs whose attention reads a snapshot of the pool); the tokens
+    are those of reading every burst."""
     _, _, params = qwen3
     prompts = [[5, 6, 7], [8, 9], [4] * 6]
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=2)
     chained = _engine(qwen3, mesh, num_slots=8)
     a = chained.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
+    # each round's 3 bursts: a program of 2 over a snapshot (of 2 pages: 6 tokens; then 4: 15), then 1
+    assert sorted(key[4] for key in chained._compiled if key[0] == "decode" and key[3] > 1) == [2, 4]
     monkeypatch.setattr(engine.sched_lib.Scheduler, "steady_bursts", lambda self: 1)
     stepwise = _engine(qwen3, mesh, num_slots=8)
     b = stepwise.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
@@ -268,3 +275,41 @@ def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, me
     assert b.lengths.tolist() == [T] * 4 + [T // 2] * 2
     # T = 24 in bursts of 4: 6 reads one by one; back to back, one up to the short rows' end and one after
     assert stepwise.stats["decode_rounds"] == 6 and chained.stats["decode_rounds"] == 2, (chained.stats, stepwise.stats)
+
+
+def test_snapshot_programs_back_to_back_change_no_token(qwen3, mesh, monkeypatch):
+    """Decode programs of 2 bursts, 3 in a row, each over a snapshot holding what the ones before it wrote
+    to the pool at their end (snapshots of 2, 4 and 8 pages), sample exactly the tokens of one burst per
+    program over the paged pool."""
+    _, _, params = qwen3
+    prompts = [[5, 6, 7], [8, 9], [4] * 6]
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=3)
+    monkeypatch.setattr(engine, "MAX_PROGRAM_STEPS", 8)
+    snapshots = _engine(qwen3, mesh, num_slots=8)
+    a = snapshots.generate(params, prompts, sp)
+    assert sorted(key[4] for key in snapshots._compiled if key[0] == "decode") == [2, 4, 8]
+    monkeypatch.setattr(engine, "MAX_PROGRAM_STEPS", 4)  # one burst per program: no snapshot
+    paged = _engine(qwen3, mesh, num_slots=8)
+    b = paged.generate(params, prompts, sp)
+    assert [key[4] for key in paged._compiled if key[0] == "decode"] == [0]
+    np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-6)
+    assert a.lengths.tolist() == [T] * 6
+
+
+def test_windowed_prefill_attention_changes_no_token(qwen3, mesh, monkeypatch):
+    """Chunks of 16 tokens in query blocks of 4, each scoring only the keys its pieces can reach (short pieces:
+    4 or 8 back), sample exactly the tokens of whole-chunk attention."""
+    _, _, params = qwen3
+    prompts = [[5 + i, 6, 7 + 2 * i, 4, 8][: 1 + i % 5] + [9] * (3 * (i % 4)) for i in range(9)]  # 1 to 14 tokens
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=8, n=2, stop_token_ids=(3,), seed=5)
+    whole = _engine(qwen3, mesh, num_slots=32, num_pages=400, prefill_chunk=16)
+    a = whole.generate(params, prompts, sp)
+    monkeypatch.setattr(engine.paged_attention, "PREFILL_BLOCK", 4)
+    windowed = _engine(qwen3, mesh, num_slots=32, num_pages=400, prefill_chunk=16)
+    b = windowed.generate(params, prompts, sp)
+    np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+    reaches = {key[4].reach for key in windowed._compiled if key[0] == "prefill"}
+    assert {key[4].reach for key in whole._compiled if key[0] == "prefill"} == {None}
+    assert reaches & {4, 8}, windowed._compiled.keys()

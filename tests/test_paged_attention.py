@@ -67,6 +67,48 @@ def test_packed_prefill_chunk_equals_reference(first_start):
     assert not got[sum(q_lens) :].any()
 
 
+@pytest.mark.parametrize("first_start", [0, 7])
+def test_packed_prefill_in_query_blocks_equals_reference(monkeypatch, first_start):
+    """Query blocks of 4, each scoring the keys from `reach` before it (pieces of up to 5 tokens: a reach of
+    4 is the least that covers them, `packed_chunk` rounds 8 to 8), equal jax's reference; a reach too short
+    for the pieces does not (the window is real)."""
+    monkeypatch.setattr(paged_attention, "PREFILL_BLOCK", 4)
+    rng = np.random.default_rng(5)
+    q_lens = [5, 3, 1, 5, 2]
+    kv_lens = [first_start + 5, 3, 1, 5, 2]
+    args = _batch(rng, q_lens, kv_lens, pad_seqs=2, pad_tokens=8)  # 24 tokens: 6 blocks
+    want = np.asarray(tpu_rpa.ref_ragged_paged_attention(*map(jnp.asarray, args), sm_scale=0.3))
+    attend = lambda layout: np.asarray(
+        jax.jit(lambda *a: paged_attention.ragged_paged_attention(*a, sm_scale=0.3, impl="xla", packed=layout))(*args)
+    )
+    chosen = paged_attention.packed_chunk(max(q_lens), first_start > 0, 24)
+    assert chosen == paged_attention.PackedChunk(reach=4, past=first_start > 0)
+    for reach in (4, 8):
+        got = attend(paged_attention.PackedChunk(reach, past=first_start > 0))
+        np.testing.assert_allclose(got[: sum(q_lens)], want, atol=2e-6)
+        assert not got[sum(q_lens) :].any()
+    short = attend(paged_attention.PackedChunk(0, past=first_start > 0))  # a block sees only itself
+    assert np.abs(short[: sum(q_lens)] - want).max() > 1e-3
+
+
+def test_packed_chunk_rounds_the_reach_to_powers_of_two_blocks():
+    b = paged_attention.PREFILL_BLOCK
+    pick = lambda longest, chunk=8 * b: paged_attention.packed_chunk(longest, False, chunk).reach
+    assert [pick(n) for n in (1, 2, b, b + 1, b + 2, 2 * b + 1, 3 * b + 1, 4 * b + 1)] == [
+        0,
+        b,
+        b,
+        b,
+        2 * b,
+        2 * b,
+        4 * b,
+        4 * b,
+    ]
+    assert pick(5 * b) is None  # 8 blocks back: the whole chunk
+    assert pick(b, chunk=2 * b) is None and pick(b, chunk=3 * b) == b
+    assert paged_attention.packed_chunk(b, True, 3 * b) == paged_attention.PackedChunk(b, True)
+
+
 @pytest.mark.parametrize("pad_seqs,pad_tokens", [(0, 0), (2, 3)])
 def test_decode_batch_with_bound_one_equals_reference(pad_seqs, pad_tokens):
     """max_q_len=1 takes the decode path (a running softmax over the pages in use); padding sequences and

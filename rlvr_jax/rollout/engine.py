@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from rlvr_jax import sharding
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
-from rlvr_jax.rollout import calls, programs
+from rlvr_jax.rollout import calls, paged_attention, programs
 from rlvr_jax.rollout import pages as pg
 from rlvr_jax.rollout import scheduler as sched_lib
 from rlvr_jax.rollout.sampling import (
@@ -53,13 +53,19 @@ from rlvr_jax.rollout.settings import EngineConfig
 
 log = logging.getLogger(__name__)
 
+# the most decode steps one program runs (bursts back to back in one program; more go to the next program)
+MAX_PROGRAM_STEPS = 64
+
 
 class Engine:
     """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
     (0: `memory_fraction` of the memory a device has left) and `num_slots` decode slots. Compiles the pool
     and the weights' reshard once and, per sampling parameters and block-table width (a power of two pages,
-    from the longest row of a call), a prefill program and a decode program per number of slots; counts
-    them (`num_compilations`) and their seconds in the last call (`last_compile_seconds`)."""
+    from the longest row of a call), a prefill program per chunk layout (on XLA: whether a piece continues a
+    sequence, and how far back the pieces reach, in powers of two blocks) and a decode program per number
+    of slots (and, for bursts run back to back, per power of two bursts and snapshot pages); counts them
+    (`num_compilations`) and their seconds, in the last call (`last_compile_seconds`) and in all
+    (`compile_seconds`)."""
 
     def __init__(
         self,
@@ -95,10 +101,11 @@ class Engine:
             self.num_shards,
             c.num_slots,
         )
+        self.attention_impl = paged_attention.auto_impl_for(mesh, cfg.head_dim)
         self.pool = None
         self._compiled: dict = {}
         self.num_compilations = 0
-        self.last_compile_seconds = 0.0
+        self.last_compile_seconds = self.compile_seconds = 0.0
         self.stats: dict = {}
 
     def _kv_layout(self):
@@ -200,6 +207,7 @@ class Engine:
         log.info("rollout engine: compiled %s in %.1fs", what, seconds)
         self.num_compilations += 1
         self.last_compile_seconds += seconds
+        self.compile_seconds += seconds
         return compiled
 
     def _alloc_pool(self):
@@ -210,9 +218,11 @@ class Engine:
         )
         return self._compile("the KV pool", make, ())()
 
-    def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0):
+    def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0, bursts: int = 1, shape=0):
         """(jitted function, abstract arguments) of the prefill or decode program for block-table width J
-        (decode: over S slots per shard, by default num_slots)."""
+        (prefill: `shape` the chunk's PackedChunk, by default the most general; decode: over S slots per shard,
+        by default num_slots, `bursts` bursts in one program, attention over a snapshot of `shape` pages per
+        slot when > 0: programs.decode_program)."""
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
         pool_abs = tuple(jax.ShapeDtypeStruct(self._pool_shape(), self.dtype, sharding=sh) for sh in pool_sh)
@@ -221,12 +231,12 @@ class Engine:
         arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype, sharding=batch(1 + len(shape)))
         i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
-            fn = programs.prefill_program(self.graphdef, sp, self.page_size)
+            fn = programs.prefill_program(self.graphdef, sp, self.page_size, shape or paged_attention.PackedChunk())
             P = self.prefill_seqs
             args = (i32(C), i32(P), i32(P), i32(P, J), i32(P), i32(P), i32(P, n - 1))
             outs = (pool_sh,) + (batch(3),) * 3
         else:
-            fn = programs.decode_program(self.graphdef, sp, self.page_size, self.burst)
+            fn = programs.decode_program(self.graphdef, sp, self.page_size, self.burst * bursts, shape)
             args = (i32(S), i32(S), i32(S), i32(S), arr(jnp.bool_, S), i32(S), i32(S), i32(S, J))
             outs = (pool_sh,) + (batch(3),) * 4
         jitted = jax.jit(
@@ -238,14 +248,18 @@ class Engine:
         base_key = jax.ShapeDtypeStruct((), jax.eval_shape(jax.random.key, 0).dtype, sharding=rep)
         return jitted, (params_abstract, pool_abs, base_key, *args)
 
-    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0):
-        """The compiled prefill or decode program for a block-table width J (a power of two), S slots per
-        shard (decode) and the sampling parameters (not the seed: it is an argument)."""
+    def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0, bursts: int = 1, shape=0):
+        """The compiled prefill or decode program for a block-table width J (a power of two), the chunk's
+        PackedChunk (prefill) or S slots per shard, bursts per program and snapshot pages (decode; `_jitted`),
+        and the sampling parameters (not the seed: it is an argument)."""
         S = (S or self.num_slots) if kind == "decode" else 0
-        key = (kind, J, S, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
+        key = (kind, J, S, bursts, shape, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
         if key not in self._compiled:
-            jitted, args = self._jitted(kind, params_abstract, sp, J, S)
+            jitted, args = self._jitted(kind, params_abstract, sp, J, S, bursts, shape)
             what = f"{kind} for {J} pages per sequence" + (f", {S} slots" if S else "")
+            what += f", {bursts} bursts" if bursts > 1 else ""
+            what += f", a snapshot of {shape} pages" if kind == "decode" and shape else ""
+            what += f", pieces reaching {shape.reach} back" if kind == "prefill" and shape and shape.reach else ""
             self._compiled[key] = self._compile(what, jitted, args)
         return self._compiled[key]
 
@@ -404,9 +418,15 @@ class Engine:
         chunks = 0
         while True:
             jobs = [s.next_prefills(self.prefill_seqs) for s in call.scheds]
-            if not self._agree([any(jobs)])[0]:
+            longest = max((len(job.tokens) for jobs_g in jobs for job in jobs_g), default=0)
+            continues = any(jobs_g and jobs_g[0].start > 0 for jobs_g in jobs)
+            more, longest, continues = self._agree([any(jobs), longest, continues])
+            if not more:
                 return chunks
-            firsts = self._run_prefill(call, jobs)
+            layout = paged_attention.packed_chunk(longest, bool(continues), self.chunk)
+            if self.attention_impl != "xla":  # the kernel takes any chunk: one program
+                layout = paged_attention.PackedChunk()
+            firsts = self._run_prefill(call, jobs, layout)
             for g, jobs_g in enumerate(jobs):
                 for p, job in enumerate(jobs_g):
                     if job.last:
@@ -431,32 +451,38 @@ class Engine:
         call.bar.update(int(valid))
         return True
 
-    def _run_prefill(self, call: calls.Call, jobs):
-        """One packed prefill chunk per shard: jobs[g] are shard g's pieces, in the order they fill its chunk."""
+    def _run_prefill(self, call: calls.Call, jobs, layout: paged_attention.PackedChunk):
+        """One packed prefill chunk per shard: jobs[g] are shard g's pieces, in the order they fill its chunk
+        (`layout` covers every shard's)."""
         G, C, P = self.local_shards, self.chunk, self.prefill_seqs
         arrays = calls.prefill_arrays(call, jobs, G, C, P, self.page_size, self.pad_id)
-        program = self._program("prefill", call.target, call.sp, call.J)
+        program = self._program("prefill", call.target, call.sp, call.J, shape=layout)
         self.pool, *firsts = program(call.weights, self.pool, call.base_key, *(self.to_global(x) for x in arrays))
         return [self.local_rows(x) for x in firsts]
 
     def _run_decode(self, call: calls.Call, djobs, bursts: int = 1) -> int:
-        """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots): each
-        burst after the first feeds on the last tokens of the one before, on the devices, and the host reads
-        all of them at the end. Returns the tokens made."""
+        """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots), in
+        programs of a power of two bursts each (`_bursts_per_program`): each program after the first feeds on
+        the last tokens of the one before, on the devices, and the host reads all of them at the end. Returns
+        the tokens made."""
         S, J = call.S, call.J
         names = calls.DECODE_INPUTS
         arrays, pages = calls.decode_arrays(call, djobs, self.local_shards)
-        program = self._program("decode", call.target, call.sp, J, S)
         glob = self.to_global
         fixed = {k: glob(arrays[k]) for k in ("active_S", "prompt_S", "sample_S")}
         pages_dev, tokens_dev, outs_all = glob(pages), glob(arrays["tokens_S"]), []
-        for b in range(bursts):
-            moved = {k: glob(arrays[k] + b * step) for k, step in (("pos_S", self.burst), ("steps_S", self.burst))}
-            budget = glob(np.maximum(arrays["budget_S"] - b * self.burst, 0))
-            inputs = dict(fixed, tokens_S=tokens_dev, budget_S=budget, **moved)
-            self.pool, *outs = program(call.weights, self.pool, call.base_key, *(inputs[k] for k in names), pages_dev)
+        done = 0
+        while done < bursts:
+            run = self._bursts_per_program(bursts - done)
+            moved = {name: arrays[name] + done * self.burst for name in ("pos_S", "steps_S")}
+            snapshot = self._snapshot_pages(run, moved["pos_S"], arrays["active_S"], J)
+            program = self._program("decode", call.target, call.sp, J, S, run, shape=snapshot)
+            budget = glob(np.maximum(arrays["budget_S"] - done * self.burst, 0))
+            inputs = dict(fixed, tokens_S=tokens_dev, budget_S=budget, **{n: glob(x) for n, x in moved.items()})
+            self.pool, *outs = program(call.weights, self.pool, call.base_key, *(inputs[n] for n in names), pages_dev)
             outs_all.append(outs)
-            if b + 1 < bursts:
+            done += run
+            if done < bursts:
                 tokens_dev = self._last_tokens(outs[0])
         tokens, valid, q_lp, p_lp = (
             np.concatenate([self.local_rows(o[i]) for o in outs_all], axis=1) for i in range(4)
@@ -466,6 +492,21 @@ class Engine:
             if job is not None:
                 call.scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
         return int(valid.sum())
+
+    def _bursts_per_program(self, bursts: int) -> int:
+        """Bursts the next decode program runs of the `bursts` left to run back to back: the largest power of two
+        at most that and at most MAX_PROGRAM_STEPS steps (one program per power of two is compiled)."""
+        cap = max(1, MAX_PROGRAM_STEPS // self.burst)
+        return 1 << (min(bursts, cap).bit_length() - 1)
+
+    def _snapshot_pages(self, bursts: int, pos_GxS, active_GxS, J: int) -> int:
+        """Pages per slot of a decode program's snapshot (snapshot_attention.py): 0 (attention over the paged
+        pool each step) for a single burst or where attention runs jax's TPU kernel, else a power of two
+        covering every seated row's written positions, agreed over the hosts."""
+        if bursts == 1 or self.attention_impl != "xla":
+            return 0
+        written = int(np.max(np.where(active_GxS, pos_GxS, 0), initial=0))
+        return self._agree([min(J, next_pow2(pg.cdiv(written, self.page_size), 1))])[0]
 
     def _last_tokens(self, tokens_GxKxS):
         """The last step's tokens of a burst's output, on the devices, laid out as a decode program's input."""

@@ -13,10 +13,12 @@ J pages per sequence (block-table width); S = J * page_size key positions of a s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental.pallas.ops.tpu import ragged_paged_attention as tpu_rpa
 
 from rlvr_jax import sharding
@@ -24,6 +26,8 @@ from rlvr_jax import sharding
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # keys a round of XLA decode attention reads (64 pages of 16: the best of 32 to 256 on CPU, mixed lengths)
 KEYS_PER_ROUND = 1024
+# queries per block of a packed prefill chunk's XLA attention (each scores only the keys its pieces can see)
+PREFILL_BLOCK = 64
 
 
 def xla_ragged_paged_attention(
@@ -122,13 +126,39 @@ def xla_decode_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_le
     return out_TxHxD.astype(q_TxHxD.dtype)
 
 
-def xla_packed_prefill_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, *, sm_scale):
+@dataclasses.dataclass(frozen=True)
+class PackedChunk:
+    """What the XLA path may assume of a packed prefill chunk (the kernel needs none of it): every token's
+    piece starts at most `reach` tokens before it (None: anywhere in the chunk), and `past`: the first piece
+    may continue a sequence whose earlier positions are in the pool. `packed_chunk` picks them from the
+    pieces."""
+
+    reach: int | None = None
+    past: bool = True
+
+
+def packed_chunk(longest_piece: int, any_continues: bool, chunk: int) -> PackedChunk:
+    """The PackedChunk for a chunk of `chunk` tokens whose longest piece has `longest_piece` tokens: the reach
+    rounded up to a power of two blocks of PREFILL_BLOCK (few programs), or None where the window would span
+    the chunk anyway."""
+    blocks = -(-max(longest_piece - 1, 0) // PREFILL_BLOCK)
+    reach = (1 << (blocks - 1).bit_length()) * PREFILL_BLOCK if blocks else 0
+    if chunk % PREFILL_BLOCK or reach + PREFILL_BLOCK >= chunk:
+        return PackedChunk(None, any_continues)
+    return PackedChunk(reach, any_continues)
+
+
+def xla_packed_prefill_attention(
+    q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, *, sm_scale, layout=PackedChunk()
+):
     """The XLA implementation for a packed prefill chunk: up to B sequences' query tokens side by side in T,
     every sequence after the first starting at position 0 (its keys are all in this chunk), the first
     maybe continuing earlier pages. Each token attends to the chunk's tokens of its own sequence at or before
-    it (a block-diagonal causal mask over [T, T]) and, in the first sequence, to that sequence's positions
-    before the chunk ([T, J * page_size] keys read from its pages): T x (T + S) scores, not B x T x S.
-    The chunk's keys and values are read back from the pool where this call's tokens were written."""
+    it (block-diagonal causal) and, in the first sequence, to that sequence's positions before the chunk
+    (S = J x page_size keys read from its pages, when `layout.past`). The chunk is cut into blocks of
+    PREFILL_BLOCK queries, each scoring the window of keys from `layout.reach` before it to its end: T x
+    (S + PREFILL_BLOCK + reach) scores, not T x (S + T) (reach None: one block, the whole chunk). The chunk's
+    keys and values are read back from the pool where this call's tokens were written."""
     T, H, D = q_TxHxD.shape
     page_size, K = kv_pages.shape[1], kv_pages.shape[2] // 2
     B, J = page_indices_BxJ.shape
@@ -142,19 +172,30 @@ def xla_packed_prefill_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ,
     pos_T = start_B[seq_T] + t_T - cu_q_lens_B1[seq_T]
     page_T = page_indices_BxJ[seq_T, jnp.clip(pos_T // page_size, 0, J - 1)]
     chunk_Tx2KxD = kv_pages[page_T, pos_T % page_size].astype(f32)
-    past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
-    kv_Nx2KxD = jnp.concatenate([past_Sx2KxD, chunk_Tx2KxD], axis=0)  # N = S + T keys
-    k_NxKxD, v_NxKxD = kv_Nx2KxD[:, 0::2], kv_Nx2KxD[:, 1::2]
-    q_TxKxQxD = q_TxHxD.reshape(T, K, Q, D).astype(f32)
-    scores_KxQxTxN = jnp.einsum("tkqd,nkd->kqtn", q_TxKxQxD, k_NxKxD) * sm_scale
-    s_S = jnp.arange(J * page_size)
-    past_TxS = (seq_T[:, None] == 0) & (s_S[None, :] < start_B[0])
-    own_TxT = (seq_T[:, None] == seq_T[None, :]) & (t_T[None, :] <= t_T[:, None]) & real_T[None, :]
-    mask_TxN = jnp.concatenate([past_TxS, own_TxT], axis=1) & real_T[:, None]
-    scores_KxQxTxN = jnp.where(mask_TxN, scores_KxQxTxN, MASK_VALUE)
-    probs = jax.nn.softmax(scores_KxQxTxN, axis=-1)
-    out_TxKxQxD = jnp.einsum("kqtn,nkd->tkqd", probs, v_NxKxD)
-    out_TxKxQxD = jnp.where(real_T[:, None, None, None], out_TxKxQxD, 0.0)
+    # query blocks [I, Bq] and the window of chunk keys each one scores [I, Wn] (static)
+    Bq, reach = (PREFILL_BLOCK, layout.reach) if layout.reach is not None and T % PREFILL_BLOCK == 0 else (T, 0)
+    Wn = min(T, Bq + reach)
+    window_IxWn = np.stack([min(max(0, i - reach), T - Wn) + np.arange(Wn) for i in range(0, T, Bq)])
+    q_IxBqxKxQxD = q_TxHxD.reshape(T // Bq, Bq, K, Q, D).astype(f32) * sm_scale
+    kv_IxWnx2KxD = chunk_Tx2KxD[window_IxWn]
+    scores = jnp.einsum("ibkqd,iwkd->ikqbw", q_IxBqxKxQxD, kv_IxWnx2KxD[:, :, 0::2])
+    qt_IxBq = t_T.reshape(T // Bq, Bq)
+    same = seq_T[qt_IxBq][:, :, None] == seq_T[window_IxWn][:, None, :]
+    own_IxBqxWn = same & (window_IxWn[:, None, :] <= qt_IxBq[:, :, None]) & real_T[window_IxWn][:, None, :]
+    scores = jnp.where(own_IxBqxWn[:, None, None], scores, MASK_VALUE)
+    values = [kv_IxWnx2KxD[:, :, 1::2]]
+    if layout.past:
+        past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
+        past_scores = jnp.einsum("ibkqd,skd->ikqbs", q_IxBqxKxQxD, past_Sx2KxD[:, 0::2])
+        s_S = jnp.arange(J * page_size)
+        past_IxBqxS = ((seq_T[:, None] == 0) & (s_S[None, :] < start_B[0])).reshape(T // Bq, Bq, -1)
+        past_scores = jnp.where(past_IxBqxS[:, None, None], past_scores, MASK_VALUE)
+        scores = jnp.concatenate([past_scores, scores], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("ikqbw,iwkd->ibkqd", probs[..., -Wn:], values[0])
+    if layout.past:
+        out = out + jnp.einsum("ikqbs,skd->ibkqd", probs[..., :-Wn], past_Sx2KxD[:, 1::2])
+    out_TxKxQxD = jnp.where(real_T[:, None, None, None], out.reshape(T, K, Q, D), 0.0)
     return out_TxKxQxD.reshape(T, H, D).astype(q_TxHxD.dtype)
 
 
@@ -233,6 +274,12 @@ def auto_impl(head_dim: int) -> str:
     return "pallas" if platform() == "tpu" and head_dim % KERNEL_LANES == 0 else "xla"
 
 
+def auto_impl_for(mesh, head_dim: int) -> str:
+    """`auto_impl` for programs that will run on `mesh`'s devices, decided outside a trace."""
+    tpu = mesh.devices.flat[0].platform == "tpu"
+    return "pallas" if tpu and head_dim % KERNEL_LANES == 0 else "xla"
+
+
 def ragged_paged_attention(
     q_TxHxD,
     kv_pages,
@@ -244,7 +291,7 @@ def ragged_paged_attention(
     sm_scale: float = 1.0,
     impl: str = "auto",
     max_q_len: int | None = None,
-    packed: bool = False,
+    packed: bool | PackedChunk = False,
     num_kv_pages_per_block: int | None = None,
     num_queries_per_block: int | None = None,
     vmem_limit_bytes: int | None = None,
@@ -254,12 +301,14 @@ def ragged_paged_attention(
     (`platform()`), XLA elsewhere. `max_q_len` bounds the query tokens of any one sequence (the XLA path's
     padding; the kernel ignores it); the kernel's block sizes default to a fit for the shapes. `packed`: the
     call is a packed prefill chunk, every sequence after the first starting at position 0 (the XLA path then
-    masks block-diagonally within the chunk: `xla_packed_prefill_attention`; the kernel needs no hint)."""
+    masks block-diagonally within the chunk: `xla_packed_prefill_attention`; a PackedChunk says what more it
+    may assume; the kernel needs no hint)."""
     if impl == "auto":
         impl = auto_impl(q_TxHxD.shape[-1])
     if impl == "xla" and packed:
+        layout = packed if isinstance(packed, PackedChunk) else PackedChunk()
         return xla_packed_prefill_attention(
-            q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, sm_scale=sm_scale
+            q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_lens_B1, num_seqs_1, sm_scale=sm_scale, layout=layout
         )
     if impl == "xla" and max_q_len == 1:
         return xla_decode_attention(
@@ -303,7 +352,7 @@ def sharded_ragged_paged_attention(
     sm_scale: float = 1.0,
     impl: str = "auto",
     max_q_len: int | None = None,
-    packed: bool = False,
+    packed: bool | PackedChunk = False,
 ):
     """`ragged_paged_attention` of G independent batch shards at once, each with its own pool of pages
     `kv_pages_G` [G, A, page_size, 2K, D] and its own block tables (page numbers local to its pool). The

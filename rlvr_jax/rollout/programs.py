@@ -16,8 +16,26 @@ from flax import nnx
 
 from rlvr_jax import sharding
 from rlvr_jax.model.decoder import flat_matmul, rope_inverse_frequencies
-from rlvr_jax.rollout.paged_attention import sharded_ragged_paged_attention
+from rlvr_jax.rollout import snapshot_attention as snap
+from rlvr_jax.rollout.paged_attention import PackedChunk, sharded_ragged_paged_attention
 from rlvr_jax.rollout.sampling import SamplingParams, sample_step
+
+
+def decoder_layers(model, tokens_GxT, positions_GxT, states, attend):
+    """The decoder over T tokens per batch shard with attention delegated: per layer,
+    `attend(state, q [G, T, H, D], k, v [G, T, K, D])` returns (out [G, T, H, D], the layer's new state).
+    Returns the final-normed hidden states [G, T, E] and the new states."""
+    h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
+    h = sharding.constrain(h, ("batch", "length", "act_embed"))
+    inv_freq = rope_inverse_frequencies(model.cfg)
+    new_states = []
+    for block, state in zip(model.layers, states):
+        q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
+        out_GxTxHxD, state = attend(state, q, k, v)
+        h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
+        h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
+        new_states.append(state)
+    return model.final_norm(h), tuple(new_states)
 
 
 def paged_forward(
@@ -37,23 +55,16 @@ def paged_forward(
     paged_attention.py): each token's keys and values are written at its shard's flat pool slots `write`
     [G, T, W] (page * page_size + offset, W places a token; padding writes to the scratch page 0), then it
     attends to its sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
-    cfg = model.cfg
     G, T = tokens_GxT.shape
-    K, D = cfg.num_kv_heads, cfg.head_dim
-    h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
-    h = sharding.constrain(h, ("batch", "length", "act_embed"))
-    inv_freq = rope_inverse_frequencies(cfg)
+    K, D = model.cfg.num_kv_heads, model.cfg.head_dim
 
     def write_one(layer, slots_TxW, kv_Tx2KxD):
         kv = jnp.broadcast_to(kv_Tx2KxD[:, None], (*slots_TxW.shape, *kv_Tx2KxD.shape[1:]))
         return layer.reshape(-1, 2 * K, D).at[slots_TxW].set(kv).reshape(layer.shape)
 
-    write = jax.vmap(write_one)
-    new_pool = []
-    for block, layer in zip(model.layers, pool):
-        q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
+    def attend(layer, q, k, v):
         kv_GxTx2KxD = jnp.stack([k, v], axis=3).reshape(G, T, 2 * K, D).astype(layer.dtype)
-        layer = write(layer, write_GxTxW, kv_GxTx2KxD)
+        layer = jax.vmap(write_one)(layer, write_GxTxW, kv_GxTx2KxD)
         out_GxTxHxD = sharded_ragged_paged_attention(
             q,
             layer,
@@ -65,10 +76,9 @@ def paged_forward(
             max_q_len=max_q_len,
             packed=packed,
         )
-        h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
-        h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
-        new_pool.append(layer)
-    return model.final_norm(h), tuple(new_pool)
+        return out_GxTxHxD, layer
+
+    return decoder_layers(model, tokens_GxT, positions_GxT, pool, attend)
 
 
 def _slots(pages_J, positions, page_size):
@@ -110,12 +120,13 @@ def _packed_layout(C, page_size, start_GxP, q_len_GxP, pages_GxPxJ, copy_from_Gx
     return cu_GxP1, positions, write
 
 
-def prefill_program(graphdef, sp: SamplingParams, page_size: int):
+def prefill_program(graphdef, sp: SamplingParams, page_size: int, layout: PackedChunk = PackedChunk()):
     """One prefill chunk per batch shard: pieces of up to P sequences packed into C tokens (q_len 0: no
     piece; the pieces fill the chunk from its start, in order; only the first may start past position 0).
     The tokens at positions >= copy_from (a prompt's partial last page) are also written into its copies
     `copy_dst`, one per extra sample (copying the page after the chunk made XLA copy the whole pool). Each
-    piece's last token samples N first tokens (the host keeps those of a prompt's last chunk)."""
+    piece's last token samples N first tokens (the host keeps those of a prompt's last chunk). `layout`: what
+    the XLA attention may assume of the pieces (paged_attention.PackedChunk)."""
 
     def prefill(
         params,
@@ -147,7 +158,7 @@ def prefill_program(graphdef, sp: SamplingParams, page_size: int):
             cu_GxP1,
             num_seqs,
             max_q_len=C,
-            packed=True,
+            packed=layout,
         )
         last_GxP = jnp.maximum(cu_GxP1[:, 1:] - 1, 0)
         last_GxPxE = jnp.take_along_axis(hidden_GxCxE, last_GxP[..., None], axis=1)
@@ -163,8 +174,12 @@ def prefill_program(graphdef, sp: SamplingParams, page_size: int):
     return prefill
 
 
-def decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
-    """A burst of decode steps over every slot."""
+def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, snapshot_pages: int = 0):
+    """`steps` decode steps over every slot (a burst, or bursts back to back while no row can stop early).
+    snapshot_pages 0: each step writes its keys and values to the pool and attends to the slots' pages
+    (paged_attention). snapshot_pages J' > 0 (XLA; every seated row's written positions within its first J'
+    pages): attention reads a snapshot of those pages taken once and the program's own keys and values from
+    a buffer, written to the pool once, at the end (snapshot_attention.py)."""
     stop_ids = np.asarray(sp.stop_token_ids or (-1,), np.int32)  # a constant of the trace (no device here)
 
     def decode(
@@ -182,18 +197,33 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
     ):
         model = nnx.merge(graphdef, params)
         G, S = tokens_GxS.shape
+        K, D = model.cfg.num_kv_heads, model.cfg.head_dim
         cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
         num_seqs = jnp.full((G, 1), S, jnp.int32)
         slots_of = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))
 
-        def step(carry, _):
-            pool, tok, pos, steps, budget, active = carry
+        def paged(pool, tok, pos, active, i):
             write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)[..., None]
             kv_lens = jnp.where(active, pos + 1, 1)
             # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
-            hidden_GxSxE, pool = paged_forward(
-                model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1
-            )
+            return paged_forward(model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1)
+
+        if snapshot_pages:
+            snapshots = [snap.take_snapshot(layer, pages_GxSxJ[:, :, :snapshot_pages]) for layer in pool]
+
+            def snapshot(buffers, tok, pos, active, i):
+                def attend(state, q, k, v):
+                    snapshot_l, buffer = state
+                    buffer = snap.append(buffer, i, k, v)
+                    out = snap.attend(q, snapshot_l, pos_GxS, buffer, i, sm_scale=1.0 / math.sqrt(D))
+                    return out, buffer
+
+                states = tuple(zip(snapshots, buffers))
+                return decoder_layers(model, tok, pos, states, attend)
+
+        def step(carry, i):
+            state, tok, pos, steps, budget, active = carry
+            hidden_GxSxE, state = (snapshot if snapshot_pages else paged)(state, tok, pos, active, i)
             logits_RxV = flat_matmul(hidden_GxSxE.reshape(G * S, -1), model.head_kernel(), 1)
             flat = lambda x: x.reshape(G * S)
             new, q_lp, p_lp = _sample(base_key, logits_RxV, flat(prompt_GxS), flat(sample_GxS), flat(steps), sp)
@@ -202,11 +232,20 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, burst: int):
             hit_stop = active & jnp.any(new[..., None] == stop_ids, axis=-1)
             budget = budget - active
             out = (new, active, jnp.where(active, q_lp, 0.0), jnp.where(active, p_lp, 0.0))
-            carry = (pool, new, pos + 1, steps + 1, budget, active & ~hit_stop & (budget > 0))
+            carry = (state, new, pos + 1, steps + 1, budget, active & ~hit_stop & (budget > 0))
             return carry, out
 
-        init = (pool, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
-        (pool, *_), outs = jax.lax.scan(step, init, None, length=burst)
-        return (pool, *(x.transpose(1, 0, 2) for x in outs))  # tokens, valid, q_logp, p_logp: [G, burst, S]
+        if snapshot_pages:
+            state = tuple(snap.empty_buffer(G * S, K, D, steps, layer.dtype) for layer in pool)
+        else:
+            state = pool
+        init = (state, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
+        (state, *_), outs = jax.lax.scan(step, init, jnp.arange(steps))
+        tokens, valid, q_lp, p_lp = (x.transpose(1, 0, 2) for x in outs)  # [G, steps, S]
+        if snapshot_pages:
+            positions_GxSxR = pos_GxS[..., None] + jnp.arange(steps)
+            slots = jnp.where(valid.transpose(0, 2, 1), slots_of(pages_GxSxJ, positions_GxSxR), 0)
+            state = tuple(snap.flush(layer, buffer, slots) for layer, buffer in zip(pool, state))
+        return state, tokens, valid, q_lp, p_lp
 
     return decode
