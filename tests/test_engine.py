@@ -284,11 +284,11 @@ def test_snapshot_programs_back_to_back_change_no_token(qwen3, mesh, monkeypatch
     _, _, params = qwen3
     prompts = [[5, 6, 7], [8, 9], [4] * 6]
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=3)
-    monkeypatch.setattr(engine, "MAX_PROGRAM_STEPS", 8)
+    monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 8)
     snapshots = _engine(qwen3, mesh, num_slots=8)
     a = snapshots.generate(params, prompts, sp)
     assert sorted(key[4] for key in snapshots._compiled if key[0] == "decode") == [2, 4, 8]
-    monkeypatch.setattr(engine, "MAX_PROGRAM_STEPS", 4)  # one burst per program: no snapshot
+    monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 4)  # one burst per program: no snapshot
     paged = _engine(qwen3, mesh, num_slots=8)
     b = paged.generate(params, prompts, sp)
     assert [key[4] for key in paged._compiled if key[0] == "decode"] == [0]

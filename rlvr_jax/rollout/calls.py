@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from rlvr_jax.rollout.sampling import SamplingParams
+from rlvr_jax.rollout.sampling import SamplingParams, next_pow2
 from rlvr_jax.rollout.scheduler import RowState
 
 
@@ -124,6 +124,24 @@ def prefill_arrays(call: Call, jobs, G: int, C: int, P: int, page_size: int, pad
             pages[g, p, : len(job.pages)] = job.pages
             copy_dst[g, p, : len(job.copy_dst)] = job.copy_dst
     return tokens, start, q_len, pages, prompt, copy_from, copy_dst
+
+
+# the most decode steps one program runs (bursts back to back in one program; more go to the next program)
+MAX_PROGRAM_STEPS = 64
+
+
+def bursts_per_program(bursts: int, burst: int) -> int:
+    """Bursts the next decode program runs of the `bursts` left to run back to back: the largest power of two
+    at most that and at most MAX_PROGRAM_STEPS steps (one program per power of two is compiled)."""
+    cap = max(1, MAX_PROGRAM_STEPS // burst)
+    return 1 << (min(bursts, cap).bit_length() - 1)
+
+
+def snapshot_pages(pos_GxS, active_GxS, page_size: int, J: int) -> int:
+    """Pages per slot of a decode program's snapshot (snapshot_attention.py): a power of two (at most the
+    block-table width J) covering every seated row's written positions."""
+    written = int(np.max(np.where(active_GxS, pos_GxS, 0), initial=0))
+    return min(J, next_pow2(-(-written // page_size), 1))
 
 
 DECODE_INPUTS = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")

@@ -53,9 +53,6 @@ from rlvr_jax.rollout.settings import EngineConfig
 
 log = logging.getLogger(__name__)
 
-# the most decode steps one program runs (bursts back to back in one program; more go to the next program)
-MAX_PROGRAM_STEPS = 64
-
 
 class Engine:
     """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
@@ -462,7 +459,7 @@ class Engine:
 
     def _run_decode(self, call: calls.Call, djobs, bursts: int = 1) -> int:
         """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots), in
-        programs of a power of two bursts each (`_bursts_per_program`): each program after the first feeds on
+        programs of a power of two bursts each (`calls.bursts_per_program`): each program after the first feeds on
         the last tokens of the one before, on the devices, and the host reads all of them at the end. Returns
         the tokens made."""
         S, J = call.S, call.J
@@ -473,9 +470,11 @@ class Engine:
         pages_dev, tokens_dev, outs_all = glob(pages), glob(arrays["tokens_S"]), []
         done = 0
         while done < bursts:
-            run = self._bursts_per_program(bursts - done)
+            run = calls.bursts_per_program(bursts - done, self.burst)
             moved = {name: arrays[name] + done * self.burst for name in ("pos_S", "steps_S")}
-            snapshot = self._snapshot_pages(run, moved["pos_S"], arrays["active_S"], J)
+            snapshot = 0  # the TPU kernel reads the pool in place; a single burst is not worth a snapshot
+            if run > 1 and self.attention_impl == "xla":
+                snapshot = self._agree([calls.snapshot_pages(moved["pos_S"], arrays["active_S"], self.page_size, J)])[0]
             program = self._program("decode", call.target, call.sp, J, S, run, shape=snapshot)
             budget = glob(np.maximum(arrays["budget_S"] - done * self.burst, 0))
             inputs = dict(fixed, tokens_S=tokens_dev, budget_S=budget, **{n: glob(x) for n, x in moved.items()})
@@ -492,21 +491,6 @@ class Engine:
             if job is not None:
                 call.scheds[g].finish_decode(job, tokens[g], valid[g], q_lp[g], p_lp[g])
         return int(valid.sum())
-
-    def _bursts_per_program(self, bursts: int) -> int:
-        """Bursts the next decode program runs of the `bursts` left to run back to back: the largest power of two
-        at most that and at most MAX_PROGRAM_STEPS steps (one program per power of two is compiled)."""
-        cap = max(1, MAX_PROGRAM_STEPS // self.burst)
-        return 1 << (min(bursts, cap).bit_length() - 1)
-
-    def _snapshot_pages(self, bursts: int, pos_GxS, active_GxS, J: int) -> int:
-        """Pages per slot of a decode program's snapshot (snapshot_attention.py): 0 (attention over the paged
-        pool each step) for a single burst or where attention runs jax's TPU kernel, else a power of two
-        covering every seated row's written positions, agreed over the hosts."""
-        if bursts == 1 or self.attention_impl != "xla":
-            return 0
-        written = int(np.max(np.where(active_GxS, pos_GxS, 0), initial=0))
-        return self._agree([min(J, next_pow2(pg.cdiv(written, self.page_size), 1))])[0]
 
     def _last_tokens(self, tokens_GxKxS):
         """The last step's tokens of a burst's output, on the devices, laid out as a decode program's input."""

@@ -87,6 +87,11 @@ def _slots(pages_J, positions, page_size):
     return page * page_size + positions % page_size
 
 
+def _slots_of(pages_GxSxJ, positions_GxS, page_size: int):
+    """Flat pool slots of each slot's positions [G, S] (or [G, S, R])."""
+    return jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))(pages_GxSxJ, positions_GxS)
+
+
 def _draw_key(base_key, prompt, sample, position):
     return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base_key, prompt), sample), position)
 
@@ -110,7 +115,7 @@ def _packed_layout(C, page_size, start_GxP, q_len_GxP, pages_GxPxJ, copy_from_Gx
     at = lambda x_GxP: jnp.take_along_axis(x_GxP, seq_GxC, axis=1)  # each token's sequence's value
     positions = jnp.where(real, at(start_GxP) + t_C[None] - at(cu_GxP1[:, :-1]), 0)
     pages_GxCxJ = jnp.take_along_axis(pages_GxPxJ, seq_GxC[..., None], axis=1)
-    slots = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))(pages_GxCxJ, positions)
+    slots = _slots_of(pages_GxCxJ, positions, page_size)
     mirrored = real & (positions >= at(copy_from_GxP))
     copy_dst_GxCxN1 = jnp.take_along_axis(copy_dst_GxPxN1, seq_GxC[..., None], axis=1)
     copies_GxCxN1 = copy_dst_GxCxN1 * page_size + (positions % page_size)[..., None]
@@ -174,6 +179,39 @@ def prefill_program(graphdef, sp: SamplingParams, page_size: int, layout: Packed
     return prefill
 
 
+def _paged_decoder(model, pages_GxSxJ, page_size: int):
+    """A decode step's forward over the paged pool (its state): each slot's token writes its keys and values
+    to the pool, then attends to its pages (paged_attention)."""
+    G, S = pages_GxSxJ.shape[:2]
+    cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
+    num_seqs = jnp.full((G, 1), S, jnp.int32)
+
+    def forward(pool, tok, pos, active, i):
+        write = jnp.where(active, _slots_of(pages_GxSxJ, pos, page_size), 0)[..., None]
+        kv_lens = jnp.where(active, pos + 1, 1)
+        # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
+        return paged_forward(model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1)
+
+    return forward
+
+
+def _snapshot_decoder(model, pool, pages_GxSxJ, snapshot_pages: int, start_GxS):
+    """A decode step's forward over a snapshot of each slot's first `snapshot_pages` pages (positions below
+    start, taken now) and a buffer of the run's own keys and values (its state; snapshot_attention.py)."""
+    snapshots = [snap.take_snapshot(layer, pages_GxSxJ[:, :, :snapshot_pages]) for layer in pool]
+    sm_scale = 1.0 / math.sqrt(model.cfg.head_dim)
+
+    def forward(buffers, tok, pos, active, i):
+        def attend(state, q, k, v):
+            snapshot_l, buffer = state
+            buffer = snap.append(buffer, i, k, v)
+            return snap.attend(q, snapshot_l, start_GxS, buffer, i, sm_scale=sm_scale), buffer
+
+        return decoder_layers(model, tok, pos, tuple(zip(snapshots, buffers)), attend)
+
+    return forward
+
+
 def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, snapshot_pages: int = 0):
     """`steps` decode steps over every slot (a burst, or bursts back to back while no row can stop early).
     snapshot_pages 0: each step writes its keys and values to the pool and attends to the slots' pages
@@ -197,33 +235,16 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, sna
     ):
         model = nnx.merge(graphdef, params)
         G, S = tokens_GxS.shape
-        K, D = model.cfg.num_kv_heads, model.cfg.head_dim
-        cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
-        num_seqs = jnp.full((G, 1), S, jnp.int32)
-        slots_of = jax.vmap(jax.vmap(lambda pj, p: _slots(pj, p, page_size)))
-
-        def paged(pool, tok, pos, active, i):
-            write = jnp.where(active, slots_of(pages_GxSxJ, pos), 0)[..., None]
-            kv_lens = jnp.where(active, pos + 1, 1)
-            # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
-            return paged_forward(model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1)
-
         if snapshot_pages:
-            snapshots = [snap.take_snapshot(layer, pages_GxSxJ[:, :, :snapshot_pages]) for layer in pool]
-
-            def snapshot(buffers, tok, pos, active, i):
-                def attend(state, q, k, v):
-                    snapshot_l, buffer = state
-                    buffer = snap.append(buffer, i, k, v)
-                    out = snap.attend(q, snapshot_l, pos_GxS, buffer, i, sm_scale=1.0 / math.sqrt(D))
-                    return out, buffer
-
-                states = tuple(zip(snapshots, buffers))
-                return decoder_layers(model, tok, pos, states, attend)
+            forward = _snapshot_decoder(model, pool, pages_GxSxJ, snapshot_pages, pos_GxS)
+            K, D = model.cfg.num_kv_heads, model.cfg.head_dim
+            state = tuple(snap.empty_buffer(G * S, K, D, steps, layer.dtype) for layer in pool)
+        else:
+            forward, state = _paged_decoder(model, pages_GxSxJ, page_size), pool
 
         def step(carry, i):
             state, tok, pos, steps, budget, active = carry
-            hidden_GxSxE, state = (snapshot if snapshot_pages else paged)(state, tok, pos, active, i)
+            hidden_GxSxE, state = forward(state, tok, pos, active, i)
             logits_RxV = flat_matmul(hidden_GxSxE.reshape(G * S, -1), model.head_kernel(), 1)
             flat = lambda x: x.reshape(G * S)
             new, q_lp, p_lp = _sample(base_key, logits_RxV, flat(prompt_GxS), flat(sample_GxS), flat(steps), sp)
@@ -235,16 +256,12 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, sna
             carry = (state, new, pos + 1, steps + 1, budget, active & ~hit_stop & (budget > 0))
             return carry, out
 
-        if snapshot_pages:
-            state = tuple(snap.empty_buffer(G * S, K, D, steps, layer.dtype) for layer in pool)
-        else:
-            state = pool
         init = (state, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
         (state, *_), outs = jax.lax.scan(step, init, jnp.arange(steps))
         tokens, valid, q_lp, p_lp = (x.transpose(1, 0, 2) for x in outs)  # [G, steps, S]
-        if snapshot_pages:
+        if snapshot_pages:  # the run's keys and values where each token that was made belongs
             positions_GxSxR = pos_GxS[..., None] + jnp.arange(steps)
-            slots = jnp.where(valid.transpose(0, 2, 1), slots_of(pages_GxSxJ, positions_GxSxR), 0)
+            slots = jnp.where(valid.transpose(0, 2, 1), _slots_of(pages_GxSxJ, positions_GxSxR, page_size), 0)
             state = tuple(snap.flush(layer, buffer, slots) for layer, buffer in zip(pool, state))
         return state, tokens, valid, q_lp, p_lp
 
