@@ -169,9 +169,10 @@ def test_compiles_a_bounded_number_of_programs(qwen3, mesh):
         eng.generate(params, [[1] * n for n in lengths], sampling.SamplingParams(max_new_tokens=8, n=2, seed=seed))
     first = eng.num_compilations
     # the pool; prefill(8) with and without a continuing first piece (chunks of 8 < the prompts; no reach
-    # blocks in a chunk of 8); decode(8) of 4 bursts (7 tokens left after prefill, no stop token) per slot
-    # count (calls of 2 to 6 rows: 2 or 3 slots) x the snapshot of 4 or 8 pages (prompts of up to 16 or 24 tokens)
-    assert first <= 1 + 2 + 2 * 2
+    # blocks in a chunk of 8); decode(8) per slot count (calls of 2 to 6 rows: 2 or 3 slots): one burst over
+    # the pool, and 4 or 2 bursts (7 tokens left after prefill, no stop token) over a snapshot of 4 or 8
+    # pages (prompts of up to 16 or 24 tokens)
+    assert first <= 1 + 2 + 2 * (1 + 2 * 2)
     for seed, lengths in enumerate(calls):
         eng.generate(params, [[2] * n for n in lengths], sampling.SamplingParams(max_new_tokens=8, n=2, seed=9 + seed))
     assert eng.num_compilations == first
@@ -260,14 +261,14 @@ def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, me
     budget ends and reads them once (in programs whose attention reads a snapshot of the pool); the tokens
     are those of reading every burst."""
     _, _, params = qwen3
-    prompts = [[5, 6, 7], [8, 9], [4] * 6]
+    prompts = [[5, 6, 7, 8], [8, 9, 10], [4] * 6]
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=2)
-    chained = _engine(qwen3, mesh, num_slots=8)
+    chained = _engine(qwen3, mesh, num_slots=6)
     a = chained.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
     # each round's 3 bursts: a program of 2 over a snapshot (of 2 pages: 6 tokens; then 4: 15), then 1
     assert sorted(key[4] for key in chained._compiled if key[0] == "decode" and key[3] > 1) == [2, 4]
     monkeypatch.setattr(engine.sched_lib.Scheduler, "steady_bursts", lambda self: 1)
-    stepwise = _engine(qwen3, mesh, num_slots=8)
+    stepwise = _engine(qwen3, mesh, num_slots=6)
     b = stepwise.generate(params, prompts, sp, max_new_tokens=[T] * 4 + [T // 2] * 2)
     np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
     np.testing.assert_array_equal(np.asarray(a.completion_valid), np.asarray(b.completion_valid))
@@ -282,14 +283,14 @@ def test_snapshot_programs_back_to_back_change_no_token(qwen3, mesh, monkeypatch
     to the pool at their end (snapshots of 2, 4 and 8 pages), sample exactly the tokens of one burst per
     program over the paged pool."""
     _, _, params = qwen3
-    prompts = [[5, 6, 7], [8, 9], [4] * 6]
+    prompts = [[5, 6, 7, 8], [8, 9, 10], [4] * 6]  # rows that fill their slots and half their snapshots
     sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=T, n=2, seed=3)
     monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 8)
-    snapshots = _engine(qwen3, mesh, num_slots=8)
+    snapshots = _engine(qwen3, mesh, num_slots=6)
     a = snapshots.generate(params, prompts, sp)
     assert sorted(key[4] for key in snapshots._compiled if key[0] == "decode") == [2, 4, 8]
     monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 4)  # one burst per program: no snapshot
-    paged = _engine(qwen3, mesh, num_slots=8)
+    paged = _engine(qwen3, mesh, num_slots=6)
     b = paged.generate(params, prompts, sp)
     assert [key[4] for key in paged._compiled if key[0] == "decode"] == [0]
     np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
@@ -313,3 +314,13 @@ def test_windowed_prefill_attention_changes_no_token(qwen3, mesh, monkeypatch):
     reaches = {key[4].reach for key in windowed._compiled if key[0] == "prefill"}
     assert {key[4].reach for key in whole._compiled if key[0] == "prefill"} == {None}
     assert reaches & {4, 8}, windowed._compiled.keys()
+
+
+def test_snapshot_pages_cover_the_seated_rows_and_refuse_sparse_slots():
+    """A snapshot is a power of two pages covering every seated row's written positions (at most the table
+    width); none when the seated rows fill less than half of it (a long tail's last rows beside empty slots)."""
+    full = np.array([[64, 60, 64, 33]])
+    assert engine.calls.snapshot_pages(full, np.ones_like(full, bool), 16, 16) == 4  # 221 of 4 x 64 positions
+    tail = np.array([[64, 60, 0, 0]])
+    assert engine.calls.snapshot_pages(tail, tail > 0, 16, 16) == 0  # 124 of 256: under half
+    assert engine.calls.snapshot_pages(np.array([[200]]), np.array([[True]]), 16, 8) == 8

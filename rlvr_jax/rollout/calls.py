@@ -139,9 +139,12 @@ def bursts_per_program(bursts: int, burst: int) -> int:
 
 def snapshot_pages(pos_GxS, active_GxS, page_size: int, J: int) -> int:
     """Pages per slot of a decode program's snapshot (snapshot_attention.py): a power of two (at most the
-    block-table width J) covering every seated row's written positions."""
-    written = int(np.max(np.where(active_GxS, pos_GxS, 0), initial=0))
-    return min(J, next_pow2(-(-written // page_size), 1))
+    block-table width J) covering every seated row's written positions; 0 (attend over the paged pool each
+    step) when the seated rows' positions fill less than half of the snapshot, which has every slot's width:
+    a long-tailed rollout's last rows beside empty slots read only their own pages."""
+    written_GxS = np.where(active_GxS, pos_GxS, 0)
+    pages = min(J, next_pow2(-(-int(written_GxS.max(initial=0)) // page_size), 1))
+    return pages if 2 * written_GxS.sum() >= written_GxS.size * pages * page_size else 0
 
 
 DECODE_INPUTS = ("tokens_S", "pos_S", "steps_S", "budget_S", "active_S", "prompt_S", "sample_S")

@@ -13,8 +13,7 @@ program, SPMD). The weights are resharded once per call from the trainer's layou
 (sharding.DECODE_RULES: whole within a batch shard, split over tensor), on the devices.
 
 Each token's random draw is keyed by (seed, prompt, sample, position) only, so the tokens do not depend
-on the number of slots or shards, the admission order or preemptions. The pool holds, per layer,
-[G, A, page_size, 2K, D] in the cache dtype.
+on the number of slots or shards, the admission order or preemptions. The pool: [G, A, page_size, 2K, D].
 Letters beyond docs/CONTRACTS.md (as in paged_attention.py): G batch shards, A pool pages per shard,
 J pages per sequence, C prefill chunk, S decode slots per shard, N samples per prompt.
 """
@@ -458,10 +457,10 @@ class Engine:
         return [self.local_rows(x) for x in firsts]
 
     def _run_decode(self, call: calls.Call, djobs, bursts: int = 1) -> int:
-        """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots), in
-        programs of a power of two bursts each (`calls.bursts_per_program`): each program after the first feeds on
-        the last tokens of the one before, on the devices, and the host reads all of them at the end. Returns
-        the tokens made."""
+        """`bursts` bursts over every shard's slots, back to back (a shard with no job runs inactive slots), one a
+        program or, over a snapshot on XLA, a power of two a program (`calls.bursts_per_program`): each program
+        after the first feeds on the last tokens of the one before, on the devices, and the host reads all of
+        them at the end. Returns the tokens made."""
         S, J = call.S, call.J
         names = calls.DECODE_INPUTS
         arrays, pages = calls.decode_arrays(call, djobs, self.local_shards)
@@ -470,11 +469,12 @@ class Engine:
         pages_dev, tokens_dev, outs_all = glob(pages), glob(arrays["tokens_S"]), []
         done = 0
         while done < bursts:
-            run = calls.bursts_per_program(bursts - done, self.burst)
             moved = {name: arrays[name] + done * self.burst for name in ("pos_S", "steps_S")}
-            snapshot = 0  # the TPU kernel reads the pool in place; a single burst is not worth a snapshot
-            if run > 1 and self.attention_impl == "xla":
-                snapshot = self._agree([calls.snapshot_pages(moved["pos_S"], arrays["active_S"], self.page_size, J)])[0]
+            run, snapshot = 1, 0  # one burst a program, over the pool (the TPU kernel reads it in place)
+            if self.attention_impl == "xla" and calls.bursts_per_program(bursts - done, self.burst) > 1:
+                pages = calls.snapshot_pages(moved["pos_S"], arrays["active_S"], self.page_size, J)
+                pages, sparse = self._agree([pages, pages == 0])  # a host's sparse slots: no snapshot anywhere
+                run, snapshot = (1, 0) if sparse else (calls.bursts_per_program(bursts - done, self.burst), pages)
             program = self._program("decode", call.target, call.sp, J, S, run, shape=snapshot)
             budget = glob(np.maximum(arrays["budget_S"] - done * self.burst, 0))
             inputs = dict(fixed, tokens_S=tokens_dev, budget_S=budget, **{n: glob(x) for n, x in moved.items()})
