@@ -12,7 +12,7 @@ from rlvr_jax import sharding
 from rlvr_jax.model import hf
 from rlvr_jax.model.decoder import ModelConfig, model_shardings
 from rlvr_jax.plan.chips import PlanError, topology_devices
-from rlvr_jax.rollout import engine, sampling
+from rlvr_jax.rollout import calls, engine, sampling
 from tests.hf_fixtures import FAMILIES, ragged_batch, save_hf_model
 
 LENGTHS = (9, 5, 12, 3, 7)
@@ -311,9 +311,30 @@ def test_windowed_prefill_attention_changes_no_token(qwen3, mesh, monkeypatch):
     b = windowed.generate(params, prompts, sp)
     np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
     np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
-    reaches = {key[4].reach for key in windowed._compiled if key[0] == "prefill"}
-    assert {key[4].reach for key in whole._compiled if key[0] == "prefill"} == {None}
+    reaches = {key[4][1].reach for key in windowed._compiled if key[0] == "prefill"}
+    assert {key[4][1].reach for key in whole._compiled if key[0] == "prefill"} == {None}
     assert reaches & {4, 8}, windowed._compiled.keys()
+
+
+def test_a_round_with_little_to_prefill_runs_a_smaller_chunk(qwen3, mesh, monkeypatch):
+    """A prefill round whose pieces fill less than the configured chunk runs the smallest power of two from
+    calls.MIN_PREFILL_CHUNK that holds them (a freed slot's one prompt does not pay a whole chunk), sampling
+    exactly the tokens of an engine whose chunk is that size; a longer prompt still gets the whole chunk."""
+    _, _, params = qwen3
+    monkeypatch.setattr(calls, "MIN_PREFILL_CHUNK", 16)
+    assert [calls.prefill_chunk(t, 64) for t in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
+    assert calls.prefill_chunk(5, 8) == 8  # never more than the configured chunk
+    prompts = [[5, 6, 7, 4], [8, 9, 4], [9] * 30]
+    sp = sampling.SamplingParams(temperature=1.0, max_new_tokens=6, n=2, seed=3)
+    wide = _engine(qwen3, mesh, num_slots=8, num_pages=100, prefill_chunk=64)
+    a = wide.generate(params, prompts[:2], sp)
+    assert {key[4][0] for key in wide._compiled if key[0] == "prefill"} == {16}
+    narrow = _engine(qwen3, mesh, num_slots=8, num_pages=100, prefill_chunk=16)
+    b = narrow.generate(params, prompts[:2], sp)
+    np.testing.assert_array_equal(np.asarray(a.completion_tokens), np.asarray(b.completion_tokens))
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+    wide.generate(params, prompts, sp)  # 37 prompt tokens: a chunk of 64
+    assert {key[4][0] for key in wide._compiled if key[0] == "prefill"} == {16, 64}
 
 
 def test_snapshot_pages_cover_the_seated_rows_and_refuse_sparse_slots():

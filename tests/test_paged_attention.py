@@ -89,6 +89,17 @@ def test_packed_prefill_in_query_blocks_equals_reference(monkeypatch, first_star
         assert not got[sum(q_lens) :].any()
     short = attend(paged_attention.PackedChunk(0, past=first_start > 0))  # a block sees only itself
     assert np.abs(short[: sum(q_lens)] - want).max() > 1e-3
+    if not first_start:
+        return
+    # only the blocks that hold the continued first piece (5 tokens: 2 blocks, 8 queries) score its past,
+    # with the reach bucketed or spanning the chunk; a bound that leaves out its fifth token does not equal
+    assert paged_attention.packed_chunk(max(q_lens), True, 24, q_lens[0]) == paged_attention.PackedChunk(4, True, 8)
+    for reach in (4, None):
+        got = attend(paged_attention.PackedChunk(reach, past=True, past_queries=8))
+        np.testing.assert_allclose(got[: sum(q_lens)], want, atol=2e-6)
+        assert not got[sum(q_lens) :].any()
+    cut = attend(paged_attention.PackedChunk(4, past=True, past_queries=4))
+    assert np.abs(cut[4] - want[4]).max() > 1e-3 and np.allclose(cut[:4], want[:4], atol=2e-6)
 
 
 def test_packed_chunk_rounds_the_reach_to_powers_of_two_blocks():
@@ -107,6 +118,8 @@ def test_packed_chunk_rounds_the_reach_to_powers_of_two_blocks():
     assert pick(5 * b) is None  # 8 blocks back: the whole chunk
     assert pick(b, chunk=2 * b) is None and pick(b, chunk=3 * b) == b
     assert paged_attention.packed_chunk(b, True, 3 * b) == paged_attention.PackedChunk(b, True)
+    past = lambda piece: paged_attention.packed_chunk(8 * b, True, 8 * b, piece).past_queries
+    assert [past(n) for n in (1, b, b + 1, 3 * b, 5 * b)] == [b, b, 2 * b, 4 * b, None]  # 8 blocks: the chunk
 
 
 @pytest.mark.parametrize("pad_seqs,pad_tokens", [(0, 0), (2, 3)])

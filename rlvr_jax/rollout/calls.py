@@ -100,6 +100,25 @@ def track_peak(call: Call, written: int) -> None:
         call.counts["peak_pages"], call.counts["live_at_peak"] = used, live
 
 
+# the fewest tokens a prefill program takes: a round with less to prefill than the configured chunk runs the
+# smallest power of two from here that holds it (a slot freed by one row would otherwise pay a whole chunk)
+MIN_PREFILL_CHUNK = 128
+
+
+def prefill_sizes(jobs) -> list[int]:
+    """What the hosts agree on before a prefill chunk (the largest over them): whether any shard has pieces,
+    the longest piece, a continued first piece's tokens (0: none) and the most tokens a shard packs."""
+    longest = max((len(job.tokens) for jobs_g in jobs for job in jobs_g), default=0)
+    first = max((len(jobs_g[0].tokens) for jobs_g in jobs if jobs_g and jobs_g[0].start > 0), default=0)
+    return [any(jobs), longest, first, max((sum(len(j.tokens) for j in jobs_g) for jobs_g in jobs), default=0)]
+
+
+def prefill_chunk(tokens: int, chunk: int) -> int:
+    """Tokens of the prefill program for a round whose shards pack at most `tokens`: the smallest power of two
+    from MIN_PREFILL_CHUNK that holds them, at most the configured `chunk`."""
+    return min(chunk, max(MIN_PREFILL_CHUNK, next_pow2(tokens, 1)))
+
+
 def prefill_arrays(call: Call, jobs, G: int, C: int, P: int, page_size: int, pad_id: int) -> tuple:
     """A packed prefill chunk's host inputs (tokens [G, C]; start, q_len [G, P]; pages [G, P, J]; prompt,
     copy_from [G, P]; copy_dst [G, P, n - 1]): jobs[g] are shard g's pieces, in the order they fill its chunk."""

@@ -216,18 +216,18 @@ class Engine:
 
     def _jitted(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0, bursts: int = 1, shape=0):
         """(jitted function, abstract arguments) of the prefill or decode program for block-table width J
-        (prefill: `shape` the chunk's PackedChunk, by default the most general; decode: over S slots per shard,
-        by default num_slots, `bursts` bursts in one program, attention over a snapshot of `shape` pages per
-        slot when > 0: programs.decode_program)."""
+        (prefill: `shape` the chunk's tokens and PackedChunk, by default the configured chunk, any layout; decode:
+        over S slots per shard (num_slots), `bursts` bursts a program, over a snapshot of `shape` pages if > 0)."""
         rep = sharding.replicated(self.mesh)
         pool_sh = (self._pool_sharding(),) * self.cfg.num_layers
         pool_abs = tuple(jax.ShapeDtypeStruct(self._pool_shape(), self.dtype, sharding=sh) for sh in pool_sh)
-        G, S, C, n = self.num_shards, S or self.num_slots, self.chunk, sp.n
+        G, S, n = self.num_shards, S or self.num_slots, sp.n
+        C, layout = shape if kind == "prefill" and shape else (self.chunk, paged_attention.PackedChunk())
         batch = lambda ndim: sharding.batch_sharding(self.mesh, ndim)
         arr = lambda dtype, *shape: jax.ShapeDtypeStruct((G, *shape), dtype, sharding=batch(1 + len(shape)))
         i32 = lambda *shape: arr(jnp.int32, *shape)
         if kind == "prefill":
-            fn = programs.prefill_program(self.graphdef, sp, self.page_size, shape or paged_attention.PackedChunk())
+            fn = programs.prefill_program(self.graphdef, sp, self.page_size, layout)
             P = self.prefill_seqs
             args = (i32(C), i32(P), i32(P), i32(P, J), i32(P), i32(P), i32(P, n - 1))
             outs = (pool_sh,) + (batch(3),) * 3
@@ -246,7 +246,7 @@ class Engine:
 
     def _program(self, kind: str, params_abstract, sp: SamplingParams, J: int, S: int = 0, bursts: int = 1, shape=0):
         """The compiled prefill or decode program for a block-table width J (a power of two), the chunk's
-        PackedChunk (prefill) or S slots per shard, bursts per program and snapshot pages (decode; `_jitted`),
+        (tokens, PackedChunk) (prefill) or S slots per shard, bursts per program and snapshot pages (decode; `_jitted`),
         and the sampling parameters (not the seed: it is an argument)."""
         S = (S or self.num_slots) if kind == "decode" else 0
         key = (kind, J, S, bursts, shape, sp.temperature, sp.top_k, sp.top_p, sp.n, sp.stop_token_ids)
@@ -255,7 +255,7 @@ class Engine:
             what = f"{kind} for {J} pages per sequence" + (f", {S} slots" if S else "")
             what += f", {bursts} bursts" if bursts > 1 else ""
             what += f", a snapshot of {shape} pages" if kind == "decode" and shape else ""
-            what += f", pieces reaching {shape.reach} back" if kind == "prefill" and shape and shape.reach else ""
+            what += f", chunk of {shape[0]}: {shape[1]}" if kind == "prefill" and shape else ""
             self._compiled[key] = self._compile(what, jitted, args)
         return self._compiled[key]
 
@@ -414,15 +414,14 @@ class Engine:
         chunks = 0
         while True:
             jobs = [s.next_prefills(self.prefill_seqs) for s in call.scheds]
-            longest = max((len(job.tokens) for jobs_g in jobs for job in jobs_g), default=0)
-            continues = any(jobs_g and jobs_g[0].start > 0 for jobs_g in jobs)
-            more, longest, continues = self._agree([any(jobs), longest, continues])
+            more, longest, first, tokens = self._agree(calls.prefill_sizes(jobs))
             if not more:
                 return chunks
-            layout = paged_attention.packed_chunk(longest, bool(continues), self.chunk)
-            if self.attention_impl != "xla":  # the kernel takes any chunk: one program
+            C = calls.prefill_chunk(tokens, self.chunk)
+            layout = paged_attention.packed_chunk(longest, first > 0, C, first)
+            if self.attention_impl != "xla":  # the kernel takes any chunk: one program a size
                 layout = paged_attention.PackedChunk()
-            firsts = self._run_prefill(call, jobs, layout)
+            firsts = self._run_prefill(call, jobs, C, layout)
             for g, jobs_g in enumerate(jobs):
                 for p, job in enumerate(jobs_g):
                     if job.last:
@@ -447,12 +446,12 @@ class Engine:
         call.bar.update(int(valid))
         return True
 
-    def _run_prefill(self, call: calls.Call, jobs, layout: paged_attention.PackedChunk):
-        """One packed prefill chunk per shard: jobs[g] are shard g's pieces, in the order they fill its chunk
-        (`layout` covers every shard's)."""
-        G, C, P = self.local_shards, self.chunk, self.prefill_seqs
+    def _run_prefill(self, call: calls.Call, jobs, C: int, layout: paged_attention.PackedChunk):
+        """One packed prefill chunk of C tokens per shard: jobs[g] are shard g's pieces, in the order they fill
+        its chunk (`layout` covers every shard's)."""
+        G, P = self.local_shards, self.prefill_seqs
         arrays = calls.prefill_arrays(call, jobs, G, C, P, self.page_size, self.pad_id)
-        program = self._program("prefill", call.target, call.sp, call.J, shape=layout)
+        program = self._program("prefill", call.target, call.sp, call.J, shape=(C, layout))
         self.pool, *firsts = program(call.weights, self.pool, call.base_key, *(self.to_global(x) for x in arrays))
         return [self.local_rows(x) for x in firsts]
 

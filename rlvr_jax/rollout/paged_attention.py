@@ -129,23 +129,37 @@ def xla_decode_attention(q_TxHxD, kv_pages, kv_lens_B, page_indices_BxJ, cu_q_le
 @dataclasses.dataclass(frozen=True)
 class PackedChunk:
     """What the XLA path may assume of a packed prefill chunk (the kernel needs none of it): every token's
-    piece starts at most `reach` tokens before it (None: anywhere in the chunk), and `past`: the first piece
-    may continue a sequence whose earlier positions are in the pool. `packed_chunk` picks them from the
-    pieces."""
+    piece starts at most `reach` tokens before it (None: anywhere in the chunk); `past`: the first piece
+    may continue a sequence whose earlier positions are in the pool, and `past_queries`: that piece lies
+    within the chunk's first past_queries tokens (None: it may fill the chunk). `packed_chunk` picks them
+    from the pieces."""
 
     reach: int | None = None
     past: bool = True
+    past_queries: int | None = None
 
 
-def packed_chunk(longest_piece: int, any_continues: bool, chunk: int) -> PackedChunk:
-    """The PackedChunk for a chunk of `chunk` tokens whose longest piece has `longest_piece` tokens: the reach
-    rounded up to a power of two blocks of PREFILL_BLOCK (few programs), or None where the window would span
-    the chunk anyway."""
-    blocks = -(-max(longest_piece - 1, 0) // PREFILL_BLOCK)
-    reach = (1 << (blocks - 1).bit_length()) * PREFILL_BLOCK if blocks else 0
-    if chunk % PREFILL_BLOCK or reach + PREFILL_BLOCK >= chunk:
+def _blocks_bucket(tokens: int) -> int:
+    """Tokens rounded up to a power of two blocks of PREFILL_BLOCK (0 for none)."""
+    blocks = -(-max(tokens, 0) // PREFILL_BLOCK)
+    return (1 << (blocks - 1).bit_length()) * PREFILL_BLOCK if blocks else 0
+
+
+def packed_chunk(
+    longest_piece: int, any_continues: bool, chunk: int, continued_piece: int | None = None
+) -> PackedChunk:
+    """The PackedChunk for a chunk of `chunk` tokens whose longest piece has `longest_piece` tokens and whose
+    continued first piece (if any) `continued_piece` tokens (None: unknown): the reach and the past's queries rounded up to a power
+    of two blocks of PREFILL_BLOCK (few programs), or None where they would span the chunk anyway."""
+    if chunk % PREFILL_BLOCK:
         return PackedChunk(None, any_continues)
-    return PackedChunk(reach, any_continues)
+    reach = _blocks_bucket(longest_piece - 1)
+    past_queries = _blocks_bucket(continued_piece) if any_continues and continued_piece is not None else chunk
+    return PackedChunk(
+        reach if reach + PREFILL_BLOCK < chunk else None,
+        any_continues,
+        past_queries if past_queries < chunk else None,
+    )
 
 
 def xla_packed_prefill_attention(
@@ -156,9 +170,10 @@ def xla_packed_prefill_attention(
     maybe continuing earlier pages. Each token attends to the chunk's tokens of its own sequence at or before
     it (block-diagonal causal) and, in the first sequence, to that sequence's positions before the chunk
     (S = J x page_size keys read from its pages, when `layout.past`). The chunk is cut into blocks of
-    PREFILL_BLOCK queries, each scoring the window of keys from `layout.reach` before it to its end: T x
-    (S + PREFILL_BLOCK + reach) scores, not T x (S + T) (reach None: one block, the whole chunk). The chunk's
-    keys and values are read back from the pool where this call's tokens were written."""
+    PREFILL_BLOCK queries, each scoring the window of keys from `layout.reach` before it to its end, and only
+    the blocks within `layout.past_queries` score the past: T x (PREFILL_BLOCK + reach) + past_queries x S
+    scores, not T x (S + T) (reach and past_queries None: one block, the whole chunk). The chunk's keys and
+    values are read back from the pool where this call's tokens were written."""
     T, H, D = q_TxHxD.shape
     page_size, K = kv_pages.shape[1], kv_pages.shape[2] // 2
     B, J = page_indices_BxJ.shape
@@ -173,7 +188,9 @@ def xla_packed_prefill_attention(
     page_T = page_indices_BxJ[seq_T, jnp.clip(pos_T // page_size, 0, J - 1)]
     chunk_Tx2KxD = kv_pages[page_T, pos_T % page_size].astype(f32)
     # query blocks [I, Bq] and the window of chunk keys each one scores [I, Wn] (static)
-    Bq, reach = (PREFILL_BLOCK, layout.reach) if layout.reach is not None and T % PREFILL_BLOCK == 0 else (T, 0)
+    blocked = T % PREFILL_BLOCK == 0 and (layout.reach is not None or (layout.past and layout.past_queries))
+    Bq = PREFILL_BLOCK if blocked else T
+    reach = layout.reach if layout.reach is not None else T - Bq
     Wn = min(T, Bq + reach)
     window_IxWn = np.stack([min(max(0, i - reach), T - Wn) + np.arange(Wn) for i in range(0, T, Bq)])
     q_IxBqxKxQxD = q_TxHxD.reshape(T // Bq, Bq, K, Q, D).astype(f32) * sm_scale
@@ -183,18 +200,22 @@ def xla_packed_prefill_attention(
     same = seq_T[qt_IxBq][:, :, None] == seq_T[window_IxWn][:, None, :]
     own_IxBqxWn = same & (window_IxWn[:, None, :] <= qt_IxBq[:, :, None]) & real_T[window_IxWn][:, None, :]
     scores = jnp.where(own_IxBqxWn[:, None, None], scores, MASK_VALUE)
-    values = [kv_IxWnx2KxD[:, :, 1::2]]
-    if layout.past:
+    values_IxWnxKxD = kv_IxWnx2KxD[:, :, 1::2]
+    # the first Ip blocks may hold the continued first piece: they also score its positions before the chunk
+    blocks = T // Bq
+    Ip = 0 if not layout.past else min(blocks, layout.past_queries // Bq) if layout.past_queries else blocks
+    if Ip:
         past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
-        past_scores = jnp.einsum("ibkqd,skd->ikqbs", q_IxBqxKxQxD, past_Sx2KxD[:, 0::2])
+        past_scores = jnp.einsum("ibkqd,skd->ikqbs", q_IxBqxKxQxD[:Ip], past_Sx2KxD[:, 0::2])
         s_S = jnp.arange(J * page_size)
-        past_IxBqxS = ((seq_T[:, None] == 0) & (s_S[None, :] < start_B[0])).reshape(T // Bq, Bq, -1)
-        past_scores = jnp.where(past_IxBqxS[:, None, None], past_scores, MASK_VALUE)
-        scores = jnp.concatenate([past_scores, scores], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("ikqbw,iwkd->ibkqd", probs[..., -Wn:], values[0])
-    if layout.past:
+        past_TxS = (seq_T[:, None] == 0) & (s_S[None, :] < start_B[0])
+        past_scores = jnp.where(past_TxS[: Ip * Bq].reshape(Ip, Bq, -1)[:, None, None], past_scores, MASK_VALUE)
+        probs = jax.nn.softmax(jnp.concatenate([past_scores, scores[:Ip]], axis=-1), axis=-1)
+        out = jnp.einsum("ikqbw,iwkd->ibkqd", probs[..., -Wn:], values_IxWnxKxD[:Ip])
         out = out + jnp.einsum("ikqbs,skd->ibkqd", probs[..., :-Wn], past_Sx2KxD[:, 1::2])
+    if Ip < blocks:
+        rest = jnp.einsum("ikqbw,iwkd->ibkqd", jax.nn.softmax(scores[Ip:], axis=-1), values_IxWnxKxD[Ip:])
+        out = jnp.concatenate([out, rest], axis=0) if Ip else rest
     out_TxKxQxD = jnp.where(real_T[:, None, None, None], out.reshape(T, K, Q, D), 0.0)
     return out_TxKxQxD.reshape(T, H, D).astype(q_TxHxD.dtype)
 
