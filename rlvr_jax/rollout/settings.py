@@ -15,7 +15,7 @@ class EngineConfig:
     page_size: int = 16  # tokens per KV page: the granularity of the pool and of prefix sharing
     num_pages: int = 0  # pages per batch shard's pool; 0 = memory_fraction of what a device has left
     memory_fraction: float = 0.5  # of the memory a device has left (weights loaded), when num_pages is 0
-    prefill_chunk: int = 512  # prompt tokens per prefill program call: bounds its activations
+    prefill_chunk: int = 512  # most prompt tokens a prefill call takes (a round with less: a smaller power of 2)
     prefill_seqs: int = 8  # sequences whose pieces one prefill call packs into its chunk (ragged)
     decode_burst: int = 8  # decode steps per program call; the host refills slots between bursts
     cache_dtype: str | None = None  # the KV pool's dtype; None = the model's param dtype
