@@ -65,6 +65,10 @@ def test_packed_prefill_chunk_equals_reference(first_start):
     got = np.asarray(jax.jit(packed)(*args))
     np.testing.assert_allclose(got[: sum(q_lens)], np.asarray(want), atol=2e-6)
     assert not got[sum(q_lens) :].any()
+    # a past_queries bound on a chunk that is not cut into blocks (19 tokens) keeps the one block's past
+    bounded = paged_attention.PackedChunk(None, past=first_start > 0, past_queries=8)
+    got = np.asarray(paged_attention.ragged_paged_attention(*args, sm_scale=0.3, impl="xla", packed=bounded))
+    np.testing.assert_allclose(got[: sum(q_lens)], np.asarray(want), atol=2e-6)
 
 
 @pytest.mark.parametrize("first_start", [0, 7])

@@ -203,7 +203,7 @@ def xla_packed_prefill_attention(
     values_IxWnxKxD = kv_IxWnx2KxD[:, :, 1::2]
     # the first Ip blocks may hold the continued first piece: they also score its positions before the chunk
     blocks = T // Bq
-    Ip = 0 if not layout.past else min(blocks, layout.past_queries // Bq) if layout.past_queries else blocks
+    Ip = 0 if not layout.past else min(blocks, -(-layout.past_queries // Bq)) if layout.past_queries else blocks
     if Ip:
         past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
         past_scores = jnp.einsum("ibkqd,skd->ikqbs", q_IxBqxKxQxD[:Ip], past_Sx2KxD[:, 0::2])
