@@ -57,8 +57,8 @@ class Engine:
     """Generates from a model with a paged KV pool: per batch shard `num_pages` pages of `page_size` tokens
     (0: `memory_fraction` of the memory a device has left) and `num_slots` decode slots. Compiles the pool
     and the weights' reshard once and, per sampling parameters and block-table width (a power of two pages,
-    from the longest row of a call), a prefill program per chunk layout (on XLA: whether a piece continues a
-    sequence, and how far back the pieces reach, in powers of two blocks) and a decode program per number
+    from the longest row of a call), a prefill program per chunk size (powers of two from 128 up to
+    prefill_chunk) and layout (XLA: a continued piece's queries, the pieces' reach) and a decode program per number
     of slots (and, for bursts run back to back, per power of two bursts and snapshot pages); counts them
     (`num_compilations`) and their seconds, in the last call (`last_compile_seconds`) and in all
     (`compile_seconds`)."""
