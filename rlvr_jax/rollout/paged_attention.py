@@ -149,8 +149,9 @@ def packed_chunk(
     longest_piece: int, any_continues: bool, chunk: int, continued_piece: int | None = None
 ) -> PackedChunk:
     """The PackedChunk for a chunk of `chunk` tokens whose longest piece has `longest_piece` tokens and whose
-    continued first piece (if any) `continued_piece` tokens (None: unknown): the reach and the past's queries rounded up to a power
-    of two blocks of PREFILL_BLOCK (few programs), or None where they would span the chunk anyway."""
+    continued first piece (if any) has `continued_piece` tokens (None: unknown): the reach and the past's
+    queries rounded up to a power of two blocks of PREFILL_BLOCK (few programs), or None where they would
+    span the chunk anyway."""
     if chunk % PREFILL_BLOCK:
         return PackedChunk(None, any_continues)
     reach = _blocks_bucket(longest_piece - 1)
@@ -203,7 +204,7 @@ def xla_packed_prefill_attention(
     values_IxWnxKxD = kv_IxWnx2KxD[:, :, 1::2]
     # the first Ip blocks may hold the continued first piece: they also score its positions before the chunk
     blocks = T // Bq
-    Ip = 0 if not layout.past else min(blocks, -(-layout.past_queries // Bq)) if layout.past_queries else blocks
+    Ip = min(blocks, -(-(layout.past_queries or T) // Bq)) if layout.past else 0
     if Ip:
         past_Sx2KxD = kv_pages[page_indices_BxJ[0]].reshape(J * page_size, 2 * K, D).astype(f32)
         past_scores = jnp.einsum("ibkqd,skd->ikqbs", q_IxBqxKxQxD[:Ip], past_Sx2KxD[:, 0::2])
