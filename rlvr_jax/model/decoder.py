@@ -210,11 +210,21 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> jax.Array:
     return jnp.where(is_medium, smoothed, scaled)
 
 
-def apply_rope(x_BxTxHxD, positions_BxT, inv_freq):
-    """Rotary embedding in the half-split layout Hugging Face checkpoints use (on keys, K heads for H)."""
+class Rope(NamedTuple):
+    """cos and sin [B, T, D/2] of each token's rotary angles (one table for every layer)."""
+
+    cos: jax.Array
+    sin: jax.Array
+
+
+def rope_tables(positions_BxT, inv_freq) -> Rope:
     angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    return Rope(jnp.cos(angles), jnp.sin(angles))
+
+
+def apply_rope(x_BxTxHxD, rope: Rope):
+    """Rotary embedding in the half-split layout Hugging Face checkpoints use (on keys, K heads for H)."""
+    cos, sin = rope.cos[:, :, None, :], rope.sin[:, :, None, :]
     x = x_BxTxHxD.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -242,21 +252,21 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def project(self, x_BxTxE, positions_BxT, inv_freq):
-        """Queries [B, T, H, D], keys and values [B, T, K, D] of the tokens, queries and keys rotated (the
-        paged rollout engine runs its own attention on them)."""
+    def project(self, x_BxTxE, rope: Rope):
+        """Queries [B, T, H, D], keys and values [B, T, K, D] of the tokens, queries and keys rotated by `rope`
+        (the paged rollout engine runs its own attention on them)."""
         q = self.q_proj(x_BxTxE)
         k = self.k_proj(x_BxTxE)
         v = self.v_proj(x_BxTxE)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq), v
+        return apply_rope(q, rope), apply_rope(k, rope), v
 
     def __call__(self, x_BxTxE, positions_BxT, inv_freq, key_valid_BxS, cache_kv, cache_start, segments_BxT=None):
         cfg = self.cfg
         B, T, _ = x_BxTxE.shape
         K, Q, D = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-        q, k, v = self.project(x_BxTxE, positions_BxT, inv_freq)
+        q, k, v = self.project(x_BxTxE, rope_tables(positions_BxT, inv_freq))
         k_BxKxTxD = k.transpose(0, 2, 1, 3)
         v_BxKxTxD = v.transpose(0, 2, 1, 3)
         q_BxTxKxQxD = q.reshape(B, T, K, Q, D)

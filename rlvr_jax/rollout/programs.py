@@ -15,22 +15,27 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax import sharding
-from rlvr_jax.model.decoder import flat_matmul, rope_inverse_frequencies
+from rlvr_jax.model.decoder import Rope, flat_matmul, rope_inverse_frequencies, rope_tables
 from rlvr_jax.rollout import snapshot_attention as snap
 from rlvr_jax.rollout.paged_attention import PackedChunk, sharded_ragged_paged_attention
 from rlvr_jax.rollout.sampling import SamplingParams, sample_step
 
 
-def decoder_layers(model, tokens_GxT, positions_GxT, states, attend):
-    """The decoder over T tokens per batch shard with attention delegated: per layer,
-    `attend(state, q [G, T, H, D], k, v [G, T, K, D])` returns (out [G, T, H, D], the layer's new state).
-    Returns the final-normed hidden states [G, T, E] and the new states."""
+def positions_rope(model, positions):
+    """The rotary tables of token positions (any shape): computed once for every layer. Left to each layer,
+    XLA:CPU fused the cos and sin into the key and query fusions and evaluated them per element, per head."""
+    return rope_tables(positions, rope_inverse_frequencies(model.cfg))
+
+
+def decoder_layers(model, tokens_GxT, rope: Rope, states, attend):
+    """The decoder over T tokens per batch shard, rotated by `rope` ([G, T, D/2] tables), with attention
+    delegated: per layer, `attend(state, q [G, T, H, D], k, v [G, T, K, D])` returns (out [G, T, H, D], the
+    layer's new state). Returns the final-normed hidden states [G, T, E] and the new states."""
     h = jnp.take(model.embed.embedding[...], tokens_GxT, axis=0)
     h = sharding.constrain(h, ("batch", "length", "act_embed"))
-    inv_freq = rope_inverse_frequencies(model.cfg)
     new_states = []
     for block, state in zip(model.layers, states):
-        q, k, v = block.attn.project(block.input_norm(h), positions_GxT, inv_freq)
+        q, k, v = block.attn.project(block.input_norm(h), rope)
         out_GxTxHxD, state = attend(state, q, k, v)
         h = sharding.constrain(h + block.attn.o_proj(out_GxTxHxD.astype(h.dtype)), ("batch", "length", "act_embed"))
         h = sharding.constrain(h + block.mlp(block.post_attn_norm(h)), ("batch", "length", "act_embed"))
@@ -50,11 +55,13 @@ def paged_forward(
     num_seqs_Gx1,
     max_q_len,
     packed=False,
+    rope: Rope | None = None,
 ):
     """The decoder over T tokens per batch shard of up to B sequences each (ragged, laid out as in
     paged_attention.py): each token's keys and values are written at its shard's flat pool slots `write`
     [G, T, W] (page * page_size + offset, W places a token; padding writes to the scratch page 0), then it
-    attends to its sequence's pages. Returns the final-normed hidden states [G, T, E] and the updated pool."""
+    attends to its sequence's pages (`rope`: the positions' rotary tables, when the caller has them).
+    Returns the final-normed hidden states [G, T, E] and the updated pool."""
     G, T = tokens_GxT.shape
     K, D = model.cfg.num_kv_heads, model.cfg.head_dim
 
@@ -78,7 +85,8 @@ def paged_forward(
         )
         return out_GxTxHxD, layer
 
-    return decoder_layers(model, tokens_GxT, positions_GxT, pool, attend)
+    rope = positions_rope(model, positions_GxT) if rope is None else rope
+    return decoder_layers(model, tokens_GxT, rope, pool, attend)
 
 
 def _slots(pages_J, positions, page_size):
@@ -186,11 +194,11 @@ def _paged_decoder(model, pages_GxSxJ, page_size: int):
     cu = jnp.broadcast_to(jnp.arange(S + 1, dtype=jnp.int32), (G, S + 1))
     num_seqs = jnp.full((G, 1), S, jnp.int32)
 
-    def forward(pool, tok, pos, active, i):
+    def forward(pool, tok, pos, rope, active, i):
         write = jnp.where(active, _slots_of(pages_GxSxJ, pos, page_size), 0)[..., None]
         kv_lens = jnp.where(active, pos + 1, 1)
         # each slot is one sequence with one query token: [G, S] tokens as [G, T = S]
-        return paged_forward(model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, max_q_len=1)
+        return paged_forward(model, tok, pos, write, pool, pages_GxSxJ, kv_lens, cu, num_seqs, 1, rope=rope)
 
     return forward
 
@@ -201,13 +209,13 @@ def _snapshot_decoder(model, pool, pages_GxSxJ, snapshot_pages: int, start_GxS):
     snapshots = [snap.take_snapshot(layer, pages_GxSxJ[:, :, :snapshot_pages]) for layer in pool]
     sm_scale = 1.0 / math.sqrt(model.cfg.head_dim)
 
-    def forward(buffers, tok, pos, active, i):
+    def forward(buffers, tok, pos, rope, active, i):
         def attend(state, q, k, v):
             snapshot_l, buffer = state
             buffer = snap.append(buffer, i, k, v)
             return snap.attend(q, snapshot_l, start_GxS, buffer, i, sm_scale=sm_scale), buffer
 
-        return decoder_layers(model, tok, pos, tuple(zip(snapshots, buffers)), attend)
+        return decoder_layers(model, tok, rope, tuple(zip(snapshots, buffers)), attend)
 
     return forward
 
@@ -242,9 +250,10 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, sna
         else:
             forward, state = _paged_decoder(model, pages_GxSxJ, page_size), pool
 
-        def step(carry, i):
+        def step(carry, xs):
+            i, rope = xs
             state, tok, pos, steps, budget, active = carry
-            hidden_GxSxE, state = forward(state, tok, pos, active, i)
+            hidden_GxSxE, state = forward(state, tok, pos, rope, active, i)
             logits_RxV = flat_matmul(hidden_GxSxE.reshape(G * S, -1), model.head_kernel(), 1)
             flat = lambda x: x.reshape(G * S)
             new, q_lp, p_lp = _sample(base_key, logits_RxV, flat(prompt_GxS), flat(sample_GxS), flat(steps), sp)
@@ -257,7 +266,9 @@ def decode_program(graphdef, sp: SamplingParams, page_size: int, steps: int, sna
             return carry, out
 
         init = (state, tokens_GxS, pos_GxS, steps_GxS, budget_GxS, active_GxS)
-        (state, *_), outs = jax.lax.scan(step, init, jnp.arange(steps))
+        step_R = jnp.arange(steps, dtype=pos_GxS.dtype)
+        rope_R = positions_rope(model, pos_GxS[None] + step_R[:, None, None])  # each step's [G, S, D/2] tables
+        (state, *_), outs = jax.lax.scan(step, init, (step_R, rope_R))
         tokens, valid, q_lp, p_lp = (x.transpose(1, 0, 2) for x in outs)  # [G, steps, S]
         if snapshot_pages:  # the run's keys and values where each token that was made belongs
             positions_GxSxR = pos_GxS[..., None] + jnp.arange(steps)
