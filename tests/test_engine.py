@@ -280,7 +280,7 @@ def test_fixed_length_bursts_run_back_to_back_without_changing_a_token(qwen3, me
 
 def test_snapshot_programs_back_to_back_change_no_token(qwen3, mesh, monkeypatch):
     """Decode programs of 2 bursts, 3 in a row, each over a snapshot holding what the ones before it wrote
-    to the pool at their end (snapshots of 2, 4 and 8 pages), sample exactly the tokens of one burst per
+    to the pool at their end (snapshots of 2, 4 and 6 pages), sample exactly the tokens of one burst per
     program over the paged pool."""
     _, _, params = qwen3
     prompts = [[5, 6, 7, 8], [8, 9, 10], [4] * 6]  # rows that fill their slots and half their snapshots
@@ -288,7 +288,7 @@ def test_snapshot_programs_back_to_back_change_no_token(qwen3, mesh, monkeypatch
     monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 8)
     snapshots = _engine(qwen3, mesh, num_slots=6)
     a = snapshots.generate(params, prompts, sp)
-    assert sorted(key[4] for key in snapshots._compiled if key[0] == "decode") == [2, 4, 8]
+    assert sorted(key[4] for key in snapshots._compiled if key[0] == "decode") == [2, 4, 6]
     monkeypatch.setattr(engine.calls, "MAX_PROGRAM_STEPS", 4)  # one burst per program: no snapshot
     paged = _engine(qwen3, mesh, num_slots=6)
     b = paged.generate(params, prompts, sp)
@@ -338,10 +338,25 @@ def test_a_round_with_little_to_prefill_runs_a_smaller_chunk(qwen3, mesh, monkey
 
 
 def test_snapshot_pages_cover_the_seated_rows_and_refuse_sparse_slots():
-    """A snapshot is a power of two pages covering every seated row's written positions (at most the table
+    """A snapshot covers every seated row's written positions in a quarter octave of pages (at most the table
     width); none when the seated rows fill less than half of it (a long tail's last rows beside empty slots)."""
     full = np.array([[64, 60, 64, 33]])
     assert engine.calls.snapshot_pages(full, np.ones_like(full, bool), 16, 16) == 4  # 221 of 4 x 64 positions
     tail = np.array([[64, 60, 0, 0]])
     assert engine.calls.snapshot_pages(tail, tail > 0, 16, 16) == 0  # 124 of 256: under half
     assert engine.calls.snapshot_pages(np.array([[200]]), np.array([[True]]), 16, 8) == 8
+    five = np.array([[80, 70, 66, 75]])  # 5 pages hold them: 5, not the power of two 8
+    assert engine.calls.snapshot_pages(five, np.ones_like(five, bool), 16, 16) == 5
+    nine = np.array([[144, 140, 130, 129]])  # 9 pages: 10
+    assert engine.calls.snapshot_pages(nine, np.ones_like(nine, bool), 16, 16) == 10
+    assert [engine.calls.quarter_octave(n) for n in (1, 4, 7, 9, 11, 17, 33, 64, 65)] == [
+        1,
+        4,
+        7,
+        10,
+        12,
+        20,
+        40,
+        64,
+        80,
+    ]

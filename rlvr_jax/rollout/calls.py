@@ -146,7 +146,7 @@ def prefill_arrays(call: Call, jobs, G: int, C: int, P: int, page_size: int, pad
 
 
 # the most decode steps one program runs (bursts back to back in one program; more go to the next program)
-MAX_PROGRAM_STEPS = 64
+MAX_PROGRAM_STEPS = 32
 
 
 def bursts_per_program(bursts: int, burst: int) -> int:
@@ -156,13 +156,22 @@ def bursts_per_program(bursts: int, burst: int) -> int:
     return 1 << (min(bursts, cap).bit_length() - 1)
 
 
+def quarter_octave(n: int) -> int:
+    """n rounded up to a value with at most two bits after its leading one: 1, 2, ..., 8, 10, 12, 14, 16, 20,
+    24, 28, 32, 40, ... (at most a quarter above n; four sizes per doubling)."""
+    shift = max(0, n.bit_length() - 3)
+    return -(-n >> shift) << shift
+
+
 def snapshot_pages(pos_GxS, active_GxS, page_size: int, J: int) -> int:
-    """Pages per slot of a decode program's snapshot (snapshot_attention.py): a power of two (at most the
-    block-table width J) covering every seated row's written positions; 0 (attend over the paged pool each
-    step) when the seated rows' positions fill less than half of the snapshot, which has every slot's width:
-    a long-tailed rollout's last rows beside empty slots read only their own pages."""
+    """Pages per slot of a decode program's snapshot (snapshot_attention.py): covering every seated row's
+    written positions, rounded up to a quarter octave (at most the block-table width J); 0 (attend over the
+    paged pool each step) when the seated rows' positions fill less than half of the snapshot, which has
+    every slot's width: a long-tailed rollout's last rows beside empty slots read only their own pages.
+    Each step reads the whole snapshot, so it is sized closely (a power of two read up to twice the keys at
+    fixed lengths: 8 pages for 5); each size is one more compiled program."""
     written_GxS = np.where(active_GxS, pos_GxS, 0)
-    pages = min(J, next_pow2(-(-int(written_GxS.max(initial=0)) // page_size), 1))
+    pages = min(J, quarter_octave(max(1, -(-int(written_GxS.max(initial=0)) // page_size))))
     return pages if 2 * written_GxS.sum() >= written_GxS.size * pages * page_size else 0
 
 

@@ -22,8 +22,10 @@ from rlvr_jax.rollout.sampling import SamplingParams, sample_step
 
 
 def positions_rope(model, positions):
-    """The rotary tables of token positions (any shape): computed once for every layer. Left to each layer,
-    XLA:CPU fused the cos and sin into the key and query fusions and evaluated them per element, per head."""
+    """The rotary tables of token positions (any shape), once for every layer. A decode program computes
+    them for all its steps before its loop: computed inside, XLA:CPU fused cos and sin into each layer's
+    query and key fusions and evaluated them per element and per head. (An optimization barrier does not
+    stop that on XLA:CPU, which expands barriers before fusing: a prefill chunk still pays it.)"""
     return rope_tables(positions, rope_inverse_frequencies(model.cfg))
 
 
