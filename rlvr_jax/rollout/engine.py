@@ -59,8 +59,8 @@ class Engine:
     and the weights' reshard once and, per sampling parameters and block-table width (a power of two pages,
     from the longest row of a call), a prefill program per chunk size (powers of two from 128 up to
     prefill_chunk) and layout (XLA: a continued piece's queries, the pieces' reach) and a decode program per number
-    of slots (and, for bursts run back to back, per power of two bursts and snapshot pages); counts them
-    (`num_compilations`) and their seconds, in the last call (`last_compile_seconds`) and in all
+    of slots (and, for bursts run back to back, per power of two bursts and quarter octave of snapshot pages);
+    counts them (`num_compilations`) and their seconds, in the last call (`last_compile_seconds`) and in all
     (`compile_seconds`)."""
 
     def __init__(
