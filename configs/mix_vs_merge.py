@@ -100,5 +100,9 @@ def get_config(arg: str = ""):
     c.report.machine = ""  # free text added to the machine line, e.g. "shared with other jobs"
     c.report.curve_smoothing = 5  # steps in the rolling mean of the learning curves
     c.check_fit = True  # on a TPU: compile every stage for the slice before the first one runs (rlvr-plan)
+    # Stages run at once on one CPU host, each in a process pinned to its share of the cores
+    # (rlvr_jax/study/lanes.py); 1 = one at a time in this process (always so on a pod or a GPU). tiny: two
+    # GRPO runs on one core each finish together in 1.45x one run's time on 2 cores (docs/MEASUREMENTS.md).
+    c.lanes = 2 if tiny else 1
     c.xla_cache_dir = ""  # XLA compilation cache shared by stages; "" = off (it would bias the cost table)
     return c

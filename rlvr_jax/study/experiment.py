@@ -1,8 +1,9 @@
 """`rlvr-experiment`: the mix-vs-merge study end to end (REFERENCE.md; configs/mix_vs_merge.py): sft ->
-rl_<domain> -> merge_<method> -> opd -> multi -> multi_adaptive -> eval -> analysis -> report, the RL
-stages once per seed (`seeds`). Each stage writes into its own subdirectory of the workdir and finishes
-with DONE.json, so a rerun skips finished stages. Here: the checks and the wiring; the stages are
-stages.py, the resumable runner runner.py, the report report.py."""
+rl_<domain> -> multi -> multi_adaptive -> opd -> merge_<method> -> eval -> analysis -> report, the RL
+stages once per seed (`seeds`); on a CPU host, `lanes` of them at once. Each stage writes into its own
+subdirectory of the workdir and finishes with DONE.json, so a rerun skips finished stages. Here: the checks
+and the wiring; the stages are stages.py, the resumable runner runner.py (side by side: lanes.py), the
+report report.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from rlvr_jax.plan.planner import plan_for
 from rlvr_jax.plan.report import table as plan_table
 from rlvr_jax.rl.train import adaptive_settings
 from rlvr_jax.study import analyses, runner
+from rlvr_jax.study.lanes import run_in_lanes
 from rlvr_jax.study.layout import domains_of, merge_methods_of, model_table, seeds_of
+from rlvr_jax.study.stage_process import stage_processes
 from rlvr_jax.study.stages import ExperimentError, adaptive_config, plan, rl_config
 
 
@@ -51,6 +54,8 @@ def validate(config) -> None:
         problems.append(f"merge.main={config.merge.main!r} is not in merge.methods")
     if not config.anchor and config.base.sft.steps < 1:
         problems.append("no anchor: set --config.anchor=CHECKPOINT (or --config.base.sft.steps > 0 to train one)")
+    if not isinstance(config.lanes, int) or config.lanes < 1:
+        problems.append(f"lanes={config.lanes!r} must be an integer >= 1")
     for k in ("single_steps", "multi_steps", "opd.steps"):
         node = config
         for part in k.split("."):
@@ -91,16 +96,33 @@ def run(config, workdir: str) -> dict:
     check_same_config(config, workdir)
     check_fit(config)
     report_md = os.path.join(workdir, "report", "report.md")
+    stages, epilogue = plan(config, workdir), f"; report: {report_md}"
+    lanes = lanes_here(config.lanes)
     with runner.xla_cache(config.xla_cache_dir):
-        runner.run_stages(plan(config, workdir), workdir, label="experiment", epilogue=f"; report: {report_md}")
+        if lanes > 1:
+            with stage_processes(config, workdir) as spawn:
+                run_in_lanes(stages, workdir, lanes=lanes, spawn=spawn, label="experiment", epilogue=epilogue)
+        else:
+            runner.run_stages(stages, workdir, label="experiment", epilogue=epilogue)
     return storage.read_json(storage.join(workdir, "report", "results.json"))
 
 
+def lanes_here(lanes: int) -> int:
+    """The lanes this host runs stages in: `lanes` on a single-process CPU run (at most one per core),
+    otherwise 1 (a pod's or a GPU's stages each use all its devices), said when that overrides the config."""
+    if lanes <= 1:
+        return 1
+    if jax.process_count() > 1 or jax.devices()[0].platform != "cpu":
+        print(f"[experiment] lanes={lanes} applies to one CPU host; stages run one at a time here", file=sys.stderr)
+        return 1
+    return min(lanes, len(os.sched_getaffinity(0)))
+
+
 def check_same_config(config, workdir: str) -> None:
-    """A workdir holds one experiment: refuse to mix stages run under different settings. report.* aside,
+    """A workdir holds one experiment: refuse to mix stages run under different settings. report.* and lanes aside,
     and `seeds`: more seeds add stages beside the finished ones (a single-seed workdir's are the main seed's)."""
     now = json.loads(config.to_json_best_effort())
-    diff = runner.config_changes(workdir, now, ignore=lambda k: k.startswith("report.") or k == "seeds")
+    diff = runner.config_changes(workdir, now, ignore=lambda k: k.startswith("report.") or k in ("seeds", "lanes"))
     if diff:
         raise ExperimentError(
             f"{workdir} holds an experiment run with a different config (fields: "

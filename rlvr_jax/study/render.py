@@ -353,10 +353,24 @@ def _cost_section(results: dict) -> list[str]:
             else ""
         )
         + ". Every merge or MT-OPD also needs all single-domain runs first."
-        + (f" The RL stages' figures are sums over the {len(seeds)} seeds." if len(seeds) > 1 else ""),
+        + (f" The RL stages' figures are sums over the {len(seeds)} seeds." if len(seeds) > 1 else "")
+        + _lanes_sentence(results),
         "",
     ]
     return out + _step_times_section(results)
+
+
+def _lanes_sentence(results: dict) -> str:
+    """Which stages ran side by side on part of the CPU (lanes.py), whose wall times are of a shared machine."""
+    n = results["machine"]["cpu_count"]
+    shared = {k: s["cpu_cores"] for k, s in results["stages"].items() if any(c < n for c in s.get("cpu_cores", []))}
+    if not shared:
+        return ""
+    parts = ", ".join(f"{k} ({'+'.join(map(str, c))})" for k, c in sorted(shared.items()))
+    return (
+        f" Stages ran side by side (lanes = {results['config'].get('lanes', 1)}), each pinned to part of the "
+        f"{n} cores, so their wall times are those of a shared machine; cores per attempt: {parts}."
+    )
 
 
 def _step_times_section(results: dict) -> list[str]:

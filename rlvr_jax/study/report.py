@@ -140,7 +140,7 @@ def _shown_models(models: dict, workdir: str) -> dict:
 
 
 def _finished_stages(workdir: str) -> dict:
-    """name -> wall and device time, the load average's range and the code of each attempt, of every
+    """name -> wall and device time, the load average's range, the code and CPU cores of each attempt, of every
     finished stage (DONE.json)."""
     stages = {}
     for name in storage.listdir(workdir):
@@ -153,6 +153,8 @@ def _finished_stages(workdir: str) -> dict:
             stages[name]["loadavg_1min_range"] = [min(loads), max(loads)]
             # the code of each attempt (stages finished before this field existed have none)
             stages[name]["code"] = [a["code"] for a in done["attempts"] if "code" in a]
+            # the CPU cores each attempt was pinned to (lanes.py; absent before this field existed)
+            stages[name]["cpu_cores"] = [a["cpu_cores"] for a in done["attempts"] if "cpu_cores" in a]
     return stages
 
 

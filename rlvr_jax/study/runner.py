@@ -28,6 +28,11 @@ class Stage:
     deps: tuple[str, ...] = ()  # stages whose outputs it reads: if one of them runs, this one is redone
 
 
+class StageInterrupted(RuntimeError):
+    """A stage stopped before its end (SIGTERM: a preempted host, or a lane widening, lanes.py) with its
+    progress saved: it is not marked done, and a rerun continues it."""
+
+
 def stage_done(workdir: str, name: str) -> dict | None:
     """A finished stage's DONE.json, or None while it has not finished."""
     path = storage.join(workdir, name, "DONE.json")
@@ -99,8 +104,9 @@ def xla_cache(path: str):
 
 
 def run_stages(stages: list[Stage], workdir: str, *, label: str = "stages", epilogue: str = "") -> None:
-    """Run, in order, every stage that has not finished or whose inputs ran again in this call. Progress
-    lines start with `[label i/n]`; `epilogue` ends the last one."""
+    """Run, in order and in this process, every stage that has not finished or whose inputs ran again in this
+    call (lanes.run_in_lanes runs them side by side instead). Progress lines start with `[label i/n]`;
+    `epilogue` ends the last one."""
     t_all = time.perf_counter()
     ran: set[str] = set()
     for i, st in enumerate(stages, 1):
@@ -109,16 +115,22 @@ def run_stages(stages: list[Stage], workdir: str, *, label: str = "stages", epil
         if stage_done(workdir, st.name) and not stale:
             print(f"{tag}: done before, skipped", file=sys.stderr)
             continue
-        d = _fresh_stage_dir(workdir, st, stale, tag)
+        d = prepare_stage_dir(workdir, st, stale, tag)
         ran.add(st.name)
-        outputs = _attempt(st, d)
-        wall = _finish(st, d, outputs)
+        wall = run_stage(st, d)
         print(f"{tag}: finished in {wall:.1f} s", file=sys.stderr, flush=True)
     print(f"[{label}] all stages done ({time.perf_counter() - t_all:.1f} s in this call){epilogue}", file=sys.stderr)
 
 
-def _fresh_stage_dir(workdir: str, st: Stage, stale: list[str], tag: str) -> str:
-    """The stage's directory, emptied first when its inputs changed or it cannot resume; says what runs."""
+def run_stage(st: Stage, d: str) -> float:
+    """Run one stage's body in its prepared directory `d` and write its DONE.json; returns its wall time
+    over all its attempts. Raises what the body raises (StageInterrupted: stopped with its progress saved)."""
+    return _finish(st, d, _attempt(st, d))
+
+
+def prepare_stage_dir(workdir: str, st: Stage, stale: list[str], tag: str) -> str:
+    """The stage's directory, emptied first when its inputs changed (`stale`: the inputs that ran again) or it
+    cannot resume; prints what runs."""
     d = storage.join(workdir, st.name)
     redo = storage.exists(d) and bool(stale)
     if storage.is_writer() and storage.exists(d) and (stale or not st.resumable):
@@ -143,6 +155,7 @@ def _attempt(st: Stage, d: str) -> dict:
     finally:  # an interrupted attempt still counts toward the stage's cost
         if storage.is_writer():
             attempt = {"wall_s": time.perf_counter() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+            attempt["cpu_cores"] = len(os.sched_getaffinity(0))  # fewer than the machine's when run in a lane
             storage.append_text(storage.join(d, "attempts.jsonl"), json.dumps({**attempt, "code": code}) + "\n")
 
 

@@ -21,7 +21,7 @@ from rlvr_jax.rl import sft, train
 from rlvr_jax.study import analyses
 from rlvr_jax.study import report as experiment_report
 from rlvr_jax.study.layout import anchor_path, domains_of, merge_methods_of, model_table, runs_of, seeds_of, suffix
-from rlvr_jax.study.runner import Stage, write_json
+from rlvr_jax.study.runner import Stage, StageInterrupted, write_json
 from rlvr_jax.verifiers.pool import pool_from_config
 
 
@@ -84,33 +84,34 @@ def plan(config, workdir: str) -> list[Stage]:
 
 
 def _rl_stages(config, workdir: str, seed: int, sft: tuple[str, ...]) -> list[Stage]:
-    """One seed's RL stages from the anchor: the single-domain runs, the merges of their experts, MT-OPD
-    from them and the multi-task run; names end with the seed's suffix."""
+    """One seed's RL stages from the anchor: the single-domain runs, the multi-task runs, MT-OPD from the
+    experts and the merges of the experts; names end with the seed's suffix."""
     anchor, sfx = anchor_path(config, workdir), suffix(config, seed)
     of_seed = f" (seed {seed})" if sfx else ""
     experts = sft + tuple(f"rl_{dom}{sfx}" for dom in domains_of(config))
     opd = _opd_config(config, anchor, seed, model_table(config, workdir, seed))
     multi = rl_config(config, domains=config.domains, steps=config.multi_steps, start=anchor, seed=seed)
+    opd_stage = Stage(
+        f"opd{sfx}",
+        f"MT-OPD: the anchor distils the experts, {config.opd.steps} steps{of_seed}",
+        lambda d: _train(opd, d),
+        resumable=True,
+        deps=experts,
+    )
+    multi_stage = Stage(
+        f"multi{sfx}",
+        f"multi-task GRPO on {config.domains}, {config.multi_steps} steps{of_seed}",
+        lambda d: _train(multi, d),
+        resumable=True,
+        deps=sft,
+    )
+    # The longest runs first, the merges (seconds each) last: two lanes (lanes.py) then stay busy longest.
     return (
         _expert_stages(config, anchor, seed, sft)
-        + _merge_stages(config, workdir, seed, experts)
-        + [
-            Stage(
-                f"opd{sfx}",
-                f"MT-OPD: the anchor distils the experts, {config.opd.steps} steps{of_seed}",
-                lambda d: _train(opd, d),
-                resumable=True,
-                deps=experts,
-            ),
-            Stage(
-                f"multi{sfx}",
-                f"multi-task GRPO on {config.domains}, {config.multi_steps} steps{of_seed}",
-                lambda d: _train(multi, d),
-                resumable=True,
-                deps=sft,
-            ),
-        ]
+        + [multi_stage]
         + _adaptive_stages(config, multi, seed, sft)
+        + [opd_stage]
+        + _merge_stages(config, workdir, seed, experts)
     )
 
 
@@ -216,6 +217,11 @@ def _sft(config, stage_dir: str) -> dict:
 
 def _train(c, stage_dir: str) -> dict:
     summary = train.run(c, stage_dir)
+    if summary["last_step"] < c.train.steps:  # SIGTERM: the loop saved this step's checkpoint and returned
+        raise StageInterrupted(
+            f"{os.path.basename(stage_dir.rstrip('/'))} stopped at step {summary['last_step']} of {c.train.steps} "
+            "(SIGTERM) with its checkpoint saved; the same command resumes it"
+        )
     return {"checkpoints": os.path.join(stage_dir, "checkpoints"), "last_step": summary["last_step"]}
 
 
