@@ -60,6 +60,9 @@ def get_config(arg: str = ""):
     c.eval = ml_collections.ConfigDict()
     c.eval.data = "builtin"  # "builtin" (held-out split) or JSONL files from `rlvr-data convert`
     c.eval.items_per_domain = 400 if tiny else 0  # 0 = every item; tiny: RL-Math gained 5.9 points at z 2.9 on 300
+    # Per-domain counts over items_per_domain, "DOMAIN=N,...". tiny: RL-Math's gain was +3.1 points at z 1.9 on
+    # 400 items in two runs (docs/MEASUREMENTS.md): 2,000 math items resolve a 3-point gain at z ~4.
+    c.eval.items_by_domain = "math=2000" if tiny else ""
     c.eval.samples = 4 if tiny else 16  # K of Avg@K and pass@K
     # Sampled like training (the study does not state its eval sampling); Avg@K needs K > 1 at T > 0.
     c.eval.temperature = 1.0

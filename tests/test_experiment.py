@@ -5,6 +5,7 @@ measured (its gains and verdict recomputed from the per-item eval files), a reru
 and an interrupted eval resumes to the same numbers. Without running anything: seeds repeat the RL stages
 under their own names, and a single-seed workdir keeps its names."""
 
+import collections
 import copy
 import json
 import os
@@ -36,8 +37,9 @@ def short_config():
     c.single_steps = 1
     c.merge.methods = "average,ties"
     c.opd.prompts_per_step = 4
-    c.eval.items_per_domain, c.eval.samples = 4, 2
+    c.eval.items_per_domain, c.eval.samples, c.eval.items_by_domain = 4, 2, ""
     c.analysis.kl_prompts_per_domain, c.analysis.kl_samples, c.analysis.proj_dim = 2, 2, 8
+    c.lanes = 1  # in this process, which the checks below read; tests/test_lanes.py runs stages in lanes
     return c
 
 
@@ -123,6 +125,8 @@ def check_results_are_the_measured_numbers(wd, res):
         100 * walls["multi_adaptive"] / c["single_total_device_s"]
     )
     assert set(c["step_times"]) == {"rl_math", "rl_if", "opd", "multi", "multi_adaptive"}
+    # one stage at a time: the elapsed time is the stages' walls end to end
+    assert c["experiment_wall_s"] == pytest.approx(c["stages_wall_sum_s"], rel=1e-3)
     # curves and domain shares: the runs' logged metrics, step by step
     for s in ("multi", "multi_adaptive"):
         rows = [json.loads(x) for x in open(os.path.join(wd, s, "metrics_train.jsonl"))]
@@ -344,13 +348,14 @@ def check_rerun_skips_and_interrupted_eval_resumes(config, wd, first, capsys):
 def test_seeds_repeat_the_rl_stages_and_one_seed_keeps_its_names(tmp_path):
     config, wd = short_config(), str(tmp_path)
     one = [s.name for s in stages.plan(config, wd)]
-    rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "multi_adaptive"]
-    assert one == ["sft"] + rl + ["eval", "analysis", "report"]
+    in_order = ["rl_math", "rl_if", "multi", "multi_adaptive", "opd", "merge_average", "merge_ties"]
+    assert one == ["sft"] + in_order + ["eval", "analysis", "report"]
+    rl = ["rl_math", "rl_if", "merge_average", "merge_ties", "opd", "multi", "multi_adaptive"]  # the model table's
 
     config.seeds = "0,3"
     experiment.validate(config)
     assert [s.name for s in stages.plan(config, wd)] == (
-        ["sft"] + rl + [f"{n}_seed3" for n in rl] + ["eval", "analysis", "report"]
+        ["sft"] + in_order + [f"{n}_seed3" for n in in_order] + ["eval", "analysis", "report"]
     )
     runs = layout.runs_of(config, wd)
     assert list(runs) == ["sft"] + rl[:2] + rl[2:] + [f"{n}_seed3" for n in rl]
@@ -427,3 +432,15 @@ def check_a_second_seed_is_pooled_per_item(config, wd, first):
     assert "averaged over the 2 seeds" in md and "Seeds: every RL stage" in md
     _, rows = md_table(md, "Cost")
     assert {r[0]: r for r in rows}["RL-Math (GRPO)"][3] == f"{2 * first['stages']['rl_math']['device_seconds']:.1f}"
+
+
+def test_eval_items_per_domain_with_per_domain_counts():
+    config = short_config()
+    config.eval.items_by_domain = "math=6"
+    assert layout.eval_items_of(config) == {"math": 6, "if": 4}
+    counts = collections.Counter(r["domain"] for r in stages.eval_records(config))
+    assert counts == {"math": 6, "if": 4}
+    for bad, why in (("code=3", "'code' is not one of the domains"), ("math:3", "'math:3' is not DOMAIN=N")):
+        config.eval.items_by_domain = bad
+        with pytest.raises(experiment.ExperimentError, match=why):
+            experiment.validate(config)

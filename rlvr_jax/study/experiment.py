@@ -21,7 +21,7 @@ from rlvr_jax.plan.report import table as plan_table
 from rlvr_jax.rl.train import adaptive_settings
 from rlvr_jax.study import analyses, runner
 from rlvr_jax.study.lanes import run_in_lanes
-from rlvr_jax.study.layout import domains_of, merge_methods_of, model_table, seeds_of
+from rlvr_jax.study.layout import domains_of, eval_items_of, merge_methods_of, model_table, seeds_of
 from rlvr_jax.study.stage_process import stage_processes
 from rlvr_jax.study.stages import ExperimentError, adaptive_config, plan, rl_config
 
@@ -54,6 +54,10 @@ def validate(config) -> None:
         problems.append(f"merge.main={config.merge.main!r} is not in merge.methods")
     if not config.anchor and config.base.sft.steps < 1:
         problems.append("no anchor: set --config.anchor=CHECKPOINT (or --config.base.sft.steps > 0 to train one)")
+    try:
+        eval_items_of(config)
+    except ValueError as e:
+        problems.append(str(e))
     if not isinstance(config.lanes, int) or config.lanes < 1:
         problems.append(f"lanes={config.lanes!r} must be an integer >= 1")
     for k in ("single_steps", "multi_steps", "opd.steps"):

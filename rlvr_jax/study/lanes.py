@@ -27,12 +27,10 @@ from typing import Callable
 
 from rlvr_jax import storage
 from rlvr_jax.study.runner import Stage, StageInterrupted, prepare_stage_dir, stage_done
+from rlvr_jax.study.stage_process import INTERRUPTED_EXIT  # the children's protocol
 
-# A child's exit status when its stage stopped with its progress saved (runner.StageInterrupted).
-INTERRUPTED_EXIT = 75
-
-# (stage name, cores to pin it to, log path) -> the running child process
-Spawn = Callable[[str, list[int], str], subprocess.Popen]
+# (stage name, cores to pin it to, log path, part: "i/n" of a split stage or "") -> the running child process
+Spawn = Callable[[str, list[int], str, str], subprocess.Popen]
 
 
 class LaneError(RuntimeError):
@@ -49,6 +47,7 @@ class _Child:
     log: str
     t0: float
     widening: bool = False  # stopped by us, to restart on every core
+    part: str = ""  # "i/n": part i of n of a split stage
 
 
 def run_in_lanes(
@@ -124,27 +123,41 @@ class _Schedule:
 
     def start_ready(self, spawn: Spawn) -> None:
         """Start ready stages in plan order while a lane is free: one lane's cores each, or every free core
-        for a stage that would otherwise run alone."""
+        for a stage that would otherwise run alone; a splittable stage alone is split over every lane."""
         ready = self._ready()
         for st, stale in ready:
             free = self._free()
             if len(free) < self.share:
                 return
             alone = not self.running and len(ready) == 1
-            pinned = free if alone else free[: self.share]
-            tag = self.tags[st.name]
             resume = st.name in self.restart
             if resume:
                 self.restart.discard(st.name)
                 d = storage.join(self.workdir, st.name)
             else:
-                d = prepare_stage_dir(self.workdir, st, stale, tag)
+                d = prepare_stage_dir(self.workdir, st, stale, self.tags[st.name])
                 self.ran.add(st.name)
-            log = storage.join(d, "log.txt") if not storage.is_remote(d) else os.path.join(self.tmp, f"{st.name}.log")
-            how = "resumes" if resume else "runs"
-            print(f"{tag}: {how} on {_cores(pinned)}; log: {log}", file=sys.stderr, flush=True)
             self.pending.remove(st)
-            self.running[st.name] = _Child(st, tag, d, spawn(st.name, pinned, log), pinned, log, time.perf_counter())
+            n = len(free) // self.share
+            if alone and st.splits and st.resumable and not resume and n > 1:
+                for i in range(n):  # its parts side by side, then (reap) the whole stage once more
+                    self._spawn(spawn, st, d, free[i * self.share : (i + 1) * self.share], "runs", f"{i}/{n}")
+            else:
+                self._spawn(spawn, st, d, free if alone else free[: self.share], "resumes" if resume else "runs")
+
+    def _spawn(self, spawn: Spawn, st: Stage, d: str, cores: list[int], how: str, part: str = "") -> None:
+        i, n = (int(x) for x in part.split("/")) if part else (0, 1)
+        key, tag, log_name = st.name, self.tags[st.name], "log.txt"
+        if part:
+            key, tag, log_name = (
+                f"{st.name} part {i + 1}/{n}",
+                f"{tag} (part {i + 1} of {n})",
+                f"log_part{i + 1}of{n}.txt",
+            )
+        log = storage.join(d, log_name) if not storage.is_remote(d) else os.path.join(self.tmp, f"{st.name}_{log_name}")
+        print(f"{tag}: {how} on {_cores(cores)}; log: {log}", file=sys.stderr, flush=True)
+        proc = spawn(st.name, cores, log, part)
+        self.running[key] = _Child(st, tag, d, proc, cores, log, time.perf_counter(), part=part)
 
     def widen_lone_child(self) -> None:
         """A resumable stage running alone on part of the cores while nothing else can start: stop it (it
@@ -152,23 +165,30 @@ class _Schedule:
         if len(self.running) != 1 or self._ready():
             return
         (ch,) = self.running.values()
-        if ch.widening or not ch.stage.resumable or len(ch.cores) == len(self.cores):
+        if ch.widening or ch.part or not ch.stage.resumable or len(ch.cores) == len(self.cores):
             return
         print(f"{ch.tag}: alone on {_cores(ch.cores)}; stopping it to resume on all {len(self.cores)}", file=sys.stderr)
         ch.widening = True
         ch.proc.send_signal(signal.SIGTERM)
 
     def reap(self) -> None:
-        """Collect the children that exited: finished, stopped to widen (queued to resume), or failed."""
-        for name, ch in list(self.running.items()):
+        """Collect the children that exited: finished, a part done (the whole stage follows its last part),
+        stopped to widen (queued to resume), or failed."""
+        for key, ch in list(self.running.items()):
             rc = ch.proc.poll()
             if rc is None:
                 continue
-            del self.running[name]
+            del self.running[key]
+            name = ch.stage.name
             if storage.is_remote(ch.stage_dir) and os.path.exists(ch.log):
-                storage.write_text(storage.join(ch.stage_dir, "log.txt"), _read(ch.log))
+                storage.write_text(storage.join(ch.stage_dir, os.path.basename(ch.log).split("_", 1)[1]), _read(ch.log))
             done = stage_done(self.workdir, name)
-            if rc == 0 and done:
+            if rc == 0 and ch.part:
+                print(f"{ch.tag}: done in {time.perf_counter() - ch.t0:.1f} s", file=sys.stderr, flush=True)
+                if not any(c.stage.name == name for c in self.running.values()):
+                    self.restart.add(name)
+                    self.pending.insert(0, ch.stage)
+            elif rc == 0 and done:
                 self.finished.add(name)
                 print(f"{ch.tag}: finished in {done['wall_s']:.1f} s", file=sys.stderr, flush=True)
             elif ch.widening and rc in (INTERRUPTED_EXIT, -signal.SIGTERM):
@@ -178,15 +198,16 @@ class _Schedule:
                 raise StageInterrupted(f"{name} was stopped with its progress saved; the same command resumes it")
             else:
                 raise LaneError(
-                    f"stage {name} failed (exit status {rc}) after {time.perf_counter() - ch.t0:.0f} s; "
-                    f"the end of its log ({ch.log}):\n{_tail(ch.log, 40)}"
+                    f"stage {ch.tag.split('] ', 1)[-1]} failed (exit status {rc}) after "
+                    f"{time.perf_counter() - ch.t0:.0f} s; the end of its log ({ch.log}):\n{_tail(ch.log, 40)}"
                 )
 
     def print_progress(self) -> None:
         for ch in self.running.values():
             last = _tail(ch.log, 1, chars=4096).strip()
+            who = ch.stage.name + (f" part {ch.part}" if ch.part else "")
             print(
-                f"  {ch.stage.name} ({time.perf_counter() - ch.t0:.0f} s, {_cores(ch.cores)}): {last[-120:]}",
+                f"  {who} ({time.perf_counter() - ch.t0:.0f} s, {_cores(ch.cores)}): {last[-120:]}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -40,6 +40,21 @@ def seeds_of(config) -> list[int]:
     return [int(s) for s in config.seeds.split(",") if s.strip()] or [config.seed]
 
 
+def eval_items_of(config) -> dict[str, int]:
+    """domain -> held-out items each model is evaluated on: `eval.items_by_domain` ("math=2000,if=300") for the
+    domains it names, `eval.items_per_domain` for the others (0: all). Raises ValueError on a malformed entry
+    or a domain the experiment does not train."""
+    items = {d: config.eval.items_per_domain for d in domains_of(config)}
+    for entry in filter(None, (e.strip() for e in config.eval.get("items_by_domain", "").split(","))):
+        dom, eq, n = entry.partition("=")
+        if not eq or not n.strip().isdigit():
+            raise ValueError(f"eval.items_by_domain: {entry!r} is not DOMAIN=N")
+        if dom.strip() not in items:
+            raise ValueError(f"eval.items_by_domain: {dom.strip()!r} is not one of the domains {list(items)}")
+        items[dom.strip()] = int(n)
+    return items
+
+
 def suffix(config, seed: int) -> str:
     """What a seed's stage and model names end with: nothing for `config.seed`, else `_seed<n>`."""
     return "" if seed == config.seed else f"_seed{seed}"

@@ -68,6 +68,14 @@ def _title(results: dict) -> list[str]:
     ]
 
 
+def _side_by_side(cost: dict) -> str:
+    """What the stages' walls sum to, when stages ran side by side (lanes) and so overlapped in time."""
+    total = cost.get("stages_wall_sum_s", 0.0)
+    if total <= 1.01 * cost["experiment_wall_s"]:
+        return ""
+    return f" (stages ran side by side; their wall times sum to {total / 60:.1f} min)"
+
+
 def _setup_section(results: dict) -> list[str]:
     """How the models were trained, on what machine, how they were evaluated, and how seeds are pooled."""
     K = results["eval"]["samples"]
@@ -94,7 +102,7 @@ def _setup_section(results: dict) -> list[str]:
         + (f"; {mc['note']}" if mc["note"] else "")
         + f". 1-minute load average during the stages: "
         f"{min(loads):.1f} to {max(loads):.1f}. Wall time of all stages before the report: "
-        f"{results['cost']['experiment_wall_s'] / 60:.1f} min. {code_line(results)}",
+        f"{results['cost']['experiment_wall_s'] / 60:.1f} min{_side_by_side(results['cost'])}. {code_line(results)}",
         "",
         f"Evaluation: built-in held-out items ({', '.join(f'{d} {n}' for d, n in results['eval']['items_per_domain'].items())}), "
         f"K = {K} samples per item at temperature {results['eval']['temperature']}; Avg@{K} in %. "

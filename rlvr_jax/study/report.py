@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 
 import jax
 import numpy as np
@@ -106,8 +107,10 @@ def _cost(config, workdir: str, stages: dict, models: dict) -> dict:
         "multi_pct_of_single": 100.0 * total("multi") / single_total,
         "opd_device_s": total("opd"),
         "merge_device_s": {n[len("merge_") :]: total(n) for n in models if n.startswith("merge_")},
-        # the report stage is still running while this is computed: every stage before it
-        "experiment_wall_s": sum(v["wall_s"] for v in stages.values()),
+        # the report stage is still running while this is computed: every stage before it. Elapsed time:
+        # stages that ran side by side (lanes) count once; their walls' sum is what one at a time would take.
+        "experiment_wall_s": elapsed_s(stages),
+        "stages_wall_sum_s": sum(v["wall_s"] for v in stages.values()),
         "step_times": {r: dict(_step_times(workdir, r), **who) for r, who in runs.items()},
     }
     later = cost["step_times"]
@@ -139,6 +142,17 @@ def _shown_models(models: dict, workdir: str) -> dict:
     }
 
 
+def elapsed_s(stages: dict) -> float:
+    """Seconds during which at least one of the finished stages ran: the union of their attempts' intervals
+    (a stage finished before attempts had times: the wall time that ended at its finished_at)."""
+    spans = sorted(s["span"] for s in stages.values())
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return total
+
+
 def _finished_stages(workdir: str) -> dict:
     """name -> wall and device time, the load average's range, the code and CPU cores of each attempt, of every
     finished stage (DONE.json)."""
@@ -155,7 +169,17 @@ def _finished_stages(workdir: str) -> dict:
             stages[name]["code"] = [a["code"] for a in done["attempts"] if "code" in a]
             # the CPU cores each attempt was pinned to (lanes.py; absent before this field existed)
             stages[name]["cpu_cores"] = [a["cpu_cores"] for a in done["attempts"] if "cpu_cores" in a]
+            stages[name]["span"] = _span(done)
     return stages
+
+
+def _span(done: dict) -> list[float]:
+    """[start, end] of a stage in Unix time: its first attempt's start to its last attempt's end."""
+    attempts = done["attempts"]
+    if all("started_at" in a for a in attempts):
+        return [min(a["started_at"] for a in attempts), max(a["ended_at"] for a in attempts)]
+    end = time.mktime(time.strptime(done["finished_at"], "%Y-%m-%d %H:%M:%S"))
+    return [end - done["wall_s"], end]
 
 
 def build_results(config, workdir: str) -> dict:

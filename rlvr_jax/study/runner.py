@@ -26,11 +26,28 @@ class Stage:
     fn: Callable[[str], dict]  # stage dir -> JSON-able outputs (recorded in DONE.json)
     resumable: bool  # True: a rerun continues the partial stage; False: its partial directory is wiped
     deps: tuple[str, ...] = ()  # stages whose outputs it reads: if one of them runs, this one is redone
+    # True: its body does its work in independent pieces, kept as it goes, and does only its share of them
+    # when stage_part() says so (lanes.py runs such parts side by side, then the whole stage once, which
+    # finds the pieces done and finishes it). Only a resumable stage can be split.
+    splits: bool = False
+
+
+# The environment variable that gives a child process its part of a split stage: "i/n".
+PART_ENV = "RLVR_STAGE_PART"
+
+
+def stage_part() -> tuple[int, int]:
+    """(i, n): this process does part i of n of a split stage's pieces (pieces i, i + n, ...); (0, 1): all."""
+    raw = os.environ.get(PART_ENV, "0/1")
+    i, n = (int(x) for x in raw.split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"{PART_ENV}={raw!r}: want i/n with 0 <= i < n")
+    return i, n
 
 
 class StageInterrupted(RuntimeError):
-    """A stage stopped before its end (SIGTERM: a preempted host, or a lane widening, lanes.py) with its
-    progress saved: it is not marked done, and a rerun continues it."""
+    """A stage stopped before its end (a GRPO run on SIGTERM: a preempted host, or lanes.py restarting it on
+    more cores) with its progress saved: it is not marked done, and a rerun continues it."""
 
 
 def stage_done(workdir: str, name: str) -> dict | None:
@@ -122,6 +139,12 @@ def run_stages(stages: list[Stage], workdir: str, *, label: str = "stages", epil
     print(f"[{label}] all stages done ({time.perf_counter() - t_all:.1f} s in this call){epilogue}", file=sys.stderr)
 
 
+def run_part(st: Stage, d: str) -> None:
+    """Run one part of a split stage (stage_part() says which) in its prepared directory: one attempt, no
+    DONE.json (the whole stage, run after its parts, writes it)."""
+    _attempt(st, d)
+
+
 def run_stage(st: Stage, d: str) -> float:
     """Run one stage's body in its prepared directory `d` and write its DONE.json; returns its wall time
     over all its attempts. Raises what the body raises (StageInterrupted: stopped with its progress saved)."""
@@ -147,14 +170,16 @@ def prepare_stage_dir(workdir: str, st: Stage, stale: list[str], tag: str) -> st
 
 
 def _attempt(st: Stage, d: str) -> dict:
-    """Run the stage's body once, appending the attempt (wall time, load, code) to attempts.jsonl."""
+    """Run the stage's body once, appending the attempt (wall time, its start and end as Unix times, load,
+    cores, code) to attempts.jsonl."""
     code = provenance()  # the code this attempt runs (the report names every commit used)
-    load0, t0 = os.getloadavg(), time.perf_counter()
+    load0, t0, started = os.getloadavg(), time.perf_counter(), time.time()
     try:
         return st.fn(d)
     finally:  # an interrupted attempt still counts toward the stage's cost
         if storage.is_writer():
             attempt = {"wall_s": time.perf_counter() - t0, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+            attempt.update(started_at=started, ended_at=time.time())  # stages in lanes overlap in time
             attempt["cpu_cores"] = len(os.sched_getaffinity(0))  # fewer than the machine's when run in a lane
             storage.append_text(storage.join(d, "attempts.jsonl"), json.dumps({**attempt, "code": code}) + "\n")
 

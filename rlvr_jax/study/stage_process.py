@@ -4,8 +4,9 @@
 
 It pins itself to CORES (comma-separated) before JAX starts, since XLA sizes its CPU thread pool from the
 cores a process may use; rebuilds the study's plan from the pickled experiment config; and runs the named
-stage in its directory, which the scheduler has prepared. Exit status 0: the stage finished (DONE.json
-written); lanes.INTERRUPTED_EXIT: SIGTERM stopped it with its progress saved."""
+stage in its directory, which the scheduler has prepared (with RLVR_STAGE_PART=i/n in its environment: part
+i of n of a split stage, runner.run_part). Exit status 0: the stage finished (DONE.json written);
+INTERRUPTED_EXIT: SIGTERM stopped it, at any point, with its progress saved."""
 
 from __future__ import annotations
 
@@ -28,13 +29,17 @@ def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], 
         with os.fdopen(fd, "wb") as f:
             pickle.dump(config, f)
 
-        def spawn(name: str, cores: list[int], log: str) -> subprocess.Popen:
+        def spawn(name: str, cores: list[int], log: str, part: str = "") -> subprocess.Popen:
+            from rlvr_jax.study.runner import PART_ENV  # here: the child must not import JAX before pinning
+
+            env = {k: v for k, v in os.environ.items() if k != PART_ENV}
+            env.update(PYTHONUNBUFFERED="1", **({PART_ENV: part} if part else {}))
             with open(log, "ab") as out:  # the child holds its own descriptor
                 return subprocess.Popen(
                     [sys.executable, "-m", __name__, ",".join(map(str, cores)), config_path, workdir, name],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env=env,
                 )
 
         yield spawn
@@ -42,19 +47,32 @@ def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], 
         os.remove(config_path)
 
 
-def _interrupt(signum, frame):
-    from rlvr_jax.study.runner import StageInterrupted
+# The exit status of a child whose stage stopped on SIGTERM with its progress saved (not marked done).
+INTERRUPTED_EXIT = 75
 
-    raise StageInterrupted(f"signal {signum}")
+
+class _Stopped(Exception):
+    """SIGTERM outside a GRPO loop (which installs its own handler: it saves the step, then returns)."""
+
+
+def _stop(signum, frame):
+    raise _Stopped(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     cores, config_path, workdir, name = sys.argv[1:] if argv is None else argv
     os.sched_setaffinity(0, [int(c) for c in cores.split(",")])  # before JAX creates its thread pool
-    signal.signal(signal.SIGTERM, _interrupt)  # a GRPO loop installs its own: it saves the step, then returns
+    signal.signal(signal.SIGTERM, _stop)  # from here on: even while the imports below run
+    try:
+        return _run(config_path, workdir, name)
+    except _Stopped as e:
+        print(f"{name}: stopped ({e})", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
+
+def _run(config_path: str, workdir: str, name: str) -> int:
     from rlvr_jax import cli, storage
-    from rlvr_jax.study import lanes, runner, stages
+    from rlvr_jax.study import runner, stages
 
     cli.setup_logging()
     with open(config_path, "rb") as f:
@@ -62,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     (stage,) = [st for st in stages.plan(config, workdir) if st.name == name]
     try:
         with runner.xla_cache(config.xla_cache_dir):
-            runner.run_stage(stage, storage.join(workdir, name))
+            if os.environ.get(runner.PART_ENV):  # one part of a split stage: its share, no DONE.json
+                runner.run_part(stage, storage.join(workdir, name))
+            else:
+                runner.run_stage(stage, storage.join(workdir, name))
     except runner.StageInterrupted as e:
         print(f"{name}: interrupted: {e}", file=sys.stderr)
-        return lanes.INTERRUPTED_EXIT
+        return INTERRUPTED_EXIT
     return 0
 
 

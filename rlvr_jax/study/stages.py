@@ -20,8 +20,17 @@ from rlvr_jax.model import build, params_io
 from rlvr_jax.rl import sft, train
 from rlvr_jax.study import analyses
 from rlvr_jax.study import report as experiment_report
-from rlvr_jax.study.layout import anchor_path, domains_of, merge_methods_of, model_table, runs_of, seeds_of, suffix
-from rlvr_jax.study.runner import Stage, StageInterrupted, write_json
+from rlvr_jax.study.layout import (
+    anchor_path,
+    domains_of,
+    eval_items_of,
+    merge_methods_of,
+    model_table,
+    runs_of,
+    seeds_of,
+    suffix,
+)
+from rlvr_jax.study.runner import Stage, StageInterrupted, stage_part, write_json
 from rlvr_jax.verifiers.pool import pool_from_config
 
 
@@ -57,6 +66,7 @@ def plan(config, workdir: str) -> list[Stage]:
             lambda d: _eval(config, workdir, d),
             resumable=True,
             deps=trained,
+            splits=True,  # a model at a time: lanes evaluate their share of the models side by side
         )
     )
     stages.append(
@@ -244,16 +254,18 @@ def _merge(config, workdir: str, method: str, seed: int, stage_dir: str) -> dict
 
 
 def eval_records(config) -> list[dict]:
-    """The first eval.items_per_domain held-out records of each domain (0: every record of JSONL data, the
-    built-in default size of built-in data, which otherwise makes as many as asked, up to all a domain has)."""
-    n = config.eval.items_per_domain
-    records = loading.load_records(config.eval.data, "eval", tuple(domains_of(config)), n, builtin_up_to=True)
+    """The first held-out records of each domain, as many as layout.eval_items_of says (0: every record of
+    JSONL data, the built-in default size of built-in data, which otherwise makes as many as asked, up to all
+    a domain has)."""
+    caps = eval_items_of(config)
+    n = 0 if 0 in caps.values() else max(caps.values())
+    records = loading.load_records(config.eval.data, "eval", tuple(caps), n, builtin_up_to=True)
     per, out = defaultdict(int), []
     for r in records:
-        if not n or per[r["domain"]] < n:
+        if not caps[r["domain"]] or per[r["domain"]] < caps[r["domain"]]:
             per[r["domain"]] += 1
             out.append(r)
-    missing = [d for d in domains_of(config) if not per[d]]
+    missing = [d for d in caps if not per[d]]
     if missing:
         raise ExperimentError(f"eval.data={config.eval.data!r} has no records of domain(s) {missing}")
     return out
@@ -270,15 +282,17 @@ def _pool(config):
 
 def _eval(config, workdir: str, stage_dir: str) -> dict:
     """Every model of every seed on every domain: Avg@K, pass@K and per-item correctness, one JSON per run
-    (eval/<run>.json, sampled with the run's seed; a rerun evaluates only the runs without one)."""
+    (eval/<run>.json, sampled with the run's seed; a rerun evaluates only the runs without one). As part i
+    of n of the stage (runner.stage_part), only runs i, i + n, ..."""
     e = config.eval
     mesh = _mesh(config)
     tokenizer = build.load_tokenizer(config.base.tokenizer, anchor_path(config, workdir))
     records = eval_records(config)
     engine = None
     pool = _pool(config)
+    part, parts = stage_part()
     try:
-        for name, m in runs_of(config, workdir).items():
+        for name, m in list(runs_of(config, workdir).items())[part::parts]:
             out = os.path.join(stage_dir, f"{name}.json")
             if storage.exists(out):
                 continue
