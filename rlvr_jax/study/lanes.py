@@ -205,7 +205,7 @@ class _Schedule:
     def print_progress(self) -> None:
         for ch in self.running.values():
             last = _tail(ch.log, 1, chars=4096).strip()
-            who = ch.stage.name + (f" part {ch.part}" if ch.part else "")
+            who = ch.tag.split("] ", 1)[-1]  # the stage's name, and its part
             print(
                 f"  {who} ({time.perf_counter() - ch.t0:.0f} s, {_cores(ch.cores)}): {last[-120:]}",
                 file=sys.stderr,
