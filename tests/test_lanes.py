@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
+from rlvr_jax import storage
 from rlvr_jax.study import lanes, report, runner, stage_process, stages
 from tests.test_experiment import short_config
 
@@ -32,6 +34,8 @@ os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))  # stage_process.INTERRUPTED_EXIT
 from rlvr_jax.study import runner
 spec = json.load(open(specs_path))[name]
+scratch = os.path.join(os.path.dirname(specs_path), "scratch", name)  # local, whatever the workdir
+os.makedirs(scratch, exist_ok=True)
 def body(d):
     t0 = time.time()
     if spec.get("fail"):
@@ -39,12 +43,12 @@ def body(d):
     if spec.get("pieces"):  # a split stage: its share of the pieces not done yet, each kept as it goes
         i, n = runner.stage_part()
         for k in range(spec["pieces"])[i::n]:
-            path = os.path.join(d, f"piece{k}")
+            path = os.path.join(scratch, f"piece{k}")
             if not os.path.exists(path):
                 time.sleep(0.2)
                 open(path, "w").write(str(len(os.sched_getaffinity(0))))
-        return {"pieces": sorted(f for f in os.listdir(d) if f.startswith("piece"))}
-    path = os.path.join(d, "ticks")
+        return {"pieces": sorted(f for f in os.listdir(scratch) if f.startswith("piece"))}
+    path = os.path.join(scratch, "ticks")
     done = int(open(path).read()) if os.path.exists(path) else 0
     for i in range(done, spec["ticks"]):
         time.sleep(0.1)
@@ -58,12 +62,13 @@ else:
 """
 
 
-def fake_stages(tmp_path, specs: dict):
-    """Stages of these specs (ticks, deps, resumable, fail) and a spawn running them as CHILD processes."""
+def fake_stages(tmp_path, specs: dict, wd: str = ""):
+    """Stages of these specs (ticks, deps, resumable, fail) and a spawn running them as CHILD processes, in
+    `wd` (default: a local directory)."""
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(specs))
-    wd = str(tmp_path / "wd")
-    os.makedirs(wd, exist_ok=True)
+    wd = wd or str(tmp_path / "wd")
+    storage.makedirs(wd)
 
     def spawn(name, cores, log, part=""):
         env = {k: v for k, v in os.environ.items() if k != runner.PART_ENV} | ({runner.PART_ENV: part} if part else {})
@@ -95,13 +100,13 @@ def test_ready_stages_run_side_by_side_on_their_cores_and_deps_wait(tmp_path, ca
     lanes.run_in_lanes(stages, wd, lanes=2, spawn=spawn, poll_s=0.05)
     a, b, c = (outputs(wd, n)["outputs"] for n in "abc")
     assert len(a["cores"]) == len(b["cores"]) == len(CORES) // 2 and not set(a["cores"]) & set(b["cores"])
-    assert a["t0"] < b["t1"] and b["t0"] < a["t1"]  # at once
+    err = capsys.readouterr().err
+    assert err.index("b: runs on core") < err.index(": finished in")  # both started before either ended
     assert c["t0"] >= max(a["t1"], b["t1"]) and c["cores"] == CORES  # after its deps, alone: every core
     assert outputs(wd, "a")["attempts"][0]["cpu_cores"] == len(CORES) // 2
     assert os.path.getsize(os.path.join(wd, "a", "log.txt")) >= 0
 
     # A rerun skips them all; one redone stage redoes the stage that reads it, and only that one.
-    capsys.readouterr()
     lanes.run_in_lanes(stages, wd, lanes=2, spawn=spawn, poll_s=0.05)
     assert len(re.findall("done before, skipped", capsys.readouterr().err)) == 3
     os.remove(os.path.join(wd, "a", "DONE.json"))
@@ -119,7 +124,7 @@ def test_a_resumable_stage_left_alone_resumes_on_every_core(tmp_path, capsys):
     done = outputs(wd, "long")
     assert [a["cpu_cores"] for a in done["attempts"]] == [len(CORES) // 2, len(CORES)]
     assert done["outputs"]["cores"] == CORES
-    assert open(os.path.join(wd, "long", "ticks")).read() == "60"  # no tick lost or repeated
+    assert open(os.path.join(tmp_path, "scratch", "long", "ticks")).read() == "60"  # no tick lost or repeated
     assert done["wall_s"] == pytest.approx(sum(a["wall_s"] for a in done["attempts"]))
     err = capsys.readouterr().err
     assert "long: alone on core" in err and "long: resumes on cores" in err
@@ -133,13 +138,21 @@ def test_a_split_stage_runs_its_parts_side_by_side_then_finishes_whole(tmp_path,
     assert done["outputs"]["pieces"] == [f"piece{k}" for k in range(6)]
     # two parts on a core each (every piece done by one of them, once), then the whole stage on every core
     assert [a["cpu_cores"] for a in done["attempts"]] == [1, 1, len(CORES)]
-    assert {open(os.path.join(wd, "eval", f"piece{k}")).read() for k in range(6)} == {"1"}
-    parts = sorted(done["attempts"][:2], key=lambda a: a["started_at"])
-    assert parts[1]["started_at"] < parts[0]["ended_at"]  # side by side
-    assert done["attempts"][2]["started_at"] >= max(a["ended_at"] for a in parts)
+    assert {open(os.path.join(tmp_path, "scratch", "eval", f"piece{k}")).read() for k in range(6)} == {"1"}
+    assert done["attempts"][2]["started_at"] >= max(a["ended_at"] for a in done["attempts"][:2])
     err = capsys.readouterr().err
-    assert "eval (part 1 of 2): runs on core" in err and "eval (part 2 of 2): done in" in err
+    assert err.index("eval (part 2 of 2): runs on core") < err.index(": done in")  # side by side
     assert os.path.exists(os.path.join(wd, "eval", "log_part2of2.txt"))
+
+
+def test_a_remote_workdir_keeps_each_childs_log_in_its_stage(tmp_path, gcs):
+    specs = {"rl_x": {"ticks": 1}, "ev_y": {"pieces": 2, "deps": ["rl_x"]}}
+    wd = f"{gcs}/lanes-{uuid.uuid4().hex[:8]}"
+    stages, wd, spawn = fake_stages(tmp_path, specs, wd)
+    lanes.run_in_lanes(stages, wd, lanes=2, spawn=spawn, poll_s=0.05)
+    assert runner.stage_done(wd, "rl_x") and runner.stage_done(wd, "ev_y")
+    for log in ("rl_x/log.txt", "ev_y/log_part1of2.txt", "ev_y/log_part2of2.txt", "ev_y/log.txt"):
+        assert storage.exists(storage.join(wd, log)), log
 
 
 def test_the_elapsed_time_counts_overlapping_stages_once():
@@ -154,7 +167,7 @@ def test_a_failing_stage_stops_the_others_and_names_itself(tmp_path):
     with pytest.raises(lanes.LaneError, match=r"(?s)stage bad failed \(exit status 1\).*boom in bad"):
         lanes.run_in_lanes(stages, wd, lanes=2, spawn=spawn, poll_s=0.05)
     assert not os.path.exists(os.path.join(wd, "slow", "DONE.json"))
-    assert int(open(os.path.join(wd, "slow", "ticks")).read()) < 100  # stopped, not waited for
+    assert int(open(os.path.join(tmp_path, "scratch", "slow", "ticks")).read()) < 100  # stopped, not waited for
 
 
 def test_stages_that_can_never_start_are_an_error(tmp_path):

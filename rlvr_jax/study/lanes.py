@@ -48,6 +48,7 @@ class _Child:
     t0: float
     widening: bool = False  # stopped by us, to restart on every core
     part: str = ""  # "i/n": part i of n of a split stage
+    log_name: str = "log.txt"  # its name in the stage directory
 
 
 def run_in_lanes(
@@ -157,7 +158,7 @@ class _Schedule:
         log = storage.join(d, log_name) if not storage.is_remote(d) else os.path.join(self.tmp, f"{st.name}_{log_name}")
         print(f"{tag}: {how} on {_cores(cores)}; log: {log}", file=sys.stderr, flush=True)
         proc = spawn(st.name, cores, log, part)
-        self.running[key] = _Child(st, tag, d, proc, cores, log, time.perf_counter(), part=part)
+        self.running[key] = _Child(st, tag, d, proc, cores, log, time.perf_counter(), part=part, log_name=log_name)
 
     def widen_lone_child(self) -> None:
         """A resumable stage running alone on part of the cores while nothing else can start: stop it (it
@@ -180,8 +181,8 @@ class _Schedule:
                 continue
             del self.running[key]
             name = ch.stage.name
-            if storage.is_remote(ch.stage_dir) and os.path.exists(ch.log):
-                storage.write_text(storage.join(ch.stage_dir, os.path.basename(ch.log).split("_", 1)[1]), _read(ch.log))
+            if storage.is_remote(ch.stage_dir) and os.path.exists(ch.log):  # written here, kept there
+                storage.write_text(storage.join(ch.stage_dir, ch.log_name), _read(ch.log))
             done = stage_done(self.workdir, name)
             if rc == 0 and ch.part:
                 print(f"{ch.tag}: done in {time.perf_counter() - ch.t0:.1f} s", file=sys.stderr, flush=True)
