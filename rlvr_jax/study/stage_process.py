@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
-def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], str], subprocess.Popen]]:
+def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], str, str], subprocess.Popen]]:
     """A `spawn` for lanes.run_in_lanes: each stage of this experiment in a child process of this module,
     reading the experiment config pickled for them (removed on exit)."""
     fd, config_path = tempfile.mkstemp(prefix="rlvr_experiment_", suffix=".pkl")
@@ -30,7 +30,8 @@ def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], 
             pickle.dump(config, f)
 
         def spawn(name: str, cores: list[int], log: str, part: str = "") -> subprocess.Popen:
-            from rlvr_jax.study.runner import PART_ENV  # here: the child must not import JAX before pinning
+            # imported here: this module's top is the child's entry, which pins its cores before JAX loads
+            from rlvr_jax.study.runner import PART_ENV
 
             env = {k: v for k, v in os.environ.items() if k != PART_ENV}
             env.update(PYTHONUNBUFFERED="1", **({PART_ENV: part} if part else {}))
