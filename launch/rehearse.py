@@ -69,6 +69,7 @@ STUDY_ARGS = [
     "--config.analysis.self_verification.samples=1",
     "--config.opd.prompts_per_step=4",
     "--config.eval.items_per_domain=4",
+    "--config.eval.items_by_domain=",  # tiny's 2,000 math items are for the study itself
     "--config.eval.samples=2",
     "--config.analysis.kl_prompts_per_domain=2",
     "--config.analysis.kl_samples=2",
