@@ -2,8 +2,9 @@
 
   python -m rlvr_jax.study.stage_process CORES CONFIG_PICKLE WORKDIR STAGE
 
-It pins itself to CORES (comma-separated) before JAX starts, since XLA sizes its CPU thread pool from the
-cores a process may use; rebuilds the study's plan from the pickled experiment config; and runs the named
+The spawn pins it to CORES (comma-separated) as soon as it starts: XLA sizes its CPU thread pool from the
+cores a process may use when JAX's backend first starts, seconds later, and threads inherit the pinning. It
+rebuilds the study's plan from the pickled experiment config; and runs the named
 stage in its directory, which the scheduler has prepared (with RLVR_STAGE_PART=i/n in its environment: part
 i of n of a split stage, runner.run_part). Exit status 0: the stage finished (DONE.json written);
 INTERRUPTED_EXIT: SIGTERM stopped it, at any point, with its progress saved."""
@@ -19,6 +20,10 @@ import sys
 import tempfile
 from typing import Callable, Iterator
 
+from rlvr_jax import cli, storage
+from rlvr_jax.study import runner, stages
+from rlvr_jax.study.runner import PART_ENV
+
 
 @contextlib.contextmanager
 def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], str, str], subprocess.Popen]]:
@@ -30,18 +35,17 @@ def stage_processes(config, workdir: str) -> Iterator[Callable[[str, list[int], 
             pickle.dump(config, f)
 
         def spawn(name: str, cores: list[int], log: str, part: str = "") -> subprocess.Popen:
-            # imported here: this module's top is the child's entry, which pins its cores before JAX loads
-            from rlvr_jax.study.runner import PART_ENV
-
             env = {k: v for k, v in os.environ.items() if k != PART_ENV}
             env.update(PYTHONUNBUFFERED="1", **({PART_ENV: part} if part else {}))
             with open(log, "ab") as out:  # the child holds its own descriptor
-                return subprocess.Popen(
+                proc = subprocess.Popen(
                     [sys.executable, "-m", __name__, ",".join(map(str, cores)), config_path, workdir, name],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
                 )
+            os.sched_setaffinity(proc.pid, cores)  # long before its JAX backend starts; its threads inherit it
+            return proc
 
         yield spawn
     finally:
@@ -62,8 +66,8 @@ def _stop(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     cores, config_path, workdir, name = sys.argv[1:] if argv is None else argv
-    os.sched_setaffinity(0, [int(c) for c in cores.split(",")])  # before JAX creates its thread pool
-    signal.signal(signal.SIGTERM, _stop)  # from here on: even while the imports below run
+    os.sched_setaffinity(0, [int(c) for c in cores.split(",")])  # as the spawn did: also when run by hand
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return _run(config_path, workdir, name)
     except _Stopped as e:
@@ -72,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config_path: str, workdir: str, name: str) -> int:
-    from rlvr_jax import cli, storage
-    from rlvr_jax.study import runner, stages
-
     cli.setup_logging()
     with open(config_path, "rb") as f:
         config = pickle.load(f)
