@@ -156,9 +156,11 @@ def test_a_remote_workdir_keeps_each_childs_log_in_its_stage(tmp_path, gcs):
 
 
 def test_the_elapsed_time_counts_overlapping_stages_once():
-    stages = {"a": {"span": [0.0, 10.0]}, "b": {"span": [5.0, 20.0]}, "c": {"span": [30.0, 31.0]}}
+    stages = {"a": {"spans": [[0.0, 10.0]]}, "b": {"spans": [[5.0, 20.0]]}, "c": {"spans": [[30.0, 31.0]]}}
     assert report.elapsed_s(stages) == pytest.approx(21.0)
-    assert report.elapsed_s({"a": {"span": [0.0, 4.0]}, "b": {"span": [1.0, 2.0]}}) == pytest.approx(4.0)
+    assert report.elapsed_s({"a": {"spans": [[0.0, 4.0]]}, "b": {"spans": [[1.0, 2.0]]}}) == pytest.approx(4.0)
+    # a stage resumed a day later: the day between its attempts is not elapsed time of the study
+    assert report.elapsed_s({"a": {"spans": [[0.0, 5.0], [86400.0, 86403.0]]}}) == pytest.approx(8.0)
 
 
 def test_a_failing_stage_stops_the_others_and_names_itself(tmp_path):

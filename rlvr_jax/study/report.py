@@ -144,8 +144,9 @@ def _shown_models(models: dict, workdir: str) -> dict:
 
 def elapsed_s(stages: dict) -> float:
     """Seconds during which at least one of the finished stages ran: the union of their attempts' intervals
-    (a stage finished before attempts had times: the wall time that ended at its finished_at)."""
-    spans = sorted(s["span"] for s in stages.values())
+    (a stage finished before attempts had times: the wall time that ended at its finished_at). A stage
+    resumed in a later call does not count the time between its calls."""
+    spans = sorted(span for s in stages.values() for span in s["spans"])
     total, end = 0.0, float("-inf")
     for a, b in spans:
         total += max(0.0, b - max(a, end))
@@ -169,17 +170,17 @@ def _finished_stages(workdir: str) -> dict:
             stages[name]["code"] = [a["code"] for a in done["attempts"] if "code" in a]
             # the CPU cores each attempt was pinned to (lanes.py; absent before this field existed)
             stages[name]["cpu_cores"] = [a["cpu_cores"] for a in done["attempts"] if "cpu_cores" in a]
-            stages[name]["span"] = _span(done)
+            stages[name]["spans"] = _spans(done)
     return stages
 
 
-def _span(done: dict) -> list[float]:
-    """[start, end] of a stage in Unix time: its first attempt's start to its last attempt's end."""
+def _spans(done: dict) -> list[list[float]]:
+    """[start, end] in Unix time of each attempt of a stage."""
     attempts = done["attempts"]
     if all("started_at" in a for a in attempts):
-        return [min(a["started_at"] for a in attempts), max(a["ended_at"] for a in attempts)]
+        return [[a["started_at"], a["ended_at"]] for a in attempts]
     end = time.mktime(time.strptime(done["finished_at"], "%Y-%m-%d %H:%M:%S"))
-    return [end - done["wall_s"], end]
+    return [[end - done["wall_s"], end]]
 
 
 def build_results(config, workdir: str) -> dict:
